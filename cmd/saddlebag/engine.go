@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/saddlebag/saddlebag/internal/units"
+	"github.com/saddlebag/saddlebag/replication"
+)
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+// sizeFlag is a byte size flag that accepts units.
+type sizeFlag int64
+
+func (s *sizeFlag) String() string { return units.FormatBytes(int64(*s)) }
+func (s *sizeFlag) Set(v string) error {
+	n, err := units.ParseBytes(v)
+	*s = sizeFlag(n)
+	return err
+}
+
+func runEngine(ctx context.Context, args []string) error {
+	fs := newFlagSet("engine")
+	volume := fs.String("volume", "", "volume name (required)")
+	var size sizeFlag
+	fs.Var(&size, "size", "volume size, a multiple of 4KiB, with units: 256MiB, 10GiB (required)")
+	epoch := fs.Uint64("epoch", 0, "this primary's epoch, higher than any earlier primary's (required, > 0)")
+	var replicas, local stringList
+	fs.Var(&replicas, "replica", "replica server host:port (repeat for each replica; at least one)")
+	fs.Var(&local, "local-replica", "host:port of a --replica on this node, preferred for reads")
+	socket := fs.String("nbd-socket", "", "unix socket path to serve the volume on over NBD (required)")
+	timeout := fs.Duration("replica-timeout", 5*time.Second, "drop a replica that does not answer a request within this time")
+	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	switch {
+	case *volume == "":
+		return usageError{errors.New("--volume is required")}
+	case size == 0:
+		return usageError{errors.New("--size is required")}
+	case *epoch == 0:
+		return usageError{errors.New("--epoch is required and must be above 0")}
+	case len(replicas) == 0:
+		return usageError{errors.New("at least one --replica is required")}
+	case *socket == "":
+		return usageError{errors.New("--nbd-socket is required")}
+	}
+	if err := replication.ValidateSize(int64(size)); err != nil {
+		return usageError{fmt.Errorf("--size: %w", err)}
+	}
+	if err := replication.ValidateVolumeID(*volume); err != nil {
+		return usageError{fmt.Errorf("--volume: %w", err)}
+	}
+	cfg := replication.EngineConfig{Volume: *volume, Size: int64(size), Epoch: *epoch, Timeout: *timeout}
+	for _, addr := range replicas {
+		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: addr, Local: slices.Contains(local, addr)})
+	}
+	for _, l := range local {
+		if !slices.Contains(replicas, l) {
+			return usageError{fmt.Errorf("--local-replica %s is not one of the --replica addresses", l)}
+		}
+	}
+	log := newLogger("saddlebag", *logLevel)
+	cfg.Log = log
+	cfg.Hook = replication.LogHook{Log: log.Named("in-sync")}
+
+	eng, err := replication.StartEngine(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+
+	if err := os.Remove(*socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	ln, err := net.Listen("unix", *socket)
+	if err != nil {
+		return fmt.Errorf("listen on nbd socket: %w", err)
+	}
+	defer os.Remove(*socket)
+	log.Info("serving volume over nbd", "volume_id", *volume, "socket", *socket, "uri", "nbd+unix:///?socket="+*socket)
+	serveErr := replication.NewNBDServer(eng, *volume, log).Serve(ctx, ln)
+
+	// Stopping: make everything written so far durable before letting go.
+	flushCtx, cancel := context.WithTimeout(context.Background(), 2*(*timeout))
+	defer cancel()
+	if err := eng.Flush(flushCtx); err != nil && !errors.Is(err, replication.ErrFenced) {
+		log.Error("final flush failed", "error", err)
+	}
+	st := eng.Status()
+	log.Info("engine stopped", "fenced", st.Fenced, "in_sync", st.InSync)
+	return serveErr
+}

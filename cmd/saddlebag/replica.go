@@ -1,0 +1,34 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/saddlebag/saddlebag/replication"
+)
+
+func runReplica(ctx context.Context, args []string) error {
+	fs := newFlagSet("replica")
+	dataDir := fs.String("data-dir", "", "directory holding the replicas (required)")
+	listen := fs.String("listen", "", "host:port to serve replicas on (required)")
+	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *dataDir == "" || *listen == "" {
+		return usageError{errors.New("--data-dir and --listen are required")}
+	}
+	log := newLogger("saddlebag", *logLevel)
+	store, err := replication.OpenStore(*dataDir, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	log.Info("serving replicas", "data_dir", *dataDir, "addr", ln.Addr().String())
+	return replication.NewServer(store, log).Serve(ctx, ln)
+}

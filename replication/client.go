@@ -1,0 +1,222 @@
+package replication
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// ErrTimeout means a replica did not answer within the replica timeout.
+var ErrTimeout = errors.New("replica timed out")
+
+// replicaClient is the primary's pipelined connection to one replica.
+// Requests are sent in the order start is called and the replica applies
+// them in that order; replies are matched by request id. A transport error
+// or a timeout fails every outstanding request and the client for good.
+//
+// replicaClient is safe for concurrent use.
+type replicaClient struct {
+	addr    string
+	epoch   uint64
+	timeout time.Duration
+	conn    net.Conn
+	log     hclog.Logger
+
+	sendq      chan *call
+	failed     chan struct{} // closed by fail
+	readerDone chan struct{}
+
+	mu      sync.Mutex
+	err     error
+	nextID  uint64
+	pending map[uint64]*call
+}
+
+// call is one request in flight.
+type call struct {
+	req      Frame
+	rbuf     []byte // where a read's data goes
+	deadline time.Time
+	done     chan struct{}
+	reply    Frame
+	err      error
+}
+
+// dialReplica connects to the replica server at addr, opens (or with
+// create, creates) the volume's replica and promises epoch on it.
+func dialReplica(ctx context.Context, addr, volume string, size int64, epoch uint64, create bool,
+	timeout time.Duration, log hclog.Logger) (*replicaClient, openReply, error) {
+	var open openReply
+	d := net.Dialer{Timeout: timeout, KeepAlive: 5 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, open, fmt.Errorf("replica %s: %w", addr, err)
+	}
+	c := &replicaClient{
+		addr: addr, epoch: epoch, timeout: timeout, conn: conn,
+		log:        log.Named("replica").With("replica", addr),
+		sendq:      make(chan *call, 256),
+		failed:     make(chan struct{}),
+		readerDone: make(chan struct{}),
+		pending:    map[uint64]*call{},
+	}
+	go c.writeLoop()
+	go c.readLoop()
+	req, _ := json.Marshal(openRequest{Volume: volume, Size: size, Create: create})
+	reply, err := c.do(Frame{Type: FrameOpen, Payload: req})
+	if err == nil {
+		if err = json.Unmarshal(reply.Payload, &open); err != nil {
+			err = fmt.Errorf("replica %s: %w: open reply: %w", addr, ErrBadFrame, err)
+		}
+	}
+	if err == nil {
+		_, err = c.do(Frame{Type: FramePromise})
+	}
+	if err != nil {
+		c.close()
+		return nil, open, err
+	}
+	return c, open, nil
+}
+
+// start sends req (its Epoch and ID are filled in) and returns the call to
+// wait on. For a read, rbuf receives the data.
+func (c *replicaClient) start(req Frame, rbuf []byte) *call {
+	cl := &call{req: req, rbuf: rbuf, deadline: time.Now().Add(c.timeout), done: make(chan struct{})}
+	cl.req.Epoch = c.epoch
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		cl.err = err
+		close(cl.done)
+		return cl
+	}
+	c.nextID++
+	cl.req.ID = c.nextID
+	c.pending[cl.req.ID] = cl
+	c.mu.Unlock()
+	select {
+	case c.sendq <- cl:
+	case <-c.failed: // fail has finished cl already
+	}
+	return cl
+}
+
+// wait blocks until the call completes or its deadline passes; on a
+// timeout the whole client fails, because a replica that misses one reply
+// can no longer be trusted to have applied the requests after it.
+func (c *replicaClient) wait(cl *call) (Frame, error) {
+	t := time.NewTimer(time.Until(cl.deadline))
+	defer t.Stop()
+	select {
+	case <-cl.done:
+	case <-t.C:
+		c.fail(fmt.Errorf("replica %s: %w after %s (%s)", c.addr, ErrTimeout, c.timeout, cl.req.Type))
+		<-c.readerDone // the reader may be filling cl.rbuf; let it stop first
+		<-cl.done
+	}
+	return cl.reply, cl.err
+}
+
+func (c *replicaClient) do(req Frame) (Frame, error) { return c.wait(c.start(req, nil)) }
+
+// fail marks the client failed with err, closes the connection and
+// completes every outstanding call with err. Only the first error counts.
+func (c *replicaClient) fail(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	pending := c.pending
+	c.pending = nil
+	close(c.failed)
+	c.mu.Unlock()
+	c.conn.Close()
+	for _, cl := range pending {
+		cl.err = err
+		close(cl.done)
+	}
+}
+
+// close shuts the client down; outstanding calls fail.
+func (c *replicaClient) close() {
+	c.fail(fmt.Errorf("replica %s: %w", c.addr, net.ErrClosed))
+	<-c.readerDone
+}
+
+// failure returns the error the client failed with, or nil.
+func (c *replicaClient) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *replicaClient) writeLoop() {
+	w := bufio.NewWriterSize(c.conn, 64<<10)
+	var h [frameHeaderSize]byte
+	for {
+		var cl *call
+		select {
+		case cl = <-c.sendq:
+		case <-c.failed:
+			return
+		}
+		putHeader(h[:], &cl.req)
+		_, err := w.Write(h[:])
+		if err == nil {
+			_, err = w.Write(cl.req.Payload)
+		}
+		if err == nil && len(c.sendq) == 0 {
+			err = w.Flush()
+		}
+		if err != nil {
+			c.fail(fmt.Errorf("replica %s: send: %w", c.addr, err))
+			return
+		}
+	}
+}
+
+func (c *replicaClient) readLoop() {
+	defer close(c.readerDone)
+	r := bufio.NewReaderSize(c.conn, 256<<10)
+	for {
+		var f Frame
+		err := readFrame(r, &f, func(f *Frame, n int) []byte {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if cl := c.pending[f.ID]; cl != nil && len(cl.rbuf) == n {
+				return cl.rbuf
+			}
+			return nil
+		})
+		if err != nil {
+			c.fail(fmt.Errorf("replica %s: receive: %w", c.addr, err))
+			return
+		}
+		c.mu.Lock()
+		cl := c.pending[f.ID]
+		delete(c.pending, f.ID)
+		c.mu.Unlock()
+		if cl == nil || f.Type != cl.req.Type|replyBit {
+			c.fail(fmt.Errorf("replica %s: %w: unexpected %s for request %d", c.addr, ErrBadFrame, f.Type, f.ID))
+			return
+		}
+		cl.reply = f
+		if f.Status != StatusOK {
+			cl.err = &ReplicaError{Status: f.Status, Message: fmt.Sprintf("replica %s: %s", c.addr, f.Payload)}
+		} else if cl.rbuf != nil && len(f.Payload) != len(cl.rbuf) {
+			cl.err = fmt.Errorf("replica %s: %w: read returned %d bytes, want %d", c.addr, ErrBadFrame, len(f.Payload), len(cl.rbuf))
+		}
+		close(cl.done)
+	}
+}

@@ -1,0 +1,69 @@
+package replication
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/shoenig/test/must"
+)
+
+// testLogger returns a logger that writes through t.
+func testLogger(t testing.TB) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Debug, Output: tWriter{t}})
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p[:len(p)-1]))
+	return len(p), nil
+}
+
+// testReplica is an in-process replica server on a loopback port.
+type testReplica struct {
+	addr   string
+	store  *Store
+	server *Server
+	stop   func()
+}
+
+func startTestReplica(t testing.TB, dir string) *testReplica {
+	t.Helper()
+	store, err := OpenStore(dir, testLogger(t))
+	must.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := NewServer(store, testLogger(t))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ctx, ln)
+	}()
+	r := &testReplica{addr: ln.Addr().String(), store: store, server: srv}
+	r.stop = func() {
+		cancel()
+		<-done
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+func startTestEngine(t testing.TB, volume string, size int64, epoch uint64, hook InSyncHook, replicas ...*testReplica) *Engine {
+	t.Helper()
+	cfg := EngineConfig{Volume: volume, Size: size, Epoch: epoch, Hook: hook, Log: testLogger(t), Timeout: 5 * time.Second}
+	for _, r := range replicas {
+		cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: r.addr})
+	}
+	e, err := StartEngine(context.Background(), cfg)
+	must.NoError(t, err)
+	t.Cleanup(e.Close)
+	return e
+}
+
+var _ io.Writer = tWriter{}

@@ -1,0 +1,385 @@
+package replication
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// BlockSize is the unit of volume sizes and of the dirty tracking to come.
+const BlockSize = 4096
+
+var (
+	// ErrStaleEpoch means a frame carried an epoch lower than the one the
+	// replica has promised: its sender has been replaced.
+	ErrStaleEpoch = errors.New("stale epoch")
+	// ErrVolumeNotFound means the store holds no replica of the volume.
+	ErrVolumeNotFound = errors.New("no replica of that volume here")
+	// ErrInvalid means a request was malformed (bad id, size, range).
+	ErrInvalid = errors.New("invalid request")
+)
+
+var volumeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// ValidateVolumeID reports whether id can name a volume on disk.
+func ValidateVolumeID(id string) error {
+	if !volumeIDPattern.MatchString(id) {
+		return fmt.Errorf("%w: volume id %q must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, id)
+	}
+	return nil
+}
+
+// ValidateSize reports whether size is a usable volume size.
+func ValidateSize(size int64) error {
+	if size <= 0 || size%BlockSize != 0 {
+		return fmt.Errorf("%w: volume size %d is not a positive multiple of %d bytes (4 KiB)", ErrInvalid, size, BlockSize)
+	}
+	return nil
+}
+
+// Store holds the replicas kept under one data directory: one folder per
+// volume with a sparse data file and a metadata file.
+//
+// Store is safe for concurrent use. A replica opened several times (for
+// example by a reconnecting primary) is shared and closed with its last user.
+type Store struct {
+	dir string
+	log hclog.Logger
+
+	mu   sync.Mutex
+	open map[string]*Volume
+}
+
+// OpenStore opens (creating if needed) the data directory dir.
+func OpenStore(dir string, log hclog.Logger) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open data dir: %w", err)
+	}
+	return &Store{dir: dir, log: log.Named("store"), open: map[string]*Volume{}}, nil
+}
+
+// Dir returns the store's data directory.
+func (s *Store) Dir() string { return s.dir }
+
+// DataPath returns the path of volume id's data file.
+func (s *Store) DataPath(id string) string { return filepath.Join(s.dir, id, "data") }
+
+func (s *Store) metaPath(id string) string { return filepath.Join(s.dir, id, "meta") }
+
+// Open returns the replica of volume id. If none exists and create is true,
+// it creates an empty one of the given size; otherwise it fails with
+// ErrVolumeNotFound. An existing replica must have the given size.
+// Call Volume.Close when done.
+func (s *Store) Open(id string, size int64, create bool) (*Volume, error) {
+	if err := ValidateVolumeID(id); err != nil {
+		return nil, err
+	}
+	if err := ValidateSize(size); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := s.open[id]; ok {
+		if v.size != size {
+			return nil, fmt.Errorf("%w: volume %s has size %d, not %d", ErrInvalid, id, v.size, size)
+		}
+		v.refs++
+		return v, nil
+	}
+	v, err := s.openVolume(id, size, create)
+	if err != nil {
+		return nil, err
+	}
+	s.open[id] = v
+	return v, nil
+}
+
+func (s *Store) openVolume(id string, size int64, create bool) (*Volume, error) {
+	mf, err := openMeta(s.metaPath(id))
+	created := false
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && create:
+		if err := os.MkdirAll(filepath.Join(s.dir, id), 0o700); err != nil {
+			return nil, err
+		}
+		// The data file first: a crash before the metadata exists leaves a
+		// folder that the next create completes.
+		df, err := os.OpenFile(s.DataPath(id), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		if err := df.Truncate(size); err != nil {
+			df.Close()
+			return nil, classifyIOError(fmt.Errorf("size data file: %w", err))
+		}
+		if err := df.Sync(); err != nil {
+			df.Close()
+			return nil, err
+		}
+		df.Close()
+		if mf, err = createMeta(s.metaPath(id), Meta{VolumeID: id, Size: size, Clean: true}); err != nil {
+			return nil, classifyIOError(fmt.Errorf("create metadata: %w", err))
+		}
+		if err := syncDir(filepath.Join(s.dir, id)); err != nil {
+			mf.close()
+			return nil, err
+		}
+		created = true
+		s.log.Info("created replica", "volume_id", id, "size", size)
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("%w: %s", ErrVolumeNotFound, id)
+	case err != nil:
+		return nil, err
+	}
+	m := mf.cur
+	if m.VolumeID != id || m.Size != size {
+		mf.close()
+		return nil, fmt.Errorf("%w: replica %s holds volume %q of size %d, asked for size %d", ErrInvalid, id, m.VolumeID, m.Size, size)
+	}
+	df, err := os.OpenFile(s.DataPath(id), os.O_RDWR, 0)
+	if err != nil {
+		mf.close()
+		return nil, err
+	}
+	wasClean := m.Clean
+	if m.Clean {
+		m.Clean = false
+		if err := mf.store(m); err != nil {
+			mf.close()
+			df.Close()
+			return nil, classifyIOError(err)
+		}
+	}
+	return &Volume{store: s, id: id, size: size, data: df, meta: mf, wasClean: wasClean, created: created, refs: 1}, nil
+}
+
+// Delete removes the replica of volume id. It fails if the replica is open.
+// Deleting an absent replica succeeds.
+func (s *Store) Delete(id string) error {
+	if err := ValidateVolumeID(id); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.open[id]; ok {
+		return fmt.Errorf("%w: replica %s is in use", ErrInvalid, id)
+	}
+	return os.RemoveAll(filepath.Join(s.dir, id))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// classifyIOError wraps a full-disk error in ErrNoSpace so callers can tell.
+func classifyIOError(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return err
+}
+
+// Volume is one open replica. Every operation carries the epoch of the
+// primary that sent it and is refused with ErrStaleEpoch when that epoch is
+// lower than the highest one promised. The check and the operation happen
+// under one lock that Promise takes exclusively, so once Promise(e) has
+// returned no operation with an epoch below e is applied.
+//
+// Volume is safe for concurrent use.
+type Volume struct {
+	store    *Store
+	id       string
+	size     int64
+	data     *os.File
+	wasClean bool
+	created  bool
+
+	mu   sync.RWMutex // held shared by I/O, exclusively by epoch changes
+	meta *metaFile
+	refs int // guarded by store.mu
+}
+
+// ID returns the volume id.
+func (v *Volume) ID() string { return v.id }
+
+// Size returns the volume size in bytes.
+func (v *Volume) Size() int64 { return v.size }
+
+// Meta returns a copy of the current metadata.
+func (v *Volume) Meta() Meta {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.meta.cur
+}
+
+// WasClean reports whether the replica had been shut down cleanly before
+// this open; false means the process holding it last crashed.
+func (v *Volume) WasClean() bool { return v.wasClean }
+
+// Created reports whether this open created the replica, empty.
+func (v *Volume) Created() bool { return v.created }
+
+// Promise records that the replica will refuse any frame with an epoch
+// below epoch. A lower epoch than the one already promised is refused.
+func (v *Volume) Promise(epoch uint64) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.promiseLocked(epoch)
+}
+
+func (v *Volume) promiseLocked(epoch uint64) error {
+	m := v.meta.cur
+	if epoch < m.Epoch {
+		return fmt.Errorf("%w: epoch %d is below promised epoch %d", ErrStaleEpoch, epoch, m.Epoch)
+	}
+	if epoch == m.Epoch {
+		return nil
+	}
+	m.Epoch = epoch
+	if err := v.meta.store(m); err != nil {
+		return classifyIOError(err)
+	}
+	v.store.log.Info("promised epoch", "volume_id", v.id, "epoch", epoch)
+	return nil
+}
+
+// admit takes the shared lock for an operation at epoch, fencing stale ones.
+// A higher epoch than promised is an implicit promise. On success the caller
+// must call v.mu.RUnlock.
+func (v *Volume) admit(epoch uint64, writes bool) error {
+	for {
+		v.mu.RLock()
+		m := v.meta.cur
+		if epoch < m.Epoch {
+			v.mu.RUnlock()
+			return fmt.Errorf("%w: epoch %d is below promised epoch %d", ErrStaleEpoch, epoch, m.Epoch)
+		}
+		if epoch == m.Epoch && (!writes || m.Generation == epoch) {
+			return nil
+		}
+		v.mu.RUnlock()
+		// Upgrade: record the new epoch, and the generation before the
+		// first write of an epoch, then retry under the shared lock.
+		v.mu.Lock()
+		err := v.promiseLocked(epoch)
+		if err == nil && writes && v.meta.cur.Generation < epoch {
+			m := v.meta.cur
+			m.Generation = epoch
+			err = classifyIOError(v.meta.store(m))
+		}
+		v.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (v *Volume) checkRange(off, n int64) error {
+	if off < 0 || n < 0 || off > v.size || n > v.size-off {
+		return fmt.Errorf("%w: [%d, %d) outside volume %s of %d bytes", ErrOutOfRange, off, off+n, v.id, v.size)
+	}
+	return nil
+}
+
+// WriteAt writes p at off; with fua the data is durable before it returns.
+func (v *Volume) WriteAt(epoch uint64, p []byte, off int64, fua bool) error {
+	if err := v.checkRange(off, int64(len(p))); err != nil {
+		return err
+	}
+	if err := v.admit(epoch, true); err != nil {
+		return err
+	}
+	defer v.mu.RUnlock()
+	if _, err := v.data.WriteAt(p, off); err != nil {
+		return classifyIOError(fmt.Errorf("write replica %s: %w", v.id, err))
+	}
+	if fua {
+		if err := unix.Fdatasync(int(v.data.Fd())); err != nil {
+			return classifyIOError(fmt.Errorf("sync replica %s: %w", v.id, err))
+		}
+	}
+	return nil
+}
+
+// ReadAt reads len(p) bytes at off.
+func (v *Volume) ReadAt(epoch uint64, p []byte, off int64) error {
+	if err := v.checkRange(off, int64(len(p))); err != nil {
+		return err
+	}
+	if err := v.admit(epoch, false); err != nil {
+		return err
+	}
+	defer v.mu.RUnlock()
+	if _, err := v.data.ReadAt(p, off); err != nil {
+		return fmt.Errorf("read replica %s: %w", v.id, err)
+	}
+	return nil
+}
+
+// Flush makes every write applied so far durable.
+func (v *Volume) Flush(epoch uint64) error {
+	if err := v.admit(epoch, false); err != nil {
+		return err
+	}
+	defer v.mu.RUnlock()
+	if err := unix.Fdatasync(int(v.data.Fd())); err != nil {
+		return classifyIOError(fmt.Errorf("sync replica %s: %w", v.id, err))
+	}
+	return nil
+}
+
+// Trim deallocates [off, off+n): the range reads back as zeroes and its
+// blocks return to the host file system.
+func (v *Volume) Trim(epoch uint64, off, n int64) error {
+	if err := v.checkRange(off, n); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := v.admit(epoch, true); err != nil {
+		return err
+	}
+	defer v.mu.RUnlock()
+	if err := unix.Fallocate(int(v.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err != nil {
+		return classifyIOError(fmt.Errorf("punch hole in replica %s: %w", v.id, err))
+	}
+	return nil
+}
+
+// Close releases this user's hold. The last user's Close syncs the data,
+// marks the replica clean and closes its files.
+func (v *Volume) Close() error {
+	s := v.store
+	s.mu.Lock()
+	v.refs--
+	if v.refs > 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	delete(s.open, v.id)
+	s.mu.Unlock()
+
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	err := v.data.Sync()
+	if err == nil {
+		m := v.meta.cur
+		m.Clean = true
+		err = v.meta.store(m)
+	}
+	return errors.Join(err, v.data.Close(), v.meta.close())
+}

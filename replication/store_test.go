@@ -1,0 +1,152 @@
+package replication
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/shoenig/test/must"
+)
+
+func TestStoreCreateOpenRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir, testLogger(t))
+	must.NoError(t, err)
+
+	_, err = s.Open("vol1", 1<<20, false)
+	must.ErrorIs(t, err, ErrVolumeNotFound)
+
+	v, err := s.Open("vol1", 1<<20, true)
+	must.NoError(t, err)
+	must.True(t, v.Created())
+	must.NoError(t, v.WriteAt(3, []byte("hello"), 4096, true))
+	must.NoError(t, v.Close())
+
+	// The data file is sparse: 1 MiB apparent size, little allocated.
+	fi, err := os.Stat(s.DataPath("vol1"))
+	must.NoError(t, err)
+	must.Eq(t, int64(1<<20), fi.Size())
+
+	v, err = s.Open("vol1", 1<<20, true)
+	must.NoError(t, err)
+	must.False(t, v.Created())
+	must.True(t, v.WasClean())
+	m := v.Meta()
+	must.Eq(t, uint64(3), m.Epoch)
+	must.Eq(t, uint64(3), m.Generation)
+	must.False(t, m.Clean) // open: cleared until the clean close
+	buf := make([]byte, 5)
+	must.NoError(t, v.ReadAt(3, buf, 4096))
+	must.Eq(t, "hello", string(buf))
+	must.NoError(t, v.Close())
+}
+
+func TestStoreRefusesBadSizesAndIDs(t *testing.T) {
+	s, err := OpenStore(t.TempDir(), testLogger(t))
+	must.NoError(t, err)
+	for _, size := range []int64{0, -4096, 4095, 4097, 1<<20 + 512} {
+		_, err := s.Open("v", size, true)
+		must.ErrorIs(t, err, ErrInvalid)
+		must.StrContains(t, err.Error(), "multiple of 4096")
+	}
+	for _, id := range []string{"", "..", "a/b", ".hidden", string(make([]byte, 200))} {
+		_, err := s.Open(id, 4096, true)
+		must.ErrorIs(t, err, ErrInvalid)
+	}
+	v, err := s.Open("v", 8192, true)
+	must.NoError(t, err)
+	must.NoError(t, v.Close())
+	_, err = s.Open("v", 4096, true)
+	must.ErrorIs(t, err, ErrInvalid)
+	must.StrContains(t, err.Error(), "size")
+}
+
+func TestStoreFencesStaleEpochs(t *testing.T) {
+	s, err := OpenStore(t.TempDir(), testLogger(t))
+	must.NoError(t, err)
+	v, err := s.Open("v", 8192, true)
+	must.NoError(t, err)
+	defer v.Close()
+	must.NoError(t, v.Promise(5))
+	must.ErrorIs(t, v.Promise(4), ErrStaleEpoch)
+	must.ErrorIs(t, v.WriteAt(4, []byte{1}, 0, false), ErrStaleEpoch)
+	must.ErrorIs(t, v.ReadAt(4, make([]byte, 1), 0), ErrStaleEpoch)
+	must.ErrorIs(t, v.Flush(4), ErrStaleEpoch)
+	must.ErrorIs(t, v.Trim(4, 0, 4096), ErrStaleEpoch)
+	// A higher epoch in a frame is an implicit promise.
+	must.NoError(t, v.WriteAt(6, []byte{1}, 0, false))
+	must.ErrorIs(t, v.WriteAt(5, []byte{1}, 0, false), ErrStaleEpoch)
+	must.Eq(t, uint64(6), v.Meta().Epoch)
+	// Out of range is refused before anything is written.
+	must.ErrorIs(t, v.WriteAt(6, make([]byte, 2), 8191, false), ErrOutOfRange)
+	must.ErrorIs(t, v.Trim(6, 4096, 8192), ErrOutOfRange)
+}
+
+func TestStorePromiseSurvivesReopen(t *testing.T) {
+	s, err := OpenStore(t.TempDir(), testLogger(t))
+	must.NoError(t, err)
+	v, err := s.Open("v", 8192, true)
+	must.NoError(t, err)
+	must.NoError(t, v.Promise(9))
+	// Simulate a crash: drop the files without the clean close.
+	v.data.Close()
+	v.meta.close()
+	s.mu.Lock()
+	delete(s.open, "v")
+	s.mu.Unlock()
+
+	v, err = s.Open("v", 8192, false)
+	must.NoError(t, err)
+	defer v.Close()
+	must.False(t, v.WasClean())
+	must.ErrorIs(t, v.WriteAt(8, []byte{1}, 0, false), ErrStaleEpoch)
+}
+
+func TestMetaTornWriteKeepsPreviousVersion(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meta")
+	mf, err := createMeta(path, Meta{VolumeID: "v", Size: 4096, Epoch: 1})
+	must.NoError(t, err)
+	must.NoError(t, mf.store(Meta{VolumeID: "v", Size: 4096, Epoch: 2}))
+	newest := int64(mf.seq%2) * metaSlotSize
+	mf.close()
+
+	// Tear the newest slot: its second half never reached the disk.
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	must.NoError(t, err)
+	_, err = f.WriteAt(bytes.Repeat([]byte{0xAB}, 20), newest+30)
+	must.NoError(t, err)
+	f.Close()
+
+	mf, err = openMeta(path)
+	must.NoError(t, err)
+	must.Eq(t, uint64(1), mf.cur.Epoch)
+	// The next store goes to the torn slot and wins again.
+	must.NoError(t, mf.store(Meta{VolumeID: "v", Size: 4096, Epoch: 3}))
+	mf.close()
+	mf, err = openMeta(path)
+	must.NoError(t, err)
+	must.Eq(t, uint64(3), mf.cur.Epoch)
+	mf.close()
+
+	// Both slots torn: a clear error, not garbage.
+	must.NoError(t, os.WriteFile(path, bytes.Repeat([]byte{1}, 2*metaSlotSize), 0o600))
+	_, err = openMeta(path)
+	must.True(t, errors.Is(err, ErrMetaCorrupt))
+}
+
+func TestTrimPunchesHoles(t *testing.T) {
+	s, err := OpenStore(t.TempDir(), testLogger(t))
+	must.NoError(t, err)
+	v, err := s.Open("v", 1<<20, true)
+	must.NoError(t, err)
+	defer v.Close()
+	must.NoError(t, v.WriteAt(1, bytes.Repeat([]byte{7}, 1<<20), 0, true))
+	must.NoError(t, v.Trim(1, 64<<10, 128<<10))
+	buf := make([]byte, 1<<20)
+	must.NoError(t, v.ReadAt(1, buf, 0))
+	must.Eq(t, bytes.Repeat([]byte{7}, 64<<10), buf[:64<<10])
+	must.Eq(t, make([]byte, 128<<10), buf[64<<10:192<<10])
+	must.Eq(t, byte(7), buf[192<<10])
+}

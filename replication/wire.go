@@ -1,0 +1,233 @@
+package replication
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+// The wire protocol between a primary and its replicas.
+//
+// Every frame is a fixed 52-byte header followed by a payload:
+//
+//	off size field
+//	  0    4 magic "SBG1"
+//	  4    1 protocol version (1)
+//	  5    1 frame type (replies have replyBit set)
+//	  6    2 flags (FlagFUA)
+//	  8    4 status (replies only; 0 in requests)
+//	 12    8 epoch of the sender (the primary's epoch, echoed in replies)
+//	 20    8 request id, echoed in the reply
+//	 28    8 offset in bytes
+//	 36    8 length in bytes (READ and TRIM)
+//	 44    4 payload length
+//	 48    4 CRC-32C of bytes 0..47 followed by the payload
+//
+// All integers are big-endian. Frame and payload sizes are bounded, and a
+// frame that fails any check is rejected before anything acts on it: the
+// receiver closes the connection.
+const (
+	frameMagic      = 0x53424731 // "SBG1"
+	ProtocolVersion = 1
+	frameHeaderSize = 52
+	// MaxIOSize bounds the data of one READ or WRITE.
+	MaxIOSize = 32 << 20
+	// maxPayload bounds any payload: an I/O plus room for nothing else.
+	maxPayload = MaxIOSize
+	// maxControlPayload bounds payloads of frames that carry no block data.
+	maxControlPayload = 64 << 10
+)
+
+// FrameType says what a frame asks for.
+type FrameType uint8
+
+const (
+	// FrameOpen binds the connection to a volume: payload is the JSON
+	// openRequest; the reply payload is the JSON openReply.
+	FrameOpen FrameType = 1
+	// FramePromise asks the replica to refuse every epoch below this one.
+	FramePromise FrameType = 2
+	// FrameWrite writes the payload at Offset.
+	FrameWrite FrameType = 3
+	// FrameRead reads Length bytes at Offset; the reply carries them.
+	FrameRead FrameType = 4
+	// FrameFlush makes every earlier write on the replica durable.
+	FrameFlush FrameType = 5
+	// FrameTrim punches a hole of Length bytes at Offset.
+	FrameTrim FrameType = 6
+
+	replyBit FrameType = 0x80
+)
+
+func (t FrameType) String() string {
+	names := map[FrameType]string{FrameOpen: "open", FramePromise: "promise", FrameWrite: "write",
+		FrameRead: "read", FrameFlush: "flush", FrameTrim: "trim"}
+	if n, ok := names[t&^replyBit]; ok {
+		if t&replyBit != 0 {
+			return n + "-reply"
+		}
+		return n
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// FlagFUA on a write asks for the data to be durable before the reply.
+const FlagFUA uint16 = 1
+
+// Status is a reply's outcome.
+type Status uint32
+
+const (
+	StatusOK Status = iota
+	StatusStaleEpoch
+	StatusIOError
+	StatusNoSpace
+	StatusInvalid
+	StatusNotFound
+	StatusOutOfRange
+	StatusNotOpen
+)
+
+// statusErrors maps statuses to the sentinel each wraps on the primary side.
+var statusErrors = map[Status]error{
+	StatusStaleEpoch: ErrStaleEpoch,
+	StatusNoSpace:    ErrNoSpace,
+	StatusInvalid:    ErrInvalid,
+	StatusNotFound:   ErrVolumeNotFound,
+	StatusOutOfRange: ErrOutOfRange,
+}
+
+func statusOf(err error) Status {
+	for st, sentinel := range statusErrors {
+		if errors.Is(err, sentinel) {
+			return st
+		}
+	}
+	return StatusIOError
+}
+
+// ReplicaError is a non-OK reply from a replica.
+type ReplicaError struct {
+	Status  Status
+	Message string
+}
+
+func (e *ReplicaError) Error() string { return e.Message }
+
+// Unwrap lets errors.Is match the sentinel for the status.
+func (e *ReplicaError) Unwrap() error { return statusErrors[e.Status] }
+
+// Frame is one decoded frame. Payload may alias a caller's buffer.
+type Frame struct {
+	Type    FrameType
+	Flags   uint16
+	Status  Status
+	Epoch   uint64
+	ID      uint64
+	Offset  uint64
+	Length  uint64
+	Payload []byte
+}
+
+// ErrBadFrame wraps every decoding failure.
+var ErrBadFrame = errors.New("bad frame")
+
+// putHeader encodes f's header into h (frameHeaderSize bytes) including the
+// checksum over the header and f.Payload.
+func putHeader(h []byte, f *Frame) {
+	binary.BigEndian.PutUint32(h[0:], frameMagic)
+	h[4] = ProtocolVersion
+	h[5] = byte(f.Type)
+	binary.BigEndian.PutUint16(h[6:], f.Flags)
+	binary.BigEndian.PutUint32(h[8:], uint32(f.Status))
+	binary.BigEndian.PutUint64(h[12:], f.Epoch)
+	binary.BigEndian.PutUint64(h[20:], f.ID)
+	binary.BigEndian.PutUint64(h[28:], f.Offset)
+	binary.BigEndian.PutUint64(h[36:], f.Length)
+	binary.BigEndian.PutUint32(h[44:], uint32(len(f.Payload)))
+	sum := crc32.Update(crc32.Checksum(h[:48], castagnoli), castagnoli, f.Payload)
+	binary.BigEndian.PutUint32(h[48:], sum)
+}
+
+// AppendFrame appends the encoding of f to dst.
+func AppendFrame(dst []byte, f *Frame) []byte {
+	var h [frameHeaderSize]byte
+	putHeader(h[:], f)
+	return append(append(dst, h[:]...), f.Payload...)
+}
+
+// parseHeader decodes and checks a header, except the checksum, which needs
+// the payload. It returns the payload length.
+func parseHeader(h []byte, f *Frame) (int, error) {
+	if m := binary.BigEndian.Uint32(h[0:]); m != frameMagic {
+		return 0, fmt.Errorf("%w: magic %#08x, want %#08x", ErrBadFrame, m, frameMagic)
+	}
+	if h[4] != ProtocolVersion {
+		return 0, fmt.Errorf("%w: protocol version %d, this side speaks %d", ErrBadFrame, h[4], ProtocolVersion)
+	}
+	f.Type = FrameType(h[5])
+	f.Flags = binary.BigEndian.Uint16(h[6:])
+	f.Status = Status(binary.BigEndian.Uint32(h[8:]))
+	f.Epoch = binary.BigEndian.Uint64(h[12:])
+	f.ID = binary.BigEndian.Uint64(h[20:])
+	f.Offset = binary.BigEndian.Uint64(h[28:])
+	f.Length = binary.BigEndian.Uint64(h[36:])
+	n := binary.BigEndian.Uint32(h[44:])
+	limit := uint32(maxControlPayload)
+	if base := f.Type &^ replyBit; (base == FrameWrite && f.Type&replyBit == 0) || (base == FrameRead && f.Type&replyBit != 0) {
+		limit = maxPayload
+	}
+	if n > limit {
+		return 0, fmt.Errorf("%w: %s payload of %d bytes exceeds the limit of %d", ErrBadFrame, f.Type, n, limit)
+	}
+	if f.Length > MaxIOSize && f.Type == FrameRead {
+		return 0, fmt.Errorf("%w: read of %d bytes exceeds the limit of %d", ErrBadFrame, f.Length, MaxIOSize)
+	}
+	return int(n), nil
+}
+
+func checkSum(h, payload []byte) error {
+	want := binary.BigEndian.Uint32(h[48:])
+	if got := crc32.Update(crc32.Checksum(h[:48], castagnoli), castagnoli, payload); got != want {
+		return fmt.Errorf("%w: checksum %#08x, header says %#08x", ErrBadFrame, got, want)
+	}
+	return nil
+}
+
+// ReadFrame reads one frame from r. The payload is read into buf when it is
+// large enough (buf may be nil). A short stream gives an error wrapping
+// io.ErrUnexpectedEOF (or io.EOF before the first byte); a malformed frame an
+// error wrapping ErrBadFrame.
+func ReadFrame(r io.Reader, buf []byte) (Frame, error) {
+	var f Frame
+	err := readFrame(r, &f, func(*Frame, int) []byte { return buf })
+	return f, err
+}
+
+// readFrame reads one frame into f. After the header is checked, payloadBuf
+// may offer a buffer for the n payload bytes (nil or too small: one is
+// allocated), so a reply can land straight in its caller's buffer.
+func readFrame(r io.Reader, f *Frame, payloadBuf func(f *Frame, n int) []byte) error {
+	var h [frameHeaderSize]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return err
+	}
+	n, err := parseHeader(h[:], f)
+	if err != nil {
+		return err
+	}
+	if buf := payloadBuf(f, n); cap(buf) >= n {
+		f.Payload = buf[:n]
+	} else {
+		f.Payload = make([]byte, n)
+	}
+	if _, err := io.ReadFull(r, f.Payload); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("%w: payload: %w", ErrBadFrame, err)
+	}
+	return checkSum(h[:], f.Payload)
+}
