@@ -181,7 +181,11 @@ func StartEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	}
 	if len(initial) == 0 {
 		e.Close()
-		return nil, fmt.Errorf("%w: volume %s: none of %d replicas is usable: %w", ErrNoReplicas, cfg.Volume, len(cfg.Replicas), errors.Join(errs...))
+		why := "none is in the in-sync set"
+		if err := errors.Join(errs...); err != nil {
+			why = err.Error()
+		}
+		return nil, fmt.Errorf("%w: volume %s: none of %d replicas is usable: %s", ErrNoReplicas, cfg.Volume, len(cfg.Replicas), why)
 	}
 	e.targets.Store(&inSyncSet{version: 1, peers: initial})
 	if err := e.recordLocked(ctx); err != nil {

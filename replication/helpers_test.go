@@ -67,3 +67,10 @@ func startTestEngine(t testing.TB, volume string, size int64, epoch uint64, hook
 }
 
 var _ io.Writer = tWriter{}
+
+var netDialer net.Dialer
+
+func readAll(c net.Conn) ([]byte, error) {
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	return io.ReadAll(c)
+}

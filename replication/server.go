@@ -205,14 +205,14 @@ func (s *Server) applyErr(vol **Volume, f *Frame, reply *Frame) error {
 		if err := json.Unmarshal(f.Payload, &req); err != nil {
 			return fmt.Errorf("%w: open request: %w", ErrInvalid, err)
 		}
-		v, err := s.store.Open(req.Volume, req.Size, req.Create)
+		v, created, err := s.store.Open(req.Volume, req.Size, req.Create)
 		if err != nil {
 			return err
 		}
 		*vol = v
 		m := v.Meta()
 		reply.Payload, _ = json.Marshal(openReply{Size: v.Size(), Epoch: m.Epoch, Generation: m.Generation,
-			Clean: v.WasClean(), Created: v.Created()})
+			Clean: v.WasClean(), Created: created})
 		return nil
 	}
 	v := *vol
@@ -222,7 +222,7 @@ func (s *Server) applyErr(vol **Volume, f *Frame, reply *Frame) error {
 	var err error
 	switch f.Type {
 	case FramePromise:
-		err = v.Promise(f.Epoch)
+		return v.Promise(f.Epoch)
 	case FrameWrite:
 		err = v.WriteAt(f.Epoch, f.Payload, int64(f.Offset), f.Flags&FlagFUA != 0)
 	case FrameRead:
@@ -241,7 +241,7 @@ func (s *Server) applyErr(vol **Volume, f *Frame, reply *Frame) error {
 	default:
 		return fmt.Errorf("%w: unknown frame type %d", ErrInvalid, f.Type)
 	}
-	if err == nil {
+	if err == nil { // writes, flushes and trims: what changes stored state
 		s.Stats.Applied.Add(1)
 	}
 	return err

@@ -77,77 +77,77 @@ func (s *Store) metaPath(id string) string { return filepath.Join(s.dir, id, "me
 // Open returns the replica of volume id. If none exists and create is true,
 // it creates an empty one of the given size; otherwise it fails with
 // ErrVolumeNotFound. An existing replica must have the given size.
-// Call Volume.Close when done.
-func (s *Store) Open(id string, size int64, create bool) (*Volume, error) {
+// created reports whether this call created it. Call Volume.Close when done.
+func (s *Store) Open(id string, size int64, create bool) (v *Volume, created bool, err error) {
 	if err := ValidateVolumeID(id); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := ValidateSize(size); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if v, ok := s.open[id]; ok {
 		if v.size != size {
-			return nil, fmt.Errorf("%w: volume %s has size %d, not %d", ErrInvalid, id, v.size, size)
+			return nil, false, fmt.Errorf("%w: volume %s has size %d, not %d", ErrInvalid, id, v.size, size)
 		}
 		v.refs++
-		return v, nil
+		return v, false, nil
 	}
-	v, err := s.openVolume(id, size, create)
+	v, created, err = s.openVolume(id, size, create)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	s.open[id] = v
-	return v, nil
+	return v, created, nil
 }
 
-func (s *Store) openVolume(id string, size int64, create bool) (*Volume, error) {
+func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, error) {
 	mf, err := openMeta(s.metaPath(id))
 	created := false
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && create:
 		if err := os.MkdirAll(filepath.Join(s.dir, id), 0o700); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		// The data file first: a crash before the metadata exists leaves a
 		// folder that the next create completes.
 		df, err := os.OpenFile(s.DataPath(id), os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if err := df.Truncate(size); err != nil {
 			df.Close()
-			return nil, classifyIOError(fmt.Errorf("size data file: %w", err))
+			return nil, false, classifyIOError(fmt.Errorf("size data file: %w", err))
 		}
 		if err := df.Sync(); err != nil {
 			df.Close()
-			return nil, err
+			return nil, false, err
 		}
 		df.Close()
 		if mf, err = createMeta(s.metaPath(id), Meta{VolumeID: id, Size: size, Clean: true}); err != nil {
-			return nil, classifyIOError(fmt.Errorf("create metadata: %w", err))
+			return nil, false, classifyIOError(fmt.Errorf("create metadata: %w", err))
 		}
 		if err := syncDir(filepath.Join(s.dir, id)); err != nil {
 			mf.close()
-			return nil, err
+			return nil, false, err
 		}
 		created = true
 		s.log.Info("created replica", "volume_id", id, "size", size)
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("%w: %s", ErrVolumeNotFound, id)
+		return nil, false, fmt.Errorf("%w: %s", ErrVolumeNotFound, id)
 	case err != nil:
-		return nil, err
+		return nil, false, err
 	}
 	m := mf.cur
 	if m.VolumeID != id || m.Size != size {
 		mf.close()
-		return nil, fmt.Errorf("%w: replica %s holds volume %q of size %d, asked for size %d", ErrInvalid, id, m.VolumeID, m.Size, size)
+		return nil, false, fmt.Errorf("%w: replica %s holds volume %q of size %d, asked for size %d", ErrInvalid, id, m.VolumeID, m.Size, size)
 	}
 	df, err := os.OpenFile(s.DataPath(id), os.O_RDWR, 0)
 	if err != nil {
 		mf.close()
-		return nil, err
+		return nil, false, err
 	}
 	wasClean := m.Clean
 	if m.Clean {
@@ -155,10 +155,10 @@ func (s *Store) openVolume(id string, size int64, create bool) (*Volume, error) 
 		if err := mf.store(m); err != nil {
 			mf.close()
 			df.Close()
-			return nil, classifyIOError(err)
+			return nil, false, classifyIOError(err)
 		}
 	}
-	return &Volume{store: s, id: id, size: size, data: df, meta: mf, wasClean: wasClean, created: created, refs: 1}, nil
+	return &Volume{store: s, id: id, size: size, data: df, meta: mf, wasClean: wasClean, refs: 1}, created, nil
 }
 
 // Delete removes the replica of volume id. It fails if the replica is open.
@@ -205,7 +205,6 @@ type Volume struct {
 	size     int64
 	data     *os.File
 	wasClean bool
-	created  bool
 
 	mu   sync.RWMutex // held shared by I/O, exclusively by epoch changes
 	meta *metaFile
@@ -228,9 +227,6 @@ func (v *Volume) Meta() Meta {
 // WasClean reports whether the replica had been shut down cleanly before
 // this open; false means the process holding it last crashed.
 func (v *Volume) WasClean() bool { return v.wasClean }
-
-// Created reports whether this open created the replica, empty.
-func (v *Volume) Created() bool { return v.created }
 
 // Promise records that the replica will refuse any frame with an epoch
 // below epoch. A lower epoch than the one already promised is refused.

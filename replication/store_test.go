@@ -15,12 +15,12 @@ func TestStoreCreateOpenRoundTrip(t *testing.T) {
 	s, err := OpenStore(dir, testLogger(t))
 	must.NoError(t, err)
 
-	_, err = s.Open("vol1", 1<<20, false)
+	_, _, err = s.Open("vol1", 1<<20, false)
 	must.ErrorIs(t, err, ErrVolumeNotFound)
 
-	v, err := s.Open("vol1", 1<<20, true)
+	v, created, err := s.Open("vol1", 1<<20, true)
 	must.NoError(t, err)
-	must.True(t, v.Created())
+	must.True(t, created)
 	must.NoError(t, v.WriteAt(3, []byte("hello"), 4096, true))
 	must.NoError(t, v.Close())
 
@@ -29,9 +29,9 @@ func TestStoreCreateOpenRoundTrip(t *testing.T) {
 	must.NoError(t, err)
 	must.Eq(t, int64(1<<20), fi.Size())
 
-	v, err = s.Open("vol1", 1<<20, true)
+	v, created, err = s.Open("vol1", 1<<20, true)
 	must.NoError(t, err)
-	must.False(t, v.Created())
+	must.False(t, created)
 	must.True(t, v.WasClean())
 	m := v.Meta()
 	must.Eq(t, uint64(3), m.Epoch)
@@ -47,18 +47,18 @@ func TestStoreRefusesBadSizesAndIDs(t *testing.T) {
 	s, err := OpenStore(t.TempDir(), testLogger(t))
 	must.NoError(t, err)
 	for _, size := range []int64{0, -4096, 4095, 4097, 1<<20 + 512} {
-		_, err := s.Open("v", size, true)
+		_, _, err := s.Open("v", size, true)
 		must.ErrorIs(t, err, ErrInvalid)
 		must.StrContains(t, err.Error(), "multiple of 4096")
 	}
 	for _, id := range []string{"", "..", "a/b", ".hidden", string(make([]byte, 200))} {
-		_, err := s.Open(id, 4096, true)
+		_, _, err := s.Open(id, 4096, true)
 		must.ErrorIs(t, err, ErrInvalid)
 	}
-	v, err := s.Open("v", 8192, true)
+	v, _, err := s.Open("v", 8192, true)
 	must.NoError(t, err)
 	must.NoError(t, v.Close())
-	_, err = s.Open("v", 4096, true)
+	_, _, err = s.Open("v", 4096, true)
 	must.ErrorIs(t, err, ErrInvalid)
 	must.StrContains(t, err.Error(), "size")
 }
@@ -66,7 +66,7 @@ func TestStoreRefusesBadSizesAndIDs(t *testing.T) {
 func TestStoreFencesStaleEpochs(t *testing.T) {
 	s, err := OpenStore(t.TempDir(), testLogger(t))
 	must.NoError(t, err)
-	v, err := s.Open("v", 8192, true)
+	v, _, err := s.Open("v", 8192, true)
 	must.NoError(t, err)
 	defer v.Close()
 	must.NoError(t, v.Promise(5))
@@ -87,7 +87,7 @@ func TestStoreFencesStaleEpochs(t *testing.T) {
 func TestStorePromiseSurvivesReopen(t *testing.T) {
 	s, err := OpenStore(t.TempDir(), testLogger(t))
 	must.NoError(t, err)
-	v, err := s.Open("v", 8192, true)
+	v, _, err := s.Open("v", 8192, true)
 	must.NoError(t, err)
 	must.NoError(t, v.Promise(9))
 	// Simulate a crash: drop the files without the clean close.
@@ -97,7 +97,7 @@ func TestStorePromiseSurvivesReopen(t *testing.T) {
 	delete(s.open, "v")
 	s.mu.Unlock()
 
-	v, err = s.Open("v", 8192, false)
+	v, _, err = s.Open("v", 8192, false)
 	must.NoError(t, err)
 	defer v.Close()
 	must.False(t, v.WasClean())
@@ -139,7 +139,7 @@ func TestMetaTornWriteKeepsPreviousVersion(t *testing.T) {
 func TestTrimPunchesHoles(t *testing.T) {
 	s, err := OpenStore(t.TempDir(), testLogger(t))
 	must.NoError(t, err)
-	v, err := s.Open("v", 1<<20, true)
+	v, _, err := s.Open("v", 1<<20, true)
 	must.NoError(t, err)
 	defer v.Close()
 	must.NoError(t, v.WriteAt(1, bytes.Repeat([]byte{7}, 1<<20), 0, true))

@@ -1,0 +1,269 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/shoenig/test/must"
+)
+
+// recordingHook records every in-sync set, and can be made to fail.
+type recordingHook struct {
+	mu   sync.Mutex
+	sets [][]string
+	fail error
+}
+
+func (h *recordingHook) SetInSync(_ context.Context, _ uint64, set []string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fail != nil {
+		return h.fail
+	}
+	h.sets = append(h.sets, slices.Clone(set))
+	return nil
+}
+
+func (h *recordingHook) last() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sets[len(h.sets)-1]
+}
+
+func fileSum(t testing.TB, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	must.NoError(t, err)
+	return sha256.Sum256(b)
+}
+
+func TestEngineReplicatesToEveryReplica(t *testing.T) {
+	rs := []*testReplica{startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())}
+	hook := &recordingHook{}
+	const size = 4 << 20
+	e := startTestEngine(t, "vol", size, 1, hook, rs...)
+	must.Eq(t, []string{rs[0].addr, rs[1].addr, rs[2].addr}, hook.last())
+
+	ctx := context.Background()
+	want := make([]byte, size)
+	// Concurrent, overlapping writes: replicas must still end identical.
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Go(func() {
+			r := mrand.New(mrand.NewPCG(uint64(g), 1))
+			for i := 0; i < 200; i++ {
+				off := int64(r.IntN(size/512-16)) * 512
+				p := make([]byte, 512*(1+r.IntN(16)))
+				rand.Read(p)
+				must.NoError(t, e.WriteAt(ctx, p, off, r.IntN(10) == 0))
+			}
+		})
+	}
+	wg.Wait()
+	must.NoError(t, e.Trim(ctx, 1<<20, 64<<10))
+	must.NoError(t, e.Flush(ctx))
+	must.NoError(t, e.ReadAt(ctx, want, 0))
+	must.Eq(t, make([]byte, 64<<10), want[1<<20:1<<20+64<<10])
+	e.Close()
+
+	sum := sha256.Sum256(want)
+	for _, r := range rs {
+		must.Eq(t, sum, fileSum(t, r.store.DataPath("vol")), must.Sprint("replica", r.addr))
+	}
+}
+
+func TestEngineOutOfRange(t *testing.T) {
+	r := startTestReplica(t, t.TempDir())
+	e := startTestEngine(t, "vol", 8192, 1, nil, r)
+	ctx := context.Background()
+	must.ErrorIs(t, e.WriteAt(ctx, make([]byte, 2), 8191, false), ErrOutOfRange)
+	must.ErrorIs(t, e.ReadAt(ctx, make([]byte, 2), -1), ErrOutOfRange)
+	must.ErrorIs(t, e.Trim(ctx, 4096, 8192), ErrOutOfRange)
+	must.Eq(t, int64(0), r.server.Stats.Applied.Load())
+}
+
+func TestEngineFencedByNewerEpoch(t *testing.T) {
+	rs := []*testReplica{startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())}
+	ctx := context.Background()
+	old := startTestEngine(t, "vol", 1<<20, 5, nil, rs...)
+	must.NoError(t, old.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, false))
+
+	// The newer primary contacts the replicas: they promise epoch 6.
+	newer := startTestEngine(t, "vol", 1<<20, 6, nil, rs...)
+	appliedBefore := rs[0].server.Stats.Applied.Load() + rs[1].server.Stats.Applied.Load()
+
+	accepted := 0
+	for i := 0; i < 50; i++ {
+		if err := old.WriteAt(ctx, bytes.Repeat([]byte{0xEE}, 4096), int64(i)*4096, false); err == nil {
+			accepted++
+		} else {
+			must.ErrorIs(t, err, ErrFenced)
+		}
+	}
+	must.Eq(t, 0, accepted)
+	must.True(t, old.Fenced())
+	must.True(t, old.Status().Fenced)
+	must.ErrorIs(t, old.Flush(ctx), ErrFenced)
+	must.ErrorIs(t, old.ReadAt(ctx, make([]byte, 10), 0), ErrFenced)
+	must.Eq(t, appliedBefore, rs[0].server.Stats.Applied.Load()+rs[1].server.Stats.Applied.Load())
+
+	// The newer primary sees the old data and none of the fenced writes.
+	buf := make([]byte, 8192)
+	must.NoError(t, newer.ReadAt(ctx, buf, 0))
+	must.Eq(t, bytes.Repeat([]byte{1}, 4096), buf[:4096])
+	must.Eq(t, make([]byte, 4096), buf[4096:])
+
+	// Starting an engine at an epoch below the promised one fails at once.
+	_, err := StartEngine(ctx, EngineConfig{Volume: "vol", Size: 1 << 20, Epoch: 5,
+		Replicas: []ReplicaConfig{{Addr: rs[0].addr}}, Log: testLogger(t)})
+	must.ErrorIs(t, err, ErrFenced)
+}
+
+func TestEngineDropsFailedReplicaAndRecordsFirst(t *testing.T) {
+	rs := []*testReplica{startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())}
+	hook := &recordingHook{}
+	e := startTestEngine(t, "vol", 1<<20, 1, hook, rs...)
+	ctx := context.Background()
+	must.NoError(t, e.WriteAt(ctx, []byte("before"), 0, false))
+
+	rs[1].stop()
+	// The first write after the failure completes only once the hook has
+	// recorded the smaller set.
+	must.NoError(t, e.WriteAt(ctx, []byte("after"), 4096, false))
+	must.Eq(t, []string{rs[0].addr, rs[2].addr}, hook.last())
+	st := e.Status()
+	must.Eq(t, 2, st.InSync)
+	must.Eq(t, StateDropped, st.Replicas[1].State)
+	must.StrContains(t, st.Replicas[1].Reason, rs[1].addr)
+
+	// Reads skip the dropped replica.
+	buf := make([]byte, 5)
+	for i := 0; i < 4; i++ {
+		must.NoError(t, e.ReadAt(ctx, buf, 4096))
+		must.Eq(t, "after", string(buf))
+	}
+}
+
+func TestEngineHoldsWritesUntilHookRecords(t *testing.T) {
+	rs := []*testReplica{startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())}
+	hook := &recordingHook{}
+	e := startTestEngine(t, "vol", 1<<20, 1, hook, rs...)
+	ctx := context.Background()
+
+	hook.mu.Lock()
+	hook.fail = errors.New("consul unreachable")
+	hook.mu.Unlock()
+	rs[0].stop()
+	err := e.WriteAt(ctx, []byte("x"), 0, false)
+	must.ErrorContains(t, err, "consul unreachable")
+	// While the drop is unrecorded, no write completes, even one that only
+	// went to the surviving replica.
+	must.ErrorContains(t, e.WriteAt(ctx, []byte("y"), 0, false), "consul unreachable")
+
+	hook.mu.Lock()
+	hook.fail = nil
+	hook.mu.Unlock()
+	must.NoError(t, e.WriteAt(ctx, []byte("z"), 0, false))
+	must.Eq(t, []string{rs[1].addr}, hook.last())
+}
+
+func TestEngineLastReplicaGone(t *testing.T) {
+	r := startTestReplica(t, t.TempDir())
+	e := startTestEngine(t, "vol", 1<<20, 1, nil, r)
+	r.stop()
+	ctx := context.Background()
+	must.ErrorIs(t, e.WriteAt(ctx, []byte("x"), 0, false), ErrNoReplicas)
+	must.ErrorIs(t, e.WriteAt(ctx, []byte("x"), 0, false), ErrNoReplicas)
+	must.ErrorIs(t, e.ReadAt(ctx, make([]byte, 1), 0), ErrNoReplicas)
+}
+
+func TestEngineNewEmptyReplicaIsOutOfSync(t *testing.T) {
+	a, b := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	e := startTestEngine(t, "vol", 1<<20, 1, nil, a)
+	must.NoError(t, e.WriteAt(context.Background(), []byte("data"), 0, true))
+	e.Close()
+
+	hook := &recordingHook{}
+	e2 := startTestEngine(t, "vol", 1<<20, 2, hook, a, b)
+	must.Eq(t, []string{a.addr}, hook.last())
+	st := e2.Status()
+	must.Eq(t, StateOutOfSync, st.Replicas[1].State)
+	must.StrContains(t, st.Replicas[1].Reason, "new, empty")
+
+	// An explicit in-sync set from the coordination layer wins.
+	e2.Close()
+	_, err := StartEngine(context.Background(), EngineConfig{Volume: "vol", Size: 1 << 20, Epoch: 3,
+		Replicas: []ReplicaConfig{{Addr: b.addr}}, InSync: []string{a.addr}, Log: testLogger(t)})
+	must.ErrorIs(t, err, ErrNoReplicas)
+}
+
+func TestServerSurvivesGarbage(t *testing.T) {
+	r := startTestReplica(t, t.TempDir())
+	e := startTestEngine(t, "vol", 1<<20, 1, nil, r)
+	ctx := context.Background()
+	p := make([]byte, 1<<20)
+	rand.Read(p)
+	must.NoError(t, e.WriteAt(ctx, p, 0, true))
+	before := fileSum(t, r.store.DataPath("vol"))
+
+	open := AppendFrame(nil, &Frame{Type: FrameOpen, ID: 1, Payload: []byte(`{"volume":"vol","size":1048576}`)})
+	badWrite := AppendFrame(nil, &Frame{Type: FrameWrite, Epoch: 1, ID: 2, Payload: bytes.Repeat([]byte{0xFF}, 4096)})
+	badWrite[len(badWrite)-1] ^= 1 // checksum no longer matches
+	oversize := AppendFrame(nil, &Frame{Type: FrameWrite, Epoch: 1, ID: 2})
+	oversize[44], oversize[45] = 0x7f, 0xff
+	garbage := make([]byte, 64<<10)
+	rand.Read(garbage)
+	inputs := map[string][]byte{
+		"garbage":          garbage,
+		"truncated frame":  badWrite[:100],
+		"bad checksum":     append(slices.Clone(open), badWrite...),
+		"oversize length":  append(slices.Clone(open), oversize...),
+		"reply as request": AppendFrame(nil, &Frame{Type: FrameWrite | replyBit, ID: 9}),
+		"write before open": AppendFrame(nil, &Frame{Type: FrameWrite, Epoch: 1, ID: 2,
+			Payload: bytes.Repeat([]byte{0xFF}, 4096)}),
+	}
+	for name, in := range inputs {
+		t.Run(name, func(t *testing.T) {
+			c, err := (&netDialer).DialContext(ctx, "tcp", r.addr)
+			must.NoError(t, err)
+			defer c.Close()
+			_, _ = c.Write(in)
+			if cw, ok := c.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+			_, _ = readAll(c) // the server closes the connection
+			// The engine's connection is unaffected.
+			must.NoError(t, e.WriteAt(ctx, p[:4096], 0, false))
+		})
+	}
+	must.NoError(t, e.Flush(ctx))
+	must.Eq(t, before, fileSum(t, r.store.DataPath("vol")))
+	must.Greater(t, int64(4), r.server.Stats.BadFrames.Load())
+	must.Eq(t, 1, e.Status().InSync)
+}
+
+func TestEngineStartValidation(t *testing.T) {
+	ctx := context.Background()
+	for name, cfg := range map[string]EngineConfig{
+		"no replicas": {Volume: "v", Size: 4096, Epoch: 1},
+		"bad size":    {Volume: "v", Size: 1000, Epoch: 1, Replicas: []ReplicaConfig{{Addr: "127.0.0.1:1"}}},
+		"bad name":    {Volume: "../x", Size: 4096, Epoch: 1, Replicas: []ReplicaConfig{{Addr: "127.0.0.1:1"}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := StartEngine(ctx, cfg)
+			must.ErrorIs(t, err, ErrInvalid)
+		})
+	}
+	_, err := StartEngine(ctx, EngineConfig{Volume: "v", Size: 4096, Epoch: 1, Replicas: []ReplicaConfig{{Addr: "127.0.0.1:1"}}})
+	must.ErrorIs(t, err, ErrNoReplicas)
+	must.StrContains(t, err.Error(), fmt.Sprint("127.0.0.1:1"))
+}
