@@ -29,9 +29,10 @@ type replicaClient struct {
 	conn    net.Conn
 	log     hclog.Logger
 
-	sendq      chan *call
-	failed     chan struct{} // closed by fail
 	readerDone chan struct{}
+
+	wmu sync.Mutex // serialises sends, so requests go out in start order
+	hdr [frameHeaderSize]byte
 
 	mu      sync.Mutex
 	err     error
@@ -62,12 +63,9 @@ func dialReplica(ctx context.Context, addr, volume string, size int64, epoch uin
 	c := &replicaClient{
 		addr: addr, epoch: epoch, timeout: timeout, conn: conn,
 		log:        log.Named("replica").With("replica", addr),
-		sendq:      make(chan *call, 256),
-		failed:     make(chan struct{}),
 		readerDone: make(chan struct{}),
 		pending:    map[uint64]*call{},
 	}
-	go c.writeLoop()
 	go c.readLoop()
 	req, _ := json.Marshal(openRequest{Volume: volume, Size: size, Create: create})
 	reply, err := c.do(Frame{Type: FrameOpen, Payload: req})
@@ -86,16 +84,20 @@ func dialReplica(ctx context.Context, addr, volume string, size int64, epoch uin
 	return c, open, nil
 }
 
-// start sends req (its Epoch and ID are filled in) and returns the call to
-// wait on. For a read, rbuf receives the data.
-func (c *replicaClient) start(req Frame, rbuf []byte) *call {
+// start sends req (its Epoch and ID are filled in; psum is
+// payloadSum(req.Payload), computed once by a caller that sends the same
+// payload to several replicas) and returns the call to wait on. For a read,
+// rbuf receives the data. Requests reach the replica in the order their
+// start calls return.
+func (c *replicaClient) start(req Frame, psum uint32, rbuf []byte) *call {
 	cl := &call{req: req, rbuf: rbuf, deadline: time.Now().Add(c.timeout), done: make(chan struct{})}
 	cl.req.Epoch = c.epoch
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.mu.Lock()
 	if c.err != nil {
-		err := c.err
+		cl.err = c.err
 		c.mu.Unlock()
-		cl.err = err
 		close(cl.done)
 		return cl
 	}
@@ -103,9 +105,12 @@ func (c *replicaClient) start(req Frame, rbuf []byte) *call {
 	cl.req.ID = c.nextID
 	c.pending[cl.req.ID] = cl
 	c.mu.Unlock()
-	select {
-	case c.sendq <- cl:
-	case <-c.failed: // fail has finished cl already
+
+	putHeader(c.hdr[:], &cl.req, psum)
+	c.conn.SetWriteDeadline(cl.deadline)
+	bufs := net.Buffers{c.hdr[:], cl.req.Payload}
+	if _, err := bufs.WriteTo(c.conn); err != nil {
+		c.fail(fmt.Errorf("replica %s: send %s: %w", c.addr, cl.req.Type, err))
 	}
 	return cl
 }
@@ -126,7 +131,9 @@ func (c *replicaClient) wait(cl *call) (Frame, error) {
 	return cl.reply, cl.err
 }
 
-func (c *replicaClient) do(req Frame) (Frame, error) { return c.wait(c.start(req, nil)) }
+func (c *replicaClient) do(req Frame) (Frame, error) {
+	return c.wait(c.start(req, payloadSum(req.Payload), nil))
+}
 
 // fail marks the client failed with err, closes the connection and
 // completes every outstanding call with err. Only the first error counts.
@@ -139,7 +146,6 @@ func (c *replicaClient) fail(err error) {
 	c.err = err
 	pending := c.pending
 	c.pending = nil
-	close(c.failed)
 	c.mu.Unlock()
 	c.conn.Close()
 	for _, cl := range pending {
@@ -159,31 +165,6 @@ func (c *replicaClient) failure() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.err
-}
-
-func (c *replicaClient) writeLoop() {
-	w := bufio.NewWriterSize(c.conn, 64<<10)
-	var h [frameHeaderSize]byte
-	for {
-		var cl *call
-		select {
-		case cl = <-c.sendq:
-		case <-c.failed:
-			return
-		}
-		putHeader(h[:], &cl.req)
-		_, err := w.Write(h[:])
-		if err == nil {
-			_, err = w.Write(cl.req.Payload)
-		}
-		if err == nil && len(c.sendq) == 0 {
-			err = w.Flush()
-		}
-		if err != nil {
-			c.fail(fmt.Errorf("replica %s: send: %w", c.addr, err))
-			return
-		}
-	}
 }
 
 func (c *replicaClient) readLoop() {

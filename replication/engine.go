@@ -246,11 +246,12 @@ func (e *Engine) replicate(ctx context.Context, req Frame) error {
 	if e.fenced.Load() {
 		return e.fencedErr()
 	}
+	psum := payloadSum(req.Payload)
 	e.order.Lock()
 	set := e.targets.Load()
 	calls := make([]*call, len(set.peers))
 	for i, p := range set.peers {
-		calls[i] = p.client.start(req, nil)
+		calls[i] = p.client.start(req, psum, nil)
 	}
 	e.order.Unlock()
 	if len(calls) == 0 {
@@ -375,7 +376,7 @@ func (e *Engine) ReadAt(ctx context.Context, p []byte, off int64) error {
 			return fmt.Errorf("%w: volume %s", ErrNoReplicas, e.cfg.Volume)
 		}
 		src := e.readSource(set)
-		_, err := src.client.wait(src.client.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(len(p))}, p))
+		_, err := src.client.wait(src.client.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(len(p))}, payloadSum(nil), p))
 		if err == nil {
 			return nil
 		}

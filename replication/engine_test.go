@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
+	"hash/crc32"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -219,7 +221,8 @@ func TestServerSurvivesGarbage(t *testing.T) {
 	badWrite := AppendFrame(nil, &Frame{Type: FrameWrite, Epoch: 1, ID: 2, Payload: bytes.Repeat([]byte{0xFF}, 4096)})
 	badWrite[len(badWrite)-1] ^= 1 // checksum no longer matches
 	oversize := AppendFrame(nil, &Frame{Type: FrameWrite, Epoch: 1, ID: 2})
-	oversize[44], oversize[45] = 0x7f, 0xff
+	binary.BigEndian.PutUint32(oversize[44:], 1<<31)
+	binary.BigEndian.PutUint32(oversize[52:], crc32.Checksum(oversize[:52], castagnoli))
 	garbage := make([]byte, 64<<10)
 	rand.Read(garbage)
 	inputs := map[string][]byte{

@@ -98,40 +98,33 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// serveConn runs one connection as a pipeline: a reader that decodes and
-// checks frames, an applier that applies them in order, and a writer that
-// sends replies, so network and disk work overlap.
+// serveConn applies one connection's frames strictly in arrival order and
+// answers each. It works inline, with no hand-offs between goroutines: the
+// kernel's socket buffer keeps receiving while a frame is applied, and
+// replies are batched while more requests are already buffered.
 func (s *Server) serveConn(c net.Conn) {
 	defer c.Close()
 	log := s.log.With("peer", c.RemoteAddr().String())
-	work := make(chan Frame, 64)
-	replies := make(chan Frame, 64)
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		s.writeReplies(c, replies, log)
-	}()
-	go func() {
-		defer wg.Done()
-		defer close(replies)
-		var vol *Volume
-		defer func() {
-			if vol != nil {
-				if err := vol.Close(); err != nil {
-					log.Error("close replica", "volume_id", vol.ID(), "error", err)
-				}
+	var vol *Volume
+	defer func() {
+		if vol != nil {
+			if err := vol.Close(); err != nil {
+				log.Error("close replica", "volume_id", vol.ID(), "error", err)
 			}
-		}()
-		for f := range work {
-			replies <- s.apply(&vol, &f, log)
 		}
 	}()
-
 	r := bufio.NewReaderSize(c, 256<<10)
+	w := bufio.NewWriterSize(c, 64<<10)
+	var in, out []byte // payload buffers reused across frames
+	var h [frameHeaderSize]byte
 	for {
 		var f Frame
-		err := readFrame(r, &f, func(*Frame, int) []byte { return nil })
+		err := readFrame(r, &f, func(_ *Frame, n int) []byte {
+			if cap(in) < n {
+				in = make([]byte, n)
+			}
+			return in
+		})
 		if err != nil {
 			if errors.Is(err, ErrBadFrame) || errors.Is(err, io.ErrUnexpectedEOF) {
 				s.Stats.BadFrames.Add(1)
@@ -139,50 +132,41 @@ func (s *Server) serveConn(c net.Conn) {
 			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				log.Debug("connection ended", "error", err)
 			}
-			break
+			return
 		}
 		if f.Type&replyBit != 0 {
 			s.Stats.BadFrames.Add(1)
 			log.Error("closing connection after a bad frame", "error", fmt.Errorf("%w: unexpected %s", ErrBadFrame, f.Type))
-			break
+			return
 		}
-		work <- f
-	}
-	close(work)
-	// Stop the writer if the peer is gone, so a blocked write cannot hang
-	// the pipeline; replies to frames already applied are best effort.
-	c.Close()
-	wg.Wait()
-}
-
-func (s *Server) writeReplies(c net.Conn, replies <-chan Frame, log hclog.Logger) {
-	w := bufio.NewWriterSize(c, 64<<10)
-	var h [frameHeaderSize]byte
-	failed := false
-	for f := range replies {
-		if failed {
-			continue // drain so the applier never blocks
-		}
-		putHeader(h[:], &f)
-		_, err := w.Write(h[:])
+		reply := s.apply(&vol, &f, &out, log)
+		putHeader(h[:], &reply, payloadSum(reply.Payload))
+		_, err = w.Write(h[:])
 		if err == nil {
-			_, err = w.Write(f.Payload)
+			_, err = w.Write(reply.Payload)
 		}
-		if err == nil && len(replies) == 0 {
+		if err == nil && r.Buffered() == 0 {
 			err = w.Flush()
 		}
 		if err != nil {
 			log.Debug("write reply", "error", err)
-			failed = true
-			c.Close()
+			return
+		}
+		// Do not pin a rare huge buffer for the connection's lifetime.
+		if cap(in) > 4<<20 {
+			in = nil
+		}
+		if cap(out) > 4<<20 {
+			out = nil
 		}
 	}
 }
 
 // apply performs one request frame and returns its reply.
-func (s *Server) apply(vol **Volume, f *Frame, log hclog.Logger) Frame {
+// A read's data goes into *buf, which grows as needed.
+func (s *Server) apply(vol **Volume, f *Frame, buf *[]byte, log hclog.Logger) Frame {
 	reply := Frame{Type: f.Type | replyBit, Epoch: f.Epoch, ID: f.ID}
-	err := s.applyErr(vol, f, &reply)
+	err := s.applyErr(vol, f, buf, &reply)
 	if err != nil {
 		reply.Status = statusOf(err)
 		reply.Payload = []byte(err.Error())
@@ -196,7 +180,7 @@ func (s *Server) apply(vol **Volume, f *Frame, log hclog.Logger) Frame {
 	return reply
 }
 
-func (s *Server) applyErr(vol **Volume, f *Frame, reply *Frame) error {
+func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) error {
 	if f.Type == FrameOpen {
 		if *vol != nil {
 			return fmt.Errorf("%w: connection already bound to volume %s", ErrInvalid, (*vol).ID())
@@ -229,9 +213,12 @@ func (s *Server) applyErr(vol **Volume, f *Frame, reply *Frame) error {
 		if f.Length > MaxIOSize {
 			return fmt.Errorf("%w: read of %d bytes", ErrInvalid, f.Length)
 		}
-		buf := make([]byte, f.Length)
-		if err = v.ReadAt(f.Epoch, buf, int64(f.Offset)); err == nil {
-			reply.Payload = buf
+		if uint64(cap(*buf)) < f.Length {
+			*buf = make([]byte, f.Length)
+		}
+		data := (*buf)[:f.Length]
+		if err = v.ReadAt(f.Epoch, data, int64(f.Offset)); err == nil {
+			reply.Payload = data
 		}
 		return err
 	case FrameFlush:

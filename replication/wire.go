@@ -10,7 +10,7 @@ import (
 
 // The wire protocol between a primary and its replicas.
 //
-// Every frame is a fixed 52-byte header followed by a payload:
+// Every frame is a fixed 56-byte header followed by a payload:
 //
 //	off size field
 //	  0    4 magic "SBG1"
@@ -23,15 +23,17 @@ import (
 //	 28    8 offset in bytes
 //	 36    8 length in bytes (READ and TRIM)
 //	 44    4 payload length
-//	 48    4 CRC-32C of bytes 0..47 followed by the payload
+//	 48    4 CRC-32C of the payload
+//	 52    4 CRC-32C of bytes 0..51
 //
 // All integers are big-endian. Frame and payload sizes are bounded, and a
 // frame that fails any check is rejected before anything acts on it: the
-// receiver closes the connection.
+// receiver closes the connection. The payload has its own checksum so a
+// primary computes it once for a write it sends to every replica.
 const (
 	frameMagic      = 0x53424731 // "SBG1"
 	ProtocolVersion = 1
-	frameHeaderSize = 52
+	frameHeaderSize = 56
 	// MaxIOSize bounds the data of one READ or WRITE.
 	MaxIOSize = 32 << 20
 	// maxPayload bounds any payload: an I/O plus room for nothing else.
@@ -134,9 +136,12 @@ type Frame struct {
 // ErrBadFrame wraps every decoding failure.
 var ErrBadFrame = errors.New("bad frame")
 
-// putHeader encodes f's header into h (frameHeaderSize bytes) including the
-// checksum over the header and f.Payload.
-func putHeader(h []byte, f *Frame) {
+// payloadSum is the checksum a header carries for payload p.
+func payloadSum(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
+
+// putHeader encodes f's header into h (frameHeaderSize bytes); psum must
+// be payloadSum(f.Payload).
+func putHeader(h []byte, f *Frame, psum uint32) {
 	binary.BigEndian.PutUint32(h[0:], frameMagic)
 	h[4] = ProtocolVersion
 	h[5] = byte(f.Type)
@@ -147,22 +152,25 @@ func putHeader(h []byte, f *Frame) {
 	binary.BigEndian.PutUint64(h[28:], f.Offset)
 	binary.BigEndian.PutUint64(h[36:], f.Length)
 	binary.BigEndian.PutUint32(h[44:], uint32(len(f.Payload)))
-	sum := crc32.Update(crc32.Checksum(h[:48], castagnoli), castagnoli, f.Payload)
-	binary.BigEndian.PutUint32(h[48:], sum)
+	binary.BigEndian.PutUint32(h[48:], psum)
+	binary.BigEndian.PutUint32(h[52:], crc32.Checksum(h[:52], castagnoli))
 }
 
 // AppendFrame appends the encoding of f to dst.
 func AppendFrame(dst []byte, f *Frame) []byte {
 	var h [frameHeaderSize]byte
-	putHeader(h[:], f)
+	putHeader(h[:], f, payloadSum(f.Payload))
 	return append(append(dst, h[:]...), f.Payload...)
 }
 
-// parseHeader decodes and checks a header, except the checksum, which needs
-// the payload. It returns the payload length.
+// parseHeader decodes and checks a header, all but the payload checksum.
+// It returns the payload length.
 func parseHeader(h []byte, f *Frame) (int, error) {
 	if m := binary.BigEndian.Uint32(h[0:]); m != frameMagic {
 		return 0, fmt.Errorf("%w: magic %#08x, want %#08x", ErrBadFrame, m, frameMagic)
+	}
+	if got, want := crc32.Checksum(h[:52], castagnoli), binary.BigEndian.Uint32(h[52:]); got != want {
+		return 0, fmt.Errorf("%w: header checksum %#08x, header says %#08x", ErrBadFrame, got, want)
 	}
 	if h[4] != ProtocolVersion {
 		return 0, fmt.Errorf("%w: protocol version %d, this side speaks %d", ErrBadFrame, h[4], ProtocolVersion)
@@ -188,10 +196,10 @@ func parseHeader(h []byte, f *Frame) (int, error) {
 	return int(n), nil
 }
 
-func checkSum(h, payload []byte) error {
+func checkPayload(h, payload []byte) error {
 	want := binary.BigEndian.Uint32(h[48:])
-	if got := crc32.Update(crc32.Checksum(h[:48], castagnoli), castagnoli, payload); got != want {
-		return fmt.Errorf("%w: checksum %#08x, header says %#08x", ErrBadFrame, got, want)
+	if got := payloadSum(payload); got != want {
+		return fmt.Errorf("%w: payload checksum %#08x, header says %#08x", ErrBadFrame, got, want)
 	}
 	return nil
 }
@@ -229,5 +237,5 @@ func readFrame(r io.Reader, f *Frame, payloadBuf func(f *Frame, n int) []byte) e
 		}
 		return fmt.Errorf("%w: payload: %w", ErrBadFrame, err)
 	}
-	return checkSum(h[:], f.Payload)
+	return checkPayload(h[:], f.Payload)
 }

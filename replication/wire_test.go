@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"io"
 	"testing"
 
@@ -29,11 +30,16 @@ func TestReadFrameRejects(t *testing.T) {
 		msg  string
 	}{
 		{"bad magic", mutate(func(b []byte) []byte { b[0] ^= 0xff; return b }), ErrBadFrame, "magic"},
-		{"bad version", mutate(func(b []byte) []byte { b[4] = 9; return b }), ErrBadFrame, "version"},
-		{"flipped payload bit", mutate(func(b []byte) []byte { b[len(b)-1] ^= 1; return b }), ErrBadFrame, "checksum"},
-		{"flipped header bit", mutate(func(b []byte) []byte { b[30] ^= 1; return b }), ErrBadFrame, "checksum"},
+		{"bad version", mutate(func(b []byte) []byte {
+			b[4] = 9
+			binary.BigEndian.PutUint32(b[52:], crc32.Checksum(b[:52], castagnoli))
+			return b
+		}), ErrBadFrame, "version"},
+		{"flipped payload bit", mutate(func(b []byte) []byte { b[len(b)-1] ^= 1; return b }), ErrBadFrame, "payload checksum"},
+		{"flipped header bit", mutate(func(b []byte) []byte { b[30] ^= 1; return b }), ErrBadFrame, "header checksum"},
 		{"oversize write", mutate(func(b []byte) []byte {
 			binary.BigEndian.PutUint32(b[44:], MaxIOSize+1)
+			binary.BigEndian.PutUint32(b[52:], crc32.Checksum(b[:52], castagnoli))
 			return b
 		}), ErrBadFrame, "exceeds"},
 		{"oversize control payload", AppendFrame(nil, &Frame{Type: FrameOpen, Payload: make([]byte, maxControlPayload+1)}), ErrBadFrame, "exceeds"},

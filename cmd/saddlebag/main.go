@@ -27,6 +27,7 @@ type command struct {
 var commands = map[string]command{
 	"replica": {"serve the replicas stored under a data directory", runReplica},
 	"engine":  {"run a volume's primary engine and serve it over NBD", runEngine},
+	"bench":   {"measure replication against the local disk and print ratios", runBench},
 	"version": {"print the version", func(context.Context, []string) error {
 		fmt.Println("saddlebag", version)
 		return nil
