@@ -95,6 +95,9 @@ type Engine struct {
 	recorded atomic.Uint64 // version of the newest set the hook recorded
 	fenced   atomic.Bool
 	readNext atomic.Uint32
+	// hold, while non-nil, is a channel closed when Release lifts the hold.
+	holdMu sync.Mutex
+	hold   atomic.Pointer[chan struct{}]
 }
 
 type peer struct {
@@ -269,7 +272,63 @@ func (e *Engine) replicate(ctx context.Context, req Frame) error {
 			ok++
 		}
 	}
-	return e.settle(ctx, set, failed, ok, req.Type)
+	if err := e.settle(ctx, set, failed, ok, req.Type); err != nil {
+		return err
+	}
+	return e.passGate(ctx)
+}
+
+// Hold makes the engine stop completing I/O: requests still run, but none
+// returns success until Release, and one held when Fence is called fails
+// with ErrFenced. The coordination layer holds I/O while it cannot confirm
+// the primary lease, so a cut-off primary completes nothing a new primary
+// could miss. Hold, Release and Fence are safe to call concurrently.
+func (e *Engine) Hold() {
+	e.holdMu.Lock()
+	defer e.holdMu.Unlock()
+	if e.hold.Load() == nil {
+		ch := make(chan struct{})
+		e.hold.Store(&ch)
+		e.log.Warn("holding I/O until the primary lease is confirmed")
+	}
+}
+
+// Release lifts a Hold.
+func (e *Engine) Release() {
+	e.holdMu.Lock()
+	defer e.holdMu.Unlock()
+	if ch := e.hold.Load(); ch != nil {
+		e.hold.Store(nil)
+		close(*ch)
+		e.log.Info("released held I/O")
+	}
+}
+
+// Fence stops the engine for good: every request, including held ones,
+// fails with ErrFenced. The coordination layer calls it when the primary
+// lease is lost; a stale-epoch reply from a replica does the same.
+func (e *Engine) Fence(cause error) {
+	e.fence(cause)
+	e.Release()
+}
+
+// passGate waits while the engine is held and fails once it is fenced.
+func (e *Engine) passGate(ctx context.Context) error {
+	for {
+		ch := e.hold.Load()
+		if ch == nil {
+			break
+		}
+		select {
+		case <-*ch:
+		case <-ctx.Done():
+			return fmt.Errorf("volume %s: held I/O abandoned: %w", e.cfg.Volume, ctx.Err())
+		}
+	}
+	if e.fenced.Load() {
+		return e.fencedErr()
+	}
+	return nil
 }
 
 // settle decides the outcome of a request sent to set: fence on a stale
@@ -378,7 +437,7 @@ func (e *Engine) ReadAt(ctx context.Context, p []byte, off int64) error {
 		src := e.readSource(set)
 		_, err := src.client.wait(src.client.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(len(p))}, payloadSum(nil), p))
 		if err == nil {
-			return nil
+			return e.passGate(ctx)
 		}
 		if errors.Is(err, ErrStaleEpoch) {
 			e.fence(err)
@@ -413,6 +472,7 @@ type EngineStatus struct {
 	Size     int64           `json:"size"`
 	Epoch    uint64          `json:"epoch"`
 	Fenced   bool            `json:"fenced"`
+	Held     bool            `json:"held"`
 	InSync   int             `json:"in_sync"`
 	Replicas []ReplicaStatus `json:"replicas"`
 }
@@ -421,7 +481,7 @@ type EngineStatus struct {
 func (e *Engine) Status() EngineStatus {
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
-	st := EngineStatus{Volume: e.cfg.Volume, Size: e.cfg.Size, Epoch: e.cfg.Epoch, Fenced: e.fenced.Load()}
+	st := EngineStatus{Volume: e.cfg.Volume, Size: e.cfg.Size, Epoch: e.cfg.Epoch, Fenced: e.fenced.Load(), Held: e.hold.Load() != nil}
 	for _, p := range e.peers {
 		st.Replicas = append(st.Replicas, ReplicaStatus{Addr: p.cfg.Addr, Local: p.cfg.Local, State: p.state, Reason: p.reason})
 		if p.state == StateInSync {

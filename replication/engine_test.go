@@ -6,14 +6,15 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"hash/crc32"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	mrand "math/rand/v2"
 	"os"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/shoenig/test/must"
 )
@@ -269,4 +270,28 @@ func TestEngineStartValidation(t *testing.T) {
 	_, err := StartEngine(ctx, EngineConfig{Volume: "v", Size: 4096, Epoch: 1, Replicas: []ReplicaConfig{{Addr: "127.0.0.1:1"}}})
 	must.ErrorIs(t, err, ErrNoReplicas)
 	must.StrContains(t, err.Error(), fmt.Sprint("127.0.0.1:1"))
+}
+
+func TestEngineHoldAndFence(t *testing.T) {
+	r := startTestReplica(t, t.TempDir())
+	e := startTestEngine(t, "vol", 1<<20, 1, nil, r)
+	ctx := context.Background()
+
+	e.Hold()
+	must.True(t, e.Status().Held)
+	done := make(chan error, 1)
+	go func() { done <- e.WriteAt(ctx, []byte("held"), 0, false) }()
+	select {
+	case err := <-done:
+		t.Fatalf("held write completed: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	e.Release()
+	must.NoError(t, <-done)
+
+	e.Hold()
+	go func() { done <- e.WriteAt(ctx, []byte("held"), 0, false) }()
+	e.Fence(errors.New("lease lost"))
+	must.ErrorIs(t, <-done, ErrFenced)
+	must.ErrorIs(t, e.Flush(ctx), ErrFenced)
 }

@@ -7,6 +7,10 @@ import (
 	"github.com/saddlebag/saddlebag/internal/bench"
 )
 
+func init() {
+	register("bench", "measure replication against the local disk and print ratios", runBench)
+}
+
 func runBench(ctx context.Context, args []string) error {
 	fs := newFlagSet("bench")
 	dir := fs.String("dir", "", "scratch directory on the disk to measure (default: a new temporary directory)")

@@ -30,6 +30,10 @@ func (s *sizeFlag) Set(v string) error {
 	return err
 }
 
+func init() {
+	register("engine", "run a volume's primary engine and serve it over NBD", runEngine)
+}
+
 func runEngine(ctx context.Context, args []string) error {
 	fs := newFlagSet("engine")
 	volume := fs.String("volume", "", "volume name (required)")

@@ -1,5 +1,3 @@
-// Command saddlebag is Saddlebag's single binary. Each subcommand wires
-// packages together; the logic lives in those packages.
 package main
 
 import (
@@ -24,14 +22,19 @@ type command struct {
 	run     func(ctx context.Context, args []string) error
 }
 
-var commands = map[string]command{
-	"replica": {"serve the replicas stored under a data directory", runReplica},
-	"engine":  {"run a volume's primary engine and serve it over NBD", runEngine},
-	"bench":   {"measure replication against the local disk and print ratios", runBench},
-	"version": {"print the version", func(context.Context, []string) error {
+// commands holds the subcommands; each file registers its own in init, so
+// adding a command touches no shared list.
+var commands = map[string]command{}
+
+func register(name, summary string, run func(ctx context.Context, args []string) error) {
+	commands[name] = command{summary, run}
+}
+
+func init() {
+	register("version", "print the version", func(context.Context, []string) error {
 		fmt.Println("saddlebag", version)
 		return nil
-	}},
+	})
 }
 
 func main() {

@@ -9,6 +9,10 @@ import (
 	"github.com/saddlebag/saddlebag/replication"
 )
 
+func init() {
+	register("replica", "serve the replicas stored under a data directory", runReplica)
+}
+
 func runReplica(ctx context.Context, args []string) error {
 	fs := newFlagSet("replica")
 	dataDir := fs.String("data-dir", "", "directory holding the replicas (required)")

@@ -1,11 +1,3 @@
-// Package bench measures Saddlebag against the plain local equivalent, side
-// by side in one run, and prints ratios: `name value` lines that make bench
-// shows. Timings on shared machines are noisy, so each figure is a ratio or
-// difference of two measurements taken back to back, with the baseline and
-// the replicated run interleaved over several rounds and the median kept.
-//
-// It starts real replica server processes (the saddlebag binary's replica
-// command) on loopback and drives an in-process engine.
 package bench
 
 import (
@@ -43,7 +35,7 @@ type Options struct {
 	// Depth is the second queue depth the sequential test is run at
 	// (informational; the headline ratio is at depth 1).
 	Depth int
-	Log    hclog.Logger
+	Log   hclog.Logger
 }
 
 // Run measures and prints one line per figure to out.

@@ -1,0 +1,25 @@
+// Package replication is Saddlebag's data plane: it turns replica stores on
+// several nodes into one block device whose every acknowledged write is on
+// every in-sync replica (DRBD protocol C semantics, in user space).
+//
+// It owns:
+//
+//   - the replica store (store.go, meta.go): per volume a sparse data file
+//     and a two-slot checksummed metadata file holding the highest promised
+//     epoch, the data generation and the clean-shutdown flag;
+//   - the wire protocol (wire.go): versioned, framed, checksummed, bounded
+//     frames that carry the sender's epoch and a request id;
+//   - the replica server (server.go) that applies a connection's frames in
+//     arrival order and refuses any frame with an epoch below the promised
+//     one;
+//   - the primary engine (engine.go, client.go): fans writes out to every
+//     in-sync replica and completes them when all have them; FLUSH and FUA
+//     become an fsync on each; failed replicas are dropped through an
+//     InSyncHook that must return before the write completes; a stale-epoch
+//     reply fences the engine for good;
+//   - frontends that serve the engine as a Device: NBD (nbd.go).
+//
+// It knows nothing of Consul, CSI or Nomad: it is handed epochs, replica
+// addresses and an InSyncHook. It must not import plugin, leader, scheduler
+// or hcl.
+package replication
