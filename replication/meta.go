@@ -25,99 +25,156 @@ type Meta struct {
 	// (data fsynced); it is cleared, durably, before the first write after
 	// an open.
 	Clean bool `json:"clean"`
+	// ActivityLog lists the extents (of ExtentSize bytes) the primary marked
+	// hot: the only places where replicas may differ after a primary crash.
+	ActivityLog []uint64 `json:"activity_log,omitempty"`
 }
 
-// The metadata file holds two fixed-size slots. Each write goes to the slot
-// not holding the newest version, with a higher sequence number and a
-// checksum, then fsyncs. A torn or failed write therefore damages at most the
-// slot being written, and the other slot still holds the previous version.
+// A slot file holds two fixed-size slots. Each write goes to the slot not
+// holding the newest version, with a higher sequence number and a checksum,
+// then fsyncs. A torn or failed write therefore damages at most the slot
+// being written, and the other slot still holds the previous version. The
+// replica metadata and the persisted peer bitmaps use it.
 const (
-	metaSlotSize   = 4096
-	metaHeaderSize = 24 // magic(8) seq(8) len(4) crc(4)
-	metaMagic      = "SBMETA01"
+	slotHeaderSize = 24 // magic(8) seq(8) len(4) crc(4)
+	slotMagic      = "SBMETA01"
+	metaSlotSize   = 16 << 10
+	// bitmapSlotSize holds the largest encoded peer bitmap.
+	bitmapSlotSize = maxControlPayload + slotHeaderSize
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// ErrMetaCorrupt means neither metadata slot holds a valid version.
+// ErrMetaCorrupt means neither slot of a slot file holds a valid version.
 var ErrMetaCorrupt = errors.New("replica metadata corrupt: no valid slot")
 
-// metaFile is the crash-safe two-slot metadata file of one replica.
-// It is not safe for concurrent use; the owning volume serialises access.
-type metaFile struct {
-	f   *os.File
-	seq uint64 // sequence number of the newest valid slot
-	cur Meta
+// slotFile is a crash-safe two-slot file. It is not safe for concurrent
+// use; its owner serialises access.
+type slotFile struct {
+	f        *os.File
+	slotSize int
+	seq      uint64 // sequence number of the newest valid slot
+	payload  []byte // newest valid payload
 }
 
-func createMeta(path string, m Meta) (*metaFile, error) {
+func createSlotFile(path string, slotSize int, payload []byte) (*slotFile, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	if err := f.Truncate(2 * metaSlotSize); err != nil {
+	if err := f.Truncate(2 * int64(slotSize)); err != nil {
 		f.Close()
 		return nil, err
 	}
-	mf := &metaFile{f: f}
-	if err := mf.store(m); err != nil {
+	sf := &slotFile{f: f, slotSize: slotSize}
+	if err := sf.store(payload); err != nil {
 		f.Close()
 		return nil, err
 	}
-	return mf, nil
+	return sf, nil
 }
 
-func openMeta(path string) (*metaFile, error) {
+func openSlotFile(path string, slotSize int) (*slotFile, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
-	buf := make([]byte, 2*metaSlotSize)
+	buf := make([]byte, 2*slotSize)
 	n, err := f.ReadAt(buf, 0)
 	if err != nil && n == 0 {
 		f.Close()
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	buf = buf[:n]
-	mf := &metaFile{f: f}
+	sf := &slotFile{f: f, slotSize: slotSize}
 	found := false
 	for slot := 0; slot < 2; slot++ {
-		lo := slot * metaSlotSize
-		if lo+metaSlotSize > len(buf) {
+		lo := slot * slotSize
+		if lo+slotSize > len(buf) {
 			continue
 		}
-		seq, m, ok := decodeMetaSlot(buf[lo : lo+metaSlotSize])
-		if ok && (!found || seq > mf.seq) {
-			mf.seq, mf.cur, found = seq, m, true
+		seq, payload, ok := decodeSlot(buf[lo : lo+slotSize])
+		if ok && (!found || seq > sf.seq) {
+			sf.seq, sf.payload, found = seq, payload, true
 		}
 	}
 	if !found {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, ErrMetaCorrupt)
 	}
-	return mf, nil
+	return sf, nil
 }
 
-func decodeMetaSlot(b []byte) (uint64, Meta, bool) {
-	var m Meta
-	if len(b) < metaHeaderSize || string(b[:8]) != metaMagic {
-		return 0, m, false
+func decodeSlot(b []byte) (uint64, []byte, bool) {
+	if len(b) < slotHeaderSize || string(b[:8]) != slotMagic {
+		return 0, nil, false
 	}
 	seq := binary.LittleEndian.Uint64(b[8:])
 	n := binary.LittleEndian.Uint32(b[16:])
 	sum := binary.LittleEndian.Uint32(b[20:])
-	if int(n) > len(b)-metaHeaderSize {
-		return 0, m, false
+	if int64(n) > int64(len(b)-slotHeaderSize) {
+		return 0, nil, false
 	}
-	payload := b[metaHeaderSize : metaHeaderSize+int(n)]
-	c := crc32.Update(crc32.Checksum(b[8:20], castagnoli), castagnoli, payload)
-	if c != sum {
-		return 0, m, false
+	payload := b[slotHeaderSize : slotHeaderSize+int(n)]
+	if crc32.Update(crc32.Checksum(b[8:20], castagnoli), castagnoli, payload) != sum {
+		return 0, nil, false
 	}
-	if err := json.Unmarshal(payload, &m); err != nil {
-		return 0, m, false
+	return seq, append([]byte(nil), payload...), true
+}
+
+// store durably replaces the content with payload.
+func (sf *slotFile) store(payload []byte) error {
+	if len(payload) > sf.slotSize-slotHeaderSize {
+		return fmt.Errorf("%s: %d bytes do not fit a %d-byte slot", sf.f.Name(), len(payload), sf.slotSize)
 	}
-	return seq, m, true
+	seq := sf.seq + 1
+	b := make([]byte, sf.slotSize)
+	copy(b, slotMagic)
+	binary.LittleEndian.PutUint64(b[8:], seq)
+	binary.LittleEndian.PutUint32(b[16:], uint32(len(payload)))
+	copy(b[slotHeaderSize:], payload)
+	binary.LittleEndian.PutUint32(b[20:], crc32.Update(crc32.Checksum(b[8:20], castagnoli), castagnoli, payload))
+	if _, err := sf.f.WriteAt(b, int64(seq%2)*int64(sf.slotSize)); err != nil {
+		return fmt.Errorf("write %s: %w", sf.f.Name(), err)
+	}
+	if err := sf.f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", sf.f.Name(), err)
+	}
+	sf.seq, sf.payload = seq, payload
+	return nil
+}
+
+func (sf *slotFile) close() error { return sf.f.Close() }
+
+// metaFile is the replica metadata kept in a slot file.
+type metaFile struct {
+	sf  *slotFile
+	cur Meta
+}
+
+func createMeta(path string, m Meta) (*metaFile, error) {
+	payload, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	sf, err := createSlotFile(path, metaSlotSize, payload)
+	if err != nil {
+		return nil, err
+	}
+	return &metaFile{sf: sf, cur: m}, nil
+}
+
+func openMeta(path string) (*metaFile, error) {
+	sf, err := openSlotFile(path, metaSlotSize)
+	if err != nil {
+		return nil, err
+	}
+	mf := &metaFile{sf: sf}
+	if err := json.Unmarshal(sf.payload, &mf.cur); err != nil {
+		sf.close()
+		return nil, fmt.Errorf("%s: %w: %w", path, ErrMetaCorrupt, err)
+	}
+	return mf, nil
 }
 
 // store durably replaces the metadata with m.
@@ -126,24 +183,11 @@ func (mf *metaFile) store(m Meta) error {
 	if err != nil {
 		return err
 	}
-	if len(payload) > metaSlotSize-metaHeaderSize {
-		return fmt.Errorf("replica metadata too large: %d bytes", len(payload))
+	if err := mf.sf.store(payload); err != nil {
+		return err
 	}
-	seq := mf.seq + 1
-	b := make([]byte, metaSlotSize)
-	copy(b, metaMagic)
-	binary.LittleEndian.PutUint64(b[8:], seq)
-	binary.LittleEndian.PutUint32(b[16:], uint32(len(payload)))
-	copy(b[metaHeaderSize:], payload)
-	binary.LittleEndian.PutUint32(b[20:], crc32.Update(crc32.Checksum(b[8:20], castagnoli), castagnoli, payload))
-	if _, err := mf.f.WriteAt(b, int64(seq%2)*metaSlotSize); err != nil {
-		return fmt.Errorf("write replica metadata: %w", err)
-	}
-	if err := mf.f.Sync(); err != nil {
-		return fmt.Errorf("sync replica metadata: %w", err)
-	}
-	mf.seq, mf.cur = seq, m
+	mf.cur = m
 	return nil
 }
 
-func (mf *metaFile) close() error { return mf.f.Close() }
+func (mf *metaFile) close() error { return mf.sf.close() }

@@ -3,6 +3,7 @@ package replication
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,8 @@ type openReply struct {
 	// cleanly. Created is true when this open created it, empty.
 	Clean   bool `json:"clean"`
 	Created bool `json:"created"`
+	// ActivityLog is the replica's activity log (hot extents).
+	ActivityLog []uint64 `json:"activity_log,omitempty"`
 }
 
 // ServerStats counts what a replica server did, for tests and status.
@@ -196,7 +199,7 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 		*vol = v
 		m := v.Meta()
 		reply.Payload, _ = json.Marshal(openReply{Size: v.Size(), Epoch: m.Epoch, Generation: m.Generation,
-			Clean: v.WasClean(), Created: created})
+			Clean: v.WasClean(), Created: created, ActivityLog: m.ActivityLog})
 		return nil
 	}
 	v := *vol
@@ -225,6 +228,36 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 		err = v.Flush(f.Epoch)
 	case FrameTrim:
 		err = v.Trim(f.Epoch, int64(f.Offset), int64(f.Length))
+	case FrameActivity:
+		if len(f.Payload)%8 != 0 {
+			return fmt.Errorf("%w: activity log of %d bytes", ErrInvalid, len(f.Payload))
+		}
+		extents := make([]uint64, len(f.Payload)/8)
+		for i := range extents {
+			extents[i] = binary.BigEndian.Uint64(f.Payload[8*i:])
+		}
+		return v.SetActivityLog(f.Epoch, extents)
+	case FramePutBitmap:
+		peer, enc, perr := splitPeerPayload(f.Payload)
+		if perr != nil {
+			return perr
+		}
+		return v.PutPeerBitmap(f.Epoch, peer, enc)
+	case FrameGetBitmap:
+		enc, gerr := v.PeerBitmap(f.Epoch, string(f.Payload))
+		reply.Payload = enc
+		return gerr
+	case FrameChecksum:
+		sums, cerr := v.Checksums(f.Epoch, int64(f.Offset), int64(f.Length))
+		reply.Payload = sums
+		return cerr
+	case FrameAllocated:
+		runs, aerr := v.Allocated(f.Epoch, int64(f.Offset), int64(f.Length))
+		for _, r := range runs {
+			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, uint64(r[0]))
+			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, uint64(r[1]))
+		}
+		return aerr
 	default:
 		return fmt.Errorf("%w: unknown frame type %d", ErrInvalid, f.Type)
 	}
@@ -232,4 +265,18 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 		s.Stats.Applied.Add(1)
 	}
 	return err
+}
+
+// peerPayload encodes a FramePutBitmap payload.
+func peerPayload(peer string, enc []byte) []byte {
+	out := binary.BigEndian.AppendUint16(nil, uint16(len(peer)))
+	return append(append(out, peer...), enc...)
+}
+
+func splitPeerPayload(p []byte) (string, []byte, error) {
+	if len(p) < 2 || int(binary.BigEndian.Uint16(p)) > len(p)-2 {
+		return "", nil, fmt.Errorf("%w: malformed bitmap payload", ErrInvalid)
+	}
+	n := int(binary.BigEndian.Uint16(p))
+	return string(p[2 : 2+n]), p[2+n:], nil
 }

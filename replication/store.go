@@ -206,8 +206,9 @@ type Volume struct {
 	data     *os.File
 	wasClean bool
 
-	mu   sync.RWMutex // held shared by I/O, exclusively by epoch changes
-	meta *metaFile
+	mu     sync.RWMutex // held shared by I/O, exclusively by epoch changes
+	meta   *metaFile
+	peerMu sync.Mutex // serialises peer bitmap files
 	refs int // guarded by store.mu
 }
 

@@ -109,7 +109,7 @@ func TestMetaTornWriteKeepsPreviousVersion(t *testing.T) {
 	mf, err := createMeta(path, Meta{VolumeID: "v", Size: 4096, Epoch: 1})
 	must.NoError(t, err)
 	must.NoError(t, mf.store(Meta{VolumeID: "v", Size: 4096, Epoch: 2}))
-	newest := int64(mf.seq%2) * metaSlotSize
+	newest := int64(mf.sf.seq%2) * metaSlotSize
 	mf.close()
 
 	// Tear the newest slot: its second half never reached the disk.

@@ -59,13 +59,29 @@ const (
 	FrameFlush FrameType = 5
 	// FrameTrim punches a hole of Length bytes at Offset.
 	FrameTrim FrameType = 6
+	// FrameActivity replaces the activity log: payload is big-endian
+	// uint64 extent numbers.
+	FrameActivity FrameType = 7
+	// FramePutBitmap stores the bitmap of blocks a peer misses: payload is
+	// a uint16 name length, the peer's name, then the encoded bitmap
+	// (empty: delete it).
+	FramePutBitmap FrameType = 8
+	// FrameGetBitmap fetches a peer's bitmap: payload is the peer's name.
+	FrameGetBitmap FrameType = 9
+	// FrameChecksum asks for a CRC-64 of each block in [Offset, +Length).
+	FrameChecksum FrameType = 10
+	// FrameAllocated asks which ranges of [Offset, +Length) hold data: the
+	// reply is big-endian (offset, length) uint64 pairs.
+	FrameAllocated FrameType = 11
 
 	replyBit FrameType = 0x80
 )
 
 func (t FrameType) String() string {
 	names := map[FrameType]string{FrameOpen: "open", FramePromise: "promise", FrameWrite: "write",
-		FrameRead: "read", FrameFlush: "flush", FrameTrim: "trim"}
+		FrameRead: "read", FrameFlush: "flush", FrameTrim: "trim", FrameActivity: "activity",
+		FramePutBitmap: "put-bitmap", FrameGetBitmap: "get-bitmap", FrameChecksum: "checksum",
+		FrameAllocated: "allocated"}
 	if n, ok := names[t&^replyBit]; ok {
 		if t&replyBit != 0 {
 			return n + "-reply"
