@@ -2,11 +2,18 @@
 # Installs the Debian packages the tests and the demo need, if missing.
 # Idempotent: a machine that has everything runs no apt-get at all.
 set -euo pipefail
+# The filesystem tools live in sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 # tool -> package that provides it
 declare -A need=(
   [nbdcopy]=libnbd-bin      # real NBD client (nbdcopy, nbdinfo)
   [nbdsh]=python3-libnbd    # scriptable NBD client used by the tests
+  [mkfs.ext4]=e2fsprogs     # ext4 on FUSE+loop volumes (mkfs.ext4, e2fsck)
+  [mkfs.xfs]=xfsprogs       # xfs on FUSE+loop volumes (mkfs.xfs, xfs_repair)
+  [fusermount3]=fuse3       # FUSE userspace; the frontend mounts directly as root, fuse3 brings /etc/fuse.conf and the fusectl tooling
+  [losetup]=mount           # loop devices
+  [blkid]=util-linux        # filesystem detection
 )
 
 missing=()
