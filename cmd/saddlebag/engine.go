@@ -43,7 +43,8 @@ func runEngine(ctx context.Context, args []string) error {
 	var replicas, local stringList
 	fs.Var(&replicas, "replica", "replica server host:port (repeat for each replica; at least one)")
 	fs.Var(&local, "local-replica", "host:port of a --replica on this node, preferred for reads")
-	socket := fs.String("nbd-socket", "", "unix socket path to serve the volume on over NBD (required)")
+	socket := fs.String("nbd-socket", "", "unix socket path to serve the volume on over NBD (this or --mount is required)")
+	mnt := addMountFlags(fs)
 	timeout := fs.Duration("replica-timeout", 5*time.Second, "drop a replica that does not answer a request within this time")
 	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	if err := parseFlags(fs, args); err != nil {
@@ -58,8 +59,11 @@ func runEngine(ctx context.Context, args []string) error {
 		return usageError{errors.New("--epoch is required and must be above 0")}
 	case len(replicas) == 0:
 		return usageError{errors.New("at least one --replica is required")}
-	case *socket == "":
-		return usageError{errors.New("--nbd-socket is required")}
+	case *socket == "" && mnt.path == "":
+		return usageError{errors.New("--nbd-socket or --mount is required")}
+	}
+	if err := mnt.check(*volume, *socket); err != nil {
+		return usageError{err}
 	}
 	if err := replication.ValidateSize(int64(size)); err != nil {
 		return usageError{fmt.Errorf("--size: %w", err)}
@@ -86,6 +90,9 @@ func runEngine(ctx context.Context, args []string) error {
 	}
 	defer eng.Close()
 
+	if mnt.path != "" {
+		return serveMounted(ctx, eng, *volume, mnt, *timeout, log)
+	}
 	if err := os.Remove(*socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale socket: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
@@ -155,4 +156,31 @@ func waitLoopsGone(backing string, wait time.Duration) ([]string, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// AttachLoop returns the loop device bound to backing, attaching one (with
+// direct I/O) if there is none. For raw block access and tools that want
+// the device without a file system mounted.
+func AttachLoop(backing string) (string, error) {
+	dev, _, err := ensureLoop(backing, hclog.NewNullLogger())
+	return dev, err
+}
+
+// DetachLoops detaches every loop device bound to backing and waits
+// briefly for the kernel to let go of them. Nothing bound is not an error.
+func DetachLoops(backing string) error {
+	loops, err := loopsOf(backing)
+	if err != nil {
+		return err
+	}
+	for _, dev := range loops {
+		if err := detachLoop(dev); err != nil {
+			return err
+		}
+	}
+	left, err := waitLoopsGone(backing, detachSettle)
+	if err == nil && len(left) > 0 {
+		err = fmt.Errorf("%w: loop devices %v still open", ErrPathBusy, left)
+	}
+	return err
 }
