@@ -1,0 +1,252 @@
+package testcluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// fastGossip makes a killed agent's serfHealth fail within about a
+// second on loopback instead of Consul's LAN default of several.
+const fastGossip = `gossip_lan {
+  gossip_interval = "50ms"
+  probe_interval  = "200ms"
+  probe_timeout   = "100ms"
+  suspicion_mult  = 3
+  retransmit_mult = 2
+}
+performance { raft_multiplier = 1 }
+`
+
+// Options tunes the agents started.
+type Options struct {
+	// Dir holds logs and data directories (required).
+	Dir string
+	// HCL is extra agent configuration (ACLs, TLS, ...), added to every
+	// agent started.
+	HCL string
+	// Binary is the consul binary; default ConsulBinary().
+	Binary string
+	// Token is the ACL token the harness itself uses to see whether an
+	// agent is ready (when HCL turns ACLs on).
+	Token string
+}
+
+func (o *Options) binary() (string, error) {
+	if o.Binary != "" {
+		return o.Binary, nil
+	}
+	b, err := ConsulBinary()
+	if err == nil {
+		o.Binary = b
+	}
+	return b, err
+}
+
+// StartDev starts `consul agent -dev` (server and client in one, state in
+// memory) on ip with random free ports, and waits until it is ready. The
+// caller stops it (Stop or Kill).
+func StartDev(ctx context.Context, ip, name string, o Options) (*Agent, error) {
+	bin, err := o.binary()
+	if err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(ip, 4)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		Name: name, IP: ip, Server: true, bin: bin, token: o.Token,
+		HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
+		SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
+		logPath:     filepath.Join(o.Dir, name+".log"),
+	}
+	a.args = []string{"agent", "-dev", "-node", name, "-disable-host-node-id", "-bind", ip, "-client", ip,
+		"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
+		"-serf-wan-port", strconv.Itoa(ports[2]), "-server-port", strconv.Itoa(ports[3]),
+		"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
+		"-hcl", "ports { grpc_tls = -1 }"}
+	if o.HCL != "" {
+		a.args = append(a.args, "-hcl", o.HCL)
+	}
+	return a, startReady(ctx, a)
+}
+
+func startReady(ctx context.Context, a *Agent) error {
+	if err := a.start(); err != nil {
+		return err
+	}
+	if err := a.WaitReady(ctx); err != nil {
+		a.Kill()
+		return err
+	}
+	return nil
+}
+
+func freePorts(ip string, n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for len(ports) < n {
+		p, err := freePort(ip)
+		if err != nil {
+			return nil, err
+		}
+		dup := false
+		for _, q := range ports {
+			dup = dup || q == p
+		}
+		if !dup {
+			ports = append(ports, p)
+		}
+	}
+	return ports, nil
+}
+
+// Cluster is one Consul server and a Consul client agent per simulated
+// node, each on its own loopback address: the server on 127.0.0.1, client
+// i on 127.0.0.(i+2).
+type Cluster struct {
+	Server  *Agent
+	Clients []*Agent
+}
+
+// Stop stops every agent.
+func (c *Cluster) Stop() {
+	for _, a := range c.Clients {
+		a.Stop()
+	}
+	if c.Server != nil {
+		c.Server.Stop()
+	}
+}
+
+// StartCluster starts a server and n client agents joined to it, with fast
+// gossip failure detection, and waits until all are ready. On error it
+// stops whatever it started.
+func StartCluster(ctx context.Context, n int, o Options) (*Cluster, error) {
+	bin, err := o.binary()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Stop()
+		}
+	}()
+	ip := "127.0.0.1"
+	ports, err := freePorts(ip, 4)
+	if err != nil {
+		return nil, err
+	}
+	data := filepath.Join(o.Dir, "server-data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return nil, err
+	}
+	c.Server = &Agent{
+		Name: "server", IP: ip, Server: true, bin: bin, token: o.Token,
+		HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
+		SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
+		logPath:     filepath.Join(o.Dir, "server.log"),
+	}
+	c.Server.args = []string{"agent", "-server", "-bootstrap-expect", "1", "-node", "server", "-disable-host-node-id",
+		"-bind", ip, "-client", ip, "-data-dir", data,
+		"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
+		"-serf-wan-port", strconv.Itoa(ports[2]), "-server-port", strconv.Itoa(ports[3]),
+		"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
+		"-hcl", "ports { grpc_tls = -1 }", "-hcl", fastGossip}
+	if o.HCL != "" {
+		c.Server.args = append(c.Server.args, "-hcl", o.HCL)
+	}
+	if err := startReady(ctx, c.Server); err != nil {
+		return nil, err
+	}
+	for i := range n {
+		ip := fmt.Sprintf("127.0.0.%d", i+2)
+		ports, err := freePorts(ip, 2)
+		if err != nil {
+			return nil, err
+		}
+		name := fmt.Sprintf("node%d", i+1)
+		data := filepath.Join(o.Dir, name+"-data")
+		if err := os.MkdirAll(data, 0o755); err != nil {
+			return nil, err
+		}
+		a := &Agent{
+			Name: name, IP: ip, bin: bin, token: o.Token,
+			HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
+			SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
+			logPath:     filepath.Join(o.Dir, name+".log"),
+		}
+		a.args = []string{"agent", "-node", name, "-disable-host-node-id", "-bind", ip, "-client", ip, "-data-dir", data,
+			"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
+			"-retry-join", c.Server.SerfLANAddr, "-retry-interval", "200ms",
+			"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
+			"-hcl", "ports { grpc_tls = -1\n serf_wan = -1 }", "-hcl", fastGossip}
+		if o.HCL != "" {
+			a.args = append(a.args, "-hcl", o.HCL)
+		}
+		c.Clients = append(c.Clients, a)
+		if err := a.start(); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range c.Clients {
+		if err := a.WaitReady(ctx); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return c, nil
+}
+
+// Dev starts a dev agent on 127.0.0.1 for test t and stops it (by PID)
+// when the test ends; the test fails if Consul cannot be had.
+func Dev(t testing.TB, o Options) *Agent {
+	t.Helper()
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	a, err := StartDev(ctx, "127.0.0.1", "dev", o)
+	if err != nil {
+		t.Fatalf("consul dev agent: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("consul %s log tail:\n%s", a.Name, a.LogTail(40))
+		}
+		a.Stop()
+	})
+	return a
+}
+
+// NewCluster starts a server and n client agents for test t and stops them
+// (by PID) when the test ends; the test fails if Consul cannot be had.
+func NewCluster(t testing.TB, n int, o Options) *Cluster {
+	t.Helper()
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c, err := StartCluster(ctx, n, o)
+	if err != nil {
+		t.Fatalf("consul cluster: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, a := range append([]*Agent{c.Server}, c.Clients...) {
+				t.Logf("consul %s log tail:\n%s", a.Name, a.LogTail(30))
+			}
+		}
+		c.Stop()
+	})
+	return c
+}

@@ -1,0 +1,166 @@
+package leader
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// VolumeSpec is what the user asked for.
+type VolumeSpec struct {
+	SizeBytes  int64             `json:"size_bytes"`
+	Replicas   int               `json:"replicas"`
+	FSType     string            `json:"fs_type,omitempty"`
+	Parameters map[string]string `json:"parameters,omitempty"`
+}
+
+// ReplicaRecord is one replica of a volume as the controller placed it.
+type ReplicaRecord struct {
+	Node  string `json:"node"`
+	Addr  string `json:"addr"`
+	State string `json:"state"`
+}
+
+// VolumeRecord is <prefix>volumes/<vol>, written by the controller with
+// check-and-set.
+type VolumeRecord struct {
+	ID       string          `json:"id"`
+	Spec     VolumeSpec      `json:"spec"`
+	Replicas []ReplicaRecord `json:"replicas"`
+	Created  time.Time       `json:"created"`
+	Updated  time.Time       `json:"updated"`
+}
+
+// GetVolume returns a volume record and its modify index (consistent
+// read), or ErrNotFound.
+func (c *Client) GetVolume(ctx context.Context, id string) (VolumeRecord, uint64, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	var rec VolumeRecord
+	key := c.keys.Volume(id)
+	pair, _, err := c.api.KV().Get(key, qopts(ctx))
+	if err != nil {
+		return rec, 0, fmt.Errorf("read %s: %w", key, err)
+	}
+	if pair == nil {
+		return rec, 0, fmt.Errorf("volume %s: %w", id, ErrNotFound)
+	}
+	if err := json.Unmarshal(pair.Value, &rec); err != nil {
+		return rec, 0, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return rec, pair.ModifyIndex, nil
+}
+
+// ListVolumes returns every volume record.
+func (c *Client) ListVolumes(ctx context.Context) ([]VolumeRecord, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	pairs, _, err := c.api.KV().List(c.keys.Volumes(), qopts(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("list volumes: %w", err)
+	}
+	var out []VolumeRecord
+	for _, p := range pairs {
+		if strings.Contains(strings.TrimPrefix(p.Key, c.keys.Volumes()), "/") {
+			continue // a volume's primary lock or in-sync record
+		}
+		var rec VolumeRecord
+		if err := json.Unmarshal(p.Value, &rec); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", p.Key, err)
+		}
+		out = append(out, rec)
+	}
+	return out, nil
+}
+
+// PutVolume writes rec if the record's modify index is still index (0:
+// create, the record must not exist) and, when leadership is non-nil, the
+// controller still holds it. It returns the new modify index; a
+// *ConflictError when the record changed (or already exists), a
+// *LeaseLostError when leadership is gone. Created is kept from the caller
+// (set on create when zero); Updated is set now.
+func (c *Client) PutVolume(ctx context.Context, rec VolumeRecord, index uint64, leadership *Lease) (uint64, error) {
+	if rec.ID == "" || strings.Contains(rec.ID, "/") {
+		return 0, fmt.Errorf("%w: volume id %q", ErrInvalid, rec.ID)
+	}
+	now := time.Now().UTC()
+	if rec.Created.IsZero() {
+		rec.Created = now
+	}
+	rec.Updated = now
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return 0, fmt.Errorf("encode volume record: %w", err)
+	}
+	key := c.keys.Volume(rec.ID)
+	return c.casTxn(ctx, key, index, leadership, &api.KVTxnOp{Verb: api.KVCAS, Key: key, Value: b, Index: index})
+}
+
+// DeleteVolume deletes the record if its modify index is still index,
+// together with the volume's in-sync record, under leadership (when
+// non-nil). Deleting an absent record with index 0 succeeds.
+func (c *Client) DeleteVolume(ctx context.Context, id string, index uint64, leadership *Lease) error {
+	key := c.keys.Volume(id)
+	if index == 0 {
+		_, _, err := c.GetVolume(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err == nil {
+			return &ConflictError{Key: key, Reason: "delete of an existing record needs its index"}
+		}
+		return err
+	}
+	_, err := c.casTxn(ctx, key, index, leadership,
+		&api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: index},
+		&api.KVTxnOp{Verb: api.KVDelete, Key: c.keys.InSync(id)})
+	return err
+}
+
+// casTxn runs ops (the first being the check-and-set on key) in one
+// transaction, preceded by a leadership check when leadership is non-nil.
+func (c *Client) casTxn(ctx context.Context, key string, index uint64, leadership *Lease, ops ...*api.KVTxnOp) (uint64, error) {
+	var txn api.TxnOps
+	checks := 0
+	if leadership != nil {
+		if err := leadership.Err(); err != nil {
+			return 0, err
+		}
+		txn = append(txn,
+			&api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: leadership.key, Session: leadership.session}},
+			&api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: leadership.key, Index: leadership.modifyIndex}})
+		checks = 2
+	}
+	for _, op := range ops {
+		txn = append(txn, &api.TxnOp{KV: op})
+	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	ok, resp, _, err := c.api.Txn().Txn(txn, qopts(ctx))
+	if err != nil {
+		return 0, fmt.Errorf("write %s: %w", key, err)
+	}
+	if !ok {
+		for _, e := range resp.Errors {
+			if e.OpIndex < checks {
+				return 0, &LeaseLostError{Key: leadership.key, Epoch: leadership.epoch, Reason: "write refused: " + e.What}
+			}
+		}
+		conflict := &ConflictError{Key: key, Index: index, Reason: "record changed since it was read"}
+		if pair, _, err := c.api.KV().Get(key, qopts(ctx)); err == nil && pair != nil {
+			conflict.Current = pair.ModifyIndex
+		}
+		return 0, conflict
+	}
+	for _, r := range resp.Results {
+		if r.KV != nil && r.KV.Key == key {
+			return r.KV.ModifyIndex, nil
+		}
+	}
+	return 0, nil // a delete returns no entry
+}
