@@ -17,7 +17,10 @@
 //     become an fsync on each; failed replicas are dropped through an
 //     InSyncHook that must return before the write completes; a stale-epoch
 //     reply fences the engine for good;
-//   - frontends that serve the engine as a Device: NBD (nbd.go).
+//   - frontends that serve the engine as a Device: NBD (nbd.go), and FUSE
+//     (fuse.go), which serves the volume as one file for a loop device,
+//     with a watchdog that aborts the connection when requests stop
+//     completing (plugin/mount formats and mounts what is on top).
 //
 // It knows nothing of Consul, CSI or Nomad: it is handed epochs, replica
 // addresses and an InSyncHook. It must not import plugin, leader, scheduler
