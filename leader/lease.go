@@ -63,6 +63,7 @@ type Lease struct {
 	held      bool
 	holds     int
 	confirmed time.Time // send time of the newest confirmation
+	acquired  time.Time
 }
 
 // leaseTiming bounds a lease's confirmation.
@@ -91,6 +92,9 @@ func (l *Lease) Volume() string { return l.volume }
 
 // Epoch returns the key's LockIndex when this lease acquired it.
 func (l *Lease) Epoch() uint64 { return l.epoch }
+
+// AcquiredAt returns when the lock was found held after acquiring it.
+func (l *Lease) AcquiredAt() time.Time { return l.acquired }
 
 // Session returns the session holding the lock.
 func (l *Lease) Session() string { return l.session }
@@ -228,7 +232,7 @@ func (a *Agent) startLease(key, volume, sid string, pair *api.KVPair, confirmed 
 		timing: timing, log: log.With("epoch", pair.LockIndex),
 		onEnd: a.removeLease, cancel: cancel,
 		done: make(chan struct{}), lost: make(chan struct{}),
-		confirmed: confirmed,
+		confirmed: confirmed, acquired: time.Now(),
 	}
 	a.addLease(l)
 	l.log.Info("lease acquired", "session", sid, "hold_after", timing.holdAfter, "lock_delay", a.cfg.LockDelay)

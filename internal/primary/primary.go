@@ -1,0 +1,152 @@
+// Package primary makes a node a volume's primary (DESIGN.md §5.4 steps
+// 1–3): take the volume's primary lease in Consul, read the in-sync
+// record, start the replication engine at the lease's epoch over only the
+// replicas named there (promising the epoch to each, so they refuse the
+// previous primary), and let the lease drive the engine: held while the
+// lease is unconfirmed, fenced when it is lost. The engine records in-sync
+// changes through the lease (CAS under its session) and the volume's
+// health check follows each change.
+//
+// It is wiring between leader and replication, used by the node agent and
+// the failover benchmark; the CSI node service will call it from
+// NodeStage/NodeUnstage. It must not import plugin, scheduler or hcl.
+package primary
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/replication"
+)
+
+// Config says which volume to serve.
+type Config struct {
+	Agent  *leader.Agent
+	Client *leader.Client
+	Volume string
+	Size   int64
+	// Replicas are every replica of the volume; only those in the in-sync
+	// record start in sync.
+	Replicas []replication.ReplicaConfig
+	// Want is the replica count the spec asks for (health); default
+	// len(Replicas).
+	Want int
+	// Timeout is the engine's per-request replica timeout (default 5s).
+	Timeout time.Duration
+	Log     hclog.Logger
+}
+
+// Primary is a running primary: a lease and the engine it guards.
+type Primary struct {
+	Lease  *leader.Lease
+	Engine *replication.Engine
+	cfg    Config
+	log    hclog.Logger
+}
+
+// Promote blocks until this node holds the volume's primary lease, then
+// starts the engine at the lease's epoch. If the volume cannot be served
+// (no in-sync replica reachable, a newer primary already promised) it
+// reports the volume offline with the reason, releases the lease and
+// returns the error; it never serves from a replica outside the in-sync
+// record.
+func Promote(ctx context.Context, cfg Config) (*Primary, error) {
+	if cfg.Agent == nil || cfg.Client == nil {
+		return nil, fmt.Errorf("%w: primary needs an agent and a client", leader.ErrInvalid)
+	}
+	if cfg.Want == 0 {
+		cfg.Want = len(cfg.Replicas)
+	}
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	log := cfg.Log.Named("primary").With("volume_id", cfg.Volume)
+	lease, err := cfg.Agent.AcquirePrimary(ctx, cfg.Volume)
+	if err != nil {
+		return nil, err
+	}
+	log = log.With("epoch", lease.Epoch())
+	fail := func(err error) (*Primary, error) {
+		h := leader.OfflineHealth(err.Error())
+		if rerr := cfg.Agent.ReportVolume(ctx, cfg.Volume, h); rerr != nil {
+			log.Warn("report volume offline", "error", rerr)
+		}
+		if rerr := lease.Release(context.WithoutCancel(ctx)); rerr != nil {
+			log.Warn("release lease", "error", rerr)
+		}
+		log.Error("volume stays offline", "error", err)
+		return nil, err
+	}
+	inSync, err := cfg.Client.InSyncReplicas(ctx, cfg.Volume)
+	if err != nil {
+		return fail(fmt.Errorf("volume %s: read in-sync record: %w", cfg.Volume, err))
+	}
+	addrs := make([]string, len(cfg.Replicas))
+	for i, r := range cfg.Replicas {
+		addrs[i] = r.Addr
+	}
+	hook := &healthHook{w: lease.InSyncWriter(cfg.Agent.Node()), agent: cfg.Agent, volume: cfg.Volume,
+		want: cfg.Want, replicas: addrs, log: log}
+	eng, err := replication.StartEngine(ctx, replication.EngineConfig{
+		Volume: cfg.Volume, Size: cfg.Size, Epoch: lease.Epoch(), Replicas: cfg.Replicas,
+		InSync: inSync, Timeout: cfg.Timeout, Hook: hook, Log: cfg.Log,
+	})
+	if err != nil {
+		return fail(fmt.Errorf("volume %s: start engine at epoch %d: %w", cfg.Volume, lease.Epoch(), err))
+	}
+	lease.Guard(eng)
+	log.Info("serving as primary", "recorded_in_sync", inSync, "in_sync", eng.Status().InSync)
+	return &Primary{Lease: lease, Engine: eng, cfg: cfg, log: log}, nil
+}
+
+// Demote stops being primary cleanly: flush, disconnect, release the
+// lease (no lock-delay for the next primary) and drop the health check.
+func (p *Primary) Demote(ctx context.Context) error {
+	var errs []error
+	if p.Lease.Err() == nil {
+		if err := p.Engine.Flush(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("final flush: %w", err))
+		}
+	}
+	p.Engine.Close()
+	if err := p.Lease.Release(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := p.cfg.Agent.ForgetVolume(ctx, p.cfg.Volume); err != nil {
+		errs = append(errs, err)
+	}
+	p.log.Info("demoted")
+	return errors.Join(errs...)
+}
+
+// healthHook records in-sync changes through the lease, then shows the
+// volume's health in Consul.
+type healthHook struct {
+	w        *leader.InSyncWriter
+	agent    *leader.Agent
+	volume   string
+	want     int
+	replicas []string
+	log      hclog.Logger
+}
+
+func (h *healthHook) SetInSync(ctx context.Context, epoch uint64, inSync []string) error {
+	if err := h.w.SetInSync(ctx, epoch, inSync); err != nil {
+		return err
+	}
+	if err := h.agent.ReportVolume(ctx, h.volume, leader.ClassifyVolume(h.want, h.replicas, inSync)); err != nil {
+		h.log.Warn("report volume health", "error", err)
+	}
+	return nil
+}
+
+var (
+	_ replication.InSyncHook = (*healthHook)(nil)
+	_ replication.InSyncHook = (*leader.InSyncWriter)(nil)
+	_ leader.IOGate          = (*replication.Engine)(nil)
+)
