@@ -132,19 +132,20 @@ func TestEngineKilledUnderMountRecovers(t *testing.T) {
 			var acked atomic.Uint64
 			writerDone := make(chan error, 1)
 			go func() {
-				defer f.Close()
-				for seq := uint64(1); ; seq++ {
-					if _, err := f.WriteAt(record(seq), int64(seq-1)*recordSize); err != nil {
-						writerDone <- err
-						return
+				// The file is closed before the test hears of the failure:
+				// an open file would keep the dead file system (and so its
+				// loop device) alive after the lazy unmount.
+				var err error
+				for seq := uint64(1); err == nil; seq++ {
+					if _, err = f.WriteAt(record(seq), int64(seq-1)*recordSize); err == nil {
+						if err = f.Sync(); err == nil {
+							acked.Store(seq)
+							time.Sleep(2 * time.Millisecond)
+						}
 					}
-					if err := f.Sync(); err != nil {
-						writerDone <- err
-						return
-					}
-					acked.Store(seq)
-					time.Sleep(2 * time.Millisecond)
 				}
+				f.Close()
+				writerDone <- err
 			}()
 			deadline := time.Now().Add(60 * time.Second)
 			for acked.Load() < 150 && time.Now().Before(deadline) {
