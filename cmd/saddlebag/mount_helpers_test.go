@@ -132,3 +132,21 @@ func assertNodeClean(t *testing.T, n node, volume string) {
 		}
 	}
 }
+
+// waitInOrder fails unless the process logged lines matching each pattern,
+// one after another in the given order.
+func (p *proc) waitInOrder(t *testing.T, patterns ...string) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := 0
+	for _, pat := range patterns {
+		re := regexpMust(pat)
+		for ; i < len(p.lines) && !re.MatchString(p.lines[i]); i++ {
+		}
+		if i == len(p.lines) {
+			t.Fatalf("no log line matching %q after the previous step (want order %q)", pat, patterns)
+		}
+		i++
+	}
+}

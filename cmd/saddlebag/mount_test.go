@@ -74,7 +74,8 @@ func TestMountedVolumeMovesToAnotherNode(t *testing.T) {
 			}
 			writeSynced(t, filepath.Join(node1.mount, "marker"), []byte("formatted once"))
 			e1.stop()
-			e1.waitLine(t, regexpMust(`engine stopped`), time.Second)
+			// SIGTERM unwinds in order: file system, loop device, FUSE, engine.
+			e1.waitInOrder(t, `mount: unmounted`, `loop device detached`, `fuse file unmounted`, `engine stopped`)
 			assertNodeClean(t, node1, vol)
 
 			fsckVolume(t, vol, mountVolSize, 2, c.fs, addrs...)
