@@ -1,0 +1,265 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/saddlebag/saddlebag/internal/primary"
+	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/replication"
+)
+
+func init() {
+	register("node", "run the node agent: replica server, Consul registration, session and leases", runNode)
+}
+
+// nodeFlags are `saddlebag node`'s settings (flags now; the HCL agent
+// config file comes with the CSI plugin).
+type nodeFlags struct {
+	dataDir, listen, advertise, node, logLevel string
+	consul                                     leader.ConsulConfig
+	labels                                     stringList
+	lockDelay, ttl                             time.Duration
+	serveVolume, nbdSocket                     string
+	serveSize                                  sizeFlag
+	serveReplicas                              stringList
+}
+
+func parseNodeFlags(args []string) (*nodeFlags, error) {
+	f := &nodeFlags{}
+	fs := newFlagSet("node")
+	fs.StringVar(&f.dataDir, "data-dir", "", "directory holding this node's replicas (required)")
+	fs.StringVar(&f.listen, "listen", "", "host:port the replica server listens on (required)")
+	fs.StringVar(&f.advertise, "advertise", "", "host:port other nodes reach the replica server at (default: the listen address)")
+	fs.StringVar(&f.node, "node", "", "node name (default: the host name)")
+	fs.Var(&f.labels, "label", "failure-domain label key=value, e.g. rack=r1 (repeat)")
+	fs.StringVar(&f.consul.Address, "consul-addr", "", "Consul HTTP address (default: $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&f.consul.Token, "consul-token", "", "Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
+	fs.StringVar(&f.consul.CAFile, "consul-ca-file", "", "CA certificate verifying Consul's HTTPS certificate (default: $CONSUL_CACERT)")
+	fs.StringVar(&f.consul.CertFile, "consul-client-cert", "", "client certificate for Consul (default: $CONSUL_CLIENT_CERT)")
+	fs.StringVar(&f.consul.KeyFile, "consul-client-key", "", "client key for Consul (default: $CONSUL_CLIENT_KEY)")
+	fs.StringVar(&f.consul.TLSServerName, "consul-tls-server-name", "", "name to verify Consul's certificate against (default: $CONSUL_TLS_SERVER_NAME)")
+	fs.StringVar(&f.consul.Prefix, "kv-prefix", leader.DefaultPrefix, "Consul KV prefix of every Saddlebag key")
+	fs.DurationVar(&f.lockDelay, "lock-delay", 5*time.Second, "session lock-delay: how long nobody may take a lock this node held after its session dies; a cut-off primary holds I/O after half of it")
+	fs.DurationVar(&f.ttl, "ttl", 10*time.Second, "TTL of the agent's Consul check (fed every ttl/3); its session dies when the check goes critical")
+	fs.StringVar(&f.serveVolume, "serve-volume", "", "stand as candidate primary for this volume (until the CSI plugin drives promotion)")
+	fs.Var(&f.serveSize, "serve-size", "size of --serve-volume, with units")
+	fs.Var(&f.serveReplicas, "serve-replica", "replica server host:port of --serve-volume (repeat)")
+	fs.StringVar(&f.nbdSocket, "nbd-socket", "", "unix socket to serve --serve-volume over NBD while primary (optional)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if f.dataDir == "" || f.listen == "" {
+		return nil, usageError{errors.New("--data-dir and --listen are required")}
+	}
+	if f.node == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("node name: %w", err)
+		}
+		f.node = h
+	}
+	for _, l := range f.labels {
+		if k, _, ok := strings.Cut(l, "="); !ok || k == "" {
+			return nil, usageError{fmt.Errorf("--label %q: want key=value", l)}
+		}
+	}
+	if f.serveVolume != "" {
+		if err := replication.ValidateVolumeID(f.serveVolume); err != nil {
+			return nil, usageError{fmt.Errorf("--serve-volume: %w", err)}
+		}
+		if err := replication.ValidateSize(int64(f.serveSize)); err != nil {
+			return nil, usageError{fmt.Errorf("--serve-size: %w", err)}
+		}
+		if len(f.serveReplicas) == 0 {
+			return nil, usageError{errors.New("--serve-volume needs at least one --serve-replica")}
+		}
+	}
+	return f, nil
+}
+
+func runNode(ctx context.Context, args []string) error {
+	f, err := parseNodeFlags(args)
+	if err != nil {
+		return err
+	}
+	log := newLogger("saddlebag", f.logLevel).With("node", f.node)
+	store, err := replication.OpenStore(f.dataDir, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	advertise := f.advertise
+	if advertise == "" {
+		advertise = ln.Addr().String()
+	}
+	host, port, err := splitHostPort(advertise)
+	if err != nil {
+		ln.Close()
+		return usageError{fmt.Errorf("--advertise: %w", err)}
+	}
+	client, err := leader.NewClient(f.consul, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	labels := map[string]string{}
+	for _, l := range f.labels {
+		k, v, _ := strings.Cut(l, "=")
+		labels[k] = v
+	}
+	agent, err := leader.NewAgent(leader.AgentConfig{
+		Client: client, Node: f.node, Address: host, Port: port, Meta: labels,
+		TTL: f.ttl, LockDelay: f.lockDelay, Log: log,
+		Record: func() leader.NodeRecord {
+			capacity, free := diskSpace(f.dataDir)
+			return leader.NodeRecord{ReplicaAddr: advertise, CapacityBytes: capacity, FreeBytes: free, Labels: labels, Version: version}
+		},
+	})
+	if err != nil {
+		ln.Close()
+		return usageError{err}
+	}
+
+	// The agent outlives the primary loop so that it can release leases
+	// cleanly; the replica server stops with ctx.
+	agentCtx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
+	var agentWG, wg sync.WaitGroup
+	agentWG.Go(func() { _ = agent.Run(agentCtx) })
+	var serveErr error
+	wg.Go(func() {
+		log.Info("serving replicas", "data_dir", f.dataDir, "addr", ln.Addr().String(), "advertise", advertise)
+		serveErr = replication.NewServer(store, log).Serve(ctx, ln)
+	})
+	if f.serveVolume != "" {
+		wg.Go(func() { candidate(ctx, f, agent, client, log) })
+	}
+	wg.Wait()
+	stopAgent()
+	agentWG.Wait()
+	return serveErr
+}
+
+// candidate stands for --serve-volume until ctx ends: it becomes primary
+// when the lease is free, serves until the lease is lost, and stands
+// again. A lost lease is reported and never assumed back: a new lease
+// means a new epoch and a new engine.
+func candidate(ctx context.Context, f *nodeFlags, agent *leader.Agent, client *leader.Client, log hclog.Logger) {
+	log = log.Named("candidate").With("volume_id", f.serveVolume)
+	cfg := primary.Config{Agent: agent, Client: client, Volume: f.serveVolume, Size: int64(f.serveSize), Log: log}
+	for _, r := range f.serveReplicas {
+		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: r})
+	}
+	for failures := 0; ctx.Err() == nil; {
+		p, err := primary.Promote(ctx, cfg)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			log.Error("cannot become primary; standing again", "error", err, "attempt", failures)
+			_ = sleepCtx(ctx, min(time.Duration(failures)*time.Second, 30*time.Second))
+			continue
+		}
+		failures = 0
+		serveAsPrimary(ctx, f, p, log)
+		select {
+		case <-p.Lease.Lost():
+			if ctx.Err() == nil {
+				log.Error("primary lease lost; engine fenced; standing again", "epoch", p.Lease.Epoch(), "error", p.Lease.Err())
+				p.Engine.Close()
+				// The next primary reports the volume's health from its own agent.
+				if err := agent.ForgetVolume(ctx, f.serveVolume); err != nil {
+					log.Warn("drop volume health check", "error", err)
+				}
+				continue
+			}
+		default:
+		}
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		if err := p.Demote(dctx); err != nil {
+			log.Error("demote", "error", err)
+		}
+		cancel()
+	}
+}
+
+// serveAsPrimary serves the engine over NBD (when asked) until the lease
+// is lost or ctx ends.
+func serveAsPrimary(ctx context.Context, f *nodeFlags, p *primary.Primary, log hclog.Logger) {
+	sctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() {
+		select {
+		case <-p.Lease.Lost():
+			cancel()
+		case <-sctx.Done():
+		}
+	})
+	if f.nbdSocket == "" {
+		<-sctx.Done()
+		return
+	}
+	if err := os.Remove(f.nbdSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Error("remove stale nbd socket", "error", err)
+	}
+	ln, err := net.Listen("unix", f.nbdSocket)
+	if err != nil {
+		log.Error("listen on nbd socket; serving without it", "error", err)
+		<-sctx.Done()
+		return
+	}
+	defer os.Remove(f.nbdSocket)
+	log.Info("serving volume over nbd", "socket", f.nbdSocket, "epoch", p.Lease.Epoch())
+	if err := replication.NewNBDServer(p.Engine, f.serveVolume, log).Serve(sctx, ln); err != nil {
+		log.Error("nbd server", "error", err)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	var port int
+	if _, err := fmt.Sscanf(p, "%d", &port); err != nil || port <= 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port in %q", addr)
+	}
+	return host, port, nil
+}
+
+// diskSpace returns the capacity and free bytes of the file system
+// holding dir (zeros if it cannot be read).
+func diskSpace(dir string) (int64, int64) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, 0
+	}
+	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize
+}
