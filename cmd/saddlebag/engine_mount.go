@@ -100,7 +100,10 @@ func serveMounted(ctx context.Context, eng *replication.Engine, volume string, m
 	select {
 	case <-ctx.Done():
 	case <-fm.Done():
-		serveErr = fmt.Errorf("fuse server under %s stopped (aborted: %v)", m.path, fm.Aborted())
+		serveErr = fmt.Errorf("fuse server under %s stopped", m.path)
+		if fm.Aborted() {
+			serveErr = fmt.Errorf("%w: %w", serveErr, replication.ErrFUSEAborted)
+		}
 		log.Error("fuse server stopped under the mount: unwinding", "aborted", fm.Aborted())
 	}
 

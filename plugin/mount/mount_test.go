@@ -219,6 +219,19 @@ func TestPublishBindReadOnly(t *testing.T) {
 	must.NoError(t, err)
 }
 
+func TestParseMountInfo(t *testing.T) {
+	in := "36 35 98:0 /mnt1 /mnt\\040two rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n" +
+		"40 36 0:52 / /run/fuse rw,nosuid,nodev shared:5 - fuse.saddlebag saddlebag:vol rw,user_id=0\n"
+	got, err := parseMountInfo([]byte(in))
+	must.NoError(t, err)
+	must.Eq(t, []mountEntry{
+		{ID: 36, Major: 98, Minor: 0, Root: "/mnt1", Point: "/mnt two", Options: "rw,noatime", FSType: "ext3", Source: "/dev/root"},
+		{ID: 40, Major: 0, Minor: 52, Root: "/", Point: "/run/fuse", Options: "rw,nosuid,nodev", FSType: "fuse.saddlebag", Source: "saddlebag:vol"},
+	}, got)
+	_, err = parseMountInfo([]byte("36 35 98:0 /mnt1 /mnt2 rw\n"))
+	must.Error(t, err)
+}
+
 func TestParseMountOptions(t *testing.T) {
 	flags, data := ParseMountOptions([]string{"noatime,discard", "ro", "errors=remount-ro", "discard", "rw"})
 	must.Eq(t, uintptr(unix.MS_NOATIME), flags)
