@@ -121,7 +121,10 @@ func Run(ctx context.Context, out io.Writer, o Options) error {
 	fmt.Fprintf(out, "# 4 KiB write+flush, %d ops: local p50 %s p99 %s, 2 replicas p50 %s p99 %s\n",
 		len(localLat), lp, percentile(localLat, 99), ep, percentile(replLat, 99))
 	fmt.Fprintf(out, "sync_write_p50_overhead_us %.1f\n", float64(ep-lp)/float64(time.Microsecond))
-	return runFS(ctx, out, o, addrs)
+	if err := runFS(ctx, out, o, addrs); err != nil {
+		return err
+	}
+	return runFailover(ctx, out, o)
 }
 
 // fileDevice is the baseline: the same calls on a local file.
