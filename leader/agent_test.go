@@ -3,6 +3,11 @@ package leader_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -291,4 +296,52 @@ func TestACLTokenHonoured(t *testing.T) {
 	var se api.StatusError
 	must.True(t, errors.As(err, &se), must.Sprint(err))
 	must.Eq(t, 403, se.Code)
+}
+
+// Over HTTPS with client certificates required (verify_incoming), the
+// agent works with the CA and a client certificate and a client without a
+// certificate is refused.
+func TestTLSClientCertificateHonoured(t *testing.T) {
+	bin, err := testcluster.ConsulBinary()
+	must.NoError(t, err)
+	dir := t.TempDir()
+	for _, args := range [][]string{{"tls", "ca", "create"}, {"tls", "cert", "create", "-server", "-dc", "dc1"},
+		{"tls", "cert", "create", "-client", "-dc", "dc1"}} {
+		cmd := exec.Command(bin, args...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		must.NoError(t, err, must.Sprint(string(out)))
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must.NoError(t, err)
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	p := func(name string) string { return filepath.Join(dir, name) }
+	testcluster.Dev(t, testcluster.Options{HCL: fmt.Sprintf(`ports { https = %d }
+tls {
+  defaults {
+    ca_file = %q
+    cert_file = %q
+    key_file = %q
+    verify_incoming = true
+  }
+}`, port, p("consul-agent-ca.pem"), p("dc1-server-consul-0.pem"), p("dc1-server-consul-0-key.pem"))})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := newClient(t, addr, leader.ConsulConfig{CAFile: p("consul-agent-ca.pem"),
+		CertFile: p("dc1-client-consul-0.pem"), KeyFile: p("dc1-client-consul-0-key.pem")})
+	a := runAgent(t, c, "n1", nil)
+	l, err := a.AcquirePrimary(ctxTimeout(t, 10*time.Second), "vol1")
+	must.NoError(t, err)
+	must.Positive(t, l.Epoch())
+
+	noCert := newClient(t, addr, leader.ConsulConfig{CAFile: p("consul-agent-ca.pem")})
+	_, err = noCert.ReadNode(context.Background(), "n1")
+	// Refused in the TLS handshake: a transport error, not an HTTP answer.
+	var uerr *url.Error
+	must.True(t, errors.As(err, &uerr), must.Sprintf("want a transport error, got %v", err))
+	var serr api.StatusError
+	must.False(t, errors.As(err, &serr))
+	rec, err := c.ReadNode(context.Background(), "n1")
+	must.NoError(t, err)
+	must.Eq(t, "127.0.0.1:7400", rec.ReplicaAddr)
 }
