@@ -24,7 +24,7 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
-test: deps vet
+test: deps vet consul
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 bench: build
