@@ -3,6 +3,7 @@ package leader
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -238,16 +239,22 @@ func (a *Agent) stepErr(ctx context.Context, st *runState) error {
 		st.registered = false
 		return fmt.Errorf("feed ttl check %s: %w", a.checkID, err)
 	}
-	if a.cfg.Record != nil && time.Now().After(st.recordAt) {
-		if err := a.writeRecord(ctx); err != nil {
-			return err
-		}
-		st.recordAt = time.Now().Add(a.cfg.RecordEvery)
-	}
-	if err := a.refreshVolumeChecks(ctx); err != nil {
+	// The session first: leases depend on it, the rest is informational.
+	if err := a.keepSession(ctx); err != nil {
 		return err
 	}
-	return a.keepSession(ctx)
+	var errs []error
+	if a.cfg.Record != nil && time.Now().After(st.recordAt) {
+		if err := a.writeRecord(ctx); err != nil {
+			errs = append(errs, err)
+		} else {
+			st.recordAt = time.Now().Add(a.cfg.RecordEvery)
+		}
+	}
+	if err := a.refreshVolumeChecks(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 func (a *Agent) register(ctx context.Context) error {
