@@ -84,12 +84,16 @@ func dialReplica(ctx context.Context, addr, volume string, size int64, epoch uin
 	return c, open, nil
 }
 
-// start sends req (its Epoch and ID are filled in; psum is
-// payloadSum(req.Payload), computed once by a caller that sends the same
-// payload to several replicas) and returns the call to wait on. For a read,
-// rbuf receives the data. Requests reach the replica in the order their
-// start calls return.
-func (c *replicaClient) start(req Frame, psum uint32, rbuf []byte) *call {
+// start sends req (its Epoch and ID are filled in) and returns the call to
+// wait on. For a read, rbuf receives the data. Requests reach the replica
+// in the order their start calls return.
+func (c *replicaClient) start(req Frame, rbuf []byte) *call {
+	return c.startSummed(req, payloadSum(req.Payload), rbuf)
+}
+
+// startSummed is start for a caller that sends one payload to several
+// replicas and computed psum = payloadSum(req.Payload) once.
+func (c *replicaClient) startSummed(req Frame, psum uint32, rbuf []byte) *call {
 	cl := &call{req: req, rbuf: rbuf, deadline: time.Now().Add(c.timeout), done: make(chan struct{})}
 	cl.req.Epoch = c.epoch
 	c.wmu.Lock()
@@ -132,7 +136,7 @@ func (c *replicaClient) wait(cl *call) (Frame, error) {
 }
 
 func (c *replicaClient) do(req Frame) (Frame, error) {
-	return c.wait(c.start(req, payloadSum(req.Payload), nil))
+	return c.wait(c.start(req, nil))
 }
 
 // fail marks the client failed with err, closes the connection and

@@ -36,6 +36,12 @@ func (h *recordingHook) SetInSync(_ context.Context, _ uint64, set []string) err
 	return nil
 }
 
+func (h *recordingHook) first() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sets[0]
+}
+
 func (h *recordingHook) last() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -197,10 +203,12 @@ func TestEngineNewEmptyReplicaIsOutOfSync(t *testing.T) {
 
 	hook := &recordingHook{}
 	e2 := startTestEngine(t, "vol", 1<<20, 2, hook, a, b)
-	must.Eq(t, []string{a.addr}, hook.last())
-	st := e2.Status()
-	must.Eq(t, StateOutOfSync, st.Replicas[1].State)
-	must.StrContains(t, st.Replicas[1].Reason, "new, empty")
+	must.Eq(t, []string{a.addr}, hook.first())
+	// It is brought back by a full copy, then recorded in sync.
+	st := waitInSync(t, e2, 2)
+	must.Eq(t, "full", st.Replicas[1].Resync.Mode)
+	must.Eq(t, []string{a.addr, b.addr}, hook.last())
+	must.Eq(t, fileSum(t, a.store.DataPath("vol")), fileSum(t, b.store.DataPath("vol")))
 
 	// An explicit in-sync set from the coordination layer wins.
 	e2.Close()
@@ -294,4 +302,18 @@ func TestEngineHoldAndFence(t *testing.T) {
 	e.Fence(errors.New("lease lost"))
 	must.ErrorIs(t, <-done, ErrFenced)
 	must.ErrorIs(t, e.Flush(ctx), ErrFenced)
+}
+
+func TestEngineSplitsLargeRequests(t *testing.T) {
+	rs := []*testReplica{startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())}
+	const size = 3 * MaxIOSize
+	e := startTestEngine(t, "vol", size, 1, nil, rs...)
+	ctx := context.Background()
+	p := make([]byte, size-4096)
+	rand.Read(p)
+	must.NoError(t, e.WriteAt(ctx, p, 4096, true))
+	q := make([]byte, len(p))
+	must.NoError(t, e.ReadAt(ctx, q, 4096))
+	must.Eq(t, sha256.Sum256(p), sha256.Sum256(q))
+	must.Eq(t, 2, e.Status().InSync)
 }

@@ -33,10 +33,16 @@ type testReplica struct {
 }
 
 func startTestReplica(t testing.TB, dir string) *testReplica {
+	return startTestReplicaAt(t, dir, "127.0.0.1:0")
+}
+
+// startTestReplicaAt starts a replica server on addr (a restarted replica
+// comes back on its old address).
+func startTestReplicaAt(t testing.TB, dir, addr string) *testReplica {
 	t.Helper()
 	store, err := OpenStore(dir, testLogger(t))
 	must.NoError(t, err)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	must.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	srv := NewServer(store, testLogger(t))
@@ -56,7 +62,8 @@ func startTestReplica(t testing.TB, dir string) *testReplica {
 
 func startTestEngine(t testing.TB, volume string, size int64, epoch uint64, hook InSyncHook, replicas ...*testReplica) *Engine {
 	t.Helper()
-	cfg := EngineConfig{Volume: volume, Size: size, Epoch: epoch, Hook: hook, Log: testLogger(t), Timeout: 5 * time.Second}
+	cfg := EngineConfig{Volume: volume, Size: size, Epoch: epoch, Hook: hook, Log: testLogger(t), Timeout: 5 * time.Second,
+		ReconnectInterval: 50 * time.Millisecond}
 	for _, r := range replicas {
 		cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: r.addr})
 	}
@@ -73,4 +80,20 @@ var netDialer net.Dialer
 func readAll(c net.Conn) ([]byte, error) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	return io.ReadAll(c)
+}
+
+// waitInSync waits until the engine has n replicas in sync.
+func waitInSync(t testing.TB, e *Engine, n int) EngineStatus {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := e.Status()
+		if st.InSync == n {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("in-sync replicas: %d, want %d; status %+v", st.InSync, n, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -209,7 +209,7 @@ type Volume struct {
 	mu     sync.RWMutex // held shared by I/O, exclusively by epoch changes
 	meta   *metaFile
 	peerMu sync.Mutex // serialises peer bitmap files
-	refs int // guarded by store.mu
+	refs   int        // guarded by store.mu
 }
 
 // ID returns the volume id.

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hashicorp/go-hclog"
 	"net"
 	"os"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/saddlebag/saddlebag/internal/statusapi"
 	"github.com/saddlebag/saddlebag/internal/units"
 	"github.com/saddlebag/saddlebag/replication"
 )
@@ -46,6 +48,13 @@ func runEngine(ctx context.Context, args []string) error {
 	socket := fs.String("nbd-socket", "", "unix socket path to serve the volume on over NBD (this or --mount is required)")
 	mnt := addMountFlags(fs)
 	timeout := fs.Duration("replica-timeout", 5*time.Second, "drop a replica that does not answer a request within this time")
+	minInSync := fs.Int("min-in-sync", 1, "fewest in-sync replicas a write completes with; below it writes wait for resync")
+	var inSync stringList
+	fs.Var(&inSync, "in-sync", "a --replica known to hold every acknowledged write (repeat; default: every reachable replica that is not new)")
+	var resyncRate sizeFlag
+	fs.Var(&resyncRate, "resync-rate", "limit resync traffic per replica to this many bytes per second, with units (e.g. 100MiB); 0 = unlimited")
+	progress := fs.Duration("progress-interval", 5*time.Second, "how often resync progress is logged")
+	statusAddr := fs.String("status-addr", "", "host:port to serve the engine status on (GET /v1/status; read it with saddlebag status)")
 	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -71,7 +80,16 @@ func runEngine(ctx context.Context, args []string) error {
 	if err := replication.ValidateVolumeID(*volume); err != nil {
 		return usageError{fmt.Errorf("--volume: %w", err)}
 	}
-	cfg := replication.EngineConfig{Volume: *volume, Size: int64(size), Epoch: *epoch, Timeout: *timeout}
+	cfg := replication.EngineConfig{Volume: *volume, Size: int64(size), Epoch: *epoch, Timeout: *timeout,
+		MinInSync: *minInSync, InSync: inSync, ResyncRate: int64(resyncRate), ProgressInterval: *progress}
+	if *minInSync < 1 || *minInSync > len(replicas) {
+		return usageError{fmt.Errorf("--min-in-sync %d must be between 1 and the %d replicas", *minInSync, len(replicas))}
+	}
+	for _, r := range inSync {
+		if !slices.Contains(replicas, r) {
+			return usageError{fmt.Errorf("--in-sync %s is not one of the --replica addresses", r)}
+		}
+	}
 	for _, addr := range replicas {
 		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: addr, Local: slices.Contains(local, addr)})
 	}
@@ -89,6 +107,14 @@ func runEngine(ctx context.Context, args []string) error {
 		return err
 	}
 	defer eng.Close()
+	if *statusAddr != "" {
+		sl, err := net.Listen("tcp", *statusAddr)
+		if err != nil {
+			return fmt.Errorf("listen for status: %w", err)
+		}
+		log.Info("serving status", "addr", sl.Addr().String())
+		go statusapi.Serve(ctx, sl, eng, log)
+	}
 
 	if mnt.path != "" {
 		return serveMounted(ctx, eng, *volume, mnt, *timeout, log)
@@ -104,13 +130,19 @@ func runEngine(ctx context.Context, args []string) error {
 	log.Info("serving volume over nbd", "volume_id", *volume, "socket", *socket, "uri", "nbd+unix:///?socket="+*socket)
 	serveErr := replication.NewNBDServer(eng, *volume, log).Serve(ctx, ln)
 
-	// Stopping: make everything written so far durable before letting go.
-	flushCtx, cancel := context.WithTimeout(context.Background(), 2*(*timeout))
+	shutdown(eng, *timeout, log)
+	return serveErr
+}
+
+// shutdown stops the engine cleanly: everything written so far is made
+// durable, bitmaps of replicas that are behind are persisted and the
+// activity log is cleared, so the next primary has nothing to reconcile.
+func shutdown(eng *replication.Engine, timeout time.Duration, log hclog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*timeout)
 	defer cancel()
-	if err := eng.Flush(flushCtx); err != nil && !errors.Is(err, replication.ErrFenced) {
-		log.Error("final flush failed", "error", err)
+	if err := eng.Shutdown(ctx); err != nil && !errors.Is(err, replication.ErrFenced) {
+		log.Error("clean shutdown failed; the next primary reconciles as after a crash", "error", err)
 	}
 	st := eng.Status()
 	log.Info("engine stopped", "fenced", st.Fenced, "in_sync", st.InSync)
-	return serveErr
 }

@@ -115,12 +115,6 @@ func serveMounted(ctx context.Context, eng *replication.Engine, volume string, m
 		StateFile: stateFile, Lazy: true, Log: log})
 	ferr := fm.Close()
 
-	flushCtx, cancel := context.WithTimeout(context.Background(), 2*timeout)
-	defer cancel()
-	if err := eng.Flush(flushCtx); err != nil && !errors.Is(err, replication.ErrFenced) {
-		log.Error("final flush failed", "error", err)
-	}
-	st := eng.Status()
-	log.Info("engine stopped", "fenced", st.Fenced, "in_sync", st.InSync)
+	shutdown(eng, timeout, log)
 	return errors.Join(serveErr, uerr, ferr)
 }

@@ -200,7 +200,7 @@ print("accepted", ok)
 `)
 	must.NoError(t, err, must.Sprint(string(out)))
 	must.StrContains(t, string(out), "accepted 0")
-	old.waitLine(t, regexpMust(`engine fenced by a newer primary`), 5*time.Second)
+	old.waitLine(t, regexpMust(`engine fenced: refusing all further I/O`), 5*time.Second)
 
 	out, err = nbdsh(newSock, `print(h.pread(8192, 0) == b"A"*4096 + bytes(4096))`)
 	must.NoError(t, err, must.Sprint(string(out)))

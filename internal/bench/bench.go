@@ -32,6 +32,9 @@ type Options struct {
 	SyncOps int
 	// Rounds is how many interleaved rounds each figure takes the median of.
 	Rounds int
+	// ResyncBytes is how much is written while a replica is away in the
+	// resync measurement.
+	ResyncBytes int64
 	// Depth is the second queue depth the sequential test is run at
 	// (informational; the headline ratio is at depth 1).
 	Depth int
@@ -121,6 +124,9 @@ func Run(ctx context.Context, out io.Writer, o Options) error {
 	fmt.Fprintf(out, "# 4 KiB write+flush, %d ops: local p50 %s p99 %s, 2 replicas p50 %s p99 %s\n",
 		len(localLat), lp, percentile(localLat, 99), ep, percentile(replLat, 99))
 	fmt.Fprintf(out, "sync_write_p50_overhead_us %.1f\n", float64(ep-lp)/float64(time.Microsecond))
+	if err := runResync(ctx, out, o, addrs[0]); err != nil {
+		return fmt.Errorf("resync: %w", err)
+	}
 	if err := runFS(ctx, out, o, addrs); err != nil {
 		return err
 	}
@@ -217,7 +223,12 @@ var addrRE = regexp.MustCompile(`serving replicas: .*addr=(\S+)`)
 // startReplica runs a replica server process and returns its address and a
 // function that stops it (by PID) and waits for it.
 func startReplica(binary, dir string) (string, func(), error) {
-	cmd := exec.Command(binary, "replica", "--data-dir", dir, "--listen", "127.0.0.1:0")
+	return startReplicaAt(binary, dir, "127.0.0.1:0")
+}
+
+// startReplicaAt is startReplica on a given listen address.
+func startReplicaAt(binary, dir, listen string) (string, func(), error) {
+	cmd := exec.Command(binary, "replica", "--data-dir", dir, "--listen", listen)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return "", nil, err

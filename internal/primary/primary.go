@@ -104,13 +104,15 @@ func Promote(ctx context.Context, cfg Config) (*Primary, error) {
 	return &Primary{Lease: lease, Engine: eng, cfg: cfg, log: log}, nil
 }
 
-// Demote stops being primary cleanly: flush, disconnect, release the
-// lease (no lock-delay for the next primary) and drop the health check.
+// Demote stops being primary cleanly: shut the engine down (flush, persist
+// the bitmaps of replicas that are behind, clear the activity log),
+// release the lease (no lock-delay for the next primary) and drop the
+// health check.
 func (p *Primary) Demote(ctx context.Context) error {
 	var errs []error
 	if p.Lease.Err() == nil {
-		if err := p.Engine.Flush(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("final flush: %w", err))
+		if err := p.Engine.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("engine shutdown: %w", err))
 		}
 	}
 	p.Engine.Close()

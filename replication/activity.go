@@ -1,0 +1,229 @@
+package replication
+
+import (
+	"cmp"
+	"context"
+	"encoding/binary"
+	"slices"
+	"sync"
+)
+
+// activityLog is the primary's view of the activity log: the extents that
+// writes may be touching. Before the first write to a cold extent the
+// primary makes the extent hot on every in-sync replica (durably); after a
+// primary crash, a new primary need compare only hot extents to make the
+// replicas identical. Extents cool down (leave the log) least recently used
+// first, only when no write to them is in flight, and only after the
+// bitmaps of replicas that are behind are persisted: writes happen only in
+// hot extents, so hot extents plus persisted bitmaps cover every block a
+// behind replica can miss.
+type activityLog struct {
+	mu    sync.Mutex
+	hot   map[uint64]*alExtent
+	clock uint64
+	cap   int
+	// update serialises changes of the log on the replicas; lock order:
+	// update, then Engine.bmMu, then Engine.stateMu, then Engine.order.
+	update sync.Mutex
+}
+
+type alExtent struct {
+	inflight int
+	used     uint64
+	evicting bool // being removed: writes must wait for the update lock
+}
+
+func (a *activityLog) init(capacity int) {
+	a.cap = capacity
+	a.hot = map[uint64]*alExtent{}
+}
+
+// extentSpan returns the first and last extent [off, off+n) touches.
+func extentSpan(off, n int64) (uint64, uint64) {
+	return uint64(off / ExtentSize), uint64((off + max(n, 1) - 1) / ExtentSize)
+}
+
+// tryAcquire takes the extents if all are hot.
+func (a *activityLog) tryAcquire(first, last uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for x := first; x <= last; x++ {
+		if ext := a.hot[x]; ext == nil || ext.evicting {
+			return false
+		}
+	}
+	a.clock++
+	for x := first; x <= last; x++ {
+		a.hot[x].inflight++
+		a.hot[x].used = a.clock
+	}
+	return true
+}
+
+// list returns the hot extents, sorted.
+func (a *activityLog) list() []uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]uint64, 0, len(a.hot))
+	for x, ext := range a.hot {
+		if !ext.evicting {
+			out = append(out, x)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func activityFrame(extents []uint64) Frame {
+	p := make([]byte, 0, 8*len(extents))
+	for _, x := range extents {
+		p = binary.BigEndian.AppendUint64(p, x)
+	}
+	return Frame{Type: FrameActivity, Payload: p}
+}
+
+// alAcquire makes extents first..last hot on every in-sync replica and
+// counts a write in flight in each; alRelease undoes the count.
+func (e *Engine) alAcquire(ctx context.Context, first, last uint64) error {
+	a := &e.al
+	if a.tryAcquire(first, last) {
+		return nil
+	}
+	a.update.Lock()
+	defer a.update.Unlock()
+	if a.tryAcquire(first, last) {
+		return nil
+	}
+	a.mu.Lock()
+	keep := map[uint64]bool{}
+	for x, ext := range a.hot {
+		keep[x] = !ext.evicting
+	}
+	for x := first; x <= last; x++ {
+		keep[x] = true
+	}
+	var candidates []uint64
+	for x, ext := range a.hot {
+		if ext.inflight == 0 && (x < first || x > last) {
+			candidates = append(candidates, x)
+		}
+	}
+	slices.SortFunc(candidates, func(x, y uint64) int { return cmp.Compare(a.hot[x].used, a.hot[y].used) })
+	size := 0
+	for _, k := range keep {
+		if k {
+			size++
+		}
+	}
+	var evict []uint64
+	for over := size - a.cap; over > 0 && len(candidates) > 0; over-- {
+		x := candidates[0]
+		candidates = candidates[1:]
+		a.hot[x].evicting = true
+		keep[x] = false
+		evict = append(evict, x)
+	}
+	var next []uint64
+	for x, k := range keep {
+		if k {
+			next = append(next, x)
+		}
+	}
+	slices.Sort(next)
+	a.mu.Unlock()
+
+	err := error(nil)
+	if len(evict) > 0 {
+		err = e.persistBitmaps(ctx, false)
+	}
+	if err == nil {
+		err = e.broadcast(ctx, activityFrame(next))
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		for _, x := range evict {
+			a.hot[x].evicting = false
+		}
+		return err
+	}
+	for _, x := range evict {
+		delete(a.hot, x)
+	}
+	a.clock++
+	for x := first; x <= last; x++ {
+		ext := a.hot[x]
+		if ext == nil {
+			ext = &alExtent{}
+			a.hot[x] = ext
+		}
+		ext.inflight++
+		ext.used = a.clock
+	}
+	return nil
+}
+
+func (e *Engine) alRelease(first, last uint64) {
+	a := &e.al
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for x := first; x <= last; x++ {
+		a.hot[x].inflight--
+	}
+}
+
+// clearActivityLog empties the log on the replicas; only for a clean
+// shutdown, when no write is in flight.
+func (e *Engine) clearActivityLog(ctx context.Context) error {
+	a := &e.al
+	a.update.Lock()
+	defer a.update.Unlock()
+	if err := e.broadcast(ctx, activityFrame(nil)); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.hot = map[uint64]*alExtent{}
+	a.mu.Unlock()
+	return nil
+}
+
+// persistBitmaps stores the bitmap of every replica that is behind on the
+// in-sync replicas, when it changed since it was last stored (or always,
+// with force), so a new primary can resync them without a full compare.
+func (e *Engine) persistBitmaps(ctx context.Context, force bool) error {
+	e.bmMu.Lock()
+	defer e.bmMu.Unlock()
+	return e.persistBitmapsLocked(ctx, force)
+}
+
+// persistBitmapsLocked is persistBitmaps for a caller holding bmMu.
+func (e *Engine) persistBitmapsLocked(ctx context.Context, force bool) error {
+	type pending struct {
+		p       *peer
+		enc     []byte
+		changes uint64
+	}
+	var todo []pending
+	e.stateMu.Lock()
+	for _, p := range e.peers {
+		if p.state == StateInSync || p.dirty == nil {
+			continue
+		}
+		if ch := p.dirty.Changes(); force || ch != p.persisted {
+			// A leading version byte: an empty bitmap ("misses nothing") is
+			// not the same as none ("history unknown").
+			enc := append([]byte{1}, p.dirty.Encode(maxControlPayload-1024)...)
+			todo = append(todo, pending{p, enc, ch})
+		}
+	}
+	e.stateMu.Unlock()
+	for _, t := range todo {
+		if err := e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(t.p.cfg.Addr, t.enc)}); err != nil {
+			return err
+		}
+		e.stateMu.Lock()
+		t.p.persisted = t.changes
+		e.stateMu.Unlock()
+	}
+	return nil
+}

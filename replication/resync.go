@@ -1,0 +1,502 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+)
+
+// Resync brings a replica that is behind back into the in-sync set while
+// writes keep flowing. Three modes, chosen per replica:
+//
+//   - bitmap: the replica missed exactly the blocks in its dirty bitmap
+//     (kept while it was away, persisted on the in-sync replicas);
+//   - checksum: its history is unknown: every extent is compared by block
+//     checksums and only differing blocks are sent;
+//   - full: it is new and empty: every allocated range of the source is
+//     copied (holes stay holes).
+//
+// During resync the replica receives every application write. A range
+// being copied is locked: writes to it wait from the moment the source is
+// read until the copy is sent, so the copy can never overwrite a newer
+// write. The replica rejoins (through the in-sync hook) only when it holds
+// everything.
+
+// resyncChunk is the largest copy unit.
+const resyncChunk = 1 << 20
+
+var zeroChunk = make([]byte, resyncChunk)
+
+type resyncProgress struct {
+	mode     string
+	started  time.Time
+	total    atomic.Int64 // bytes to examine
+	done     atomic.Int64 // bytes examined
+	sent     atomic.Int64 // data bytes sent to the replica
+	repaired atomic.Int64 // extents found different (checksum mode)
+	finished atomic.Bool
+	elapsed  atomic.Int64 // nanoseconds from start to finish, once finished
+}
+
+// background owns the engine's periodic work: reconnecting and resyncing
+// replicas that are behind, and persisting their bitmaps.
+func (e *Engine) background(ctx context.Context) {
+	reconnect := time.NewTicker(e.cfg.ReconnectInterval)
+	defer reconnect.Stop()
+	persist := time.NewTicker(time.Second)
+	defer persist.Stop()
+	e.startResyncs(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reconnect.C:
+			e.startResyncs(ctx)
+		case <-persist.C:
+			if err := e.persistBitmaps(ctx, false); err != nil && !e.fenced.Load() {
+				e.log.Warn("persisting replica bitmaps failed", "error", err)
+			}
+		}
+	}
+}
+
+func (e *Engine) startResyncs(ctx context.Context) {
+	if e.fenced.Load() || ctx.Err() != nil {
+		return
+	}
+	e.stateMu.Lock()
+	defer e.stateMu.Unlock()
+	now := time.Now()
+	for _, p := range e.peers {
+		if p.state != StateInSync && p.state != StateResyncing && !p.busy && !now.Before(p.retryAt) {
+			p.busy = true
+			e.wg.Go(func() {
+				e.resyncPeer(ctx, p)
+				e.stateMu.Lock()
+				p.busy = false
+				e.stateMu.Unlock()
+			})
+		}
+	}
+}
+
+// resyncPeer connects to p if needed, resyncs it and makes it rejoin.
+func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
+	e.stateMu.Lock()
+	c, wasState := p.client, p.state
+	e.stateMu.Unlock()
+	if c == nil || c.failure() != nil {
+		nc, open, err := dialReplica(ctx, p.cfg.Addr, e.cfg.Volume, e.cfg.Size, e.cfg.Epoch, true, e.cfg.Timeout, e.log)
+		if err != nil {
+			if errors.Is(err, ErrStaleEpoch) {
+				e.Fence(err)
+				return
+			}
+			e.log.Trace("replica still unreachable", "replica", p.cfg.Addr, "error", err)
+			return
+		}
+		c = nc
+		e.stateMu.Lock()
+		p.client, p.open = c, open
+		if open.Created && !p.created {
+			// Its data is gone (a new disk, a wiped data dir): a bitmap no
+			// longer describes what it misses.
+			p.created, p.dirty = true, nil
+		}
+		e.stateMu.Unlock()
+		e.log.Info("replica reachable again", "replica", p.cfg.Addr, "was", wasState)
+	}
+
+	e.stateMu.Lock()
+	mode := "checksum"
+	switch {
+	case p.created:
+		mode = "full"
+	case p.dirty != nil:
+		mode = "bitmap"
+	}
+	dirty := p.dirty
+	prog := &resyncProgress{mode: mode, started: time.Now()}
+	// The reason stays: it says why the replica fell behind.
+	p.resync, p.state = prog, StateResyncing
+	e.order.Lock()
+	e.setTargetsLocked(e.rebuildLocked())
+	e.order.Unlock()
+	e.stateMu.Unlock()
+
+	logDone := make(chan struct{})
+	e.wg.Go(func() { e.logProgress(p.cfg.Addr, prog, logDone) })
+	err := e.resyncPass(ctx, c, dirty, prog)
+	if err == nil {
+		err = e.rejoin(ctx, p, c, prog)
+	}
+	close(logDone)
+	if err != nil {
+		e.stateMu.Lock()
+		if p.state == StateResyncing {
+			p.state, p.reason = StateDropped, fmt.Sprintf("resync aborted: %v", err)
+			e.order.Lock()
+			e.setTargetsLocked(e.rebuildLocked())
+			e.order.Unlock()
+		}
+		// Back off: a replica that fails every attempt (a full disk, say)
+		// is retried ever less often, up to once a minute.
+		p.failures++
+		p.retryAt = time.Now().Add(min(time.Minute, e.cfg.ReconnectInterval<<min(p.failures, 6)))
+		e.stateMu.Unlock()
+		c.close()
+		if ctx.Err() == nil {
+			e.log.Warn("resync aborted", "replica", p.cfg.Addr, "mode", mode, "error", err, "retry_in", time.Until(p.retryAt).Round(time.Millisecond))
+		}
+		return
+	}
+	e.stateMu.Lock()
+	p.failures, p.reason = 0, ""
+	e.stateMu.Unlock()
+}
+
+func (e *Engine) logProgress(addr string, prog *resyncProgress, done <-chan struct{}) {
+	t := time.NewTicker(e.cfg.ProgressInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			st := prog.status()
+			e.log.Info("resync progress", "replica", addr, "mode", st.Mode,
+				"percent", fmt.Sprintf("%.1f", st.Percent), "done_bytes", st.DoneBytes, "total_bytes", st.TotalBytes,
+				"sent_bytes", st.SentBytes, "rate_mib_s", fmt.Sprintf("%.1f", st.BytesPerSec/(1<<20)),
+				"eta", time.Duration(st.ETASeconds*float64(time.Second)).Round(time.Second))
+		}
+	}
+}
+
+// resyncPass copies what the replica behind c misses.
+func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap, prog *resyncProgress) error {
+	switch prog.mode {
+	case "bitmap":
+		prog.total.Store(dirty.Count() * BlockSize)
+		for off := int64(0); ; {
+			o, n, ok := dirty.NextRun(off, resyncChunk)
+			if !ok {
+				return nil
+			}
+			if err := e.copyRange(ctx, c, dirty, o, n, prog); err != nil {
+				return err
+			}
+			prog.done.Add(n)
+			off = o + n
+		}
+	case "full":
+		prog.total.Store(e.cfg.Size)
+		const window = 256 << 20
+		for off := int64(0); off < e.cfg.Size; off += window {
+			n := min(window, e.cfg.Size-off)
+			runs, err := e.allocated(ctx, off, n)
+			if err != nil {
+				return err
+			}
+			for _, r := range runs {
+				for o := r[0]; o < r[0]+r[1]; o += resyncChunk {
+					if err := e.copyRange(ctx, c, nil, o, min(resyncChunk, r[0]+r[1]-o), prog); err != nil {
+						return err
+					}
+				}
+			}
+			prog.done.Add(n)
+		}
+		return nil
+	default:
+		prog.total.Store(e.cfg.Size)
+		for off := int64(0); off < e.cfg.Size; off += ExtentSize {
+			n := min(ExtentSize, e.cfg.Size-off)
+			differ, err := e.compareExtent(ctx, c, off, n, prog)
+			if err != nil {
+				return err
+			}
+			if differ {
+				prog.repaired.Add(1)
+			}
+			prog.done.Add(n)
+		}
+		return nil
+	}
+}
+
+// sourceLocked picks the in-sync replica resync reads from. Callers hold order.
+func (e *Engine) sourceLocked() (target, error) {
+	if len(e.targets.inSync) == 0 {
+		return target{}, fmt.Errorf("%w: volume %s: nothing to resync from", ErrNoReplicas, e.cfg.Volume)
+	}
+	for _, t := range e.targets.inSync {
+		if t.p.cfg.Local {
+			return t, nil
+		}
+	}
+	return e.targets.inSync[0], nil
+}
+
+// lockedLocked reports whether resync is copying a range overlapping
+// [off, off+n). Callers hold order.
+func (e *Engine) lockedLocked(off, n int64) bool {
+	for _, r := range e.locks {
+		if r.overlaps(off, n) {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Engine) lockRangeLocked(r byteRange) { e.locks = append(e.locks, r) }
+
+func (e *Engine) unlockRangeLocked(r byteRange) {
+	for i, l := range e.locks {
+		if l == r {
+			e.locks = append(e.locks[:i], e.locks[i+1:]...)
+			break
+		}
+	}
+	e.orderCond.Broadcast()
+}
+
+// copyRange copies [off, off+n) from an in-sync replica to c, with the
+// range locked against application writes from the source read until the
+// copy is sent. Zero data is sent as a trim, which keeps holes holes and
+// costs no bandwidth. dirty, if set, is cleared for the range before the
+// read and marked again if the copy fails.
+func (e *Engine) copyRange(ctx context.Context, c *replicaClient, dirty *Bitmap, off, n int64, prog *resyncProgress) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	buf := make([]byte, n)
+	r := byteRange{off, n}
+	e.order.Lock()
+	src, err := e.sourceLocked()
+	if err != nil {
+		e.order.Unlock()
+		return err
+	}
+	e.lockRangeLocked(r)
+	if dirty != nil {
+		dirty.ClearRange(off, n)
+	}
+	rc := src.c.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(n)}, buf)
+	e.order.Unlock()
+
+	_, err = src.c.wait(rc)
+	e.order.Lock()
+	var wc *call
+	zero := bytes.Equal(buf, zeroChunk[:n])
+	if err == nil {
+		if zero {
+			wc = c.start(Frame{Type: FrameTrim, Offset: uint64(off), Length: uint64(n)}, nil)
+		} else {
+			wc = c.start(Frame{Type: FrameWrite, Offset: uint64(off), Payload: buf}, nil)
+		}
+	}
+	e.unlockRangeLocked(r)
+	e.order.Unlock()
+	if err == nil {
+		_, err = c.wait(wc)
+	}
+	if err != nil {
+		if dirty != nil {
+			dirty.SetRange(off, n)
+		}
+		return err
+	}
+	if !zero {
+		prog.sent.Add(n)
+	}
+	return e.throttle(ctx, prog)
+}
+
+// throttle sleeps to keep resync under ResyncRate.
+func (e *Engine) throttle(ctx context.Context, prog *resyncProgress) error {
+	if e.cfg.ResyncRate <= 0 {
+		return nil
+	}
+	want := time.Duration(float64(prog.sent.Load()) / float64(e.cfg.ResyncRate) * float64(time.Second))
+	if wait := want - time.Since(prog.started); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// compareExtent compares [off, off+n) between an in-sync replica and c by
+// block checksums and copies the blocks that differ, with the range locked
+// throughout. It reports whether anything differed.
+func (e *Engine) compareExtent(ctx context.Context, c *replicaClient, off, n int64, prog *resyncProgress) (bool, error) {
+	r := byteRange{off, n}
+	e.order.Lock()
+	src, err := e.sourceLocked()
+	if err != nil {
+		e.order.Unlock()
+		return false, err
+	}
+	e.lockRangeLocked(r)
+	req := Frame{Type: FrameChecksum, Offset: uint64(off), Length: uint64(n)}
+	sc, tc := src.c.start(req, nil), c.start(req, nil)
+	e.order.Unlock()
+	defer func() {
+		e.order.Lock()
+		e.unlockRangeLocked(r)
+		e.order.Unlock()
+	}()
+	sr, err := src.c.wait(sc)
+	if err != nil {
+		return false, err
+	}
+	tr, err := c.wait(tc)
+	if err != nil {
+		return false, err
+	}
+	runs := differingRuns(sr.Payload, tr.Payload, off)
+	for _, run := range runs {
+		for o := run.off; o < run.off+run.n; o += resyncChunk {
+			if err := e.copyLocked(ctx, src, c, o, min(resyncChunk, run.off+run.n-o), prog); err != nil {
+				return false, err
+			}
+		}
+	}
+	return len(runs) > 0, nil
+}
+
+// copyLocked copies a range the caller has locked against writes.
+func (e *Engine) copyLocked(ctx context.Context, src target, c *replicaClient, off, n int64, prog *resyncProgress) error {
+	buf := make([]byte, n)
+	if _, err := src.c.wait(src.c.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(n)}, buf)); err != nil {
+		return err
+	}
+	if _, err := c.wait(c.start(Frame{Type: FrameWrite, Offset: uint64(off), Payload: buf}, nil)); err != nil {
+		return err
+	}
+	if prog != nil {
+		prog.sent.Add(n)
+		return e.throttle(ctx, prog)
+	}
+	return nil
+}
+
+// differingRuns returns the byte runs where two checksum lists (8 bytes per
+// block, starting at byte offset base) differ.
+func differingRuns(a, b []byte, base int64) []byteRange {
+	var out []byteRange
+	for i := 0; i+8 <= len(a) || i+8 <= len(b); i += 8 {
+		same := i+8 <= len(a) && i+8 <= len(b) && binary.BigEndian.Uint64(a[i:]) == binary.BigEndian.Uint64(b[i:])
+		if same {
+			continue
+		}
+		off := base + int64(i/8)*BlockSize
+		if len(out) > 0 && out[len(out)-1].off+out[len(out)-1].n == off {
+			out[len(out)-1].n += BlockSize
+		} else {
+			out = append(out, byteRange{off, BlockSize})
+		}
+	}
+	return out
+}
+
+// allocated asks an in-sync replica which parts of [off, off+n) hold data.
+func (e *Engine) allocated(ctx context.Context, off, n int64) ([][2]int64, error) {
+	e.order.Lock()
+	src, err := e.sourceLocked()
+	e.order.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	reply, err := src.c.wait(src.c.start(Frame{Type: FrameAllocated, Offset: uint64(off), Length: uint64(n)}, nil))
+	if err != nil {
+		return nil, err
+	}
+	var runs [][2]int64
+	for p := reply.Payload; len(p) >= 16; p = p[16:] {
+		runs = append(runs, [2]int64{int64(binary.BigEndian.Uint64(p)), int64(binary.BigEndian.Uint64(p[8:]))})
+	}
+	return runs, nil
+}
+
+// rejoin makes a resynced replica in sync: it flushes it, hands it the
+// activity log, moves it into the in-sync set (recorded through the hook)
+// and deletes its persisted bitmap.
+func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *resyncProgress) error {
+	if _, err := c.wait(c.start(Frame{Type: FrameFlush}, nil)); err != nil {
+		return err
+	}
+	e.al.update.Lock()
+	defer e.al.update.Unlock()
+	if _, err := c.wait(c.start(activityFrame(e.al.list()), nil)); err != nil {
+		return err
+	}
+	e.bmMu.Lock()
+	defer e.bmMu.Unlock()
+	e.stateMu.Lock()
+	if p.state != StateResyncing {
+		e.stateMu.Unlock()
+		return fmt.Errorf("replica %s left resync: %s", p.cfg.Addr, p.reason)
+	}
+	if p.dirty != nil && p.dirty.Count() != 0 {
+		e.stateMu.Unlock()
+		return fmt.Errorf("replica %s: %d blocks dirtied again during resync", p.cfg.Addr, p.dirty.Count())
+	}
+	p.state, p.dirty, p.created = StateInSync, nil, false
+	prog.elapsed.Store(int64(time.Since(prog.started)))
+	prog.finished.Store(true)
+	e.order.Lock()
+	e.setTargetsLocked(e.rebuildLocked())
+	e.order.Unlock()
+	err := e.recordLocked(ctx)
+	e.stateMu.Unlock()
+	if err != nil {
+		e.log.Error("recording the rejoined replica failed; retried with the next write", "replica", p.cfg.Addr, "error", err)
+	}
+	// It no longer misses anything; and it now keeps the bitmaps of the
+	// replicas still behind, like every in-sync replica.
+	err = e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(p.cfg.Addr, nil)})
+	if err == nil {
+		err = e.persistBitmapsLocked(ctx, true)
+	}
+	if err != nil {
+		e.log.Warn("updating persisted bitmaps after the rejoin failed", "replica", p.cfg.Addr, "error", err)
+	}
+	st := prog.status()
+	e.log.Info("resync complete: replica back in sync", "replica", p.cfg.Addr, "mode", prog.mode,
+		"sent_bytes", st.SentBytes, "examined_bytes", st.DoneBytes, "repaired_extents", st.RepairedExtents,
+		"duration", time.Since(prog.started).Round(time.Millisecond))
+	return nil
+}
+
+// resyncTargetFailed handles an application request that failed on a
+// replica being resynced: the request's range is marked missing and the
+// resync is aborted; the replica is retried later.
+func (e *Engine) resyncTargetFailed(t target, err error, off, n int64, isData bool) {
+	if errors.Is(err, ErrStaleEpoch) {
+		e.Fence(err)
+		return
+	}
+	e.stateMu.Lock()
+	defer e.stateMu.Unlock()
+	p := t.p
+	if isData && p.dirty != nil {
+		p.dirty.SetRange(off, n)
+	}
+	if p.state == StateResyncing && p.client == t.c {
+		p.state, p.reason = StateDropped, err.Error()
+		e.log.Error("replica failed during resync", "replica", p.cfg.Addr, "error", err)
+		e.order.Lock()
+		e.setTargetsLocked(e.rebuildLocked())
+		e.order.Unlock()
+		go t.c.close()
+	}
+}
