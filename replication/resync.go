@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -176,22 +177,70 @@ func (e *Engine) logProgress(addr string, prog *resyncProgress, done <-chan stru
 	}
 }
 
+// resyncParallel is how many chunks one resync copies at once: enough to
+// keep both the source's and the target's disk and the network busy.
+const resyncParallel = 16
+
+// copier runs copies of distinct ranges concurrently and keeps the first
+// error.
+type copier struct {
+	sem  chan struct{}
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	err  error
+	done func(n int64)
+}
+
+func newCopier(done func(n int64)) *copier {
+	return &copier{sem: make(chan struct{}, resyncParallel), done: done}
+}
+
+func (cp *copier) failed() error {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	return cp.err
+}
+
+// run starts copy (of n bytes) once a slot is free; false after a failure.
+func (cp *copier) run(n int64, copy func() error) bool {
+	if cp.failed() != nil {
+		return false
+	}
+	cp.sem <- struct{}{}
+	cp.wg.Go(func() {
+		defer func() { <-cp.sem }()
+		if err := copy(); err != nil {
+			cp.mu.Lock()
+			if cp.err == nil {
+				cp.err = err
+			}
+			cp.mu.Unlock()
+			return
+		}
+		cp.done(n)
+	})
+	return true
+}
+
+func (cp *copier) wait() error {
+	cp.wg.Wait()
+	return cp.failed()
+}
+
 // resyncPass copies what the replica behind c misses.
 func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap, prog *resyncProgress) error {
 	switch prog.mode {
 	case "bitmap":
 		prog.total.Store(dirty.Count() * BlockSize)
+		cp := newCopier(func(n int64) { prog.done.Add(n) })
 		for off := int64(0); ; {
 			o, n, ok := dirty.NextRun(off, resyncChunk)
-			if !ok {
-				return nil
+			if !ok || !cp.run(n, func() error { return e.copyRange(ctx, c, dirty, o, n, prog) }) {
+				break
 			}
-			if err := e.copyRange(ctx, c, dirty, o, n, prog); err != nil {
-				return err
-			}
-			prog.done.Add(n)
 			off = o + n
 		}
+		return cp.wait()
 	case "full":
 		prog.total.Store(e.cfg.Size)
 		const window = 256 << 20
@@ -201,12 +250,15 @@ func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap
 			if err != nil {
 				return err
 			}
+			cp := newCopier(func(int64) {})
 			for _, r := range runs {
 				for o := r[0]; o < r[0]+r[1]; o += resyncChunk {
-					if err := e.copyRange(ctx, c, nil, o, min(resyncChunk, r[0]+r[1]-o), prog); err != nil {
-						return err
-					}
+					cn := min(resyncChunk, r[0]+r[1]-o)
+					cp.run(cn, func() error { return e.copyRange(ctx, c, nil, o, cn, prog) })
 				}
+			}
+			if err := cp.wait(); err != nil {
+				return err
 			}
 			prog.done.Add(n)
 		}

@@ -32,6 +32,8 @@ type Options struct {
 	SyncOps int
 	// Rounds is how many interleaved rounds each figure takes the median of.
 	Rounds int
+	// Only, when set, runs just these Sections.
+	Only []string
 	// ResyncBytes is how much is written while a replica is away in the
 	// resync measurement.
 	ResyncBytes int64
@@ -41,11 +43,15 @@ type Options struct {
 	Log   hclog.Logger
 }
 
+// Sections are the parts of a run, in order; Options.Only picks some.
+var Sections = []string{"device", "resync", "fs", "failover"}
+
 // Run measures and prints one line per figure to out.
 func Run(ctx context.Context, out io.Writer, o Options) error {
 	if o.Log == nil {
 		o.Log = hclog.NewNullLogger()
 	}
+	want := func(name string) bool { return len(o.Only) == 0 || slices.Contains(o.Only, name) }
 	var addrs []string
 	for i := 0; i < 2; i++ {
 		addr, stop, err := startReplica(o.Binary, filepath.Join(o.Dir, fmt.Sprintf("replica%d", i)))
@@ -55,6 +61,30 @@ func Run(ctx context.Context, out io.Writer, o Options) error {
 		defer stop()
 		addrs = append(addrs, addr)
 	}
+	if want("device") {
+		if err := runDevice(ctx, out, o, addrs); err != nil {
+			return err
+		}
+	}
+	if want("resync") {
+		if err := runResync(ctx, out, o, addrs[0]); err != nil {
+			return fmt.Errorf("resync: %w", err)
+		}
+	}
+	if want("fs") {
+		if err := runFS(ctx, out, o, addrs); err != nil {
+			return err
+		}
+	}
+	if want("failover") {
+		return runFailover(ctx, out, o)
+	}
+	return nil
+}
+
+// runDevice compares the replicated device with a local file: sequential
+// throughput and synchronous 4 KiB write latency.
+func runDevice(ctx context.Context, out io.Writer, o Options, addrs []string) error {
 	cfg := replication.EngineConfig{Volume: "bench", Size: o.SeqBytes, Epoch: 1, Log: o.Log}
 	for _, a := range addrs {
 		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: a})
@@ -124,13 +154,7 @@ func Run(ctx context.Context, out io.Writer, o Options) error {
 	fmt.Fprintf(out, "# 4 KiB write+flush, %d ops: local p50 %s p99 %s, 2 replicas p50 %s p99 %s\n",
 		len(localLat), lp, percentile(localLat, 99), ep, percentile(replLat, 99))
 	fmt.Fprintf(out, "sync_write_p50_overhead_us %.1f\n", float64(ep-lp)/float64(time.Microsecond))
-	if err := runResync(ctx, out, o, addrs[0]); err != nil {
-		return fmt.Errorf("resync: %w", err)
-	}
-	if err := runFS(ctx, out, o, addrs); err != nil {
-		return err
-	}
-	return runFailover(ctx, out, o)
+	return nil
 }
 
 // fileDevice is the baseline: the same calls on a local file.
