@@ -193,3 +193,33 @@ func TestBitmapSurvivesPrimaryRestart(t *testing.T) {
 	must.NoError(t, e2.Shutdown(ctx))
 	must.Eq(t, fileSum(t, rs[0].store.DataPath("vol")), fileSum(t, rs[1].store.DataPath("vol")))
 }
+
+func TestAddAndRetireReplica(t *testing.T) {
+	a, b := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	hook := &recordingHook{}
+	const size = 32 << 20
+	e := startTestEngine(t, "vol", size, 1, hook, a, b)
+	ctx := context.Background()
+	p := make([]byte, 8<<20)
+	rand.Read(p)
+	must.NoError(t, e.WriteAt(ctx, p, 4<<20, false))
+
+	// b's node is lost: c replaces it.
+	b.stop()
+	must.NoError(t, e.WriteAt(ctx, p[:4096], 0, false))
+	c := startTestReplica(t, t.TempDir())
+	e.AddReplica(ReplicaConfig{Addr: c.addr})
+	e.AddReplica(ReplicaConfig{Addr: c.addr}) // idempotent
+	waitInSync(t, e, 2)
+	must.NoError(t, e.RetireReplica(ctx, b.addr))
+	must.NoError(t, e.RetireReplica(ctx, b.addr)) // idempotent
+	must.Eq(t, []string{a.addr, c.addr}, hook.last())
+	st := e.Status()
+	must.Len(t, 2, st.Replicas)
+	must.Eq(t, "full", st.Replicas[1].Resync.Mode)
+	must.ErrorIs(t, e.RetireReplica(ctx, a.addr), nil)
+	must.Len(t, 1, e.Status().Replicas)
+	must.ErrorIs(t, e.RetireReplica(ctx, c.addr), ErrInvalid) // the last in-sync replica
+	must.NoError(t, e.Shutdown(ctx))
+	must.Eq(t, fileSum(t, a.store.DataPath("vol")), fileSum(t, c.store.DataPath("vol")))
+}
