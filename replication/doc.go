@@ -17,6 +17,9 @@
 //     become an fsync on each; failed replicas are dropped through an
 //     InSyncHook that must return before the write completes; a stale-epoch
 //     reply fences the engine for good;
+//   - replica administration for the control plane (admin.go): create a
+//     new volume's replica on a node and delete it, without promising an
+//     epoch;
 //   - frontends that serve the engine as a Device: NBD (nbd.go), and FUSE
 //     (fuse.go), which serves the volume as one file for a loop device,
 //     with a watchdog that aborts the connection when requests stop

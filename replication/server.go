@@ -202,6 +202,12 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 			Clean: v.WasClean(), Created: created, ActivityLog: m.ActivityLog})
 		return nil
 	}
+	if f.Type == FrameDelete {
+		if *vol != nil {
+			return fmt.Errorf("%w: delete on a connection bound to volume %s", ErrInvalid, (*vol).ID())
+		}
+		return s.store.Delete(string(f.Payload))
+	}
 	v := *vol
 	if v == nil {
 		return fmt.Errorf("%w: %s before open", ErrInvalid, f.Type)

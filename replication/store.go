@@ -25,6 +25,9 @@ var (
 	ErrVolumeNotFound = errors.New("no replica of that volume here")
 	// ErrInvalid means a request was malformed (bad id, size, range).
 	ErrInvalid = errors.New("invalid request")
+	// ErrReplicaBusy means a replica cannot be deleted because it is open
+	// (a primary is connected to it).
+	ErrReplicaBusy = errors.New("replica in use")
 )
 
 var volumeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -170,7 +173,7 @@ func (s *Store) Delete(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.open[id]; ok {
-		return fmt.Errorf("%w: replica %s is in use", ErrInvalid, id)
+		return fmt.Errorf("%w: replica %s is open", ErrReplicaBusy, id)
 	}
 	return os.RemoveAll(filepath.Join(s.dir, id))
 }

@@ -73,6 +73,11 @@ const (
 	// FrameAllocated asks which ranges of [Offset, +Length) hold data: the
 	// reply is big-endian (offset, length) uint64 pairs.
 	FrameAllocated FrameType = 11
+	// FrameDelete removes a replica from the store: payload is the volume
+	// id. It is sent on a connection not bound to a volume (the
+	// controller's DeleteVolume); a replica that is open is refused with
+	// StatusBusy, an absent one is deleted already.
+	FrameDelete FrameType = 12
 
 	replyBit FrameType = 0x80
 )
@@ -81,7 +86,7 @@ func (t FrameType) String() string {
 	names := map[FrameType]string{FrameOpen: "open", FramePromise: "promise", FrameWrite: "write",
 		FrameRead: "read", FrameFlush: "flush", FrameTrim: "trim", FrameActivity: "activity",
 		FramePutBitmap: "put-bitmap", FrameGetBitmap: "get-bitmap", FrameChecksum: "checksum",
-		FrameAllocated: "allocated"}
+		FrameAllocated: "allocated", FrameDelete: "delete"}
 	if n, ok := names[t&^replyBit]; ok {
 		if t&replyBit != 0 {
 			return n + "-reply"
@@ -106,6 +111,7 @@ const (
 	StatusNotFound
 	StatusOutOfRange
 	StatusNotOpen
+	StatusBusy
 )
 
 // statusErrors maps statuses to the sentinel each wraps on the primary side.
@@ -115,6 +121,7 @@ var statusErrors = map[Status]error{
 	StatusInvalid:    ErrInvalid,
 	StatusNotFound:   ErrVolumeNotFound,
 	StatusOutOfRange: ErrOutOfRange,
+	StatusBusy:       ErrReplicaBusy,
 }
 
 func statusOf(err error) Status {

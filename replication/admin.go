@@ -1,0 +1,77 @@
+package replication
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Replica administration for the control plane: the CSI controller creates
+// a new volume's replicas on the nodes it chose, and deletes them when the
+// volume is deleted, over the same replica wire protocol a primary uses.
+// Neither request promises an epoch, so neither can fence a primary.
+
+// CreateReplica makes sure the replica server at addr holds an (empty,
+// sparse) replica of volume with size bytes: created if absent, opened and
+// checked if present (a replica of another size fails with ErrInvalid).
+// It reports whether this call created it. Idempotent.
+func CreateReplica(ctx context.Context, addr, volume string, size int64, timeout time.Duration) (bool, error) {
+	if err := ValidateVolumeID(volume); err != nil {
+		return false, err
+	}
+	if err := ValidateSize(size); err != nil {
+		return false, err
+	}
+	c, err := dialAdmin(ctx, addr, timeout)
+	if err != nil {
+		return false, err
+	}
+	defer c.close()
+	req, _ := json.Marshal(openRequest{Volume: volume, Size: size, Create: true})
+	reply, err := c.do(Frame{Type: FrameOpen, Payload: req})
+	if err != nil {
+		return false, err
+	}
+	var open openReply
+	if err := json.Unmarshal(reply.Payload, &open); err != nil {
+		return false, fmt.Errorf("replica %s: %w: open reply: %w", addr, ErrBadFrame, err)
+	}
+	return open.Created, nil
+}
+
+// DeleteReplica removes volume's replica from the replica server at addr.
+// An absent replica is deleted already (nil); an open one (a primary is
+// connected) fails with ErrReplicaBusy. Idempotent.
+func DeleteReplica(ctx context.Context, addr, volume string, timeout time.Duration) error {
+	if err := ValidateVolumeID(volume); err != nil {
+		return err
+	}
+	c, err := dialAdmin(ctx, addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	_, err = c.do(Frame{Type: FrameDelete, Payload: []byte(volume)})
+	return err
+}
+
+func dialAdmin(ctx context.Context, addr string, timeout time.Duration) (*replicaClient, error) {
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	d := net.Dialer{Timeout: timeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("replica %s: %w", addr, err)
+	}
+	c := &replicaClient{
+		addr: addr, timeout: timeout, conn: conn, log: hclog.NewNullLogger(),
+		readerDone: make(chan struct{}), pending: map[uint64]*call{},
+	}
+	go c.readLoop()
+	return c, nil
+}
