@@ -25,8 +25,11 @@ type NodeRecord struct {
 	CapacityBytes int64             `json:"capacity_bytes"`
 	FreeBytes     int64             `json:"free_bytes"`
 	Labels        map[string]string `json:"labels,omitempty"`
-	Version       string            `json:"version"`
-	Updated       time.Time         `json:"updated"`
+	// MaxVolumes is how many volumes the node takes (CSI
+	// max_volumes_per_node); 0 means no limit.
+	MaxVolumes int       `json:"max_volumes,omitempty"`
+	Version    string    `json:"version"`
+	Updated    time.Time `json:"updated"`
 }
 
 // AgentConfig configures an Agent.

@@ -26,14 +26,81 @@ type ReplicaRecord struct {
 	State string `json:"state"`
 }
 
+// Volume record states: a record is written VolumeCreating with its
+// placement, the replicas are made on their nodes, and VolumeReady is the
+// "completed" marker written last; VolumeDeleting is written before the
+// replicas are removed, and the record itself last.
+const (
+	VolumeCreating = "creating"
+	VolumeReady    = "ready"
+	VolumeDeleting = "deleting"
+)
+
 // VolumeRecord is <prefix>volumes/<vol>, written by the controller with
 // check-and-set.
 type VolumeRecord struct {
-	ID       string          `json:"id"`
+	ID string `json:"id"`
+	// Name is the name the volume was created with (CSI CreateVolume).
+	Name     string          `json:"name,omitempty"`
+	State    string          `json:"state,omitempty"`
 	Spec     VolumeSpec      `json:"spec"`
 	Replicas []ReplicaRecord `json:"replicas"`
-	Created  time.Time       `json:"created"`
-	Updated  time.Time       `json:"updated"`
+	// Requisite is the topology the volume's replicas must stay within
+	// (each entry a set of segments; a node qualifies if it matches all
+	// segments of any entry); empty means anywhere.
+	Requisite []map[string]string `json:"requisite,omitempty"`
+	// Published lists the nodes the volume is published to
+	// (ControllerPublishVolume).
+	Published []string `json:"published,omitempty"`
+	// Fenced maps a node to the primary epoch the controller fenced it at
+	// (ControllerUnpublishVolume): a primary on that node at that epoch
+	// must stop serving and release its lease.
+	Fenced  map[string]uint64 `json:"fenced,omitempty"`
+	Created time.Time         `json:"created"`
+	Updated time.Time         `json:"updated"`
+}
+
+// PrimaryHolder says who holds a volume's primary lock.
+type PrimaryHolder struct {
+	Node    string // the holder's node name ("" when unlocked)
+	Session string
+	Epoch   uint64 // the key's LockIndex
+}
+
+// ReadPrimary returns the volume's primary lock holder (zero when the lock
+// is free or absent), from a consistent read.
+func (c *Client) ReadPrimary(ctx context.Context, id string) (PrimaryHolder, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	key := c.keys.Primary(id)
+	pair, _, err := c.api.KV().Get(key, qopts(ctx))
+	if err != nil {
+		return PrimaryHolder{}, fmt.Errorf("read %s: %w", key, err)
+	}
+	if pair == nil || pair.Session == "" {
+		return PrimaryHolder{}, nil
+	}
+	return PrimaryHolder{Node: string(pair.Value), Session: pair.Session, Epoch: pair.LockIndex}, nil
+}
+
+// WatchVolume blocks until the volume record's modify index differs from
+// index or wait passes (a Consul blocking query), and returns the record,
+// its index, and ErrNotFound when it does not exist.
+func (c *Client) WatchVolume(ctx context.Context, id string, index uint64, wait time.Duration) (VolumeRecord, uint64, error) {
+	var rec VolumeRecord
+	key := c.keys.Volume(id)
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+	pair, meta, err := c.api.KV().Get(key, q)
+	if err != nil {
+		return rec, index, fmt.Errorf("watch %s: %w", key, err)
+	}
+	if pair == nil {
+		return rec, meta.LastIndex, fmt.Errorf("volume %s: %w", id, ErrNotFound)
+	}
+	if err := json.Unmarshal(pair.Value, &rec); err != nil {
+		return rec, meta.LastIndex, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return rec, pair.ModifyIndex, nil
 }
 
 // GetVolume returns a volume record and its modify index (consistent
