@@ -7,15 +7,17 @@
 // changes through the lease (CAS under its session) and the volume's
 // health check follows each change.
 //
-// It is wiring between leader and replication, used by the node agent and
-// the failover benchmark; the CSI node service will call it from
-// NodeStage/NodeUnstage. It must not import plugin, scheduler or hcl.
+// It is wiring between leader and replication, used by the node agent, the
+// CSI node service (NodeStage/NodeUnstage, and SetReplicas when the
+// controller moves a replica) and the failover benchmark. It must not import plugin, scheduler or hcl.
 package primary
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -36,6 +38,9 @@ type Config struct {
 	// Want is the replica count the spec asks for (health); default
 	// len(Replicas).
 	Want int
+	// MinInSync is the fewest in-sync replicas a write completes with
+	// (default 1).
+	MinInSync int
 	// Timeout is the engine's per-request replica timeout (default 5s).
 	Timeout time.Duration
 	Log     hclog.Logger
@@ -46,6 +51,7 @@ type Primary struct {
 	Lease  *leader.Lease
 	Engine *replication.Engine
 	cfg    Config
+	hook   *healthHook
 	log    hclog.Logger
 }
 
@@ -94,14 +100,14 @@ func Promote(ctx context.Context, cfg Config) (*Primary, error) {
 		want: cfg.Want, replicas: addrs, log: log}
 	eng, err := replication.StartEngine(ctx, replication.EngineConfig{
 		Volume: cfg.Volume, Size: cfg.Size, Epoch: lease.Epoch(), Replicas: cfg.Replicas,
-		InSync: inSync, Timeout: cfg.Timeout, Hook: hook, Log: cfg.Log,
+		InSync: inSync, MinInSync: cfg.MinInSync, Timeout: cfg.Timeout, Hook: hook, Log: cfg.Log,
 	})
 	if err != nil {
 		return fail(fmt.Errorf("volume %s: start engine at epoch %d: %w", cfg.Volume, lease.Epoch(), err))
 	}
 	lease.Guard(eng)
 	log.Info("serving as primary", "recorded_in_sync", inSync, "in_sync", eng.Status().InSync)
-	return &Primary{Lease: lease, Engine: eng, cfg: cfg, log: log}, nil
+	return &Primary{Lease: lease, Engine: eng, cfg: cfg, hook: hook, log: log}, nil
 }
 
 // Demote stops being primary cleanly: shut the engine down (flush, persist
@@ -126,22 +132,57 @@ func (p *Primary) Demote(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// SetReplicas makes the running engine serve exactly replicas (the
+// controller moved the volume's replica set, DESIGN §5.3): new ones are
+// added and resynced (a full copy for a new replica), and ones no longer
+// listed are retired. Retiring the last in-sync replica is refused, and
+// the replicas that were not yet retired stay. Safe to call again with
+// the same set; calls must not run concurrently.
+func (p *Primary) SetReplicas(ctx context.Context, replicas []replication.ReplicaConfig) error {
+	addrs := make([]string, len(replicas))
+	for i, r := range replicas {
+		addrs[i] = r.Addr
+		p.Engine.AddReplica(r)
+	}
+	p.hook.setReplicas(addrs)
+	var errs []error
+	for _, st := range p.Engine.Status().Replicas {
+		if !slices.Contains(addrs, st.Addr) {
+			if err := p.Engine.RetireReplica(ctx, st.Addr); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // healthHook records in-sync changes through the lease, then shows the
 // volume's health in Consul.
 type healthHook struct {
-	w        *leader.InSyncWriter
-	agent    *leader.Agent
-	volume   string
-	want     int
+	w      *leader.InSyncWriter
+	agent  *leader.Agent
+	volume string
+	want   int
+	log    hclog.Logger
+
+	mu       sync.Mutex
 	replicas []string
-	log      hclog.Logger
+}
+
+func (h *healthHook) setReplicas(addrs []string) {
+	h.mu.Lock()
+	h.replicas = slices.Clone(addrs)
+	h.mu.Unlock()
 }
 
 func (h *healthHook) SetInSync(ctx context.Context, epoch uint64, inSync []string) error {
 	if err := h.w.SetInSync(ctx, epoch, inSync); err != nil {
 		return err
 	}
-	if err := h.agent.ReportVolume(ctx, h.volume, leader.ClassifyVolume(h.want, h.replicas, inSync)); err != nil {
+	h.mu.Lock()
+	replicas := slices.Clone(h.replicas)
+	h.mu.Unlock()
+	if err := h.agent.ReportVolume(ctx, h.volume, leader.ClassifyVolume(h.want, replicas, inSync)); err != nil {
 		h.log.Warn("report volume health", "error", err)
 	}
 	return nil
