@@ -1,0 +1,302 @@
+package volspec
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/shoenig/test/must"
+)
+
+// valid is a complete spec; the bad cases below are edits of it, so each
+// test changes one thing and the line numbers stay easy to read.
+const valid = `id        = "pg"
+name      = "pg"
+type      = "csi"
+plugin_id = "saddlebag"
+
+capacity_min = "10GiB"
+capacity_max = "20GiB"
+
+capability {
+  access_mode     = "single-node-writer"
+  attachment_mode = "file-system"
+}
+
+parameters {
+  replicas = 2
+  fs_type  = "ext4"
+}
+`
+
+func TestValidSpec(t *testing.T) {
+	s, diags := Parse("pg.hcl", []byte(valid))
+	must.SliceEmpty(t, diags)
+	must.NotNil(t, s)
+	must.Eq(t, "pg", s.ID)
+	must.Eq(t, "csi", s.Type)
+	must.Eq(t, "saddlebag", s.PluginID)
+	must.Eq(t, int64(10<<30), s.CapacityMin)
+	must.Eq(t, int64(20<<30), s.CapacityMax)
+	must.Len(t, 1, s.Capabilities)
+	must.Eq(t, "single-node-writer", s.Capabilities[0].AccessMode)
+	must.Eq(t, "file-system", s.Capabilities[0].AttachmentMode)
+	must.Eq(t, 9, s.Capabilities[0].DefRange.Start.Line)
+	must.Eq(t, map[string]string{"replicas": "2", "fs_type": "ext4"}, s.Parameters)
+	must.Eq(t, Params{Replicas: 2, FSType: "ext4", MinInSync: 1}, s.Params)
+	// Ranges point at the values, for checks a caller adds later.
+	must.Eq(t, 15, s.Ranges.Parameters["replicas"].Start.Line)
+	must.Eq(t, 14, s.Ranges.Parameters["replicas"].Start.Column)
+	must.Eq(t, 4, s.Ranges.PluginID.Start.Line)
+}
+
+// Each problem is reported at the line and column it is about, with what
+// would be valid. The acceptance cases of issue 6 come first.
+func TestProblemsPointAtTheirPosition(t *testing.T) {
+	cases := []struct {
+		name      string
+		from, to  string // edit of valid
+		line, col int
+		summary   string // substring of the one error expected
+	}{
+		{"missing plugin_id", `plugin_id = "saddlebag"`, ``, 1, 1, "plugin_id is missing"},
+		{"capacity_min larger than capacity_max", `capacity_min = "10GiB"`, `capacity_min = "30GiB"`, 6, 16, "capacity_min (30GiB) is larger than capacity_max (20GiB)"},
+		{"replicas = 0", `replicas = 2`, `replicas = 0`, 15, 14, "replicas must be a whole number from 1 to 5"},
+		{"unknown access_mode", `"single-node-writer"`, `"single-node-writter"`, 10, 21, `unknown access_mode "single-node-writter"`},
+		{"syntax error", `replicas = 2`, `replicas = = 2`, 15, 14, "Invalid expression"},
+		{"syntax error: unterminated string", `type      = "csi"`, `type      = "csi`, 3, 17, "Quoted strings may not be split over multiple lines"},
+		{"syntax error: unclosed block", "  fs_type  = \"ext4\"\n}", `  fs_type  = "ext4"`, 14, 12, "Unclosed configuration block"},
+
+		{"missing id", `id        = "pg"`, ``, 1, 1, "id is missing"},
+		{"empty name", `name      = "pg"`, `name      = ""`, 2, 13, "name is empty"},
+		{"host type", `type      = "csi"`, `type      = "host"`, 3, 13, `type "host" is not served by Saddlebag`},
+		{"unknown argument", `plugin_id = "saddlebag"`, "plugin_id = \"saddlebag\"\nplugin = 1", 5, 1, "Unsupported argument"},
+		{"bad capacity", `capacity_max = "20GiB"`, `capacity_max = "20 parsecs"`, 7, 16, `capacity_max "20 parsecs" is not a size`},
+		{"capacity holds no 4 KiB block", "capacity_min = \"10GiB\"\ncapacity_max = \"20GiB\"", "capacity_min = \"4097\"\ncapacity_max = \"8000\"", 7, 16, "whole number of 4 KiB blocks"},
+		{"multi-node access mode", `"single-node-writer"`, `"multi-node-multi-writer"`, 10, 21, "not served by Saddlebag"},
+		{"unknown attachment_mode", `"file-system"`, `"filesystem"`, 11, 21, `unknown attachment_mode "filesystem"`},
+		{"capability without access_mode", `  access_mode     = "single-node-writer"` + "\n", ``, 9, 1, "capability has no access_mode"},
+		{"no capability", "capability {\n  access_mode     = \"single-node-writer\"\n  attachment_mode = \"file-system\"\n}\n", ``, 1, 1, "no capability block"},
+		{"replicas too many", `replicas = 2`, `replicas = 6`, 15, 14, "replicas must be a whole number from 1 to 5"},
+		{"replicas fraction", `replicas = 2`, `replicas = 2.5`, 15, 14, "replicas must be a whole number from 1 to 5"},
+		{"fs_type", `fs_type  = "ext4"`, `fs_type  = "btrfs"`, 16, 14, "fs_type must be ext4 or xfs"},
+		{"min_in_sync above replicas", `fs_type  = "ext4"`, `min_in_sync = 3`, 16, 17, "min_in_sync must be a whole number from 1 to replicas (2)"},
+		{"spread not a label", `fs_type  = "ext4"`, `spread = "rack zone"`, 16, 12, "spread must name a node label"},
+		{"snapshot and clone", `plugin_id = "saddlebag"`, "plugin_id = \"saddlebag\"\nsnapshot_id = \"s1\"\nclone_id = \"v1\"", 6, 12, "snapshot_id and clone_id are both set"},
+		{"fs_type differs from mount_options", "parameters {", "mount_options {\n  fs_type = \"xfs\"\n}\nparameters {", 19, 14, `fs_type "ext4" differs from mount_options fs_type "xfs"`},
+		{"mount_options fs_type", "parameters {", "mount_options {\n  fs_type = \"zfs\"\n}\nparameters {", 15, 13, "mount_options fs_type must be ext4 or xfs"},
+		{"xfs too small", "capacity_min = \"10GiB\"\ncapacity_max = \"20GiB\"", "capacity_min = \"100MiB\"\ncapacity_max = \"1GiB\"", 6, 16, "xfs needs a volume of at least 300MiB"},
+		{"duplicate mount_options", "parameters {", "mount_options {\n}\nmount_options {\n}\nparameters {", 16, 1, "Duplicate mount_options block"},
+		{"variables are not allowed", `name      = "pg"`, `name      = var.name`, 2, 13, "Variables not allowed"},
+		{"functions are not allowed", `name      = "pg"`, `name      = upper("pg")`, 2, 13, "Function calls not allowed"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			src := valid
+			if c.name == "xfs too small" {
+				src = strings.Replace(src, `fs_type  = "ext4"`, `fs_type  = "xfs"`, 1)
+			}
+			must.StrContains(t, src, c.from)
+			src = strings.Replace(src, c.from, c.to, 1)
+			s, diags := Parse("v.hcl", []byte(src))
+			must.Nil(t, s)
+			must.True(t, diags.HasErrors())
+			errs := diags.Errs()
+			must.Len(t, 1, errs, must.Sprintf("diags: %v", diags))
+			d := diags[0]
+			for _, x := range diags {
+				if x.Severity == hcl.DiagError {
+					d = x
+				}
+			}
+			must.NotNil(t, d.Subject)
+			must.Eq(t, "v.hcl", d.Subject.Filename)
+			must.Eq(t, c.line, d.Subject.Start.Line, must.Sprintf("%s", d.Error()))
+			must.Eq(t, c.col, d.Subject.Start.Column, must.Sprintf("%s", d.Error()))
+			must.StrContains(t, d.Summary+"; "+d.Detail, c.summary)
+		})
+	}
+}
+
+// Every problem is reported, not just the first.
+func TestEveryProblemReported(t *testing.T) {
+	src := strings.NewReplacer(`plugin_id = "saddlebag"`, ``, `replicas = 2`, `replicas = 0`, `"file-system"`, `"file"`).Replace(valid)
+	_, diags := Parse("v.hcl", []byte(src))
+	must.Len(t, 3, diags.Errs(), must.Sprintf("%v", diags))
+	// Ordered by position.
+	must.Eq(t, 1, diags[0].Subject.Start.Line)
+	must.Eq(t, 11, diags[1].Subject.Start.Line)
+	must.Eq(t, 15, diags[2].Subject.Start.Line)
+}
+
+// An unknown parameter is a warning naming the known ones, not an error:
+// Nomad passes it on to the plugin.
+func TestUnknownParameterWarns(t *testing.T) {
+	src := strings.Replace(valid, `replicas = 2`, "replicas = 2\n  replica = 3", 1)
+	s, diags := Parse("v.hcl", []byte(src))
+	must.NotNil(t, s)
+	must.False(t, diags.HasErrors())
+	must.Len(t, 1, diags)
+	must.Eq(t, hcl.DiagWarning, diags[0].Severity)
+	must.Eq(t, 16, diags[0].Subject.Start.Line)
+	must.Eq(t, 3, diags[0].Subject.Start.Column)
+	must.StrContains(t, diags[0].Summary, `unknown parameter "replica" (did you mean "replicas"?)`)
+	must.StrContains(t, diags[0].Detail, "replicas, fs_type, spread and min_in_sync")
+	must.Eq(t, "3", s.Parameters["replica"])
+}
+
+// Nomad's own example from its volume specification page reads the same,
+// once its one-line HCL 1 segments blocks are written as attributes; the
+// one-line form gets a syntax error that says how to write it.
+func TestNomadDocumentationExample(t *testing.T) {
+	src := `id           = "ebs_prod_db1"
+namespace    = "default"
+name         = "database"
+type         = "csi"
+plugin_id    = "ebs-prod"
+snapshot_id  = "snap-12345" # or clone_id, see below
+capacity_max = "200G"
+capacity_min = "100G"
+
+capability {
+  access_mode     = "single-node-reader-only"
+  attachment_mode = "file-system"
+}
+
+capability {
+  access_mode     = "single-node-writer"
+  attachment_mode = "file-system"
+}
+
+mount_options {
+  fs_type     = "ext4"
+  mount_flags = ["noatime"]
+}
+
+topology_request {
+  required {
+    topology { segments = { "rack" = "R2" } }
+    topology { segments = { "rack" = "R1", "zone" = "us-east-1a"} }
+  }
+  preferred {
+    topology { segments = { "rack" = "R1", "zone" = "us-east-1a"} }
+  }
+}
+
+secrets {
+  example_secret = "xyzzy"
+}
+
+parameters {
+  skuname = "Premium_LRS"
+}
+`
+	s, diags := Parse("nomad.hcl", []byte(src))
+	must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
+	must.Len(t, 1, diags) // skuname is not Saddlebag's
+	must.Eq(t, "default", s.Namespace)
+	must.Eq(t, "snap-12345", s.SnapshotID)
+	must.Eq(t, int64(200e9), s.CapacityMax) // humanize, as Nomad: G is 10^9
+	must.Eq(t, int64(100e9), s.CapacityMin)
+	must.Len(t, 2, s.Capabilities)
+	must.Eq(t, "single-node-reader-only", s.Capabilities[0].AccessMode)
+	must.Eq(t, []string{"noatime"}, s.MountOptions.MountFlags)
+	must.Len(t, 2, s.TopologyRequest.Required)
+	must.Eq(t, map[string]string{"rack": "R2"}, s.TopologyRequest.Required[0].Segments)
+	must.Eq(t, map[string]string{"rack": "R1", "zone": "us-east-1a"}, s.TopologyRequest.Required[1].Segments)
+	must.Eq(t, map[string]string{"rack": "R1", "zone": "us-east-1a"}, s.TopologyRequest.Preferred[0].Segments)
+	must.Eq(t, map[string]string{"example_secret": "xyzzy"}, s.Secrets)
+	must.Eq(t, Params{Replicas: 2, MinInSync: 1}, s.Params)
+
+	oneLine := strings.Replace(src, `topology { segments = { "rack" = "R2" } }`, `topology { segments { "rack" = "R2" } }`, 1)
+	_, diags = Parse("nomad.hcl", []byte(oneLine))
+	must.True(t, diags.HasErrors())
+	must.Eq(t, 27, diags[0].Subject.Start.Line)
+	must.StrContains(t, diags[0].Detail, `write segments = { "rack" = "R1", "zone" = "a" }`)
+}
+
+// Segments as a multi-line block read the same as the attribute form;
+// both at once, or anything else in a topology, is an error.
+func TestTopologySegmentsForms(t *testing.T) {
+	base := valid + "topology_request {\n  required {\n    topology {\n%s\n    }\n  }\n}\n"
+	for _, c := range []struct {
+		name, body string
+		want       map[string]string
+		err        string
+	}{
+		{"block", "segments {\n rack = \"r1\"\n zone = \"a\"\n}", map[string]string{"rack": "r1", "zone": "a"}, ""},
+		{"attribute", `segments = { rack = "r1", "zone" = "a" }`, map[string]string{"rack": "r1", "zone": "a"}, ""},
+		{"number value", `segments = { rack = 1 }`, map[string]string{"rack": "1"}, ""},
+		{"both", "segments = { rack = \"r1\" }\nsegments {\n zone = \"a\"\n}", nil, "segments given twice"},
+		{"other argument", `rack = "r1"`, nil, "Unsupported argument"},
+		{"empty", ``, nil, "required topology is missing segments"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, diags := Parse("v.hcl", []byte(strings.Replace(base, "%s", c.body, 1)))
+			if c.err != "" {
+				must.True(t, diags.HasErrors())
+				must.StrContains(t, diags.Error(), c.err)
+				return
+			}
+			must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
+			must.Eq(t, c.want, s.TopologyRequest.Required[0].Segments)
+		})
+	}
+}
+
+// Parameters and secrets reach the plugin as the strings Nomad would
+// send: numbers as written, bools as "1"/"0" (mapstructure.WeakDecode).
+func TestParameterValuesAsNomadSends(t *testing.T) {
+	src := strings.Replace(valid, `replicas = 2`, "replicas = 3.0\n  min_in_sync = \"2\"\n  compress = true\n  dedupe = false", 1) +
+		"secrets {\n  token = 42\n}\n"
+	s, diags := Parse("v.hcl", []byte(src))
+	must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
+	must.Eq(t, map[string]string{"replicas": "3", "min_in_sync": "2", "compress": "1", "dedupe": "0", "fs_type": "ext4"}, s.Parameters)
+	must.Eq(t, map[string]string{"token": "42"}, s.Secrets)
+	must.Eq(t, 3, s.Params.Replicas)
+	must.Eq(t, 2, s.Params.MinInSync)
+}
+
+// A .json spec is read as HCL's JSON syntax, as Nomad accepts JSON.
+func TestJSONSpec(t *testing.T) {
+	src := `{
+  "id": "pg", "name": "pg", "type": "csi", "plugin_id": "saddlebag",
+  "capacity_min": "1GiB",
+  "capability": [{"access_mode": "single-node-writer", "attachment_mode": "block-device"}],
+  "parameters": {"replicas": "0"}
+}`
+	_, diags := Parse("v.json", []byte(src))
+	must.Len(t, 1, diags.Errs(), must.Sprintf("%v", diags))
+	must.Eq(t, 5, diags[0].Subject.Start.Line)
+	must.StrContains(t, diags[0].Summary, "replicas must be a whole number from 1 to 5")
+
+	s, diags := Parse("v.json", []byte(strings.Replace(src, `"0"`, `"3"`, 1)))
+	must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
+	must.Eq(t, 3, s.Params.Replicas)
+	must.Eq(t, "block-device", s.Capabilities[0].AttachmentMode)
+}
+
+// The example specs shipped in jobs/examples are valid.
+func TestExampleSpecsValidate(t *testing.T) {
+	files, err := filepath.Glob("../../jobs/examples/volume-*.hcl")
+	must.NoError(t, err)
+	must.SliceNotEmpty(t, files)
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			s, diags := ParseFile(f)
+			must.SliceEmpty(t, diags)
+			must.NotNil(t, s)
+		})
+	}
+	s, _ := ParseFile("../../jobs/examples/volume-postgres.hcl")
+	must.Eq(t, Params{Replicas: 2, FSType: "ext4", Spread: "rack", MinInSync: 1}, s.Params)
+	must.Eq(t, int64(20<<30), s.CapacityMin)
+}
+
+func TestParseFileMissing(t *testing.T) {
+	s, diags := ParseFile(filepath.Join(t.TempDir(), "nope.hcl"))
+	must.Nil(t, s)
+	must.True(t, diags.HasErrors())
+	must.StrContains(t, diags.Error(), "cannot read volume spec")
+}
