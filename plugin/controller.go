@@ -1,0 +1,400 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+
+	"github.com/saddlebag/saddlebag/hcl/volspec"
+	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/scheduler"
+)
+
+// DefaultVolumeSize is the size of a volume created with no capacity range.
+const DefaultVolumeSize = 1 << 30
+
+// ControllerConfig configures the Controller service.
+type ControllerConfig struct {
+	Client *leader.Client
+	// Agent is the controller's Consul registration (service
+	// saddlebag-controller); its session holds the leadership lock.
+	Agent *leader.Agent
+	// ReplicaTimeout bounds each request to a replica server (create,
+	// delete). Default 10s.
+	ReplicaTimeout time.Duration
+	// Grace is how long a replica's node may be down before the replica
+	// is replaced on another node. Default 5m.
+	Grace time.Duration
+	// ScanEvery is how often the active controller looks for replicas to
+	// replace. Default 5s.
+	ScanEvery time.Duration
+	// FenceWait bounds how long ControllerUnpublishVolume waits for a
+	// fenced node to release the volume. Default 20s.
+	FenceWait time.Duration
+	Log       hclog.Logger
+	// Now is the clock of the re-replication driver (default time.Now).
+	Now func() time.Time
+}
+
+// Controller is the CSI Controller service. Every mutating RPC needs the
+// leadership lock (Run acquires it); on a standby they fail with
+// Unavailable, which Nomad retries. Read-only RPCs are answered by either.
+//
+// Contract: RPCs may be called concurrently; they are serialised per
+// volume (another RPC on a busy volume gets Aborted).
+type Controller struct {
+	csi.UnimplementedControllerServer
+	cfg   ControllerConfig
+	log   hclog.Logger
+	locks volumeLocks
+
+	mu    sync.Mutex
+	lease *leader.Lease // held leadership, nil on a standby
+}
+
+var _ csi.ControllerServer = (*Controller)(nil)
+
+// NewController validates cfg and returns the service; Run makes it
+// compete for leadership.
+func NewController(cfg ControllerConfig) (*Controller, error) {
+	if cfg.Client == nil || cfg.Agent == nil {
+		return nil, fmt.Errorf("%w: controller needs a consul client and agent", leader.ErrInvalid)
+	}
+	if cfg.ReplicaTimeout == 0 {
+		cfg.ReplicaTimeout = 10 * time.Second
+	}
+	if cfg.Grace == 0 {
+		cfg.Grace = 5 * time.Minute
+	}
+	if cfg.ScanEvery == 0 {
+		cfg.ScanEvery = 5 * time.Second
+	}
+	if cfg.FenceWait == 0 {
+		cfg.FenceWait = 20 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Controller{cfg: cfg, log: cfg.Log.Named("controller")}, nil
+}
+
+// Active reports whether this instance holds the leadership lock.
+func (c *Controller) Active() bool {
+	_, err := c.leadership()
+	return err == nil
+}
+
+// leadership returns the held leadership lease, or Unavailable.
+func (c *Controller) leadership() (*leader.Lease, error) {
+	c.mu.Lock()
+	l := c.lease
+	c.mu.Unlock()
+	if l == nil || l.Err() != nil {
+		return nil, errf(codes.Unavailable, "this controller is a standby (another instance holds the leadership lock): retry")
+	}
+	return l, nil
+}
+
+// begin is the common start of a mutating RPC on volume id: leadership,
+// then the volume's lock.
+func (c *Controller) begin(id string) (*leader.Lease, func(), error) {
+	lease, err := c.leadership()
+	if err != nil {
+		return nil, nil, err
+	}
+	unlock := c.locks.tryLock(id)
+	if unlock == nil {
+		return nil, nil, errf(codes.Aborted, "an operation on volume %s is already in progress", id)
+	}
+	return lease, unlock, nil
+}
+
+// ControllerGetCapabilities reports what the controller implements.
+func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	var caps []*csi.ControllerServiceCapability
+	for _, t := range []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+	} {
+		caps = append(caps, &csi.ControllerServiceCapability{
+			Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// volumeSize picks the size for a capacity range: required_bytes rounded
+// up to 4 KiB, DefaultVolumeSize (capped by limit_bytes) when none is
+// required.
+func volumeSize(cr *csi.CapacityRange) (int64, error) {
+	req, limit := cr.GetRequiredBytes(), cr.GetLimitBytes()
+	if req < 0 || limit < 0 {
+		return 0, errf(codes.InvalidArgument, "capacity range has a negative bound")
+	}
+	if limit > 0 && req > limit {
+		return 0, errf(codes.InvalidArgument, "required_bytes %d exceeds limit_bytes %d", req, limit)
+	}
+	size := req
+	if size == 0 {
+		size = DefaultVolumeSize
+		if limit > 0 && limit < size {
+			size = limit / replication.BlockSize * replication.BlockSize
+		}
+	}
+	size = (size + replication.BlockSize - 1) / replication.BlockSize * replication.BlockSize
+	if limit > 0 && size > limit || size == 0 {
+		return 0, errf(codes.OutOfRange, "no multiple of %d bytes fits the capacity range [%d, %d]", replication.BlockSize, req, limit)
+	}
+	return size, nil
+}
+
+// CreateVolume places a new volume's replicas and makes them, or returns
+// the volume already created under the same name.
+func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	name := req.GetName()
+	if name == "" {
+		return nil, errf(codes.InvalidArgument, "name is required")
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, errf(codes.InvalidArgument, "volume_capabilities are required")
+	}
+	for _, vc := range req.GetVolumeCapabilities() {
+		why, err := checkCapability(vc)
+		if err != nil {
+			return nil, errf(codes.InvalidArgument, "%v", err)
+		}
+		if why != "" {
+			return nil, errf(codes.InvalidArgument, "%s", why)
+		}
+	}
+	if req.GetVolumeContentSource() != nil {
+		return nil, errf(codes.InvalidArgument, "volume content source (snapshot or clone) is not supported")
+	}
+	params, err := volspec.ParseParams(req.GetParameters())
+	if err != nil {
+		return nil, toStatus(err, "parameters")
+	}
+	fsType, err := resolveFSType(params.FSType, req.GetVolumeCapabilities())
+	if err != nil {
+		return nil, errf(codes.InvalidArgument, "%v", err)
+	}
+	size, err := volumeSize(req.GetCapacityRange())
+	if err != nil {
+		return nil, err
+	}
+	id := volumeIDFor(name)
+	lease, unlock, err := c.begin(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	log := c.log.With("volume_id", id)
+
+	rec, index, err := c.cfg.Client.GetVolume(ctx, id)
+	switch {
+	case err == nil:
+		if why := compatible(rec, name, size, req.GetCapacityRange(), params, fsType); why != "" {
+			return nil, errf(codes.AlreadyExists, "volume %q exists and differs: %s", name, why)
+		}
+		switch rec.State {
+		case leader.VolumeReady:
+			return c.createResponse(ctx, rec)
+		case leader.VolumeDeleting:
+			return nil, errf(codes.Aborted, "volume %q is being deleted: retry", name)
+		}
+		log.Info("resuming an interrupted create", "replicas", rec.Replicas)
+	case errors.Is(err, leader.ErrNotFound):
+		rec, index, err = c.place(ctx, lease, id, name, size, params, fsType, req.GetAccessibilityRequirements())
+		if err != nil {
+			return nil, err
+		}
+	default:
+		return nil, toStatus(err, "read volume record")
+	}
+
+	if err := c.makeReplicas(ctx, rec); err != nil {
+		log.Error("creating replicas failed: undoing", "error", err)
+		if uerr := c.undoCreate(ctx, lease, rec, index); uerr != nil {
+			log.Error("undo create failed: a retry resumes it", "error", uerr)
+		}
+		return nil, errf(codes.Unavailable, "create volume %q: %v", name, err)
+	}
+	rec.State = leader.VolumeReady // the "completed" marker, written last
+	if _, err := c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
+		return nil, toStatus(err, "mark volume ready")
+	}
+	log.Info("volume created", "size", size, "replicas", rec.Replicas, "fs_type", fsType)
+	return c.createResponse(ctx, rec)
+}
+
+// compatible says why an existing record does not match a CreateVolume
+// request ("" when it does).
+func compatible(rec leader.VolumeRecord, name string, size int64, cr *csi.CapacityRange, p volspec.Params, fsType string) string {
+	if rec.Name != "" && rec.Name != name {
+		return fmt.Sprintf("volume id %s belongs to name %q", rec.ID, rec.Name)
+	}
+	if rec.Spec.SizeBytes < cr.GetRequiredBytes() || cr.GetLimitBytes() > 0 && rec.Spec.SizeBytes > cr.GetLimitBytes() {
+		return fmt.Sprintf("its size %d is outside the capacity range asked", rec.Spec.SizeBytes)
+	}
+	if cr.GetRequiredBytes() == 0 && cr.GetLimitBytes() == 0 && rec.Spec.SizeBytes != size {
+		return fmt.Sprintf("its size %d is not the default %d", rec.Spec.SizeBytes, size)
+	}
+	if rec.Spec.FSType != fsType {
+		return fmt.Sprintf("fs_type %s, asked %s", rec.Spec.FSType, fsType)
+	}
+	old, err := volspec.ParseParams(rec.Spec.Parameters)
+	if err != nil || old != p {
+		return "its parameters differ"
+	}
+	return ""
+}
+
+// place chooses the replica nodes and writes the record in state
+// creating. A shortfall is ResourceExhausted and writes nothing.
+func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name string, size int64, p volspec.Params,
+	fsType string, tr *csi.TopologyRequirement) (leader.VolumeRecord, uint64, error) {
+	nodes, vols, err := c.snapshot(ctx)
+	if err != nil {
+		return leader.VolumeRecord{}, 0, toStatus(err, "read nodes")
+	}
+	requisite := topologyOf(tr.GetRequisite())
+	chosen, err := scheduler.Place(schedulerNodes(nodes, vols, nil), scheduler.Request{
+		Volume: id, SizeBytes: size, Replicas: p.Replicas, Spread: p.Spread,
+		Requisite: requisite, Preferred: topologyOf(tr.GetPreferred()),
+	})
+	if err != nil {
+		return leader.VolumeRecord{}, 0, toStatus(err, "place replicas")
+	}
+	byName := nodeMap(nodes)
+	rec := leader.VolumeRecord{ID: id, Name: name, State: leader.VolumeCreating, Requisite: requisite,
+		Spec: leader.VolumeSpec{SizeBytes: size, Replicas: p.Replicas, FSType: fsType, Parameters: paramsMap(p, fsType)}}
+	for _, n := range chosen {
+		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: n, Addr: byName[n].ReplicaAddr, State: ReplicaReady})
+	}
+	index, err := c.cfg.Client.PutVolume(ctx, rec, 0, lease)
+	if err != nil {
+		return rec, 0, toStatus(err, "write volume record")
+	}
+	return rec, index, nil
+}
+
+// paramsMap is the normalised parameter set stored with a volume.
+func paramsMap(p volspec.Params, fsType string) map[string]string {
+	m := map[string]string{
+		volspec.ParamReplicas: fmt.Sprint(p.Replicas), volspec.ParamFSType: fsType,
+		volspec.ParamMinInSync: fmt.Sprint(p.MinInSync),
+	}
+	if p.Spread != "" {
+		m[volspec.ParamSpread] = p.Spread
+	}
+	return m
+}
+
+// makeReplicas creates the record's replicas on their nodes (idempotent).
+func (c *Controller) makeReplicas(ctx context.Context, rec leader.VolumeRecord) error {
+	var errs []error
+	for _, r := range rec.Replicas {
+		if _, err := replication.CreateReplica(ctx, r.Addr, rec.ID, rec.Spec.SizeBytes, c.cfg.ReplicaTimeout); err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", r.Node, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// undoCreate removes what a failed create made: the replicas it could
+// reach, then the record (only when every replica is gone).
+func (c *Controller) undoCreate(ctx context.Context, lease *leader.Lease, rec leader.VolumeRecord, index uint64) error {
+	ctx = context.WithoutCancel(ctx)
+	if err := c.deleteReplicas(ctx, rec); err != nil {
+		return err
+	}
+	return c.cfg.Client.DeleteVolume(ctx, rec.ID, index, lease)
+}
+
+func (c *Controller) deleteReplicas(ctx context.Context, rec leader.VolumeRecord) error {
+	var errs []error
+	for _, r := range rec.Replicas {
+		if err := replication.DeleteReplica(ctx, r.Addr, rec.ID, c.cfg.ReplicaTimeout); err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", r.Node, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Controller) createResponse(ctx context.Context, rec leader.VolumeRecord) (*csi.CreateVolumeResponse, error) {
+	nodes, err := c.cfg.Client.ListNodes(ctx)
+	if err != nil {
+		return nil, toStatus(err, "read nodes")
+	}
+	return &csi.CreateVolumeResponse{Volume: csiVolume(rec, nodeMap(nodes))}, nil
+}
+
+// csiVolume describes a volume to the CO: accessible from the nodes that
+// hold its replicas.
+func csiVolume(rec leader.VolumeRecord, nodes map[string]leader.NodeState) *csi.Volume {
+	v := &csi.Volume{VolumeId: rec.ID, CapacityBytes: rec.Spec.SizeBytes, VolumeContext: maps.Clone(rec.Spec.Parameters)}
+	for _, r := range rec.Replicas {
+		if r.State == ReplicaLost {
+			continue
+		}
+		v.AccessibleTopology = append(v.AccessibleTopology, &csi.Topology{Segments: nodeSegments(r.Node, nodes[r.Node].Labels)})
+	}
+	return v
+}
+
+// DeleteVolume removes a volume's replicas from their nodes, then its
+// record. An unknown volume is deleted already.
+func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if id == "" {
+		return nil, errf(codes.InvalidArgument, "volume_id is required")
+	}
+	lease, unlock, err := c.begin(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	rec, index, err := c.cfg.Client.GetVolume(ctx, id)
+	if errors.Is(err, leader.ErrNotFound) {
+		return &csi.DeleteVolumeResponse{}, nil
+	}
+	if err != nil {
+		return nil, toStatus(err, "read volume record")
+	}
+	holder, err := c.cfg.Client.ReadPrimary(ctx, id)
+	if err != nil {
+		return nil, toStatus(err, "read primary lock")
+	}
+	if holder.Node != "" {
+		return nil, errf(codes.FailedPrecondition, "volume %s is in use: staged on node %s (epoch %d)", id, holder.Node, holder.Epoch)
+	}
+	if rec.State != leader.VolumeDeleting {
+		rec.State = leader.VolumeDeleting
+		if index, err = c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
+			return nil, toStatus(err, "mark volume deleting")
+		}
+	}
+	if err := c.deleteReplicas(ctx, rec); err != nil {
+		if errors.Is(err, replication.ErrReplicaBusy) {
+			return nil, errf(codes.FailedPrecondition, "delete volume %s: %v", id, err)
+		}
+		return nil, errf(codes.Unavailable, "delete volume %s: %v", id, err)
+	}
+	if err := c.cfg.Client.DeleteVolume(ctx, id, index, lease); err != nil {
+		return nil, toStatus(err, "delete volume record")
+	}
+	c.log.Info("volume deleted", "volume_id", id)
+	return &csi.DeleteVolumeResponse{}, nil
+}

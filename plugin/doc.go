@@ -1,0 +1,32 @@
+// Package plugin is Saddlebag's CSI plugin (CSI spec v1, DESIGN.md §6):
+//
+//   - identity.go: the Identity service (plugin name PluginName, the
+//     CONTROLLER_SERVICE and VOLUME_ACCESSIBILITY_CONSTRAINTS capabilities,
+//     Probe);
+//   - controller*.go: the Controller service, run by `saddlebag
+//     controller`: volumes are records in Consul (leader) placed by the
+//     scheduler; CreateVolume writes the record "creating", makes the
+//     replicas on their nodes over the replica protocol and writes
+//     "ready" last; only the instance holding the leadership lock mutates
+//     anything, a standby answers reads and refuses the rest with
+//     Unavailable (leadership.go); rereplicate.go replaces replicas whose
+//     node has been down longer than a grace period;
+//   - node*.go: the Node service, run by `saddlebag node`: NodeStage takes
+//     the volume's primary lease and starts its engine (internal/primary),
+//     serves it through FUSE and a loop device and mounts it
+//     (plugin/mount); while staged, it follows the volume record (replicas
+//     the controller added or retired, a fence from
+//     ControllerUnpublishVolume);
+//   - serve.go: gRPC on a unix socket with a logging interceptor that
+//     strips secrets; paths.go: the raw_exec path translation of
+//     DESIGN.md §7.
+//
+// It is the only package that speaks gRPC status codes: typed errors from
+// leader, scheduler, replication, volspec and plugin/mount are mapped to
+// codes here (errors.go), never by their text. Every RPC is serialised
+// per volume (an RPC that finds another in flight for the same volume
+// returns Aborted) and idempotent on its natural key.
+//
+// It may import leader, scheduler, replication, hcl/volspec,
+// internal/primary and plugin/mount; nothing below imports it.
+package plugin

@@ -1,0 +1,408 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+
+	"github.com/saddlebag/saddlebag/hcl/volspec"
+	"github.com/saddlebag/saddlebag/internal/primary"
+	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/mount"
+	"github.com/saddlebag/saddlebag/replication"
+)
+
+// stagedVolume is a volume staged on this node: its primary, the FUSE
+// file serving the engine, and what is mounted on top.
+type stagedVolume struct {
+	id, stagingPath string
+	block           bool
+	size            int64
+	device          string // the loop device
+	prim            *primary.Primary
+	fuse            *replication.FUSEMount
+	stateFile       string
+
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
+
+	mu      sync.Mutex
+	targets map[string]bool
+}
+
+func (sv *stagedVolume) hasPath(p string) bool {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	return p == sv.stagingPath || sv.targets[p]
+}
+
+func (n *Node) fuseDir(id string) string { return filepath.Join(n.cfg.StateDir, "fuse", id) }
+
+// NodeStageVolume makes this node the volume's primary and puts the volume
+// at the staging path: take the primary lease (waiting up to StageTimeout
+// for another holder to let go), start the engine at the lease's epoch
+// over the replicas in the volume record, serve it as a FUSE file with a
+// loop device on it and, for mount access, make the file system on first
+// use and mount it.
+func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), n.cfg.Paths.Host(req.GetStagingTargetPath())
+	if id == "" || staging == "" {
+		return nil, errf(codes.InvalidArgument, "volume_id and staging_target_path are required")
+	}
+	vc := req.GetVolumeCapability()
+	why, err := checkCapability(vc)
+	if err != nil {
+		return nil, errf(codes.InvalidArgument, "%v", err)
+	}
+	if why != "" {
+		return nil, errf(codes.InvalidArgument, "%s", why)
+	}
+	unlock, err := n.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	log := n.log.With("volume_id", id)
+	if sv := n.get(id); sv != nil {
+		if sv.stagingPath != staging || sv.block != (vc.GetBlock() != nil) {
+			return nil, errf(codes.AlreadyExists, "volume %s is already staged here at %s", id, sv.stagingPath)
+		}
+		if sv.prim.Lease.Err() == nil {
+			return &csi.NodeStageVolumeResponse{}, nil
+		}
+		// The lease was lost (fenced): undo and stage again at a new epoch.
+		if err := n.unstage(ctx, sv, true); err != nil {
+			return nil, toStatus(err, "clear a fenced stage")
+		}
+	}
+	rec, _, err := n.cfg.Client.GetVolume(ctx, id)
+	if err != nil {
+		return nil, toStatus(err, "read volume")
+	}
+	if rec.State != leader.VolumeReady {
+		return nil, errf(codes.NotFound, "volume %s is %s", id, rec.State)
+	}
+	if why := capabilityFits(vc, rec); why != "" {
+		return nil, errf(codes.FailedPrecondition, "%s", why)
+	}
+	fsType := rec.Spec.FSType
+	if fsType == "" {
+		fsType = volspec.DefaultFSType
+	}
+	sv := &stagedVolume{id: id, stagingPath: staging, block: vc.GetBlock() != nil, size: rec.Spec.SizeBytes,
+		stateFile: filepath.Join(n.cfg.StateDir, "stage", id+".json"), targets: map[string]bool{}}
+	fuseDir := n.fuseDir(id)
+	backing := filepath.Join(fuseDir, id)
+	if rc, err := mount.Recover(ctx, mount.RecoverRequest{FUSEDir: fuseDir, BackingFile: backing, Force: true, Log: log}); err != nil {
+		return nil, toStatus(err, "clear what an earlier engine left")
+	} else if rc.Server != mount.ServerAbsent {
+		log.Warn("cleaned up after an earlier engine", "server", rc.Server, "unmounted", rc.Unmounted, "detached", rc.Detached)
+	}
+
+	p, _ := volspec.ParseParams(rec.Spec.Parameters)
+	pcfg := primary.Config{Agent: n.cfg.Agent, Client: n.cfg.Client, Volume: id, Size: rec.Spec.SizeBytes,
+		Replicas: n.replicaConfigs(rec), Want: rec.Spec.Replicas, MinInSync: p.MinInSync,
+		Timeout: n.cfg.ReplicaTimeout, Log: n.cfg.Log}
+	pctx, cancel := context.WithTimeout(ctx, n.cfg.StageTimeout)
+	prim, err := primary.Promote(pctx, pcfg)
+	cancel()
+	if err != nil {
+		if pctx.Err() != nil && ctx.Err() == nil {
+			holder, _ := n.cfg.Client.ReadPrimary(ctx, id)
+			return nil, errf(codes.Unavailable, "volume %s: primary lease not free within %s (held by node %q): retry", id, n.cfg.StageTimeout, holder.Node)
+		}
+		return nil, toStatus(err, "promote")
+	}
+	sv.prim = prim
+	ok := false
+	defer func() {
+		if !ok {
+			if err := n.teardown(context.WithoutCancel(ctx), sv, true); err != nil {
+				log.Error("undo a failed stage", "error", err)
+			}
+		}
+	}()
+	sv.fuse, err = replication.MountFUSE(ctx, prim.Engine, replication.FUSEConfig{Dir: fuseDir, Name: id,
+		HungTimeout: n.cfg.FUSEHungTimeout, Log: log})
+	if err != nil {
+		return nil, toStatus(err, "serve the volume file")
+	}
+	if sv.block {
+		if sv.device, err = mount.AttachLoop(sv.fuse.Path()); err != nil {
+			return nil, toStatus(err, "attach loop device")
+		}
+		if err := os.MkdirAll(staging, 0o750); err != nil {
+			return nil, toStatus(err, "staging path")
+		}
+	} else {
+		st, err := mount.Stage(ctx, mount.StageRequest{BackingFile: sv.fuse.Path(), StagingPath: staging, FSType: fsType,
+			MountOptions: vc.GetMount().GetMountFlags(), StateFile: sv.stateFile, Log: log})
+		if err != nil {
+			return nil, toStatus(err, "stage")
+		}
+		sv.device = st.Device
+		log.Info("volume staged", "staging", staging, "device", st.Device, "fs_type", st.FSType, "formatted", st.Formatted,
+			"epoch", prim.Lease.Epoch())
+	}
+	ok = true
+	wctx, stop := context.WithCancel(context.Background())
+	sv.stopWatch, sv.watchDone = stop, make(chan struct{})
+	go func() {
+		defer close(sv.watchDone)
+		n.follow(wctx, sv)
+	}()
+	n.mu.Lock()
+	n.staged[id] = sv
+	n.mu.Unlock()
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// replicaConfigs lists a record's replicas for the engine.
+func (n *Node) replicaConfigs(rec leader.VolumeRecord) []replication.ReplicaConfig {
+	out := make([]replication.ReplicaConfig, 0, len(rec.Replicas))
+	for _, r := range rec.Replicas {
+		out = append(out, replication.ReplicaConfig{Addr: r.Addr, Local: r.Node == n.cfg.NodeID})
+	}
+	return out
+}
+
+// NodeUnstageVolume unmounts the volume, detaches the loop device, stops
+// FUSE, shuts the engine down cleanly and releases the primary lease.
+// A volume not staged here is unstaged already (anything an earlier
+// process left at the paths is cleared).
+func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), n.cfg.Paths.Host(req.GetStagingTargetPath())
+	if id == "" || staging == "" {
+		return nil, errf(codes.InvalidArgument, "volume_id and staging_target_path are required")
+	}
+	unlock, err := n.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if sv := n.get(id); sv != nil {
+		if err := n.unstage(ctx, sv, false); err != nil {
+			return nil, toStatus(err, "unstage")
+		}
+		return &csi.NodeUnstageVolumeResponse{}, nil
+	}
+	fuseDir := n.fuseDir(id)
+	if _, err := mount.Recover(ctx, mount.RecoverRequest{FUSEDir: fuseDir, BackingFile: filepath.Join(fuseDir, id), Force: true,
+		Log: n.log}); err != nil {
+		return nil, toStatus(err, "clear what an earlier engine left")
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// unstage undoes NodeStageVolume for sv and forgets it.
+func (n *Node) unstage(ctx context.Context, sv *stagedVolume, lazy bool) error {
+	sv.stopWatch()
+	<-sv.watchDone
+	if err := n.teardown(ctx, sv, lazy); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	delete(n.staged, sv.id)
+	n.mu.Unlock()
+	n.log.Info("volume unstaged", "volume_id", sv.id, "staging", sv.stagingPath)
+	return nil
+}
+
+// teardown unwinds a stage in order: file system, loop device, FUSE, then
+// the primary (engine flushed, lease released, health check dropped).
+func (n *Node) teardown(ctx context.Context, sv *stagedVolume, lazy bool) error {
+	if sv.fuse != nil {
+		if sv.block {
+			sv.mu.Lock()
+			targets := len(sv.targets)
+			sv.mu.Unlock()
+			if targets > 0 && !lazy {
+				return fmt.Errorf("%w: volume %s is still published at %d targets", mount.ErrPathBusy, sv.id, targets)
+			}
+			if err := mount.DetachLoops(sv.fuse.Path()); err != nil {
+				return err
+			}
+		} else if err := mount.Unstage(ctx, mount.UnstageRequest{BackingFile: sv.fuse.Path(), StagingPath: sv.stagingPath,
+			StateFile: sv.stateFile, Lazy: lazy, Log: n.log}); err != nil {
+			return err
+		}
+		if err := unmountFUSE(sv.fuse); err != nil {
+			return err
+		}
+	}
+	if sv.prim != nil {
+		if err := sv.prim.Demote(context.WithoutCancel(ctx)); err != nil {
+			n.log.Warn("demote", "volume_id", sv.id, "error", err)
+		}
+	}
+	return nil
+}
+
+// unmountFUSE unmounts the volume file, waiting briefly for the loop
+// device to let go of it, and aborts it as a last resort.
+func unmountFUSE(m *replication.FUSEMount) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := m.Unmount()
+		if err == nil || !errors.Is(err, replication.ErrFUSEBusy) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return m.Close()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// NodePublishVolume bind-mounts the staged file system (or, for block
+// access, the loop device) at the target path, read-only when asked.
+func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), n.cfg.Paths.Host(req.GetTargetPath())
+	staging := n.cfg.Paths.Host(req.GetStagingTargetPath())
+	if id == "" || target == "" {
+		return nil, errf(codes.InvalidArgument, "volume_id and target_path are required")
+	}
+	vc := req.GetVolumeCapability()
+	why, err := checkCapability(vc)
+	if err != nil {
+		return nil, errf(codes.InvalidArgument, "%v", err)
+	}
+	if why != "" {
+		return nil, errf(codes.InvalidArgument, "%s", why)
+	}
+	if staging == "" {
+		return nil, errf(codes.InvalidArgument, "staging_target_path is required (the plugin stages volumes)")
+	}
+	unlock, err := n.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	sv := n.get(id)
+	if sv == nil {
+		return nil, errf(codes.FailedPrecondition, "volume %s is not staged on this node", id)
+	}
+	if sv.stagingPath != staging {
+		return nil, errf(codes.FailedPrecondition, "volume %s is staged at %s, not %s", id, sv.stagingPath, staging)
+	}
+	if sv.block != (vc.GetBlock() != nil) {
+		return nil, errf(codes.AlreadyExists, "volume %s was staged with another access type", id)
+	}
+	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	if sv.block {
+		err = publishBlock(sv.device, target, readOnly)
+	} else {
+		err = mount.Publish(staging, target, readOnly)
+	}
+	if err != nil {
+		return nil, toStatus(err, "publish")
+	}
+	sv.mu.Lock()
+	sv.targets[target] = true
+	sv.mu.Unlock()
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// publishBlock bind-mounts the device node onto a file at target.
+func publishBlock(device, target string, readOnly bool) error {
+	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+		return err
+	}
+	if st, err := os.Stat(target); err == nil && st.Mode()&os.ModeDevice != 0 {
+		return nil // already bound (stat follows the bind to the device)
+	}
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("create block target %s: %w", target, err)
+	}
+	f.Close()
+	if err := unix.Mount(device, target, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s to %s: %w", device, target, err)
+	}
+	if readOnly {
+		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("remount %s read-only: %w", target, err)
+		}
+	}
+	return nil
+}
+
+// NodeUnpublishVolume unmounts the target and removes it. Nothing there
+// is unpublished already.
+func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), n.cfg.Paths.Host(req.GetTargetPath())
+	if id == "" || target == "" {
+		return nil, errf(codes.InvalidArgument, "volume_id and target_path are required")
+	}
+	unlock, err := n.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := mount.Unpublish(target, n.log); err != nil {
+		return nil, toStatus(err, "unpublish")
+	}
+	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, errf(codes.Internal, "remove target %s: %v", target, err)
+	}
+	if sv := n.get(id); sv != nil {
+		sv.mu.Lock()
+		delete(sv.targets, target)
+		sv.mu.Unlock()
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// follow keeps a staged volume's engine in line with its volume record
+// until ctx ends or the lease is lost: replicas the controller added are
+// added (and copied in full), replicas it dropped are retired, and a
+// fence naming this node at this epoch (ControllerUnpublishVolume) fences
+// the engine and releases the lease.
+func (n *Node) follow(ctx context.Context, sv *stagedVolume) {
+	log := n.log.With("volume_id", sv.id, "epoch", sv.prim.Lease.Epoch())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sv.prim.Lease.Lost():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var index uint64
+	for ctx.Err() == nil {
+		rec, idx, err := n.cfg.Client.WatchVolume(ctx, sv.id, index, 20*time.Second)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Debug("watch volume record", "error", err)
+				_ = sleep(ctx, time.Second)
+			}
+			continue
+		}
+		if idx == index {
+			continue
+		}
+		index = idx
+		if e, ok := rec.Fenced[n.cfg.NodeID]; ok && e == sv.prim.Lease.Epoch() {
+			log.Warn("fenced by the controller (volume unpublished from this node): stopping I/O and releasing the lease")
+			sv.prim.Engine.Fence(fmt.Errorf("%w: unpublished from node %s by the controller", replication.ErrFenced, n.cfg.NodeID))
+			if err := sv.prim.Lease.Release(context.WithoutCancel(ctx)); err != nil {
+				log.Warn("release fenced lease", "error", err)
+			}
+			return
+		}
+		if err := sv.prim.SetReplicas(ctx, n.replicaConfigs(rec)); err != nil {
+			log.Warn("follow the volume's replica set", "error", err)
+			index = 0 // try again on the next round
+			_ = sleep(ctx, time.Second)
+		}
+	}
+}

@@ -1,0 +1,162 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/saddlebag/saddlebag/hcl/volspec"
+	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/scheduler"
+)
+
+// driver is the re-replication driver (DESIGN.md §5.3) of an active
+// controller; only driveWhileActive's goroutine uses it.
+//
+// Each pass:
+//  1. snapshots the nodes (health from Consul) and notes when each
+//     unhealthy node was first seen down;
+//  2. asks scheduler.PlanReplacements which replicas have been on a node
+//     down longer than the grace, and where their replacements go;
+//  3. for each, creates the new replica on its node and records it in the
+//     volume record (CAS under leadership) as "adding", the lost one as
+//     "lost". The primary, which follows its volume record, adds the new
+//     replica to its engine, which copies everything to it;
+//  4. once a volume's in-sync record names every "adding" replica, marks
+//     them "ready" and drops the "lost" ones from the record; the primary
+//     then retires them, and removes their data from their nodes if they
+//     answer.
+type driver struct {
+	c         *Controller
+	downSince map[string]time.Time
+}
+
+func (d *driver) step(ctx context.Context, lease *leader.Lease) error {
+	c := d.c
+	nodes, vols, err := c.snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	now := c.cfg.Now()
+	for _, n := range nodes {
+		if n.Healthy {
+			delete(d.downSince, n.Node)
+		} else if _, ok := d.downSince[n.Node]; !ok {
+			d.downSince[n.Node] = now
+			c.log.Warn("node is down", "node", n.Node, "why", n.Why, "replaced_after", c.cfg.Grace)
+		}
+	}
+	var states []scheduler.VolumeState
+	for _, v := range vols {
+		if v.State != leader.VolumeReady {
+			continue
+		}
+		p, _ := volspec.ParseParams(v.Spec.Parameters)
+		st := scheduler.VolumeState{Volume: v.ID, SizeBytes: v.Spec.SizeBytes, Replicas: v.Spec.Replicas,
+			Spread: p.Spread, Requisite: v.Requisite}
+		for _, r := range v.Replicas {
+			if r.State != ReplicaLost {
+				st.Holders = append(st.Holders, r.Node)
+			}
+		}
+		states = append(states, st)
+	}
+	var errs []error
+	byName := nodeMap(nodes)
+	for _, r := range scheduler.PlanReplacements(schedulerNodes(nodes, vols, d.downSince), states, now, c.cfg.Grace) {
+		if err := d.replace(ctx, lease, r, byName); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, v := range vols {
+		if v.State == leader.VolumeReady && slices.ContainsFunc(v.Replicas, func(r leader.ReplicaRecord) bool { return r.State != ReplicaReady }) {
+			if err := d.finish(ctx, lease, v.ID); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// replace records one planned replacement.
+func (d *driver) replace(ctx context.Context, lease *leader.Lease, r scheduler.Replacement, nodes map[string]leader.NodeState) error {
+	c := d.c
+	log := c.log.With("volume_id", r.Volume, "lost", r.Lost, "new", r.New)
+	if r.New == "" && !r.Surplus {
+		log.Error("replica lost and no node can take a copy", "reason", r.Reason, "error", r.Err)
+		return nil
+	}
+	unlock := c.locks.tryLock(r.Volume)
+	if unlock == nil {
+		return nil // an RPC is busy with the volume: next pass
+	}
+	defer unlock()
+	rec, index, err := c.cfg.Client.GetVolume(ctx, r.Volume)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(rec.Replicas, func(x leader.ReplicaRecord) bool { return x.Node == r.Lost })
+	if rec.State != leader.VolumeReady || i < 0 || rec.Replicas[i].State == ReplicaLost {
+		return nil // changed since the snapshot
+	}
+	rec.Replicas[i].State = ReplicaLost
+	if r.New != "" {
+		addr := nodes[r.New].ReplicaAddr
+		if _, err := replication.CreateReplica(ctx, addr, rec.ID, rec.Spec.SizeBytes, c.cfg.ReplicaTimeout); err != nil {
+			return err
+		}
+		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: r.New, Addr: addr, State: ReplicaAdding})
+	}
+	if _, err := c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
+		return err
+	}
+	log.Warn("replacing a replica whose node is down beyond the grace", "reason", r.Reason, "surplus", r.Surplus)
+	return nil
+}
+
+// finish completes a volume's replacements whose new replicas are in sync.
+func (d *driver) finish(ctx context.Context, lease *leader.Lease, id string) error {
+	c := d.c
+	unlock := c.locks.tryLock(id)
+	if unlock == nil {
+		return nil
+	}
+	defer unlock()
+	rec, index, err := c.cfg.Client.GetVolume(ctx, id)
+	if err != nil {
+		return err
+	}
+	inSync, _, err := c.cfg.Client.ReadInSync(ctx, id)
+	never := errors.Is(err, leader.ErrNotFound) // never served: every replica is blank
+	if err != nil && !never {
+		return err
+	}
+	var lost []leader.ReplicaRecord
+	keep := rec.Replicas[:0:0]
+	for _, r := range rec.Replicas {
+		switch r.State {
+		case ReplicaAdding:
+			if !never && !inSync.Promotable(r.Addr) {
+				return nil // still copying
+			}
+			r.State = ReplicaReady
+		case ReplicaLost:
+			lost = append(lost, r)
+			continue
+		}
+		keep = append(keep, r)
+	}
+	rec.Replicas = keep
+	if _, err := c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
+		return err
+	}
+	c.log.Info("replacement replicas in sync: lost replicas dropped", "volume_id", id, "replicas", rec.Replicas, "dropped", lost)
+	for _, r := range lost {
+		if err := replication.DeleteReplica(ctx, r.Addr, id, time.Second); err != nil {
+			c.log.Info("lost replica's data left on its node (unreachable)", "volume_id", id, "node", r.Node, "error", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,124 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// EndpointEnv is the environment variable Nomad sets to the socket a CSI
+// plugin task must serve on (raw_exec passes it as unix:///path).
+const EndpointEnv = "CSI_ENDPOINT"
+
+// SocketPath returns the unix socket path of a CSI endpoint given as
+// unix:///path, unix:/path, unix://path or a plain absolute path.
+func SocketPath(endpoint string) (string, error) {
+	p := endpoint
+	switch {
+	case strings.HasPrefix(p, "unix://"):
+		p = strings.TrimPrefix(p, "unix://")
+	case strings.HasPrefix(p, "unix:"):
+		p = strings.TrimPrefix(p, "unix:")
+	case strings.Contains(p, "://"):
+		return "", fmt.Errorf("csi endpoint %q: only unix sockets are served", endpoint)
+	}
+	if p == "" || !filepath.IsAbs(p) {
+		return "", fmt.Errorf("csi endpoint %q: want unix:///absolute/path", endpoint)
+	}
+	return filepath.Clean(p), nil
+}
+
+// Serve serves the CSI services register adds on the unix socket of
+// endpoint until ctx ends, then stops gracefully. A stale socket file is
+// replaced.
+func Serve(ctx context.Context, endpoint string, log hclog.Logger, register func(*grpc.Server)) error {
+	path, err := SocketPath(endpoint)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("csi socket dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale csi socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("csi listen: %w", err)
+	}
+	defer os.Remove(path)
+	log = log.Named("csi")
+	srv := grpc.NewServer(grpc.UnaryInterceptor(LoggingInterceptor(log)))
+	register(srv)
+	stop := context.AfterFunc(ctx, srv.GracefulStop)
+	defer stop()
+	log.Info("serving csi", "endpoint", "unix://"+path)
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("csi serve: %w", err)
+	}
+	return nil
+}
+
+// LoggingInterceptor logs every CSI call (method, request with every
+// secrets field emptied, duration, status code) and turns any error that
+// is not a gRPC status into Internal, so nothing reaches the caller as
+// Unknown.
+func LoggingInterceptor(log hclog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		if err != nil {
+			if _, ok := status.FromError(err); !ok {
+				err = toStatus(err, info.FullMethod)
+			}
+		}
+		code := status.Code(err)
+		args := []any{"method", info.FullMethod, "request", StripSecrets(req), "duration", time.Since(start), "code", code.String()}
+		if err != nil {
+			log.Info("csi call failed", append(args, "error", err)...)
+		} else {
+			log.Debug("csi call", args...)
+		}
+		return resp, err
+	}
+}
+
+// StripSecrets returns a copy of a protobuf request with every field named
+// "secrets" (at any depth) cleared, as a string fit for a log.
+func StripSecrets(req any) string {
+	m, ok := req.(proto.Message)
+	if !ok {
+		return fmt.Sprintf("%T", req)
+	}
+	c := proto.Clone(m)
+	clearSecrets(c.ProtoReflect())
+	return fmt.Sprint(c)
+}
+
+func clearSecrets(m protoreflect.Message) {
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.Name() == "secrets":
+			m.Clear(fd)
+		case fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap():
+			clearSecrets(v.Message())
+		case fd.Kind() == protoreflect.MessageKind && fd.IsList():
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				clearSecrets(l.Get(i).Message())
+			}
+		}
+		return true
+	})
+}

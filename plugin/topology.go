@@ -1,0 +1,108 @@
+package plugin
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"maps"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/saddlebag/saddlebag/hcl/volspec"
+	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/replication"
+)
+
+// TopologyNodeKey is the topology segment naming a node. Every node's
+// accessible topology is its labels plus this key, and a volume's
+// accessible topology lists exactly those segment sets of the nodes
+// holding its replicas: Nomad matches a node only when its segments equal
+// one of the volume's, so tasks land on a replica node.
+const TopologyNodeKey = "saddlebag.io/node"
+
+// nodeSegments is a node's accessible topology: its labels and its name.
+func nodeSegments(node string, labels map[string]string) map[string]string {
+	seg := maps.Clone(labels)
+	if seg == nil {
+		seg = map[string]string{}
+	}
+	seg[TopologyNodeKey] = node
+	return seg
+}
+
+// volumeIDFor derives a volume's id from its CreateVolume name: the name
+// itself when it is a valid volume id (so operators see the same word in
+// Nomad and Consul), otherwise a digest of it.
+func volumeIDFor(name string) string {
+	if replication.ValidateVolumeID(name) == nil {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return "h-" + hex.EncodeToString(sum[:16])
+}
+
+// access modes a single-primary block device supports.
+func supportedMode(m csi.VolumeCapability_AccessMode_Mode) bool {
+	return m == csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER ||
+		m == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+}
+
+// checkCapability validates one capability's shape (InvalidArgument when
+// malformed) and returns why it is unsupported ("" when supported).
+func checkCapability(c *csi.VolumeCapability) (string, error) {
+	if c == nil {
+		return "", fmt.Errorf("volume capability is nil")
+	}
+	if c.GetAccessMode() == nil {
+		return "", fmt.Errorf("volume capability has no access mode")
+	}
+	if c.GetBlock() == nil && c.GetMount() == nil {
+		return "", fmt.Errorf("volume capability has neither block nor mount access type")
+	}
+	mode := c.GetAccessMode().GetMode()
+	if !supportedMode(mode) {
+		return fmt.Sprintf("access mode %s is not supported: a volume has one primary node (use SINGLE_NODE_WRITER or SINGLE_NODE_READER_ONLY)", mode), nil
+	}
+	if m := c.GetMount(); m != nil && m.GetFsType() != "" && m.GetFsType() != "ext4" && m.GetFsType() != "xfs" {
+		return fmt.Sprintf("fs_type %q is not supported (ext4 or xfs)", m.GetFsType()), nil
+	}
+	return "", nil
+}
+
+// resolveFSType combines the parameters' fs_type with the mount
+// capabilities' fs_type: they must agree; the default is ext4.
+func resolveFSType(param string, caps []*csi.VolumeCapability) (string, error) {
+	fs := param
+	for _, c := range caps {
+		if m := c.GetMount(); m != nil && m.GetFsType() != "" {
+			if fs != "" && fs != m.GetFsType() {
+				return "", fmt.Errorf("fs_type %q in the parameters differs from fs_type %q in a mount capability", fs, m.GetFsType())
+			}
+			fs = m.GetFsType()
+		}
+	}
+	if fs == "" {
+		fs = volspec.DefaultFSType
+	}
+	return fs, nil
+}
+
+// capabilityFits says whether a valid, supported capability fits a volume
+// ("" when it does).
+func capabilityFits(c *csi.VolumeCapability, rec leader.VolumeRecord) string {
+	if m := c.GetMount(); m != nil && m.GetFsType() != "" && m.GetFsType() != rec.Spec.FSType {
+		return fmt.Sprintf("volume %s holds %s, not %s", rec.ID, rec.Spec.FSType, m.GetFsType())
+	}
+	return ""
+}
+
+// topologyOf turns CSI topologies into segment maps.
+func topologyOf(ts []*csi.Topology) []map[string]string {
+	var out []map[string]string
+	for _, t := range ts {
+		if len(t.GetSegments()) > 0 {
+			out = append(out, maps.Clone(t.GetSegments()))
+		}
+	}
+	return out
+}
