@@ -23,6 +23,11 @@ const fastGossip = `gossip_lan {
 performance { raft_multiplier = 1 }
 `
 
+// quiet keeps every agent from calling out to HashiCorp's update-check
+// service: test and demo clusters talk to nothing but each other.
+const quiet = `disable_update_check = true
+`
+
 // Options tunes the agents started.
 type Options struct {
 	// Dir holds logs and data directories (required).
@@ -35,6 +40,38 @@ type Options struct {
 	// Token is the ACL token the harness itself uses to see whether an
 	// agent is ready (when HCL turns ACLs on).
 	Token string
+	// Detach starts every agent in a session of its own (setsid), so it
+	// outlives the process that started it and no terminal signal reaches
+	// it: for a demo cluster that a later command tears down by PID.
+	Detach bool
+}
+
+// Layout places a cluster's agents. The zero Layout is StartCluster's:
+// the server on 127.0.0.1 and client i on 127.0.0.(i+2).
+type Layout struct {
+	// ServerIP is the address the server binds (default 127.0.0.1). It
+	// must be an address of this network namespace: its free ports are
+	// probed here.
+	ServerIP string
+	Clients  []ClientSpec
+}
+
+// ClientSpec places one client agent.
+type ClientSpec struct {
+	// Name is the Consul node name (default node<i+1>).
+	Name string
+	// IP is the address the agent binds.
+	IP string
+	// Wrap is a command prefix the agent runs under, for example
+	// {"nsenter", "--net=/run/netns/ns1", "--"} to run it in a network
+	// namespace. The prefix must exec the agent, so that the PID tracked
+	// is the agent's own.
+	Wrap []string
+	// DefaultPorts uses Consul's default HTTP (8500) and LAN gossip
+	// (8301) ports instead of probing for free ones: for an address in
+	// another network namespace, which has ports of its own and which
+	// this process cannot probe.
+	DefaultPorts bool
 }
 
 func (o *Options) binary() (string, error) {
@@ -61,7 +98,7 @@ func StartDev(ctx context.Context, ip, name string, o Options) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		Name: name, IP: ip, Server: true, bin: bin, token: o.Token,
+		Name: name, IP: ip, Server: true, bin: bin, token: o.Token, detach: o.Detach,
 		HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
 		SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
 		logPath:     filepath.Join(o.Dir, name+".log"),
@@ -70,7 +107,7 @@ func StartDev(ctx context.Context, ip, name string, o Options) (*Agent, error) {
 		"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
 		"-serf-wan-port", strconv.Itoa(ports[2]), "-server-port", strconv.Itoa(ports[3]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
-		"-hcl", "ports { grpc_tls = -1 }"}
+		"-hcl", "ports { grpc_tls = -1 }", "-hcl", quiet}
 	if o.HCL != "" {
 		a.args = append(a.args, "-hcl", o.HCL)
 	}
@@ -128,6 +165,16 @@ func (c *Cluster) Stop() {
 // gossip failure detection, and waits until all are ready. On error it
 // stops whatever it started.
 func StartCluster(ctx context.Context, n int, o Options) (*Cluster, error) {
+	var l Layout
+	for i := range n {
+		l.Clients = append(l.Clients, ClientSpec{IP: fmt.Sprintf("127.0.0.%d", i+2)})
+	}
+	return StartLayout(ctx, l, o)
+}
+
+// StartLayout is StartCluster with the addresses (and, for clients, the
+// network namespaces) that l gives.
+func StartLayout(ctx context.Context, l Layout, o Options) (*Cluster, error) {
 	bin, err := o.binary()
 	if err != nil {
 		return nil, err
@@ -139,7 +186,10 @@ func StartCluster(ctx context.Context, n int, o Options) (*Cluster, error) {
 			c.Stop()
 		}
 	}()
-	ip := "127.0.0.1"
+	ip := l.ServerIP
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
 	ports, err := freePorts(ip, 4)
 	if err != nil {
 		return nil, err
@@ -149,7 +199,7 @@ func StartCluster(ctx context.Context, n int, o Options) (*Cluster, error) {
 		return nil, err
 	}
 	c.Server = &Agent{
-		Name: "server", IP: ip, Server: true, bin: bin, token: o.Token,
+		Name: "server", IP: ip, Server: true, bin: bin, token: o.Token, detach: o.Detach,
 		HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
 		SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
 		logPath:     filepath.Join(o.Dir, "server.log"),
@@ -159,26 +209,31 @@ func StartCluster(ctx context.Context, n int, o Options) (*Cluster, error) {
 		"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
 		"-serf-wan-port", strconv.Itoa(ports[2]), "-server-port", strconv.Itoa(ports[3]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
-		"-hcl", "ports { grpc_tls = -1 }", "-hcl", fastGossip}
+		"-hcl", "ports { grpc_tls = -1 }", "-hcl", fastGossip, "-hcl", quiet}
 	if o.HCL != "" {
 		c.Server.args = append(c.Server.args, "-hcl", o.HCL)
 	}
 	if err := startReady(ctx, c.Server); err != nil {
 		return nil, err
 	}
-	for i := range n {
-		ip := fmt.Sprintf("127.0.0.%d", i+2)
-		ports, err := freePorts(ip, 2)
-		if err != nil {
-			return nil, err
+	for i, spec := range l.Clients {
+		ip := spec.IP
+		ports := []int{8500, 8301}
+		if !spec.DefaultPorts {
+			if ports, err = freePorts(ip, 2); err != nil {
+				return nil, err
+			}
 		}
-		name := fmt.Sprintf("node%d", i+1)
+		name := spec.Name
+		if name == "" {
+			name = fmt.Sprintf("node%d", i+1)
+		}
 		data := filepath.Join(o.Dir, name+"-data")
 		if err := os.MkdirAll(data, 0o755); err != nil {
 			return nil, err
 		}
 		a := &Agent{
-			Name: name, IP: ip, bin: bin, token: o.Token,
+			Name: name, IP: ip, bin: bin, token: o.Token, detach: o.Detach, wrap: spec.Wrap,
 			HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
 			SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
 			logPath:     filepath.Join(o.Dir, name+".log"),
@@ -187,7 +242,7 @@ func StartCluster(ctx context.Context, n int, o Options) (*Cluster, error) {
 			"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
 			"-retry-join", c.Server.SerfLANAddr, "-retry-interval", "200ms",
 			"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
-			"-hcl", "ports { grpc_tls = -1\n serf_wan = -1 }", "-hcl", fastGossip}
+			"-hcl", "ports { grpc_tls = -1\n serf_wan = -1 }", "-hcl", fastGossip, "-hcl", quiet}
 		if o.HCL != "" {
 			a.args = append(a.args, "-hcl", o.HCL)
 		}

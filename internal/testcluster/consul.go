@@ -21,25 +21,34 @@ import (
 // ErrNoConsul means no Consul binary could be found or built.
 var ErrNoConsul = errors.New("no consul binary")
 
+// ErrNoNomad means no Nomad binary could be found or built.
+var ErrNoNomad = errors.New("no nomad binary")
+
 // ConsulBinary returns the path of the pinned Consul binary: from
 // SADDLEBAG_CONSUL_BIN when that file exists, else by running
 // e2e/tools/build.sh consul (which builds it once into a cache) from the
 // enclosing module's root.
-func ConsulBinary() (string, error) {
-	if p := os.Getenv("SADDLEBAG_CONSUL_BIN"); p != "" {
+func ConsulBinary() (string, error) { return toolBinary("consul", "SADDLEBAG_CONSUL_BIN", ErrNoConsul) }
+
+// NomadBinary is ConsulBinary for Nomad (SADDLEBAG_NOMAD_BIN, or
+// e2e/tools/build.sh nomad: a cold build takes minutes).
+func NomadBinary() (string, error) { return toolBinary("nomad", "SADDLEBAG_NOMAD_BIN", ErrNoNomad) }
+
+func toolBinary(tool, env string, errNone error) (string, error) {
+	if p := os.Getenv(env); p != "" {
 		if st, err := os.Stat(p); err == nil && !st.IsDir() {
 			return p, nil
 		}
 	}
 	root, err := moduleRoot()
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrNoConsul, err)
+		return "", fmt.Errorf("%w: %w", errNone, err)
 	}
 	var out, stderr bytes.Buffer
-	cmd := exec.Command("bash", filepath.Join(root, "e2e", "tools", "build.sh"), "consul")
+	cmd := exec.Command("bash", filepath.Join(root, "e2e", "tools", "build.sh"), tool)
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%w: e2e/tools/build.sh consul: %w: %s", ErrNoConsul, err, strings.TrimSpace(stderr.String()))
+		return "", fmt.Errorf("%w: e2e/tools/build.sh %s: %w: %s", errNone, tool, err, strings.TrimSpace(stderr.String()))
 	}
 	return strings.TrimSpace(out.String()), nil
 }
@@ -61,7 +70,7 @@ func moduleRoot() (string, error) {
 		}
 		dir = parent
 	}
-	return "", errors.New("e2e/tools/build.sh not found above the working directory; set SADDLEBAG_CONSUL_BIN")
+	return "", errors.New("e2e/tools/build.sh not found above the working directory; set SADDLEBAG_CONSUL_BIN and SADDLEBAG_NOMAD_BIN")
 }
 
 // Agent is one Consul agent process on a loopback address.
@@ -78,7 +87,9 @@ type Agent struct {
 
 	bin, logPath string
 	args         []string
+	wrap         []string // command prefix, e.g. nsenter --net=... --
 	token        string
+	detach       bool
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -100,8 +111,12 @@ func (a *Agent) start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(a.bin, a.args...)
+	argv := append(append(append([]string{}, a.wrap...), a.bin), a.args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if a.detach {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start consul agent %s: %w", a.Name, err)
@@ -169,6 +184,14 @@ func (a *Agent) Restart(ctx context.Context) error {
 	}
 	return a.WaitReady(ctx)
 }
+
+// LogPath is the file the agent's output goes to.
+func (a *Agent) LogPath() string { return a.logPath }
+
+// Cmdline is the command line the agent runs with (after any wrapper
+// has exec'd it), NUL-separated as /proc/PID/cmdline shows it: a later
+// process can check that a recorded PID is still this agent.
+func (a *Agent) Cmdline() string { return strings.Join(append([]string{a.bin}, a.args...), "\x00") }
 
 // LogTail returns the last n lines of the agent's log.
 func (a *Agent) LogTail(n int) string {

@@ -2,7 +2,10 @@
 // tests and benchmarks, on loopback addresses only: a single `consul agent
 // -dev` where one agent is enough, or a Consul server plus one client
 // agent per simulated node, each on its own 127.0.0.x address, where a
-// test kills or cuts off a node. It also provides a TCP proxy a test can
+// test kills or cuts off a node (StartLayout places the server and each
+// client on other addresses, or in network namespaces through a command
+// prefix, as e2e/cluster does). Agents never check for updates. It also
+// provides a TCP proxy a test can
 // cut to partition one process from its Consul agent.
 //
 // The Consul binary comes from SADDLEBAG_CONSUL_BIN (exported by make) or
