@@ -32,6 +32,7 @@ type nodeFlags struct {
 	serveVolume, nbdSocket                     string
 	serveSize                                  sizeFlag
 	serveReplicas                              stringList
+	csi                                        csiNodeFlags
 }
 
 func parseNodeFlags(args []string) (*nodeFlags, error) {
@@ -56,6 +57,7 @@ func parseNodeFlags(args []string) (*nodeFlags, error) {
 	fs.Var(&f.serveReplicas, "serve-replica", "replica server host:port of --serve-volume (repeat)")
 	fs.StringVar(&f.nbdSocket, "nbd-socket", "", "unix socket to serve --serve-volume over NBD while primary (optional)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	addCSINodeFlags(fs, &f.csi)
 	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}
@@ -73,6 +75,9 @@ func parseNodeFlags(args []string) (*nodeFlags, error) {
 		if k, _, ok := strings.Cut(l, "="); !ok || k == "" {
 			return nil, usageError{fmt.Errorf("--label %q: want key=value", l)}
 		}
+	}
+	if err := f.csi.check(f.node); err != nil {
+		return nil, err
 	}
 	if f.serveVolume != "" {
 		if err := replication.ValidateVolumeID(f.serveVolume); err != nil {
@@ -126,7 +131,8 @@ func runNode(ctx context.Context, args []string) error {
 		TTL: f.ttl, LockDelay: f.lockDelay, Log: log,
 		Record: func() leader.NodeRecord {
 			capacity, free := diskSpace(f.dataDir)
-			return leader.NodeRecord{ReplicaAddr: advertise, CapacityBytes: capacity, FreeBytes: free, Labels: labels, Version: version}
+			return leader.NodeRecord{ReplicaAddr: advertise, CapacityBytes: capacity, FreeBytes: free, Labels: labels,
+				MaxVolumes: int(f.csi.maxVolumes), Version: version}
 		},
 	})
 	if err != nil {
@@ -147,10 +153,14 @@ func runNode(ctx context.Context, args []string) error {
 	if f.serveVolume != "" {
 		wg.Go(func() { candidate(ctx, f, agent, client, log) })
 	}
+	var csiErr error
+	if f.csi.endpoint != "" {
+		wg.Go(func() { csiErr = serveCSINode(ctx, f, agent, client, labels, log) })
+	}
 	wg.Wait()
 	stopAgent()
 	agentWG.Wait()
-	return serveErr
+	return errors.Join(serveErr, csiErr)
 }
 
 // candidate stands for --serve-volume until ctx ends: it becomes primary

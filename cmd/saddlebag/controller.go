@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+
+	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin"
+)
+
+func init() {
+	register("controller", "run the CSI controller: volumes, placement, re-replication (active/standby through Consul)", runController)
+}
+
+// controllerFlags are `saddlebag controller`'s settings.
+type controllerFlags struct {
+	name, endpoint, logLevel string
+	consul                   leader.ConsulConfig
+	lockDelay, ttl           time.Duration
+	grace, scanEvery         time.Duration
+	replicaTimeout           time.Duration
+}
+
+func parseControllerFlags(args []string) (*controllerFlags, error) {
+	f := &controllerFlags{}
+	fs := newFlagSet("controller")
+	fs.StringVar(&f.name, "name", "", "this controller instance's name (default: the host name)")
+	fs.StringVar(&f.endpoint, "csi-endpoint", os.Getenv(plugin.EndpointEnv), "serve CSI on this unix socket (unix:///path; default $CSI_ENDPOINT, which Nomad sets)")
+	fs.StringVar(&f.consul.Address, "consul-addr", "", "Consul HTTP address (default: $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&f.consul.Token, "consul-token", "", "Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
+	fs.StringVar(&f.consul.CAFile, "consul-ca-file", "", "CA certificate verifying Consul's HTTPS certificate (default: $CONSUL_CACERT)")
+	fs.StringVar(&f.consul.CertFile, "consul-client-cert", "", "client certificate for Consul (default: $CONSUL_CLIENT_CERT)")
+	fs.StringVar(&f.consul.KeyFile, "consul-client-key", "", "client key for Consul (default: $CONSUL_CLIENT_KEY)")
+	fs.StringVar(&f.consul.TLSServerName, "consul-tls-server-name", "", "name to verify Consul's certificate against (default: $CONSUL_TLS_SERVER_NAME)")
+	fs.StringVar(&f.consul.Prefix, "kv-prefix", leader.DefaultPrefix, "Consul KV prefix of every Saddlebag key")
+	fs.DurationVar(&f.lockDelay, "lock-delay", 5*time.Second, "session lock-delay of the leadership lock")
+	fs.DurationVar(&f.ttl, "ttl", 10*time.Second, "TTL of the controller's Consul check (fed every ttl/3)")
+	fs.DurationVar(&f.grace, "replica-grace", 5*time.Minute, "how long a replica's node may be down before the replica is re-created on another node")
+	fs.DurationVar(&f.scanEvery, "replica-scan", 5*time.Second, "how often the active controller looks for replicas to replace")
+	fs.DurationVar(&f.replicaTimeout, "replica-timeout", 10*time.Second, "bound on each request to a node's replica server (create, delete)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	if err := parseFlags(fs, args); err != nil {
+		return nil, err
+	}
+	if f.endpoint == "" {
+		return nil, usageError{errors.New("--csi-endpoint (or $CSI_ENDPOINT) is required")}
+	}
+	if _, err := plugin.SocketPath(f.endpoint); err != nil {
+		return nil, usageError{fmt.Errorf("--csi-endpoint: %w", err)}
+	}
+	if f.grace <= 0 || f.scanEvery <= 0 {
+		return nil, usageError{errors.New("--replica-grace and --replica-scan must be positive")}
+	}
+	if f.name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("controller name: %w", err)
+		}
+		f.name = h
+	}
+	return f, nil
+}
+
+func runController(ctx context.Context, args []string) error {
+	f, err := parseControllerFlags(args)
+	if err != nil {
+		return err
+	}
+	log := newLogger("saddlebag", f.logLevel).With("controller", f.name)
+	client, err := leader.NewClient(f.consul, log)
+	if err != nil {
+		return err
+	}
+	agent, err := leader.NewAgent(leader.AgentConfig{Client: client, Node: f.name, Service: leader.ControllerService,
+		TTL: f.ttl, LockDelay: f.lockDelay, Log: log})
+	if err != nil {
+		return usageError{err}
+	}
+	ctl, err := plugin.NewController(plugin.ControllerConfig{Client: client, Agent: agent, Grace: f.grace,
+		ScanEvery: f.scanEvery, ReplicaTimeout: f.replicaTimeout, Log: log})
+	if err != nil {
+		return err
+	}
+	// The agent outlives the controller loop so the leadership lock is
+	// released explicitly before the session goes.
+	agentCtx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var agentWG, wg sync.WaitGroup
+	agentWG.Go(func() { _ = agent.Run(agentCtx) })
+	wg.Go(func() { _ = ctl.Run(ctx) })
+	id := &plugin.Identity{Version: version, Controller: true, Ready: func() bool { return agent.SessionID() != "" }}
+	serveErr := plugin.Serve(ctx, f.endpoint, log, func(s *grpc.Server) {
+		csi.RegisterIdentityServer(s, id)
+		csi.RegisterControllerServer(s, ctl)
+	})
+	cancel() // a failed server stops the controller too
+	wg.Wait()
+	stopAgent()
+	agentWG.Wait()
+	return serveErr
+}

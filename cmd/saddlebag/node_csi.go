@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+
+	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin"
+)
+
+// csiNodeFlags are `saddlebag node`'s CSI settings.
+type csiNodeFlags struct {
+	endpoint, stateDir, hostDir, pluginMount string
+	maxVolumes                               int64
+	stageTimeout                             time.Duration
+}
+
+func addCSINodeFlags(fs *flag.FlagSet, f *csiNodeFlags) {
+	fs.StringVar(&f.endpoint, "csi-endpoint", os.Getenv(plugin.EndpointEnv), "serve the CSI node service on this unix socket (unix:///path; default $CSI_ENDPOINT, which Nomad sets; empty: no CSI)")
+	fs.StringVar(&f.stateDir, "csi-state-dir", "", "where staged volumes' FUSE files and checkpoints live (default /run/saddlebag/csi-<node>)")
+	fs.StringVar(&f.hostDir, "host-csi-dir", "", "under raw_exec with Nomad's default stage_publish_base_dir: the host directory <client data_dir>/client/csi/node/<plugin id> that --csi-plugin-mount paths are translated to")
+	fs.StringVar(&f.pluginMount, "csi-plugin-mount", plugin.DefaultPluginMount, "the stage_publish_base_dir Nomad passes paths under (translated with --host-csi-dir)")
+	fs.Int64Var(&f.maxVolumes, "max-volumes", 0, "volumes this node takes, reported as max_volumes_per_node (0: no limit)")
+	fs.DurationVar(&f.stageTimeout, "stage-timeout", 60*time.Second, "how long NodeStageVolume waits for the volume's primary lease")
+}
+
+func (f *csiNodeFlags) check(node string) error {
+	if f.maxVolumes < 0 {
+		return usageError{errors.New("--max-volumes is negative")}
+	}
+	if f.endpoint == "" {
+		return nil
+	}
+	if _, err := plugin.SocketPath(f.endpoint); err != nil {
+		return usageError{fmt.Errorf("--csi-endpoint: %w", err)}
+	}
+	if f.stateDir == "" {
+		f.stateDir = filepath.Join("/run/saddlebag", "csi-"+node)
+	}
+	return nil
+}
+
+// serveCSINode serves the CSI Identity and Node services until ctx ends,
+// then unstages whatever is still staged (releasing the leases).
+func serveCSINode(ctx context.Context, f *nodeFlags, agent *leader.Agent, client *leader.Client, labels map[string]string, log hclog.Logger) error {
+	node, err := plugin.NewNode(plugin.NodeConfig{
+		Agent: agent, Client: client, NodeID: f.node, Labels: labels, MaxVolumes: f.csi.maxVolumes,
+		StateDir: f.csi.stateDir, Paths: plugin.PathMapper{HostDir: f.csi.hostDir, PluginMount: f.csi.pluginMount},
+		StageTimeout: f.csi.stageTimeout, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		node.Shutdown(sctx)
+	}()
+	id := &plugin.Identity{Version: version, Ready: func() bool { return agent.SessionID() != "" }}
+	return plugin.Serve(ctx, f.csi.endpoint, log, func(s *grpc.Server) {
+		csi.RegisterIdentityServer(s, id)
+		csi.RegisterNodeServer(s, node)
+	})
+}
