@@ -255,6 +255,7 @@ func compatible(rec leader.VolumeRecord, name string, size int64, cr *csi.Capaci
 		return fmt.Sprintf("fs_type %s, asked %s", rec.Spec.FSType, fsType)
 	}
 	old, err := volspec.ParseParams(rec.Spec.Parameters)
+	p.FSType = fsType // stored resolved
 	if err != nil || old != p {
 		return "its parameters differ"
 	}
@@ -269,16 +270,15 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "read nodes")
 	}
-	requisite := topologyOf(tr.GetRequisite())
-	chosen, err := scheduler.Place(schedulerNodes(nodes, vols, nil), scheduler.Request{
+	chosen, err := placeReplicas(schedulerNodes(nodes, vols, nil), scheduler.Request{
 		Volume: id, SizeBytes: size, Replicas: p.Replicas, Spread: p.Spread,
-		Requisite: requisite, Preferred: topologyOf(tr.GetPreferred()),
+		Requisite: topologyOf(tr.GetRequisite()), Preferred: topologyOf(tr.GetPreferred()),
 	})
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "place replicas")
 	}
 	byName := nodeMap(nodes)
-	rec := leader.VolumeRecord{ID: id, Name: name, State: leader.VolumeCreating, Requisite: requisite,
+	rec := leader.VolumeRecord{ID: id, Name: name, State: leader.VolumeCreating,
 		Spec: leader.VolumeSpec{SizeBytes: size, Replicas: p.Replicas, FSType: fsType, Parameters: paramsMap(p, fsType)}}
 	for _, n := range chosen {
 		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: n, Addr: byName[n].ReplicaAddr, State: ReplicaReady})
@@ -288,6 +288,30 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 		return rec, 0, toStatus(err, "write volume record")
 	}
 	return rec, index, nil
+}
+
+// placeReplicas chooses req.Replicas nodes. A topology requisite says
+// where the volume must be accessible from (CSI: "from at least one of
+// the requisite topologies"), and a volume is accessible from each node
+// holding a replica: so one replica goes inside the requisite, and the
+// others are spread freely away from it.
+func placeReplicas(nodes []scheduler.Node, req scheduler.Request) ([]string, error) {
+	if len(req.Requisite) == 0 {
+		return scheduler.Place(nodes, req)
+	}
+	first := req
+	first.Replicas = 1
+	chosen, err := scheduler.Place(nodes, first)
+	if err != nil || req.Replicas == 1 {
+		return chosen, err
+	}
+	rest := req
+	rest.Replicas, rest.Requisite, rest.Keep = req.Replicas-1, nil, chosen
+	more, err := scheduler.Place(nodes, rest)
+	if err != nil {
+		return nil, fmt.Errorf("besides node %s in the requisite topology: %w", chosen[0], err)
+	}
+	return append(chosen, more...), nil
 }
 
 // paramsMap is the normalised parameter set stored with a volume.

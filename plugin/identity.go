@@ -17,8 +17,6 @@ type Identity struct {
 	csi.UnimplementedIdentityServer
 	// Version is reported by GetPluginInfo.
 	Version string
-	// Controller says this process serves the Controller service.
-	Controller bool
 	// Ready reports whether the process can serve (it has a Consul session).
 	Ready func() bool
 }
@@ -35,16 +33,15 @@ func (i *Identity) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*c
 }
 
 // GetPluginCapabilities reports VOLUME_ACCESSIBILITY_CONSTRAINTS (volumes
-// are reachable from the nodes holding their replicas) and, from the
-// controller, CONTROLLER_SERVICE.
+// are reachable from the nodes holding their replicas) and
+// CONTROLLER_SERVICE: the plugin has one (`saddlebag controller`), and
+// both processes say so, as the CO reads it from the node plugin too.
 func (i *Identity) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
 	svc := func(t csi.PluginCapability_Service_Type) *csi.PluginCapability {
 		return &csi.PluginCapability{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{Type: t}}}
 	}
-	caps := []*csi.PluginCapability{svc(csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS)}
-	if i.Controller {
-		caps = append(caps, svc(csi.PluginCapability_Service_CONTROLLER_SERVICE))
-	}
+	caps := []*csi.PluginCapability{svc(csi.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS),
+		svc(csi.PluginCapability_Service_CONTROLLER_SERVICE)}
 	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }
 

@@ -96,7 +96,7 @@ func runController(ctx context.Context, args []string) error {
 	var agentWG, wg sync.WaitGroup
 	agentWG.Go(func() { _ = agent.Run(agentCtx) })
 	wg.Go(func() { _ = ctl.Run(ctx) })
-	id := &plugin.Identity{Version: version, Controller: true, Ready: func() bool { return agent.SessionID() != "" }}
+	id := &plugin.Identity{Version: version, Ready: func() bool { return agent.SessionID() != "" }}
 	serveErr := plugin.Serve(ctx, f.endpoint, log, func(s *grpc.Server) {
 		csi.RegisterIdentityServer(s, id)
 		csi.RegisterControllerServer(s, ctl)

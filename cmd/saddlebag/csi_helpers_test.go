@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/hashicorp/go-hclog"
+	"github.com/shoenig/test/must"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/saddlebag/saddlebag/leader"
+)
+
+// csiNode is a `saddlebag node` process started by a test.
+type csiNode struct {
+	*proc
+	name, addr, dataDir, sock string
+}
+
+var (
+	csiServingRE     = regexpMust(`serving csi`)
+	activeControlRE  = regexpMust(`active controller`)
+	standbyControlRE = regexpMust(`leadership lost`)
+)
+
+// startCSINode runs `saddlebag node` on ip with the CSI node service on a
+// socket in dir (when withCSI) and waits until it has a session.
+func startCSINode(t *testing.T, consulAddr, ip, name, dir string, withCSI bool, labels ...string) *csiNode {
+	t.Helper()
+	n := &csiNode{name: name, dataDir: filepath.Join(dir, name, "data")}
+	args := []string{"node", "--node", name, "--data-dir", n.dataDir, "--listen", ip + ":0",
+		"--consul-addr", consulAddr, "--ttl", "1500ms", "--lock-delay", "1s", "--log-level", "debug"}
+	for _, l := range labels {
+		args = append(args, "--label", l)
+	}
+	if withCSI {
+		n.sock = filepath.Join(dir, name+".sock")
+		args = append(args, "--csi-endpoint", "unix://"+n.sock, "--csi-state-dir", filepath.Join(dir, name, "csi"),
+			"--max-volumes", "8", "--stage-timeout", "30s")
+	}
+	n.proc = startProc(t, args...)
+	n.addr = n.waitLine(t, replicaAddrRE, 10*time.Second)[1]
+	n.waitLine(t, nodeSessionRE, 30*time.Second)
+	if withCSI {
+		n.waitLine(t, csiServingRE, 10*time.Second)
+	}
+	return n
+}
+
+// startController runs `saddlebag controller` and returns it with its socket.
+func startController(t *testing.T, consulAddr, name, dir string, extra ...string) (*proc, string) {
+	t.Helper()
+	sock := filepath.Join(dir, name+".sock")
+	args := append([]string{"controller", "--name", name, "--csi-endpoint", "unix://" + sock, "--consul-addr", consulAddr,
+		"--ttl", "1500ms", "--lock-delay", "1s", "--log-level", "debug"}, extra...)
+	p := startProc(t, args...)
+	p.waitLine(t, csiServingRE, 10*time.Second)
+	return p, sock
+}
+
+func dialCSI(t *testing.T, sock string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	must.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func consulClient(t *testing.T, addr string) *leader.Client {
+	t.Helper()
+	c, err := leader.NewClient(leader.ConsulConfig{Address: addr}, hclog.NewNullLogger())
+	must.NoError(t, err)
+	return c
+}
+
+// waitHealthyNodes waits until Consul shows want healthy storage nodes.
+func waitHealthyNodes(t *testing.T, c *leader.Client, want int) {
+	t.Helper()
+	waitForCond(t, 60*time.Second, fmt.Sprintf("%d healthy nodes", want), func() bool {
+		nodes, err := c.ListNodes(context.Background())
+		if err != nil {
+			return false
+		}
+		healthy := 0
+		for _, n := range nodes {
+			if n.Healthy {
+				healthy++
+			}
+		}
+		return healthy == want
+	})
+}
+
+func mountCap(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
+	return &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}
+}
+
+var swCap = mountCap(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+
+// mustCode asserts a gRPC status code.
+func mustCode(t *testing.T, want codes.Code, err error) *status.Status {
+	t.Helper()
+	st, _ := status.FromError(err)
+	must.Eq(t, want, st.Code(), must.Sprintf("error: %v", err))
+	return st
+}
+
+// assertNothingMountedUnder fails if any mount point lies under dir.
+func assertNothingMountedUnder(t *testing.T, dir string) {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	must.NoError(t, err)
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
+			t.Errorf("left mounted: %s", line)
+		}
+	}
+}
