@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,12 +15,15 @@ import (
 
 // Two controllers: the one holding the leadership lock serves; the
 // standby answers read-only calls and refuses mutating ones with
-// Unavailable. When the active one is SIGKILLed, the standby takes the
-// lock and serves.
+// Unavailable. ControllerUnpublishVolume of the node serving a volume
+// fences it: the node releases the primary lease. When the active
+// controller is SIGKILLed, the standby takes the lock and serves.
 func TestControllerStandby(t *testing.T) {
+	requireRoot(t)
 	dev := testcluster.Dev(t, testcluster.Options{})
 	dir := t.TempDir()
-	startCSINode(t, dev.HTTPAddr, "127.0.0.1", "n1", dir, false, "rack=a")
+	t.Cleanup(func() { assertNothingMountedUnder(t, dir) })
+	n1 := startCSINode(t, dev.HTTPAddr, "127.0.0.1", "n1", dir, true, "rack=a")
 	p1, s1 := startController(t, dev.HTTPAddr, "c1", dir)
 	p1.waitLine(t, activeControlRE, 30*time.Second)
 	p2, s2 := startController(t, dev.HTTPAddr, "c2", dir)
@@ -50,6 +54,28 @@ func TestControllerStandby(t *testing.T) {
 	capResp, err := standby.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"replicas": "1"}})
 	must.NoError(t, err)
 	must.Positive(t, capResp.GetAvailableCapacity())
+
+	// Fence by unpublishing: the staged node gives the lease up.
+	c := consulClient(t, dev.HTTPAddr)
+	node := csi.NewNodeClient(dialCSI(t, n1.sock))
+	staging := filepath.Join(dir, "sb-staging")
+	_, err = active.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: "sb", NodeId: "n1", VolumeCapability: swCap})
+	must.NoError(t, err)
+	_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "sb", StagingTargetPath: staging, VolumeCapability: swCap})
+	must.NoError(t, err)
+	holder, err := c.ReadPrimary(ctx, "sb")
+	must.NoError(t, err)
+	must.Eq(t, "n1", holder.Node)
+	_, err = active.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "sb"})
+	mustCode(t, codes.FailedPrecondition, err)
+	_, err = active.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: "sb", NodeId: "n1"})
+	must.NoError(t, err)
+	holder, err = c.ReadPrimary(ctx, "sb")
+	must.NoError(t, err)
+	must.Eq(t, "", holder.Node)
+	n1.waitLine(t, regexpMust(`fenced by the controller`), 10*time.Second)
+	_, err = node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "sb", StagingTargetPath: staging})
+	must.NoError(t, err)
 
 	p1.kill()
 	p2.waitLine(t, activeControlRE, 60*time.Second)
