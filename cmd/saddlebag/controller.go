@@ -46,7 +46,7 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	fs.DurationVar(&f.scanEvery, "replica-scan", 5*time.Second, "how often the active controller looks for replicas to replace")
 	fs.DurationVar(&f.replicaTimeout, "replica-timeout", 10*time.Second, "bound on each request to a node's replica server (create, delete)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlagsWithConfig(fs, args, controllerConfigFlags); err != nil {
 		return nil, err
 	}
 	if f.endpoint == "" {

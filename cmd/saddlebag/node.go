@@ -22,8 +22,8 @@ func init() {
 	register("node", "run the node agent: replica server, Consul registration, session and leases", runNode)
 }
 
-// nodeFlags are `saddlebag node`'s settings (flags now; the HCL agent
-// config file comes with the CSI plugin).
+// nodeFlags are `saddlebag node`'s settings: flags, over the agent config
+// file given with -config (see config.go).
 type nodeFlags struct {
 	dataDir, listen, advertise, node, logLevel string
 	consul                                     leader.ConsulConfig
@@ -58,7 +58,7 @@ func parseNodeFlags(args []string) (*nodeFlags, error) {
 	fs.StringVar(&f.nbdSocket, "nbd-socket", "", "unix socket to serve --serve-volume over NBD while primary (optional)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	addCSINodeFlags(fs, &f.csi)
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlagsWithConfig(fs, args, nodeConfigFlags); err != nil {
 		return nil, err
 	}
 	if f.dataDir == "" || f.listen == "" {
