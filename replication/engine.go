@@ -259,7 +259,7 @@ func (e *Engine) connectAll(ctx context.Context) error {
 			p.state, p.reason = StateUnavailable, errs[i].Error()
 		case len(cfg.InSync) > 0 && !slices.Contains(cfg.InSync, p.cfg.Addr):
 			p.state, p.reason = StateOutOfSync, "not in the recorded in-sync set"
-		case len(cfg.InSync) == 0 && p.open.Created && hasData:
+		case len(cfg.InSync) == 0 && p.open.empty() && hasData:
 			p.state, p.reason, p.created = StateOutOfSync, "new, empty replica beside replicas holding data", true
 		default:
 			p.state = StateInSync

@@ -103,9 +103,10 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		c = nc
 		e.stateMu.Lock()
 		p.client, p.open = c, open
-		if open.Created && !p.created {
-			// Its data is gone (a new disk, a wiped data dir): a bitmap no
-			// longer describes what it misses.
+		if open.empty() && !p.created {
+			// It holds nothing (new, or its data is gone: a new disk, a
+			// wiped data dir): a bitmap no longer describes what it misses,
+			// and a full copy of what is allocated is all it needs.
 			p.created, p.dirty = true, nil
 		}
 		e.stateMu.Unlock()

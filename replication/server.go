@@ -35,6 +35,10 @@ type openReply struct {
 	ActivityLog []uint64 `json:"activity_log,omitempty"`
 }
 
+// empty reports whether the replica holds no data: just created, or never
+// written by any primary (created ahead of use by the controller).
+func (o openReply) empty() bool { return o.Created || o.Generation == 0 }
+
 // ServerStats counts what a replica server did, for tests and status.
 type ServerStats struct {
 	Applied    atomic.Int64 // writes, trims and flushes applied
