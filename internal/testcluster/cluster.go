@@ -72,6 +72,10 @@ type ClientSpec struct {
 	// another network namespace, which has ports of its own and which
 	// this process cannot probe.
 	DefaultPorts bool
+	// LocalHTTP also serves the HTTP API on 127.0.0.1 (the namespace's
+	// own loopback when Wrap enters one), where processes on a production
+	// host expect their local agent.
+	LocalHTTP bool
 }
 
 func (o *Options) binary() (string, error) {
@@ -238,7 +242,11 @@ func StartLayout(ctx context.Context, l Layout, o Options) (*Cluster, error) {
 			SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
 			logPath:     filepath.Join(o.Dir, name+".log"),
 		}
-		a.args = []string{"agent", "-node", name, "-disable-host-node-id", "-bind", ip, "-client", ip, "-data-dir", data,
+		clientAddr := ip
+		if spec.LocalHTTP {
+			clientAddr = "127.0.0.1 " + ip
+		}
+		a.args = []string{"agent", "-node", name, "-disable-host-node-id", "-bind", ip, "-client", clientAddr, "-data-dir", data,
 			"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
 			"-retry-join", c.Server.SerfLANAddr, "-retry-interval", "200ms",
 			"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",

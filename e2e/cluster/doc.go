@@ -1,0 +1,39 @@
+// Package cluster runs a whole Nomad + Consul cluster on one machine for
+// the end-to-end tests and the local demo: a Consul server and a Nomad
+// server, and three simulated nodes, each in a network namespace of its
+// own with its own address, Consul client agent, Nomad client (raw_exec
+// enabled for Saddlebag, exec for workloads) and data directory.
+//
+// Topology. Instance N (1–250, the first free one) owns the subnet
+// 198.18.N.0/24 (RFC 2544's benchmarking range, never routed) on a bridge
+// sbe2e<N> in the root network namespace. The servers bind 198.18.N.1 on
+// that bridge, so the tests and a browser on this machine reach their
+// APIs and UIs directly. Node i lives in the namespace sbe2e<N>-node<i>
+// with address 198.18.N.(i+1) on a veth whose peer is a bridge port. Every
+// process a node runs (its agents, the tasks its Nomad client starts, the
+// Saddlebag processes among them) inherits the namespace, which is what
+// attributes a process to a node: killing a node SIGKILLs every process
+// in its namespace and nothing else. Loopback addresses alone cannot
+// separate nodes: a socket that does not bind its source address talks
+// from 127.0.0.1 whichever node it belongs to, so rules on lo cannot tell
+// one node's traffic from another's.
+//
+// A partition drops everything on the node's veth with two iptables rules
+// inside the node's own namespace (they cannot touch anything else, and
+// die with the namespace); healing deletes them.
+//
+// Nothing probes outside the machine: every agent runs with
+// disable_update_check, Nomad clients with the cloud fingerprinters
+// denied and AWS_CA_BUNDLE unset (DESIGN.md §7), and no network but the
+// bridge exists inside a node's namespace.
+//
+// Teardown works from a state file (/run/saddlebag-e2e/<N>.json) that
+// records every PID started, with its command line so that a reused PID
+// is never signalled, and every namespace, bridge, cgroup and directory
+// made. Tests tear down in t.Cleanup, also on failure; `make dev-down`
+// tears down the demo cluster from the same file; and Start removes what
+// an earlier test process that died without cleaning up left behind.
+//
+// It imports internal/testcluster for the Consul agents and no Saddlebag
+// package.
+package cluster

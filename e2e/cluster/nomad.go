@@ -1,0 +1,173 @@
+package cluster
+
+import (
+	"strings"
+	"text/template"
+	"time"
+)
+
+// Timing is the Nomad server settings that decide how fast a dead node is
+// noticed and its work moved. The defaults are the documented settings
+// for Saddlebag clusters (README, "End-to-end harness").
+type Timing struct {
+	// MinHeartbeatTTL is the shortest heartbeat TTL the server hands a
+	// client (Nomad default 10s). A client heartbeats once per TTL; the
+	// server uses TTL plus a random stagger of up to TTL.
+	MinHeartbeatTTL time.Duration
+	// HeartbeatGrace is how long past its TTL the server waits for a
+	// heartbeat before marking the node down (Nomad default 10s). A node
+	// killed right after a heartbeat is marked down within
+	// 2*MinHeartbeatTTL + HeartbeatGrace; one killed just before its next
+	// heartbeat, after about HeartbeatGrace.
+	HeartbeatGrace time.Duration
+	// CSIVolumeClaimGCInterval is how often the server collects the CSI
+	// claims of allocations that are gone (Nomad default 5m): Nomad's own
+	// fallback for freeing a dead node's claim; Saddlebag does not wait
+	// for it (DESIGN.md §7).
+	CSIVolumeClaimGCInterval time.Duration
+	// CSIVolumeClaimGCThreshold is how old a volume must be before the
+	// claim GC looks at it (Nomad default 5m).
+	CSIVolumeClaimGCThreshold time.Duration
+}
+
+// DefaultTiming is what the harness and the demo run with: a node killed
+// is marked down within 3–7 s instead of Nomad's default 10–30 s.
+var DefaultTiming = Timing{
+	MinHeartbeatTTL:           2 * time.Second,
+	HeartbeatGrace:            3 * time.Second,
+	CSIVolumeClaimGCInterval:  30 * time.Second,
+	CSIVolumeClaimGCThreshold: 30 * time.Second,
+}
+
+func (t Timing) withDefaults() Timing {
+	d := DefaultTiming
+	if t.MinHeartbeatTTL > 0 {
+		d.MinHeartbeatTTL = t.MinHeartbeatTTL
+	}
+	if t.HeartbeatGrace > 0 {
+		d.HeartbeatGrace = t.HeartbeatGrace
+	}
+	if t.CSIVolumeClaimGCInterval > 0 {
+		d.CSIVolumeClaimGCInterval = t.CSIVolumeClaimGCInterval
+	}
+	if t.CSIVolumeClaimGCThreshold > 0 {
+		d.CSIVolumeClaimGCThreshold = t.CSIVolumeClaimGCThreshold
+	}
+	return d
+}
+
+// deniedFingerprinters probe cloud metadata addresses (DESIGN.md §7).
+const deniedFingerprinters = "env_aws,env_gce,env_azure,env_digitalocean"
+
+// deniedDrivers are drivers the clusters do not use; left on, they only
+// probe for daemons and runtimes that are not there (and a source build
+// of Nomad carries a mock driver that must not take real work).
+const deniedDrivers = "docker,podman,java,qemu,mock_driver"
+
+// nomadServerHCL is the Nomad server's agent configuration.
+func nomadServerHCL(ip, dataDir, consulHTTP string, t Timing) string {
+	return render(serverTmpl, map[string]string{
+		"DataDir": dataDir, "IP": ip, "Consul": consulHTTP,
+		"MinHeartbeatTTL": dur(t.MinHeartbeatTTL), "HeartbeatGrace": dur(t.HeartbeatGrace),
+		"ClaimGCInterval": dur(t.CSIVolumeClaimGCInterval), "ClaimGCThreshold": dur(t.CSIVolumeClaimGCThreshold),
+	})
+}
+
+var serverTmpl = template.Must(template.New("server").Parse(`name                 = "server"
+data_dir             = {{printf "%q" .DataDir}}
+bind_addr            = {{printf "%q" .IP}}
+log_level            = "INFO"
+disable_update_check = true
+
+advertise {
+  http = {{printf "%q" .IP}}
+  rpc  = {{printf "%q" .IP}}
+  serf = {{printf "%q" .IP}}
+}
+
+server {
+  enabled          = true
+  bootstrap_expect = 1
+
+  # Fast failure detection (see Timing).
+  min_heartbeat_ttl             = {{printf "%q" .MinHeartbeatTTL}}
+  heartbeat_grace               = {{printf "%q" .HeartbeatGrace}}
+  csi_volume_claim_gc_interval  = {{printf "%q" .ClaimGCInterval}}
+  csi_volume_claim_gc_threshold = {{printf "%q" .ClaimGCThreshold}}
+}
+
+client {
+  enabled = false
+}
+
+consul {
+  address = {{printf "%q" .Consul}}
+}
+`))
+
+// nomadClientHCL is node name's Nomad client configuration: bound to the
+// node's address in its namespace, raw_exec on (Saddlebag runs under
+// it), exec on (workloads that mount volumes need it), cloud
+// fingerprinters and unused drivers off, its own cgroup parent so that
+// three clients on one host do not manage each other's cgroups.
+func nomadClientHCL(name, ip, dataDir, serverRPC, consulHTTP, cgParent string) string {
+	return render(clientTmpl, map[string]string{
+		"Name": name, "DataDir": dataDir, "IP": ip, "Server": serverRPC, "Iface": nodeIface,
+		"CgroupParent": cgParent, "DeniedFingerprinters": deniedFingerprinters,
+		"DeniedDrivers": deniedDrivers, "Consul": consulHTTP,
+	})
+}
+
+var clientTmpl = template.Must(template.New("client").Parse(`name                 = {{printf "%q" .Name}}
+data_dir             = {{printf "%q" .DataDir}}
+bind_addr            = {{printf "%q" .IP}}
+log_level            = "INFO"
+disable_update_check = true
+
+advertise {
+  http = {{printf "%q" .IP}}
+  rpc  = {{printf "%q" .IP}}
+  serf = {{printf "%q" .IP}}
+}
+
+server {
+  enabled = false
+}
+
+client {
+  enabled           = true
+  servers           = [{{printf "%q" .Server}}]
+  network_interface = {{printf "%q" .Iface}}
+  cgroup_parent     = {{printf "%q" .CgroupParent}}
+
+  meta {
+    "saddlebag.e2e.node" = {{printf "%q" .Name}}
+  }
+
+  options = {
+    "fingerprint.denylist" = {{printf "%q" .DeniedFingerprinters}}
+    "driver.denylist"      = {{printf "%q" .DeniedDrivers}}
+  }
+}
+
+plugin "raw_exec" {
+  config {
+    enabled = true
+  }
+}
+
+consul {
+  address = {{printf "%q" .Consul}}
+}
+`))
+
+func render(t *template.Template, data map[string]string) string {
+	var b strings.Builder
+	if err := t.Execute(&b, data); err != nil {
+		panic(err) // the templates are constants; a failure is a bug here
+	}
+	return b.String()
+}
+
+// dur formats d as a Go duration, which Nomad parses ("2s", "1m0s").
+func dur(d time.Duration) string { return d.String() }

@@ -1,0 +1,297 @@
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// StateDir holds one state file per running instance.
+const StateDir = "/run/saddlebag-e2e"
+
+// State is everything an instance made, so that any process can tear it
+// down: the test that started it, `make dev-down`, or a later test
+// cleaning up after one that died.
+type State struct {
+	Instance int    `json:"instance"`
+	Dir      string `json:"dir"`
+	// RemoveDir: Dir was made by the harness and goes at teardown.
+	RemoveDir bool `json:"remove_dir"`
+	// Owner is the process whose lifetime bounds the instance (the test
+	// binary); zero for a detached demo cluster, which only an explicit
+	// teardown removes.
+	OwnerPID   int    `json:"owner_pid,omitempty"`
+	OwnerStart uint64 `json:"owner_start,omitempty"`
+
+	Bridge     string       `json:"bridge"`
+	Namespaces []string     `json:"namespaces"`
+	Cgroups    []string     `json:"cgroups"`
+	Procs      []ProcRecord `json:"procs"`
+
+	NomadAddr  string `json:"nomad_addr,omitempty"`
+	ConsulAddr string `json:"consul_addr,omitempty"`
+}
+
+// StatePath is instance n's state file.
+func StatePath(n int) string { return filepath.Join(StateDir, strconv.Itoa(n)+".json") }
+
+func (s *State) save() error {
+	if err := os.MkdirAll(StateDir, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := StatePath(s.Instance) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, StatePath(s.Instance))
+}
+
+// LoadState reads instance n's state file.
+func LoadState(n int) (*State, error) {
+	b, err := os.ReadFile(StatePath(n))
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", StatePath(n), err)
+	}
+	return &s, nil
+}
+
+// Instances lists the instance numbers that have a state file.
+func Instances() ([]int, error) {
+	ents, err := os.ReadDir(StateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ns []int
+	for _, e := range ents {
+		if n, err := strconv.Atoi(strings.TrimSuffix(e.Name(), ".json")); err == nil && strings.HasSuffix(e.Name(), ".json") {
+			ns = append(ns, n)
+		}
+	}
+	sort.Ints(ns)
+	return ns, nil
+}
+
+// orphaned reports whether s belongs to a test process that is gone.
+func (s *State) orphaned() bool {
+	if s.OwnerPID == 0 {
+		return false
+	}
+	start, err := procStartTime(s.OwnerPID)
+	return err != nil || start != s.OwnerStart
+}
+
+// Destroy tears down everything s records, in an order that lets each
+// step succeed: every process (first every process in each node's
+// namespace: agents, tasks, Saddlebag; then the recorded ones), then
+// mounts and loop devices under the instance's directory, namespaces,
+// bridge and cgroups, the directory itself when the harness made it, and
+// last the state file. It goes on past failures and returns them all;
+// run it again to retry.
+func (s *State) Destroy(ctx context.Context) error {
+	var errs []error
+	for _, ns := range s.Namespaces {
+		errs = append(errs, killNetns(ns, 10*time.Second))
+	}
+	for _, p := range s.Procs {
+		errs = append(errs, killRecorded(p, 10*time.Second))
+	}
+	if s.Dir != "" {
+		errs = append(errs, unmountUnder(s.Dir), detachLoopsUnder(s.Dir))
+	}
+	for _, ns := range s.Namespaces {
+		errs = append(errs, deleteNetns(ctx, ns))
+	}
+	if s.Bridge != "" {
+		errs = append(errs, deleteLink(ctx, s.Bridge))
+	}
+	for _, cg := range s.Cgroups {
+		errs = append(errs, removeCgroups(cg))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if s.RemoveDir && s.Dir != "" {
+		if m, err := mountsUnder(s.Dir); err != nil || len(m) > 0 {
+			return fmt.Errorf("not removing %s: mounts remain %v (%v)", s.Dir, m, err)
+		}
+		if err := os.RemoveAll(s.Dir); err != nil {
+			return err
+		}
+	}
+	if err := os.Remove(StatePath(s.Instance)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// mountsUnder lists the mount points at or below dir, deepest first.
+func mountsUnder(dir string) ([]string, error) {
+	dir = filepath.Clean(dir)
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var mps []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			mps = append(mps, mp)
+		}
+	}
+	sort.Slice(mps, func(i, j int) bool { return len(mps[i]) > len(mps[j]) })
+	return mps, sc.Err()
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// unmountUnder lazily unmounts everything mounted at or below dir (what
+// Nomad's task directories and a CSI plugin leave when killed), deepest
+// first, until nothing is left.
+func unmountUnder(dir string) error {
+	for range 10 {
+		mps, err := mountsUnder(dir)
+		if err != nil {
+			return err
+		}
+		if len(mps) == 0 {
+			return nil
+		}
+		for _, mp := range mps {
+			if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+				return fmt.Errorf("unmount %s: %w", mp, err)
+			}
+		}
+	}
+	mps, _ := mountsUnder(dir)
+	return fmt.Errorf("mounts under %s remain: %v", dir, mps)
+}
+
+// detachLoopsUnder detaches every loop device whose backing file is under
+// dir.
+func detachLoopsUnder(dir string) error {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var errs []error
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		backing := strings.TrimSpace(string(b))
+		if backing != dir && !strings.HasPrefix(backing, dir+"/") {
+			continue
+		}
+		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
+		if _, err := run(context.Background(), "losetup", "-d", dev); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeCgroups removes the cgroup directory name (a Nomad client's
+// cgroup_parent) and everything below it, in every hierarchy. Only
+// directories are removed (rmdir), bottom up; a cgroup that still holds a
+// process makes this fail, which is right: nothing should be left running.
+func removeCgroups(name string) error {
+	roots := []string{filepath.Join("/sys/fs/cgroup", name)}
+	hier, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", name))
+	roots = append(roots, hier...)
+	var errs []error
+	for _, root := range roots {
+		st, err := os.Stat(root)
+		if err != nil || !st.IsDir() {
+			continue
+		}
+		var dirs []string
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
+		for _, d := range dirs {
+			if err := removeCgroupDir(d); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeCgroupDir rmdirs one cgroup, retrying briefly: the kernel keeps a
+// cgroup busy for a moment after its last process has exited.
+func removeCgroupDir(d string) error {
+	var err error
+	for range 50 {
+		if err = syscall.Rmdir(d); err == nil || errors.Is(err, syscall.ENOENT) {
+			return nil
+		}
+		if !errors.Is(err, syscall.EBUSY) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("remove cgroup %s: %w", d, err)
+}
+
+// reapOrphans destroys the instances whose owning test process is gone
+// (it was killed before its cleanup ran), so their namespaces, bridges,
+// mounts and processes do not pile up or collide with new ones.
+func reapOrphans(ctx context.Context, logf func(string, ...any)) {
+	ns, _ := Instances()
+	for _, n := range ns {
+		s, err := LoadState(n)
+		if err != nil || !s.orphaned() {
+			continue
+		}
+		logf("e2e cluster: removing instance %d left by dead process %d", n, s.OwnerPID)
+		if err := s.Destroy(ctx); err != nil {
+			logf("e2e cluster: instance %d: %v", n, err)
+		}
+	}
+}

@@ -1,0 +1,130 @@
+# Saddlebag node agent and CSI node plugin, docker form (privileged): one
+# per Nomad client. Build the image with jobs/docker/Dockerfile. The
+# clients' docker plugin must allow privileged containers:
+#   plugin "docker" { config { allow_privileged = true } }
+#
+# Nomad mounts the host's CSI directory at stage_publish_base_dir
+# (/local/csi) inside the container with bidirectional propagation, so the
+# paths it passes need no translation here.
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["*"]
+}
+
+variable "image" {
+  description = "The saddlebag image."
+  type        = string
+  default     = "saddlebag"
+}
+
+variable "version" {
+  description = "Image tag."
+  type        = string
+  default     = "dev"
+}
+
+variable "plugin_id" {
+  type    = string
+  default = "saddlebag"
+}
+
+variable "consul_addr" {
+  description = "HTTP address of the Consul agent on each host (the container uses the host's network)."
+  type        = string
+  default     = "127.0.0.1:8500"
+}
+
+variable "data_dir" {
+  description = "Where each host keeps its replicas (bind-mounted at the same path)."
+  type        = string
+  default     = "/var/lib/saddlebag"
+}
+
+variable "run_dir" {
+  description = "Where staged volumes keep their FUSE files and checkpoints (bind-mounted at the same path)."
+  type        = string
+  default     = "/run/saddlebag"
+}
+
+variable "replica_port" {
+  type    = number
+  default = 7400
+}
+
+variable "log_level" {
+  type    = string
+  default = "info"
+}
+
+variable "extra_args" {
+  type    = list(string)
+  default = []
+}
+
+job "saddlebag-node" {
+  datacenters = var.datacenters
+  type        = "system"
+
+  group "node" {
+    network {
+      port "replica" {
+        static = var.replica_port
+      }
+    }
+
+    task "node" {
+      driver = "docker"
+
+      config {
+        image        = "${var.image}:${var.version}"
+        privileged   = true
+        network_mode = "host"
+        args = concat([
+          "node",
+          "--node", "${node.unique.name}",
+          "--data-dir", var.data_dir,
+          "--listen", "${NOMAD_ADDR_replica}",
+          "--consul-addr", var.consul_addr,
+          "--csi-state-dir", "${var.run_dir}/csi-${node.unique.name}",
+          "--log-level", var.log_level,
+        ], var.extra_args)
+
+        mount {
+          type     = "bind"
+          source   = "/dev"
+          target   = "/dev"
+          readonly = false
+        }
+        mount {
+          type     = "bind"
+          source   = var.data_dir
+          target   = var.data_dir
+          readonly = false
+        }
+        mount {
+          type     = "bind"
+          source   = var.run_dir
+          target   = var.run_dir
+          readonly = false
+          bind_options {
+            propagation = "rshared"
+          }
+        }
+      }
+
+      csi_plugin {
+        id        = var.plugin_id
+        type      = "node"
+        mount_dir = "/csi"
+      }
+
+      kill_timeout = "30s"
+
+      resources {
+        cpu    = 500
+        memory = 512
+      }
+    }
+  }
+}

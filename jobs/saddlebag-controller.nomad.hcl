@@ -1,0 +1,90 @@
+# Saddlebag CSI controller: two instances on distinct hosts, one active
+# through a Consul lock, the other standing by. It creates, places,
+# publishes (fences) and deletes volumes, and re-replicates when a node
+# stays down.
+#
+# raw_exec form: the saddlebag binary is installed on every host (the
+# end-to-end tests and `make dev` run this file). For the docker form see
+# docker/saddlebag-controller.nomad.hcl.
+#
+#   nomad job run saddlebag-controller.nomad.hcl
+
+variable "datacenters" {
+  description = "Datacenters to run in."
+  type        = list(string)
+  default     = ["*"]
+}
+
+variable "binary" {
+  description = "Path of the saddlebag binary on every host."
+  type        = string
+  default     = "/usr/local/bin/saddlebag"
+}
+
+variable "plugin_id" {
+  description = "CSI plugin ID; must match the node job's."
+  type        = string
+  default     = "saddlebag"
+}
+
+variable "consul_addr" {
+  description = "HTTP address of the Consul agent on each host."
+  type        = string
+  default     = "127.0.0.1:8500"
+}
+
+variable "count" {
+  description = "Controller instances (one active, the rest standing by), each on its own host."
+  type        = number
+  default     = 2
+}
+
+variable "log_level" {
+  type    = string
+  default = "info"
+}
+
+variable "extra_args" {
+  description = "More saddlebag controller flags, e.g. [\"--replica-grace\", \"2m\"]."
+  type        = list(string)
+  default     = []
+}
+
+job "saddlebag-controller" {
+  datacenters = var.datacenters
+  type        = "service"
+
+  group "controller" {
+    count = var.count
+
+    constraint {
+      operator = "distinct_hosts"
+      value    = "true"
+    }
+
+    task "controller" {
+      driver = "raw_exec"
+
+      config {
+        command = var.binary
+        args = concat([
+          "controller",
+          "--name", "${node.unique.name}",
+          "--consul-addr", var.consul_addr,
+          "--log-level", var.log_level,
+        ], var.extra_args)
+      }
+
+      csi_plugin {
+        id        = var.plugin_id
+        type      = "controller"
+        mount_dir = "/csi"
+      }
+
+      resources {
+        cpu    = 200
+        memory = 256
+      }
+    }
+  }
+}
