@@ -9,6 +9,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/internal/ctxutil"
 )
 
 // IOGate is the part of a volume's primary engine that a lease drives
@@ -195,7 +197,7 @@ func (a *Agent) acquire(ctx context.Context, key, volume string) (*Lease, error)
 				}
 			} else if err == nil {
 				// Free but refused: the previous holder's lock-delay.
-				if err := sleepCtx(ctx, timing.retryEvery); err != nil {
+				if err := ctxutil.Sleep(ctx, timing.retryEvery); err != nil {
 					return nil, err
 				}
 				continue
@@ -207,20 +209,9 @@ func (a *Agent) acquire(ctx context.Context, key, volume string) (*Lease, error)
 			return nil, ctx.Err()
 		}
 		log.Debug("acquire attempt failed; retrying", "error", err)
-		if err := sleepCtx(ctx, min(time.Duration(attempt)*timing.retryEvery, 2*time.Second)); err != nil {
+		if err := ctxutil.Sleep(ctx, min(time.Duration(attempt)*timing.retryEvery, 2*time.Second)); err != nil {
 			return nil, err
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/saddlebag/saddlebag/internal/ctxutil"
 )
 
 // Resync brings a replica that is behind back into the in-sync set while
@@ -376,13 +378,7 @@ func (e *Engine) throttle(ctx context.Context, prog *resyncProgress) error {
 	}
 	want := time.Duration(float64(prog.sent.Load()) / float64(e.cfg.ResyncRate) * float64(time.Second))
 	if wait := want - time.Since(prog.started); wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return ctxutil.Sleep(ctx, wait)
 	}
 	return nil
 }

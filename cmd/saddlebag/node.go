@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/saddlebag/saddlebag/internal/ctxutil"
 	"github.com/saddlebag/saddlebag/internal/primary"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
@@ -181,7 +182,7 @@ func candidate(ctx context.Context, f *nodeFlags, agent *leader.Agent, client *l
 			}
 			failures++
 			log.Error("cannot become primary; standing again", "error", err, "attempt", failures)
-			_ = sleepCtx(ctx, min(time.Duration(failures)*time.Second, 30*time.Second))
+			_ = ctxutil.Sleep(ctx, min(time.Duration(failures)*time.Second, 30*time.Second))
 			continue
 		}
 		failures = 0
@@ -238,17 +239,6 @@ func serveAsPrimary(ctx context.Context, f *nodeFlags, p *primary.Primary, log h
 	log.Info("serving volume over nbd", "socket", f.nbdSocket, "epoch", p.Lease.Epoch())
 	if err := replication.NewNBDServer(p.Engine, f.serveVolume, log).Serve(sctx, ln); err != nil {
 		log.Error("nbd server", "error", err)
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/saddlebag/saddlebag/internal/ctxutil"
 	"github.com/saddlebag/saddlebag/internal/primary"
 	"github.com/saddlebag/saddlebag/internal/testcluster"
 	"github.com/saddlebag/saddlebag/leader"
@@ -131,7 +132,7 @@ func runFailover(ctx context.Context, out io.Writer, o Options) error {
 	})
 	// Let B stand (session created, waiting on the lock) before the kill.
 	for i := 0; agentB.SessionID() == "" || i < 10; i++ {
-		if err := sleepOrDone(ctx, 100*time.Millisecond); err != nil {
+		if err := ctxutil.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -172,15 +173,4 @@ func freeAddr(ip string) (string, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().String(), nil
-}
-
-func sleepOrDone(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
