@@ -14,6 +14,11 @@ declare -A need=(
   [fusermount3]=fuse3       # FUSE userspace; the frontend mounts directly as root, fuse3 brings /etc/fuse.conf and the fusectl tooling
   [losetup]=mount           # loop devices
   [blkid]=util-linux        # filesystem detection
+  [nsenter]=util-linux      # e2e: runs each simulated node's processes in its network namespace
+  [ip]=iproute2             # e2e: network namespaces, veth pairs, the bridge
+  [iptables]=iptables       # e2e: partitions (rules inside a node's own namespace)
+  [psql]=postgresql-client  # e2e: talks to the example Postgres job
+  [/usr/lib/postgresql/15/bin/postgres]=postgresql  # e2e and demo: the example Postgres job runs Debian's server under exec
 )
 
 missing=()

@@ -34,6 +34,8 @@ type Options struct {
 	// owner, so the cluster outlives the process that started it until
 	// an explicit Destroy (the demo cluster).
 	Detach bool
+	// ConsulUI serves Consul's web UI on the server's HTTP address (/ui).
+	ConsulUI bool
 	// Logf receives progress lines (default: discarded).
 	Logf func(format string, args ...any)
 }
@@ -172,7 +174,11 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := os.MkdirAll(consulDir, 0o755); err != nil {
 		return c, err
 	}
-	c.Consul, err = testcluster.StartLayout(ctx, layout, testcluster.Options{Dir: consulDir, Binary: consulBin, Detach: o.Detach})
+	copts := testcluster.Options{Dir: consulDir, Binary: consulBin, Detach: o.Detach}
+	if o.ConsulUI {
+		copts.HCL = "ui_config { enabled = true }"
+	}
+	c.Consul, err = testcluster.StartLayout(ctx, layout, copts)
 	// StartLayout stops what it started when it fails; until then the
 	// namespaces' processes are killed by Destroy all the same.
 	if err != nil {
