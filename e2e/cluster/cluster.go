@@ -209,6 +209,11 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := c.startRecorded(c.NomadServer); err != nil {
 		return c, err
 	}
+	// Clients that register before the server has its keyring get an
+	// error and retry only after a backoff of up to half a minute.
+	if err := c.waitServerReady(ctx); err != nil {
+		return c, err
+	}
 	for i, node := range c.Nodes {
 		cfg := filepath.Join(node.Dir, "nomad-client.hcl")
 		hcl := nomadClientHCL(node.Name, node.IP, node.NomadDataDir, net.JoinHostPort(serverIP, "4647"),
@@ -345,6 +350,50 @@ func (c *Cluster) cli(ctx context.Context, bin string, args ...string) (string, 
 		return string(out), fmt.Errorf("%s %v: %w: %s", filepath.Base(bin), args, err, out)
 	}
 	return string(out), nil
+}
+
+// waitServerReady waits until the Nomad server is leader and has an
+// active root key (it signs node identities with it at registration).
+func (c *Cluster) waitServerReady(ctx context.Context) error {
+	api, err := c.Nomad()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var last error
+	for {
+		if last = serverReady(ctx, api); last == nil {
+			return nil
+		}
+		select {
+		case <-c.NomadServer.Exited():
+			return fmt.Errorf("nomad server exited; log tail:\n%s", c.NomadServer.LogTail(30))
+		case <-ctx.Done():
+			return fmt.Errorf("nomad server not ready: %w; last: %w", ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func serverReady(ctx context.Context, api *nomadapi.Client) error {
+	leader, err := api.Status().Leader()
+	if err != nil {
+		return err
+	}
+	if leader == "" {
+		return errors.New("no leader yet")
+	}
+	keys, _, err := api.Keyring().List((&nomadapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if k.State == nomadapi.RootKeyStateActive {
+			return nil
+		}
+	}
+	return errors.New("no active root key yet")
 }
 
 // WaitNodesReady waits until each node's Nomad client is registered,
