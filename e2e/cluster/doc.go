@@ -34,6 +34,8 @@
 // tears down the demo cluster from the same file; and Start removes what
 // an earlier test process that died without cleaning up left behind.
 //
-// It imports internal/testcluster for the Consul agents and no Saddlebag
-// package.
+// Of Saddlebag's packages it imports only internal/testcluster (for the
+// Consul agents); the product packages (plugin, leader, replication, ...)
+// it must not import: it drives Saddlebag as an operator would, through
+// Nomad jobs.
 package cluster

@@ -1,11 +1,3 @@
-// Command devcluster runs the local demo cluster behind `make dev` and
-// `make dev-down`: the same three-node Consul + Nomad cluster the
-// end-to-end tests use (package e2e/cluster), started detached so that it
-// outlives this command, and torn down later from its state file.
-//
-//	devcluster up      start it (or show the one already running)
-//	devcluster status  show it
-//	devcluster down    tear it down: every process, namespace, mount and rule
 package main
 
 import (
