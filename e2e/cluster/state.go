@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // StateDir holds one state file per running instance.
@@ -116,7 +118,11 @@ func (s *State) Destroy(ctx context.Context) error {
 		errs = append(errs, killRecorded(p, 10*time.Second))
 	}
 	if s.Dir != "" {
-		errs = append(errs, unmountUnder(s.Dir), detachLoopsUnder(s.Dir))
+		// Loop devices first: once their file systems are lazily
+		// unmounted, a backing file's path no longer shows that it was
+		// under the directory (a node's FUSE file shows as "/<volume>").
+		devs, err := mountDevsUnder(s.Dir)
+		errs = append(errs, err, detachLoops(s.Dir, devs), unmountUnder(s.Dir), waitLoopsGone(s.Dir, devs))
 	}
 	for _, ns := range s.Namespaces {
 		errs = append(errs, deleteNetns(ctx, ns))
@@ -210,26 +216,101 @@ func unmountUnder(dir string) error {
 	return fmt.Errorf("mounts under %s remain: %v", dir, mps)
 }
 
-// detachLoopsUnder detaches every loop device whose backing file is under
-// dir.
-func detachLoopsUnder(dir string) error {
+// mountDevsUnder returns the device numbers (major:minor) of the file
+// systems mounted at or below dir.
+func mountDevsUnder(dir string) (map[uint64]bool, error) {
+	dir = filepath.Clean(dir)
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	devs := map[uint64]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		if mp := unescapeMount(f[4]); mp != dir && !strings.HasPrefix(mp, dir+"/") {
+			continue
+		}
+		majS, minS, ok := strings.Cut(f[2], ":")
+		major, err1 := strconv.ParseUint(majS, 10, 32)
+		minor, err2 := strconv.ParseUint(minS, 10, 32)
+		if ok && err1 == nil && err2 == nil {
+			devs[unix.Mkdev(uint32(major), uint32(minor))] = true
+		}
+	}
+	return devs, nil
+}
+
+// ourLoops lists the loop devices whose backing file is under dir or on a
+// file system in devs (one mounted under dir, such as a node's FUSE
+// file), with the backing file as the kernel shows it.
+func ourLoops(dir string, devs map[uint64]bool) map[string]string {
+	loops := map[string]string{}
 	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	var errs []error
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			continue
-		}
-		backing := strings.TrimSpace(string(b))
-		if backing != dir && !strings.HasPrefix(backing, dir+"/") {
-			continue
+			continue // detached meanwhile
 		}
 		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
-		if _, err := run(context.Background(), "losetup", "-d", dev); err != nil {
+		backing := strings.TrimSpace(string(b))
+		if backing == dir || strings.HasPrefix(backing, dir+"/") || devs[loopBackingDev(dev)] {
+			loops[dev] = backing
+		}
+	}
+	return loops
+}
+
+// loopBackingDev returns the device number of the file system holding a
+// loop device's backing file (0 if it cannot be read).
+func loopBackingDev(dev string) uint64 {
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if err != nil {
+		return 0
+	}
+	return info.Device
+}
+
+// detachLoops detaches (or, while a file system on it is still mounted,
+// marks for detaching once unmounted) every loop device of ourLoops.
+func detachLoops(dir string, devs map[uint64]bool) error {
+	var errs []error
+	for dev := range ourLoops(dir, devs) {
+		if _, err := run(context.Background(), "losetup", "-d", dev); err != nil && linkBacked(dev) {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// linkBacked reports whether a loop device still has a backing file.
+func linkBacked(dev string) bool {
+	_, err := os.Stat(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	return err == nil
+}
+
+// waitLoopsGone detaches what is left after the unmounts and waits for
+// the kernel to let every one of ourLoops go.
+func waitLoopsGone(dir string, devs map[uint64]bool) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := ourLoops(dir, devs)
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("loop devices still attached: %v", left)
+		}
+		_ = detachLoops(dir, devs)
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // removeCgroups removes the cgroup directory name (a Nomad client's

@@ -72,3 +72,34 @@ func TestProcRecordNeverSignalsAnotherProcess(t *testing.T) {
 	<-done
 	must.False(t, mine.alive())
 }
+
+// TestLoopOnLazilyUnmountedFileSystemDetached: a loop device whose backing
+// file lives on a file system mounted under the cluster's directory (a
+// node's FUSE file) is found and detached even after that file system
+// was lazily unmounted, when its path no longer shows the directory.
+func TestLoopOnLazilyUnmountedFileSystemDetached(t *testing.T) {
+	dir := t.TempDir()
+	m := filepath.Join(dir, "run")
+	must.NoError(t, os.MkdirAll(m, 0o755))
+	must.NoError(t, syscall.Mount("tmpfs", m, "tmpfs", 0, ""))
+	t.Cleanup(func() { _ = syscall.Unmount(m, syscall.MNT_DETACH) })
+	backing := filepath.Join(m, "vol")
+	must.NoError(t, os.WriteFile(backing, make([]byte, 1<<20), 0o644))
+	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
+	must.NoError(t, err, must.Sprint(string(out)))
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
+
+	devs, err := mountDevsUnder(dir)
+	must.NoError(t, err)
+	must.MapContainsKey(t, ourLoops(dir, devs), dev)
+	must.NoError(t, syscall.Unmount(m, syscall.MNT_DETACH))
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	must.NoError(t, err)
+	must.StrNotContains(t, string(b), dir, must.Sprint("the kernel still shows the old path; the test would prove nothing"))
+
+	must.NoError(t, detachLoops(dir, devs))
+	must.NoError(t, waitLoopsGone(dir, devs))
+	_, err = os.Stat(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+	must.True(t, os.IsNotExist(err), must.Sprintf("%s still attached", dev))
+}

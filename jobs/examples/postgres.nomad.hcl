@@ -78,6 +78,16 @@ job "postgres" {
       mode     = "fail"
     }
 
+    # Retry a failed placement within seconds, not Nomad's 30s-and-doubling
+    # default for service jobs: right after a node dies, the replacement's
+    # first claim of the volume can fail while Nomad is still releasing the
+    # dead allocation's claim ("volume is currently unschedulable").
+    reschedule {
+      delay          = "5s"
+      delay_function = "constant"
+      unlimited      = true
+    }
+
     # The data directory belongs to postgres: a volume's file system root
     # is root's when it is first made. This task runs as postgres with the
     # one capability it needs (CAP_CHOWN), not as root: Nomad refuses exec
