@@ -102,6 +102,11 @@ func runEngine(ctx context.Context, args []string) error {
 	cfg.Log = log
 	cfg.Hook = replication.LogHook{Log: log.Named("in-sync")}
 
+	if mnt.path != "" {
+		if err := mnt.clearLeftovers(ctx, *volume, log); err != nil {
+			return err
+		}
+	}
 	eng, err := replication.StartEngine(ctx, cfg)
 	if err != nil {
 		return err

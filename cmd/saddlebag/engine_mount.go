@@ -70,18 +70,24 @@ func (m *mountFlags) check(volume, nbdSocket string) error {
 
 // serveMounted runs the mounted stack over eng until ctx is done (or the
 // FUSE server stops under it), then unwinds it and flushes the engine.
-func serveMounted(ctx context.Context, eng *replication.Engine, volume string, m *mountFlags, timeout time.Duration, log hclog.Logger) error {
-	log = log.With("volume_id", volume)
-	backing := filepath.Join(m.fuseDir, volume)
-	// An earlier engine here may have died and left a dead FUSE mount, a
-	// loop device and mounts on it: clear them (refusing if it still runs).
-	rec, err := mount.Recover(ctx, mount.RecoverRequest{FUSEDir: m.fuseDir, BackingFile: backing, Log: log})
+// clearLeftovers removes what an earlier engine here left behind when it
+// died (a dead FUSE mount, a loop device, mounts on it), and refuses if
+// that engine still runs. It runs before the engine starts: starting one
+// would promise a new epoch and fence the live engine it then refuses to
+// replace.
+func (m *mountFlags) clearLeftovers(ctx context.Context, volume string, log hclog.Logger) error {
+	rec, err := mount.Recover(ctx, mount.RecoverRequest{FUSEDir: m.fuseDir, BackingFile: filepath.Join(m.fuseDir, volume), Log: log})
 	if err != nil {
 		return fmt.Errorf("clear what an earlier engine left in %s: %w", m.fuseDir, err)
 	}
 	if rec.Server != mount.ServerAbsent {
 		log.Warn("cleaned up after an earlier engine", "server", rec.Server, "unmounted", rec.Unmounted, "detached", rec.Detached)
 	}
+	return nil
+}
+
+func serveMounted(ctx context.Context, eng *replication.Engine, volume string, m *mountFlags, timeout time.Duration, log hclog.Logger) error {
+	log = log.With("volume_id", volume)
 
 	fm, err := replication.MountFUSE(ctx, eng, replication.FUSEConfig{Dir: m.fuseDir, Name: volume, HungTimeout: m.hungTimeout, Log: log})
 	if err != nil {

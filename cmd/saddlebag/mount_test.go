@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -234,4 +235,25 @@ func TestHungEngineRecovered(t *testing.T) {
 	must.NoError(t, err)
 	must.Eq(t, "synced before the hang", string(got))
 	e2.stop()
+}
+
+// TestSecondEngineOnSameNodeRefusedWithoutFencing: an engine started by
+// mistake over a FUSE directory a live engine serves is refused before it
+// promises its epoch, so the live engine keeps serving.
+func TestSecondEngineOnSameNodeRefusedWithoutFencing(t *testing.T) {
+	replicas := startReplicas(t, 2)
+	n := newNode(t, "v")
+	first := startMountedEngine(t, n, "v", "64MiB", "1", "ext4", replicas...)
+	args := []string{"engine", "--volume", "v", "--size", "64MiB", "--epoch", "2", "--mount", n.mount + "2", "--fuse-dir", n.fuseDir}
+	for _, r := range replicas {
+		args = append(args, "--replica", r)
+	}
+	out, err := exec.Command(saddlebagBin, args...).CombinedOutput()
+	must.Error(t, err)
+	must.StrContains(t, string(out), "clear what an earlier engine left")
+	must.StrNotContains(t, string(out), "engine started") // refused before promising its epoch
+	// The first engine was not fenced: a write through its mount is durable.
+	writeSynced(t, filepath.Join(n.mount, "still-serving"), []byte("yes"))
+	first.stop()
+	first.waitLine(t, regexpMust(`engine stopped: .*fenced=false`), 30*time.Second)
 }
