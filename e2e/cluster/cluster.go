@@ -44,8 +44,10 @@ type Options struct {
 type Cluster struct {
 	Instance int
 	Dir      string
-	// NomadAddr and ConsulAddr are the servers' HTTP addresses (host:port).
+	// NomadAddr and ConsulAddr are the servers' HTTP addresses (host:port),
+	// in the namespace ServerNetns.
 	NomadAddr, ConsulAddr string
+	ServerNetns           string
 	NomadBin, ConsulBin   string
 
 	Consul      *testcluster.Cluster
@@ -144,7 +146,16 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := setUpBridge(ctx, n); err != nil {
 		return c, err
 	}
-	layout := testcluster.Layout{ServerIP: subnetIP(n, 1)}
+	c.ServerNetns = serverNetnsName(n)
+	st.ServerNamespace = c.ServerNetns
+	if err := st.save(); err != nil {
+		return c, err
+	}
+	if err := addServerNetns(ctx, n); err != nil {
+		return c, err
+	}
+	serverIP := subnetIP(n, serverHost)
+	layout := testcluster.Layout{ServerIP: serverIP, ServerWrap: nsWrap(c.ServerNetns)}
 	for i := 1; i <= o.Nodes; i++ {
 		node := &Node{Name: fmt.Sprintf("node%d", i), IP: subnetIP(n, i+1), Netns: netnsName(n, i), c: c}
 		node.Dir = filepath.Join(c.Dir, node.Name)
@@ -194,7 +205,6 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 
 	o.Logf("e2e cluster %d: starting nomad", n)
-	serverIP := subnetIP(n, 1)
 	c.NomadAddr = net.JoinHostPort(serverIP, "4646")
 	serverDir := filepath.Join(c.Dir, "nomad-server")
 	if err := os.MkdirAll(serverDir, 0o755); err != nil {
@@ -204,7 +214,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := os.WriteFile(cfg, []byte(nomadServerHCL(serverIP, filepath.Join(serverDir, "data"), c.ConsulAddr, timing)), 0o644); err != nil {
 		return c, err
 	}
-	c.NomadServer = newProcess("nomad-server", nil, []string{nomadBin, "agent", "-config", cfg},
+	c.NomadServer = newProcess("nomad-server", nsWrap(c.ServerNetns), []string{nomadBin, "agent", "-config", cfg},
 		agentEnv(), filepath.Join(serverDir, "nomad.log"), o.Detach)
 	if err := c.startRecorded(c.NomadServer); err != nil {
 		return c, err

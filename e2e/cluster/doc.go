@@ -6,10 +6,13 @@
 //
 // Topology. Instance N (1–250, the first free one) owns the subnet
 // 198.18.N.0/24 (RFC 2544's benchmarking range, never routed) on a bridge
-// sbe2e<N> in the root network namespace. The servers bind 198.18.N.1 on
-// that bridge, so the tests and a browser on this machine reach their
-// APIs and UIs directly. Node i lives in the namespace sbe2e<N>-node<i>
-// with address 198.18.N.(i+1) on a veth whose peer is a bridge port. Every
+// sbe2e<N>. Every test host lives in a network namespace the harness
+// creates, joined to the bridge by a veth pair: the Consul and Nomad
+// servers in sbe2e<N>-srv with address 198.18.N.1, node i in
+// sbe2e<N>-node<i> with address 198.18.N.(i+1). Nothing binds an address
+// in the root namespace: the bridge's own address there, 198.18.N.254,
+// only lets the tests and a browser on this machine reach the servers'
+// APIs and UIs and the nodes. Every
 // process a node runs (its agents, the tasks its Nomad client starts, the
 // Saddlebag processes among them) inherits the namespace, which is what
 // attributes a process to a node: killing a node SIGKILLs every process
@@ -30,7 +33,7 @@
 // Teardown works from a state file (/run/saddlebag-e2e/<N>.json) that
 // records every PID started, with its command line so that a reused PID
 // is never signalled, and every namespace, bridge, cgroup and directory
-// made. Tests tear down in t.Cleanup, also on failure; `make dev-down`
+// made (the servers' namespace too). Tests tear down in t.Cleanup, also on failure; `make dev-down`
 // tears down the demo cluster from the same file; and Start removes what
 // an earlier test process that died without cleaning up left behind.
 //

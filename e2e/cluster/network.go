@@ -24,6 +24,16 @@ func netnsName(n, node int) string    { return fmt.Sprintf("sbe2e%d-node%d", n, 
 func vethName(n, node int) string     { return fmt.Sprintf("sbe2e%dn%d", n, node) }
 func subnetIP(n, host int) string     { return fmt.Sprintf("198.18.%d.%d", n, host) }
 func cgroupParent(n, node int) string { return fmt.Sprintf("sbe2e%d-node%d", n, node) }
+func serverNetnsName(n int) string    { return fmt.Sprintf("sbe2e%d-srv", n) }
+func serverVethName(n int) string     { return fmt.Sprintf("sbe2e%ds", n) }
+
+// Host numbers in instance n's subnet: the servers' namespace has .1,
+// node i has .(i+1), and the bridge in the root namespace has .254, the
+// address this process (the test, a browser) reaches them all from.
+const (
+	serverHost = 1
+	bridgeHost = 254
+)
 
 // nodeIface is the node's interface inside its namespace.
 const nodeIface = "eth0"
@@ -56,10 +66,13 @@ func linkExists(name string) bool {
 	return err == nil
 }
 
-// setUpBridge gives the claimed bridge the servers' address.
+// setUpBridge gives the claimed bridge the root namespace's address in
+// the subnet, .254: nothing binds it; it only routes this process's
+// connections to the servers and nodes, which all live in namespaces the
+// harness made.
 func setUpBridge(ctx context.Context, n int) error {
 	br := bridgeName(n)
-	if _, err := run(ctx, "ip", "addr", "add", subnetIP(n, 1)+"/24", "dev", br); err != nil {
+	if _, err := run(ctx, "ip", "addr", "add", subnetIP(n, bridgeHost)+"/24", "dev", br); err != nil {
 		return err
 	}
 	_, err := run(ctx, "ip", "link", "set", br, "up")
@@ -69,13 +82,24 @@ func setUpBridge(ctx context.Context, n int) error {
 // addNodeNetns creates node i's namespace, joined to the bridge by a veth
 // pair, with address 198.18.n.(i+1) on its eth0 and loopback up.
 func addNodeNetns(ctx context.Context, n, i int) error {
-	ns, veth := netnsName(n, i), vethName(n, i)
+	return addNetns(ctx, n, netnsName(n, i), vethName(n, i), subnetIP(n, i+1))
+}
+
+// addServerNetns creates the servers' namespace the same way, with
+// address 198.18.n.1.
+func addServerNetns(ctx context.Context, n int) error {
+	return addNetns(ctx, n, serverNetnsName(n), serverVethName(n), subnetIP(n, serverHost))
+}
+
+// addNetns creates namespace ns joined to instance n's bridge by a veth
+// pair (veth on the bridge, eth0 inside), with ip on eth0 and loopback up.
+func addNetns(ctx context.Context, n int, ns, veth, ip string) error {
 	steps := [][]string{
 		{"ip", "netns", "add", ns},
 		{"ip", "link", "add", veth, "type", "veth", "peer", "name", nodeIface, "netns", ns},
 		{"ip", "link", "set", veth, "master", bridgeName(n)},
 		{"ip", "link", "set", veth, "up"},
-		{"ip", "-n", ns, "addr", "add", subnetIP(n, i+1) + "/24", "dev", nodeIface},
+		{"ip", "-n", ns, "addr", "add", ip + "/24", "dev", nodeIface},
 		{"ip", "-n", ns, "link", "set", nodeIface, "up"},
 		{"ip", "-n", ns, "link", "set", "lo", "up"},
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,10 +35,13 @@ type State struct {
 	OwnerPID   int    `json:"owner_pid,omitempty"`
 	OwnerStart uint64 `json:"owner_start,omitempty"`
 
-	Bridge     string       `json:"bridge"`
-	Namespaces []string     `json:"namespaces"`
-	Cgroups    []string     `json:"cgroups"`
-	Procs      []ProcRecord `json:"procs"`
+	Bridge string `json:"bridge"`
+	// Namespaces are the nodes' network namespaces, in node order;
+	// ServerNamespace is the servers'.
+	Namespaces      []string     `json:"namespaces"`
+	ServerNamespace string       `json:"server_namespace,omitempty"`
+	Cgroups         []string     `json:"cgroups"`
+	Procs           []ProcRecord `json:"procs"`
 
 	NomadAddr  string `json:"nomad_addr,omitempty"`
 	ConsulAddr string `json:"consul_addr,omitempty"`
@@ -111,7 +115,11 @@ func (s *State) orphaned() bool {
 // run it again to retry.
 func (s *State) Destroy(ctx context.Context) error {
 	var errs []error
-	for _, ns := range s.Namespaces {
+	namespaces := s.Namespaces
+	if s.ServerNamespace != "" {
+		namespaces = append(slices.Clone(namespaces), s.ServerNamespace)
+	}
+	for _, ns := range namespaces {
 		errs = append(errs, killNetns(ns, 10*time.Second))
 	}
 	for _, p := range s.Procs {
@@ -124,7 +132,7 @@ func (s *State) Destroy(ctx context.Context) error {
 		devs, err := mountDevsUnder(s.Dir)
 		errs = append(errs, err, detachLoops(s.Dir, devs), unmountUnder(s.Dir), waitLoopsGone(s.Dir, devs))
 	}
-	for _, ns := range s.Namespaces {
+	for _, ns := range namespaces {
 		errs = append(errs, deleteNetns(ctx, ns))
 	}
 	if s.Bridge != "" {

@@ -53,7 +53,13 @@ type Layout struct {
 	// must be an address of this network namespace: its free ports are
 	// probed here.
 	ServerIP string
-	Clients  []ClientSpec
+	// ServerWrap is a command prefix the server runs under (see
+	// ClientSpec.Wrap), e.g. to run it in a network namespace of its
+	// own; ServerIP must then be an address of that namespace, and the
+	// server uses Consul's default ports (HTTP 8500, Serf LAN 8301, WAN
+	// 8302, server RPC 8300), which this process cannot probe there.
+	ServerWrap []string
+	Clients    []ClientSpec
 }
 
 // ClientSpec places one client agent.
@@ -194,16 +200,18 @@ func StartLayout(ctx context.Context, l Layout, o Options) (*Cluster, error) {
 	if ip == "" {
 		ip = "127.0.0.1"
 	}
-	ports, err := freePorts(ip, 4)
-	if err != nil {
-		return nil, err
+	ports := []int{8500, 8301, 8302, 8300}
+	if len(l.ServerWrap) == 0 {
+		if ports, err = freePorts(ip, 4); err != nil {
+			return nil, err
+		}
 	}
 	data := filepath.Join(o.Dir, "server-data")
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return nil, err
 	}
 	c.Server = &Agent{
-		Name: "server", IP: ip, Server: true, bin: bin, token: o.Token, detach: o.Detach,
+		Name: "server", IP: ip, Server: true, bin: bin, token: o.Token, detach: o.Detach, wrap: l.ServerWrap,
 		HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
 		SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
 		logPath:     filepath.Join(o.Dir, "server.log"),
