@@ -39,6 +39,12 @@ variable "count" {
   default     = 2
 }
 
+variable "forward_port" {
+  description = "Static port on which each controller serves the mutating CSI calls its standby peers forward to it while it is active (plain gRPC on the node's address, no TLS: keep it on a network only the controller hosts reach)."
+  type        = number
+  default     = 7410
+}
+
 variable "log_level" {
   type    = string
   default = "info"
@@ -72,6 +78,10 @@ job "saddlebag-controller" {
           "--name", "${node.unique.name}",
           "--consul-addr", var.consul_addr,
           "--log-level", var.log_level,
+          # Nomad sends controller RPCs to one instance and does not retry
+          # another on Unavailable: a standby forwards them to the active
+          # instance at the address it publishes in the leadership lock.
+          "--forward-addr", "${attr.unique.network.ip-address}:${var.forward_port}",
         ], var.extra_args)
       }
 

@@ -2,6 +2,7 @@ package leader
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -141,20 +142,28 @@ func (a *Agent) AcquirePrimary(ctx context.Context, volume string) (*Lease, erro
 	if volume == "" {
 		return nil, fmt.Errorf("%w: empty volume id", ErrInvalid)
 	}
-	return a.acquire(ctx, a.c.keys.Primary(volume), volume)
+	return a.acquire(ctx, a.c.keys.Primary(volume), volume, []byte(a.cfg.Node))
 }
 
 // AcquireLeadership blocks until this agent holds the controller
-// leadership lock, or ctx ends.
-func (a *Agent) AcquireLeadership(ctx context.Context) (*Lease, error) {
-	return a.acquire(ctx, a.c.keys.Leader(), "")
+// leadership lock, or ctx ends. The lock key's value is a LeaderRecord
+// naming this agent's node and forwardAddr, the address where this
+// controller serves the calls standbys forward to it ("" for none); it is
+// written with the acquisition itself, so it is there exactly while the
+// lock is held (ReadLeader).
+func (a *Agent) AcquireLeadership(ctx context.Context, forwardAddr string) (*Lease, error) {
+	v, err := json.Marshal(LeaderRecord{Node: a.cfg.Node, ForwardAddr: forwardAddr})
+	if err != nil {
+		return nil, fmt.Errorf("encode leader record: %w", err)
+	}
+	return a.acquire(ctx, a.c.keys.Leader(), "", v)
 }
 
 // acquire loops until it holds key: it tries, and when the key is locked
 // by another session waits (a bounded blocking query) for it to change;
 // when it is free but refused (lock-delay after an invalidated session) it
 // retries every retryEvery.
-func (a *Agent) acquire(ctx context.Context, key, volume string) (*Lease, error) {
+func (a *Agent) acquire(ctx context.Context, key, volume string, value []byte) (*Lease, error) {
 	timing := timingFor(a.cfg.LockDelay)
 	log := a.log.Named("lease").With("key", key)
 	if volume != "" {
@@ -167,7 +176,7 @@ func (a *Agent) acquire(ctx context.Context, key, volume string) (*Lease, error)
 			return nil, err
 		}
 		rctx, cancel := bounded(ctx)
-		ok, _, err := kv.Acquire(&api.KVPair{Key: key, Value: []byte(a.cfg.Node), Session: sid}, wopts(rctx))
+		ok, _, err := kv.Acquire(&api.KVPair{Key: key, Value: value, Session: sid}, wopts(rctx))
 		if err == nil && ok {
 			sent := time.Now()
 			var pair *api.KVPair

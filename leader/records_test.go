@@ -122,11 +122,18 @@ func TestControllerLeadershipAndVolumeRecords(t *testing.T) {
 	a1, a2 := runAgent(t, c, "c1", ctrl), runAgent(t, c, "c2", ctrl)
 	ctx := ctxTimeout(t, time.Minute)
 
-	lead, err := a1.AcquireLeadership(ctx)
+	_, err := c.ReadLeader(ctx)
+	must.ErrorIs(t, err, leader.ErrNotFound, must.Sprint("nobody holds the lock yet"))
+	lead, err := a1.AcquireLeadership(ctx, "127.0.0.1:7411")
 	must.NoError(t, err)
 	must.Eq(t, c.Keys().Leader(), lead.Key())
+	active, err := c.ReadLeader(ctx)
+	must.NoError(t, err)
+	must.Eq(t, leader.LeaderRecord{Node: "c1", ForwardAddr: "127.0.0.1:7411"}, active.LeaderRecord)
+	must.Eq(t, lead.Epoch(), active.Epoch)
+	must.Eq(t, lead.Session(), active.Session)
 	waitCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	_, err = a2.AcquireLeadership(waitCtx)
+	_, err = a2.AcquireLeadership(waitCtx, "127.0.0.1:7412")
 	cancel()
 	must.ErrorIs(t, err, context.DeadlineExceeded, must.Sprint("a second controller became leader"))
 
@@ -163,10 +170,15 @@ func TestControllerLeadershipAndVolumeRecords(t *testing.T) {
 
 	// Once leadership is lost, writes under it are refused.
 	must.NoError(t, lead.Release(ctx))
+	_, err = c.ReadLeader(ctx)
+	must.ErrorIs(t, err, leader.ErrNotFound, must.Sprint("a released lock names no active controller"))
 	_, err = c.PutVolume(ctx, got, idx2, lead)
 	must.ErrorIs(t, err, leader.ErrLeaseReleased)
-	lead2, err := a2.AcquireLeadership(ctx)
+	lead2, err := a2.AcquireLeadership(ctx, "127.0.0.1:7412")
 	must.NoError(t, err)
+	active, err = c.ReadLeader(ctx)
+	must.NoError(t, err)
+	must.Eq(t, "127.0.0.1:7412", active.ForwardAddr)
 	must.Greater(t, lead.Epoch(), lead2.Epoch())
 
 	must.ErrorIs(t, c.DeleteVolume(ctx, "vol1", idx, lead2), leader.ErrConflict)

@@ -27,6 +27,11 @@ type ControllerConfig struct {
 	// Agent is the controller's Consul registration (service
 	// saddlebag-controller); its session holds the leadership lock.
 	Agent *leader.Agent
+	// ForwardAddr is the host:port where this instance serves the
+	// Controller service to standbys (ServeForward); it is published in
+	// the leadership lock while this instance is active. "" publishes
+	// none, and standbys then cannot forward to this instance.
+	ForwardAddr string
 	// ReplicaTimeout bounds each request to a replica server (create,
 	// delete). Default 10s.
 	ReplicaTimeout time.Duration
@@ -45,8 +50,11 @@ type ControllerConfig struct {
 }
 
 // Controller is the CSI Controller service. Every mutating RPC needs the
-// leadership lock (Run acquires it); on a standby they fail with
-// Unavailable, which Nomad retries. Read-only RPCs are answered by either.
+// leadership lock (Run acquires it); a standby forwards them to the
+// active controller's ForwardAddr, read from the lock, and returns its
+// answer (forward.go); it answers Unavailable only when there is no active
+// controller to forward to, or when the call was already forwarded once.
+// Read-only RPCs are answered by either.
 //
 // Contract: RPCs may be called concurrently; they are serialised per
 // volume (another RPC on a busy volume gets Aborted).
@@ -55,6 +63,7 @@ type Controller struct {
 	cfg   ControllerConfig
 	log   hclog.Logger
 	locks volumeLocks
+	fwd   *forwarder
 
 	mu    sync.Mutex
 	lease *leader.Lease // held leadership, nil on a standby
@@ -86,8 +95,13 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Controller{cfg: cfg, log: cfg.Log.Named("controller")}, nil
+	log := cfg.Log.Named("controller")
+	return &Controller{cfg: cfg, log: log, fwd: &forwarder{client: cfg.Client, log: log.Named("forward")}}, nil
 }
+
+// Close ends the connection to the active controller a standby keeps for
+// forwarding. Call it once the gRPC servers have stopped.
+func (c *Controller) Close() { c.fwd.close() }
 
 // Active reports whether this instance holds the leadership lock.
 func (c *Controller) Active() bool {
@@ -163,6 +177,9 @@ func volumeSize(cr *csi.CapacityRange) (int64, error) {
 // CreateVolume places a new volume's replicas and makes them, or returns
 // the volume already created under the same name.
 func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	if !c.Active() {
+		return forward(ctx, c, "CreateVolume", req, csi.ControllerClient.CreateVolume)
+	}
 	name := req.GetName()
 	if name == "" {
 		return nil, errf(codes.InvalidArgument, "name is required")
@@ -381,6 +398,9 @@ func csiVolume(rec leader.VolumeRecord, nodes map[string]leader.NodeState) *csi.
 // DeleteVolume removes a volume's replicas from their nodes, then its
 // record. An unknown volume is deleted already.
 func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	if !c.Active() {
+		return forward(ctx, c, "DeleteVolume", req, csi.ControllerClient.DeleteVolume)
+	}
 	id := req.GetVolumeId()
 	if id == "" {
 		return nil, errf(codes.InvalidArgument, "volume_id is required")

@@ -23,6 +23,9 @@ import (
 // holds the primary lock, and otherwise fences the first (failover must
 // not wait for Nomad's claim GC, DESIGN.md §7).
 func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
+	if !c.Active() {
+		return forward(ctx, c, "ControllerPublishVolume", req, csi.ControllerClient.ControllerPublishVolume)
+	}
 	id, node := req.GetVolumeId(), req.GetNodeId()
 	if id == "" || node == "" {
 		return nil, errf(codes.InvalidArgument, "volume_id and node_id are required")
@@ -108,6 +111,9 @@ func fence(m map[string]uint64, node string, epoch uint64) map[string]uint64 {
 // lease. The call returns when the node no longer holds the lease (a node
 // that is down lost it with its session), or Unavailable after FenceWait.
 func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
+	if !c.Active() {
+		return forward(ctx, c, "ControllerUnpublishVolume", req, csi.ControllerClient.ControllerUnpublishVolume)
+	}
 	id, node := req.GetVolumeId(), req.GetNodeId()
 	if id == "" {
 		return nil, errf(codes.InvalidArgument, "volume_id is required")

@@ -8,17 +8,19 @@
 //     scheduler; CreateVolume writes the record "creating", makes the
 //     replicas on their nodes over the replica protocol and writes
 //     "ready" last; only the instance holding the leadership lock mutates
-//     anything, a standby answers reads and refuses the rest with
-//     Unavailable (leadership.go); rereplicate.go replaces replicas whose
-//     node has been down longer than a grace period;
+//     anything, a standby answers reads and forwards the rest to the
+//     active instance at the address published in the leadership lock
+//     (leadership.go, forward.go: Nomad never retries another instance on
+//     Unavailable); rereplicate.go replaces replicas whose node has been
+//     down longer than a grace period;
 //   - node*.go: the Node service, run by `saddlebag node`: NodeStage takes
 //     the volume's primary lease and starts its engine (internal/primary),
 //     serves it through FUSE and a loop device and mounts it
 //     (plugin/mount); while staged, it follows the volume record (replicas
 //     the controller added or retired, a fence from
 //     ControllerUnpublishVolume);
-//   - serve.go: gRPC on a unix socket with a logging interceptor that
-//     strips secrets; paths.go: the raw_exec path translation of
+//   - serve.go: gRPC on a unix socket (and the controller's forward
+//     channel on TCP) with a logging interceptor that strips secrets; paths.go: the raw_exec path translation of
 //     DESIGN.md §7.
 //
 // It is the only package that speaks gRPC status codes: typed errors from

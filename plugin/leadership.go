@@ -7,12 +7,13 @@ import (
 
 // Run competes for the controller leadership lock until ctx ends. While
 // it holds the lock this instance is active: it answers mutating RPCs and
-// runs the re-replication driver every ScanEvery. When the lock is lost
-// it becomes a standby at once (mutating RPCs answer Unavailable) and
-// competes again. On return the lock is released.
+// runs the re-replication driver every ScanEvery; the lock's value
+// publishes cfg.ForwardAddr to the standbys. When the lock is lost it
+// becomes a standby at once (mutating RPCs are forwarded to whoever holds
+// the lock next) and competes again. On return the lock is released.
 func (c *Controller) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
-		lease, err := c.cfg.Agent.AcquireLeadership(ctx)
+		lease, err := c.cfg.Agent.AcquireLeadership(ctx, c.cfg.ForwardAddr)
 		if err != nil {
 			if ctx.Err() != nil {
 				break

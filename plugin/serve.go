@@ -59,13 +59,28 @@ func Serve(ctx context.Context, endpoint string, log hclog.Logger, register func
 	}
 	defer os.Remove(path)
 	log = log.Named("csi")
+	log.Info("serving csi", "endpoint", "unix://"+path)
+	return serveOn(ctx, ln, log, register)
+}
+
+// ServeForward serves the services register adds on ln, a TCP listener,
+// until ctx ends: the channel standbys forward mutating Controller calls
+// on (ForwardedKey). Calls are logged like on the CSI socket, secrets
+// stripped. It is plain gRPC without TLS: bind it to an address only the
+// controller hosts reach.
+func ServeForward(ctx context.Context, ln net.Listener, log hclog.Logger, register func(*grpc.Server)) error {
+	log = log.Named("forward")
+	log.Info("serving forwarded controller calls", "addr", ln.Addr().String())
+	return serveOn(ctx, ln, log, register)
+}
+
+func serveOn(ctx context.Context, ln net.Listener, log hclog.Logger, register func(*grpc.Server)) error {
 	srv := grpc.NewServer(grpc.UnaryInterceptor(LoggingInterceptor(log)))
 	register(srv)
 	stop := context.AfterFunc(ctx, srv.GracefulStop)
 	defer stop()
-	log.Info("serving csi", "endpoint", "unix://"+path)
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("csi serve: %w", err)
+		return fmt.Errorf("grpc serve %s: %w", ln.Addr(), err)
 	}
 	return nil
 }

@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 
+	"github.com/saddlebag/saddlebag/internal/ctxutil"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin"
 )
@@ -22,6 +25,7 @@ func init() {
 // controllerFlags are `saddlebag controller`'s settings.
 type controllerFlags struct {
 	name, endpoint, logLevel string
+	forwardAddr              string
 	consul                   leader.ConsulConfig
 	lockDelay, ttl           time.Duration
 	grace, scanEvery         time.Duration
@@ -33,6 +37,8 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	fs := newFlagSet("controller")
 	fs.StringVar(&f.name, "name", "", "this controller instance's name (default: the host name)")
 	fs.StringVar(&f.endpoint, "csi-endpoint", os.Getenv(plugin.EndpointEnv), "serve CSI on this unix socket (unix:///path; default $CSI_ENDPOINT, which Nomad sets)")
+	fs.StringVar(&f.forwardAddr, "forward-addr", ":"+defaultForwardPort, "host:port where this controller serves, while active, the mutating calls standbys forward to it "+
+		"(published in the leadership lock; plain gRPC, no TLS); an empty host is the address the local Consul agent advertises")
 	fs.StringVar(&f.consul.Address, "consul-addr", "", "Consul HTTP address (default: $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	fs.StringVar(&f.consul.Token, "consul-token", "", "Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
 	fs.StringVar(&f.consul.CAFile, "consul-ca-file", "", "CA certificate verifying Consul's HTTPS certificate (default: $CONSUL_CACERT)")
@@ -55,6 +61,11 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	if _, err := plugin.SocketPath(f.endpoint); err != nil {
 		return nil, usageError{fmt.Errorf("--csi-endpoint: %w", err)}
 	}
+	if host, _, err := net.SplitHostPort(f.forwardAddr); err != nil {
+		return nil, usageError{fmt.Errorf("--forward-addr: %w", err)}
+	} else if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return nil, usageError{fmt.Errorf("--forward-addr %s: standbys dial the published address, so it needs a host they can reach, not a wildcard", f.forwardAddr)}
+	}
 	if f.grace <= 0 || f.scanEvery <= 0 {
 		return nil, usageError{errors.New("--replica-grace and --replica-scan must be positive")}
 	}
@@ -66,6 +77,32 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 		f.name = h
 	}
 	return f, nil
+}
+
+// defaultForwardPort is the port of --forward-addr when none is given.
+const defaultForwardPort = "7410"
+
+// listenForward listens on the --forward-addr address, taking an empty
+// host from the local Consul agent (retried until ctx ends: Consul may
+// start after the controller).
+func listenForward(ctx context.Context, addr string, client *leader.Client, log hclog.Logger) (net.Listener, error) {
+	host, port, _ := net.SplitHostPort(addr)
+	for host == "" {
+		h, err := client.AgentAddr()
+		if err == nil {
+			host = h
+			break
+		}
+		log.Warn("cannot learn this host's address from consul for --forward-addr; retrying", "error", err)
+		if err := ctxutil.Sleep(ctx, time.Second); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, port))
+	if err != nil {
+		return nil, fmt.Errorf("--forward-addr: %w", err)
+	}
+	return ln, nil
 }
 
 func runController(ctx context.Context, args []string) error {
@@ -83,11 +120,17 @@ func runController(ctx context.Context, args []string) error {
 	if err != nil {
 		return usageError{err}
 	}
-	ctl, err := plugin.NewController(plugin.ControllerConfig{Client: client, Agent: agent, Grace: f.grace,
-		ScanEvery: f.scanEvery, ReplicaTimeout: f.replicaTimeout, Log: log})
+	fwdLn, err := listenForward(ctx, f.forwardAddr, client, log)
 	if err != nil {
 		return err
 	}
+	defer fwdLn.Close()
+	ctl, err := plugin.NewController(plugin.ControllerConfig{Client: client, Agent: agent, Grace: f.grace,
+		ScanEvery: f.scanEvery, ReplicaTimeout: f.replicaTimeout, ForwardAddr: fwdLn.Addr().String(), Log: log})
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
 	// The agent outlives the controller loop so the leadership lock is
 	// released explicitly before the session goes.
 	agentCtx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
@@ -96,6 +139,11 @@ func runController(ctx context.Context, args []string) error {
 	var agentWG, wg sync.WaitGroup
 	agentWG.Go(func() { _ = agent.Run(agentCtx) })
 	wg.Go(func() { _ = ctl.Run(ctx) })
+	var fwdErr error
+	wg.Go(func() {
+		fwdErr = plugin.ServeForward(ctx, fwdLn, log, func(s *grpc.Server) { csi.RegisterControllerServer(s, ctl) })
+		cancel() // without its forward channel a controller is of no use as the active one
+	})
 	id := &plugin.Identity{Version: version, Ready: func() bool { return agent.SessionID() != "" }}
 	serveErr := plugin.Serve(ctx, f.endpoint, log, func(s *grpc.Server) {
 		csi.RegisterIdentityServer(s, id)
@@ -105,5 +153,5 @@ func runController(ctx context.Context, args []string) error {
 	wg.Wait()
 	stopAgent()
 	agentWG.Wait()
-	return serveErr
+	return errors.Join(serveErr, fwdErr)
 }

@@ -28,7 +28,7 @@ type csiNode struct {
 
 var (
 	csiServingRE     = regexpMust(`serving csi`)
-	activeControlRE  = regexpMust(`active controller`)
+	activeControlRE  = regexpMust(`active controller: holding the leadership lock`)
 	standbyControlRE = regexpMust(`leadership lost`)
 )
 
@@ -56,12 +56,14 @@ func startCSINode(t *testing.T, consulAddr, ip, name, dir string, withCSI bool, 
 	return n
 }
 
-// startController runs `saddlebag controller` and returns it with its socket.
+// startController runs `saddlebag controller` and returns it with its
+// socket. Its forward channel listens on a free loopback port (a later
+// --forward-addr in extra overrides it).
 func startController(t *testing.T, consulAddr, name, dir string, extra ...string) (*proc, string) {
 	t.Helper()
 	sock := filepath.Join(dir, name+".sock")
 	args := append([]string{"controller", "--name", name, "--csi-endpoint", "unix://" + sock, "--consul-addr", consulAddr,
-		"--ttl", "1500ms", "--lock-delay", "1s", "--log-level", "debug"}, extra...)
+		"--ttl", "1500ms", "--lock-delay", "1s", "--log-level", "debug", "--forward-addr", "127.0.0.1:0"}, extra...)
 	p := startProc(t, args...)
 	p.waitLine(t, csiServingRE, 10*time.Second)
 	return p, sock
