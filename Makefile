@@ -3,7 +3,9 @@
 #   make test     install what the tests need, then run every test, the
 #                 end-to-end ones last (CI runs this)
 #   make e2e      only the end-to-end tests (real Consul + Nomad, 3 nodes)
-#   make dev      start the local 3-node Consul + Nomad demo cluster
+#   make dev      build, start the local 3-node Consul + Nomad cluster, deploy
+#                 Saddlebag, a replicated volume and Postgres on it
+#   make dev-failover  kill the node under the demo's Postgres, time the failover
 #   make dev-down tear it down
 #   make bench    print the side-by-side performance ratios
 #   make fuzz     run every fuzz target for FUZZTIME each
@@ -16,7 +18,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 .DEFAULT_GOAL := build
-.PHONY: build test unit deps bench fuzz vet e2e dev dev-down
+.PHONY: build test unit deps bench fuzz vet e2e dev dev-down dev-failover
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/saddlebag ./cmd/saddlebag
@@ -44,6 +46,9 @@ dev: deps tools build
 
 dev-down:
 	@bash scripts/dev.sh down
+
+dev-failover:
+	@bash scripts/dev.sh failover
 
 bench: build
 	bin/saddlebag bench

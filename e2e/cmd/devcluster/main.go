@@ -18,7 +18,7 @@ var marker = filepath.Join(cluster.StateDir, "dev")
 
 func main() {
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: devcluster up|status|down")
+		fmt.Fprintln(os.Stderr, "usage: devcluster up|status|failover|down")
 		os.Exit(2)
 	}
 	var err error
@@ -27,10 +27,12 @@ func main() {
 		err = up()
 	case "status":
 		err = status()
+	case "failover":
+		err = failover()
 	case "down":
 		err = down()
 	default:
-		err = fmt.Errorf("unknown command %q (want up, status or down)", os.Args[1])
+		err = fmt.Errorf("unknown command %q (want up, status, failover or down)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "devcluster:", err)
@@ -85,6 +87,10 @@ func up() error {
 		return err
 	}
 	fmt.Printf("cluster up in %.0fs\n", time.Since(start).Seconds())
+	if err := deploy(ctx, c); err != nil {
+		return fmt.Errorf("%w (the cluster is up; make dev-down removes it)", err)
+	}
+	fmt.Printf("all up in %.0fs\n", time.Since(start).Seconds())
 	s, err := cluster.LoadState(c.Instance)
 	if err != nil {
 		return err
@@ -96,21 +102,24 @@ func up() error {
 func describe(s *cluster.State) {
 	host := strings.Split(s.NomadAddr, ":")[0]
 	fmt.Printf(`
-Saddlebag demo cluster (instance %d): 1 Consul server, 1 Nomad server, 3 nodes
+Saddlebag demo cluster (instance %d): 1 Consul server, 1 Nomad server, 3 nodes,
+Saddlebag deployed (jobs saddlebag-node, saddlebag-controller), a 2-replica
+volume "postgres" and the job "postgres" on it.
   Consul UI:  http://%s/ui
   Nomad API:  http://%s   (this Nomad is built from source without its web UI;
-                                  use the CLI: nomad node status, nomad job status)
+                                  use the CLI)
   nodes:      %s
   logs, data: %s
 
+Try:
   export NOMAD_ADDR=http://%s CONSUL_HTTP_ADDR=http://%s
-  $(e2e/tools/build.sh -n nomad) node status
-  $(e2e/tools/build.sh -n consul) members
-
-Not done by this command yet (they come with issue 7's end-to-end scenarios):
-  - deploying Saddlebag (jobs/saddlebag-node.nomad.hcl, jobs/saddlebag-controller.nomad.hcl)
-  - creating a replicated volume and running Postgres on it (jobs/examples/)
-  - killing the primary's node and timing the failover
+  alias nomad=$(e2e/tools/build.sh -n nomad) consul=$(e2e/tools/build.sh -n consul)
+  nomad plugin status saddlebag
+  nomad volume status postgres
+  nomad job status postgres
+  consul kv get saddlebag/volumes/postgres
+  PGPASSWORD=saddlebag psql -h <node address of the postgres allocation> -U postgres -c 'SELECT count(*) FROM demo'
+  make dev-failover       # SIGKILL the node running Postgres; time it back on the other replica
 
 Tear down: make dev-down
 `, s.Instance, s.ConsulAddr, s.NomadAddr, nodeList(s, host), s.Dir, s.NomadAddr, s.ConsulAddr)

@@ -1,0 +1,133 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+)
+
+// PluginID is the CSI plugin ID the Saddlebag jobs register.
+const PluginID = "saddlebag"
+
+// ControllerCount is how many controller instances DeploySaddlebag runs:
+// the job's default, one active and one standby (which forwards mutating
+// calls to the active one).
+const ControllerCount = 2
+
+// BuildSaddlebag builds the saddlebag binary from the module at repoRoot
+// into the cluster's directory and returns its path. The raw_exec jobs
+// run it from there on every node (one host), so teardown removes it.
+func (c *Cluster) BuildSaddlebag(ctx context.Context, repoRoot string) (string, error) {
+	bin := filepath.Join(c.Dir, "bin", "saddlebag")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/saddlebag")
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build saddlebag: %w: %s", err, out)
+	}
+	return bin, nil
+}
+
+// NodeJobVars are the -var arguments for jobs/saddlebag-node.nomad.hcl on
+// this cluster: the binary, and every directory under the node's own
+// directory in the cluster's (${node.unique.name} is the node's name), so
+// that teardown finds the replicas, FUSE mounts and loop devices. Each
+// node is labelled rack=<its name> so that specs spreading over racks
+// place.
+func (c *Cluster) NodeJobVars(bin string) []string {
+	node := filepath.Join(c.Dir, "${node.unique.name}")
+	return []string{
+		"-var", "binary=" + bin,
+		"-var", "data_dir=" + filepath.Join(node, "saddlebag"),
+		"-var", "run_dir=" + filepath.Join(node, "run"),
+		"-var", "nomad_data_dir=" + filepath.Join(node, "nomad"),
+		"-var", `extra_args=["--label", "rack=$${node.unique.name}"]`,
+	}
+}
+
+// ControllerJobVars are the -var arguments for
+// jobs/saddlebag-controller.nomad.hcl on this cluster.
+func (c *Cluster) ControllerJobVars(bin string) []string {
+	return []string{"-var", "binary=" + bin, "-var", fmt.Sprintf("count=%d", ControllerCount)}
+}
+
+// DeploySaddlebag runs both Saddlebag jobs from repoRoot/jobs with `nomad
+// job run`, as an operator would, and waits until the plugin is healthy
+// on every node and in ControllerCount controllers.
+func (c *Cluster) DeploySaddlebag(ctx context.Context, repoRoot, bin string) error {
+	jobs := filepath.Join(repoRoot, "jobs")
+	if out, err := c.NomadCLI(ctx, append(append([]string{"job", "run", "-detach"}, c.NodeJobVars(bin)...),
+		filepath.Join(jobs, "saddlebag-node.nomad.hcl"))...); err != nil {
+		return fmt.Errorf("%w\n%s", err, out)
+	}
+	if out, err := c.NomadCLI(ctx, append(append([]string{"job", "run", "-detach"}, c.ControllerJobVars(bin)...),
+		filepath.Join(jobs, "saddlebag-controller.nomad.hcl"))...); err != nil {
+		return fmt.Errorf("%w\n%s", err, out)
+	}
+	return c.WaitPlugin(ctx, ControllerCount, len(c.Nodes))
+}
+
+// WaitPlugin waits until Nomad reports the Saddlebag plugin healthy in
+// controllers controllers and nodes nodes.
+func (c *Cluster) WaitPlugin(ctx context.Context, controllers, nodes int) error {
+	api, err := c.Nomad()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	last := "not registered"
+	for {
+		p, _, err := api.CSIPlugins().Info(PluginID, (&nomadapi.QueryOptions{}).WithContext(ctx))
+		if err == nil {
+			if p.ControllersHealthy >= controllers && p.NodesHealthy >= nodes {
+				return nil
+			}
+			last = fmt.Sprintf("controllers healthy %d/%d, nodes healthy %d/%d", p.ControllersHealthy, controllers, p.NodesHealthy, nodes)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("plugin %s not healthy: %s: %w", PluginID, last, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// PrimaryNode returns the name of the node holding volume's primary lease
+// (Consul KV saddlebag/volumes/<volume>/primary, locked by that node's
+// session), or "" when nobody holds it.
+func PrimaryNode(ctx context.Context, capi *consulapi.Client, volume string) (string, error) {
+	q := (&consulapi.QueryOptions{}).WithContext(ctx)
+	kv, _, err := capi.KV().Get("saddlebag/volumes/"+volume+"/primary", q)
+	if err != nil || kv == nil || kv.Session == "" {
+		return "", err
+	}
+	se, _, err := capi.Session().Info(kv.Session, q)
+	if err != nil || se == nil {
+		return "", err
+	}
+	return se.Node, nil
+}
+
+// ErrNoNode is returned for a node name the instance does not have.
+var ErrNoNode = errors.New("no such node")
+
+// KillNode SIGKILLs every process of node name (1-based position in
+// Namespaces, "node<i>") of an instance known only from its state file,
+// as Node.Kill does; it returns the moment the signals went out.
+func (s *State) KillNode(name string) (time.Time, error) {
+	for i, ns := range s.Namespaces {
+		if fmt.Sprintf("node%d", i+1) == name {
+			t0 := time.Now()
+			return t0, killNetns(ns, 10*time.Second)
+		}
+	}
+	return time.Time{}, fmt.Errorf("%w: %s", ErrNoNode, name)
+}
