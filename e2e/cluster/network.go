@@ -94,6 +94,12 @@ func addServerNetns(ctx context.Context, n int) error {
 // addNetns creates namespace ns joined to instance n's bridge by a veth
 // pair (veth on the bridge, eth0 inside), with ip on eth0 and loopback up.
 func addNetns(ctx context.Context, n int, ns, veth, ip string) error {
+	// The kernel destroys a deleted namespace's veth pairs
+	// asynchronously, so a previous holder of instance n may still have
+	// this one; n is ours (we made its bridge), and so is the name.
+	if err := deleteLink(ctx, veth); err != nil {
+		return err
+	}
 	steps := [][]string{
 		{"ip", "netns", "add", ns},
 		{"ip", "link", "add", veth, "type", "veth", "peer", "name", nodeIface, "netns", ns},
