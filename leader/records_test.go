@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/shoenig/test/must"
 
 	"github.com/saddlebag/saddlebag/leader"
@@ -182,7 +183,13 @@ func TestControllerLeadershipAndVolumeRecords(t *testing.T) {
 	must.Greater(t, lead.Epoch(), lead2.Epoch())
 
 	must.ErrorIs(t, c.DeleteVolume(ctx, "vol1", idx, lead2), leader.ErrConflict)
+	must.NoError(t, pl.Release(ctx)) // the primary demoted: the lock key stays, unheld
 	must.NoError(t, c.DeleteVolume(ctx, "vol1", idx2, lead2))
+	raw, err := consulapi.NewClient(&consulapi.Config{Address: dev.HTTPAddr})
+	must.NoError(t, err)
+	left, _, err := raw.KV().Keys(c.Keys().Volume("vol1"), "", nil)
+	must.NoError(t, err)
+	must.SliceEmpty(t, left, must.Sprint("keys left under the deleted volume"))
 	_, _, err = c.GetVolume(ctx, "vol1")
 	must.ErrorIs(t, err, leader.ErrNotFound)
 	_, _, err = c.ReadInSync(ctx, "vol1")

@@ -169,8 +169,8 @@ func (c *Client) PutVolume(ctx context.Context, rec VolumeRecord, index uint64, 
 }
 
 // DeleteVolume deletes the record if its modify index is still index,
-// together with the volume's in-sync record, under leadership (when
-// non-nil). Deleting an absent record with index 0 succeeds.
+// together with every key under it (the in-sync record and the primary
+// lock key), under leadership (when non-nil). Deleting an absent record with index 0 succeeds.
 func (c *Client) DeleteVolume(ctx context.Context, id string, index uint64, leadership *Lease) error {
 	key := c.keys.Volume(id)
 	if index == 0 {
@@ -185,7 +185,7 @@ func (c *Client) DeleteVolume(ctx context.Context, id string, index uint64, lead
 	}
 	_, err := c.casTxn(ctx, key, index, leadership,
 		&api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: index},
-		&api.KVTxnOp{Verb: api.KVDelete, Key: c.keys.InSync(id)})
+		&api.KVTxnOp{Verb: api.KVDeleteTree, Key: key + "/"})
 	return err
 }
 
