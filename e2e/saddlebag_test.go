@@ -1,0 +1,486 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+	"github.com/shoenig/test/must"
+	"github.com/shoenig/test/wait"
+
+	"github.com/saddlebag/saddlebag/e2e/cluster"
+)
+
+const volID = "postgres"
+
+// TestSaddlebag is issue 7's operator session, one step after another on
+// one cluster: deploy Saddlebag with `nomad job run`, create a 2-replica
+// volume with `nomad volume create`, run Postgres on it, kill the node
+// under it (timed failover), bring that node back (resync), cut the
+// primary's node off (fencing, no divergence), drain the primary's node,
+// and delete the volume. Each step needs the ones before it, so the
+// first failure ends the test.
+func TestSaddlebag(t *testing.T) {
+	c := cluster.New(t, cluster.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
+	defer cancel()
+	napi, err := c.Nomad()
+	must.NoError(t, err)
+	capi, err := c.ConsulClient()
+	must.NoError(t, err)
+	root, err := filepath.Abs("..")
+	must.NoError(t, err)
+
+	step := func(name string, f func(t *testing.T)) {
+		if !t.Run(name, f) {
+			t.FailNow()
+		}
+	}
+	// Stopped before the cluster goes (cleanups run last first), so that
+	// a failed run still unstages cleanly where it can.
+	t.Cleanup(func() { _, _ = c.NomadCLI(context.Background(), "job", "stop", "-purge", "postgres") })
+	var rows int // rows committed so far
+	var primary *cluster.Node
+
+	step("deploy: plugin healthy, volume created, checks passing", func(t *testing.T) {
+		bin, err := c.BuildSaddlebag(ctx, root)
+		must.NoError(t, err)
+		must.NoError(t, c.DeploySaddlebag(ctx, root, bin))
+		out, err := c.NomadCLI(ctx, "plugin", "status", cluster.PluginID)
+		must.NoError(t, err)
+		must.RegexMatch(t, regexpLine(`Controllers Healthy\s*=\s*`+strconv.Itoa(cluster.ControllerCount)), out, must.Sprint(out))
+		must.RegexMatch(t, regexpLine(`Nodes Healthy\s*=\s*3`), out, must.Sprint(out))
+		must.StrContains(t, out, "csi.saddlebag.io")
+
+		for _, nd := range c.Nodes {
+			must.NoError(t, waitCheck(ctx, capi, nd.Name, "saddlebag-node-"+nd.Name+":ttl", consulapi.HealthPassing))
+		}
+		out, err = c.NomadCLI(ctx, "volume", "create", filepath.Join("testdata", "volume-postgres.hcl"))
+		must.NoError(t, err, must.Sprint(out))
+		t.Logf("nomad volume create:\n%s", out)
+		out, err = c.NomadCLI(ctx, "volume", "status", volID)
+		must.NoError(t, err)
+		must.RegexMatch(t, regexpLine(`ID\s*=\s*postgres`), out, must.Sprint(out))
+		must.RegexMatch(t, regexpLine(`Plugin ID\s*=\s*saddlebag`), out)
+		must.RegexMatch(t, regexpLine(`Schedulable\s*=\s*true`), out)
+		rec := volumeRecord(t, ctx, capi)
+		must.Eq(t, "ready", rec.State)
+		must.Len(t, 2, rec.Replicas)
+		must.NotEq(t, rec.Replicas[0].Node, rec.Replicas[1].Node)
+		for _, r := range rec.Replicas {
+			_, err := os.Stat(filepath.Join(nodeNamed(t, c, r.Node).DataDir, volID, "data"))
+			must.NoError(t, err, must.Sprintf("replica on %s", r.Node))
+		}
+	})
+
+	step("postgres on the volume commits rows; volume check passing", func(t *testing.T) {
+		out, err := c.NomadCLI(ctx, "job", "run", "-detach", repoPath(t, "jobs/examples/postgres.nomad.hcl"))
+		must.NoError(t, err, must.Sprint(out))
+		start := time.Now()
+		a := waitRunning(t, ctx, c, napi, "postgres", "postgres")
+		t.Logf("postgres running on %s after %.1fs (first start: mkfs, initdb)", a.NodeName, time.Since(start).Seconds())
+		primary = nodeNamed(t, c, a.NodeName)
+		must.SliceContains(t, replicaNodes(t, ctx, capi), primary.Name)
+		out, err = psql(ctx, primary.IP, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g; SELECT count(*) FROM t;")
+		must.NoError(t, err, must.Sprint(out))
+		must.Eq(t, "1000", tail(out, 1))
+		rows = 1000
+		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthPassing))
+		holder, err := cluster.PrimaryNode(ctx, capi, volID)
+		must.NoError(t, err)
+		must.Eq(t, primary.Name, holder)
+	})
+
+	var dead *cluster.Node
+	step("kill the primary's node: postgres back on the other replica with every row", func(t *testing.T) {
+		dead = primary
+		other := otherReplica(t, ctx, c, capi, dead.Name)
+		id, err := dead.NodeID(ctx)
+		must.NoError(t, err)
+		// One more committed row, the instant before the kill.
+		out, err := psql(ctx, dead.IP, "INSERT INTO t VALUES (1001, 'last before kill')")
+		must.NoError(t, err, must.Sprint(out))
+		rows++
+
+		downCh := make(chan time.Time, 1)
+		t0, err := dead.Kill()
+		must.NoError(t, err)
+		go func() {
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			defer cancel()
+			down, _ := dead.WaitNodeStatus(wctx, id, nomadapi.NodeStatusDown)
+			downCh <- down
+		}()
+		ready, err := waitQuery(ctx, other.IP, 2*time.Minute)
+		must.NoError(t, err)
+		down := <-downCh
+		must.False(t, down.IsZero(), must.Sprint("nomad never marked the killed node down"))
+		fmt.Printf("failover_seconds %.2f\n", ready.Sub(t0).Seconds())
+		fmt.Printf("nomad_node_down_seconds %.2f\n", down.Sub(t0).Seconds())
+		printTimeline(t, ctx, napi, t0, other.Name)
+
+		out, err = psql(ctx, other.IP, "SELECT count(*), max(id) FROM t")
+		must.NoError(t, err, must.Sprint(out))
+		must.Eq(t, fmt.Sprintf("%d|%d", rows, rows), strings.TrimSpace(out))
+		holder, err := cluster.PrimaryNode(ctx, capi, volID)
+		must.NoError(t, err)
+		must.Eq(t, other.Name, holder)
+		primary = other
+		// One replica of two: degraded, which the volume check says.
+		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthWarning))
+	})
+
+	step("the dead node returns: its replica resyncs and the volume is healthy", func(t *testing.T) {
+		out, err := psql(ctx, primary.IP, "INSERT INTO t SELECT g, 'while away ' || g FROM generate_series(1002, 1500) g")
+		must.NoError(t, err, must.Sprint(out))
+		rows = 1500
+		start := time.Now()
+		must.NoError(t, dead.Restart(ctx))
+		must.NoError(t, c.WaitPlugin(ctx, cluster.ControllerCount, len(c.Nodes)))
+		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthPassing))
+		t.Logf("volume healthy %.1fs after the restart began", time.Since(start).Seconds())
+		ins := inSync(t, ctx, capi)
+		must.SliceContains(t, ins, replicaAddr(dead), must.Sprintf("in-sync record %v", ins))
+		must.SliceContains(t, ins, replicaAddr(primary))
+	})
+
+	step("partition the primary's node: rescheduled, the cut-off side fenced, nothing diverges", func(t *testing.T) {
+		cut := primary
+		other := otherReplica(t, ctx, c, capi, cut.Name)
+		nodeAllocLogs := saddlebagNodeLogs(t, ctx, napi, cut)
+		t0 := time.Now()
+		must.NoError(t, cut.Partition(ctx))
+		t.Cleanup(func() { _ = cut.Heal(context.Background()) })
+
+		// A client on the cut-off node itself still reaches its Postgres;
+		// the write it sends must never be acknowledged.
+		cutWrite := make(chan error, 1)
+		go func() {
+			out, err := cut.Exec(ctx, "timeout", "60", "env", "PGPASSWORD=saddlebag", "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
+				"host="+cut.IP+" port=5432 user=postgres dbname=postgres connect_timeout=5",
+				"-c", "INSERT INTO t VALUES (999999, 'written on the cut-off side')")
+			if err == nil {
+				err = fmt.Errorf("accepted: %s", out)
+			} else {
+				err = nil
+			}
+			cutWrite <- err
+		}()
+
+		ready, err := waitQuery(ctx, other.IP, 2*time.Minute)
+		must.NoError(t, err)
+		fmt.Printf("failover_seconds_partition %.2f\n", ready.Sub(t0).Seconds())
+		must.NoError(t, <-cutWrite, must.Sprint("the cut-off primary acknowledged a write"))
+		out, err := psql(ctx, other.IP, "SELECT count(*), count(*) FILTER (WHERE id = 999999) FROM t")
+		must.NoError(t, err, must.Sprint(out))
+		must.Eq(t, fmt.Sprintf("%d|0", rows), strings.TrimSpace(out))
+		must.NoError(t, cut.Heal(ctx))
+		// Back in touch, the cut-off node's agent finds its lease taken
+		// and fences its engine (read from the node's disk).
+		must.Wait(t, until(time.Minute, func() bool {
+			return strings.Contains(nodeAllocLogs(), "fenced")
+		}), must.Sprintf("%s's saddlebag node log never says fenced:\n%s", cut.Name, tail(nodeAllocLogs(), 20)))
+		must.NoError(t, c.WaitNodesReady(ctx, cut))
+		primary = other
+		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthPassing))
+		ins := inSync(t, ctx, capi)
+		must.SliceContains(t, ins, replicaAddr(cut), must.Sprintf("in-sync record %v", ins))
+		out, err = psql(ctx, primary.IP, "SELECT count(*), count(*) FILTER (WHERE id = 999999) FROM t")
+		must.NoError(t, err, must.Sprint(out))
+		must.Eq(t, fmt.Sprintf("%d|0", rows), strings.TrimSpace(out))
+	})
+
+	step("drain the primary's node: clean unstage there, stage on the other, no data loss", func(t *testing.T) {
+		drained := primary
+		other := otherReplica(t, ctx, c, capi, drained.Name)
+		id, err := drained.NodeID(ctx)
+		must.NoError(t, err)
+		t0 := time.Now()
+		// The node plugin stays (-ignore-system): it unstages the volume.
+		out, err := c.NomadCLI(ctx, "node", "drain", "-enable", "-yes", "-ignore-system", "-deadline", "2m", id)
+		must.NoError(t, err, must.Sprint(out))
+		t.Cleanup(func() { _, _ = c.NomadCLI(context.Background(), "node", "eligibility", "-enable", id) })
+		ready, err := waitQuery(ctx, other.IP, 2*time.Minute)
+		must.NoError(t, err)
+		fmt.Printf("drain_move_seconds %.2f\n", ready.Sub(t0).Seconds())
+		out, err = psql(ctx, other.IP, "SELECT count(*) FROM t")
+		must.NoError(t, err, must.Sprint(out))
+		must.Eq(t, strconv.Itoa(rows), strings.TrimSpace(out))
+		holder, err := cluster.PrimaryNode(ctx, capi, volID)
+		must.NoError(t, err)
+		must.Eq(t, other.Name, holder)
+		// Clean: the drained node unstaged, leaving nothing mounted.
+		logs := saddlebagNodeLogs(t, ctx, napi, drained)
+		must.StrContains(t, logs(), "volume unstaged")
+		mounts := csiMounts(t, drained)
+		must.SliceEmpty(t, mounts, must.Sprintf("%s still has mounts of the volume", drained.Name))
+		out, err = c.NomadCLI(ctx, "node", "eligibility", "-enable", id)
+		must.NoError(t, err, must.Sprint(out))
+		primary = other
+		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthPassing))
+	})
+
+	step("stopped cleanly, the replicas are identical; volume delete removes them and the records", func(t *testing.T) {
+		replicas := replicaNodes(t, ctx, capi)
+		out, err := c.NomadCLI(ctx, "job", "stop", "-purge", "postgres")
+		must.NoError(t, err, must.Sprint(out))
+		// The claims go once the allocation's unpublish has run.
+		must.Wait(t, until(2*time.Minute, func() bool {
+			holder, err := cluster.PrimaryNode(ctx, capi, volID)
+			return err == nil && holder == ""
+		}), must.Sprint("the primary lease is still held after the job stopped"))
+		var sums []string
+		for _, n := range replicas {
+			sums = append(sums, fileSum(t, filepath.Join(nodeNamed(t, c, n).DataDir, volID, "data")))
+		}
+		must.Eq(t, sums[0], sums[1], must.Sprintf("replicas on %v diverge", replicas))
+
+		must.Wait(t, until(2*time.Minute, func() bool {
+			out, err = c.NomadCLI(ctx, "volume", "delete", volID)
+			return err == nil
+		}), must.Sprintf("nomad volume delete: %s", out))
+		out, err = c.NomadCLI(ctx, "volume", "status", volID)
+		must.Error(t, err, must.Sprint(out))
+		for _, nd := range c.Nodes {
+			_, err := os.Stat(filepath.Join(nd.DataDir, volID))
+			must.True(t, os.IsNotExist(err), must.Sprintf("%s still has the replica: %v", nd.Name, err))
+		}
+		keys, _, err := capi.KV().Keys("saddlebag/volumes/"+volID, "", nil)
+		must.NoError(t, err)
+		must.SliceEmpty(t, keys, must.Sprintf("consul still has the volume's records: %v", keys))
+		checks, _, err := capi.Health().Checks("saddlebag", nil)
+		must.NoError(t, err)
+		for _, ch := range checks {
+			must.NotEq(t, "saddlebag-volume:"+volID, ch.CheckID)
+		}
+	})
+}
+
+// waitQuery polls the Postgres on ip until a query answers, and returns
+// when it first did.
+func waitQuery(ctx context.Context, ip string, timeout time.Duration) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last string
+	for {
+		qctx, qcancel := context.WithTimeout(ctx, 3*time.Second)
+		out, err := psql(qctx, ip, "SELECT 1")
+		qcancel()
+		if err == nil && strings.TrimSpace(out) == "1" {
+			return time.Now(), nil
+		}
+		last = strings.TrimSpace(out)
+		select {
+		case <-ctx.Done():
+			return time.Time{}, fmt.Errorf("postgres on %s never answered: %w; last: %s", ip, ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// printTimeline prints, relative to the kill at t0, when Nomad created
+// each replacement allocation on any node and the task events of the one
+// on node: what the failover time is made of.
+func printTimeline(t *testing.T, ctx context.Context, napi *nomadapi.Client, t0 time.Time, node string) {
+	t.Helper()
+	allocs, _, err := napi.Jobs().Allocations("postgres", true, (&nomadapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		t.Logf("timeline: %v", err)
+		return
+	}
+	slices.SortFunc(allocs, func(a, b *nomadapi.AllocationListStub) int { return int(a.CreateTime - b.CreateTime) })
+	for _, a := range allocs {
+		created := time.Unix(0, a.CreateTime)
+		if created.Before(t0) {
+			continue
+		}
+		fmt.Printf("failover_timeline %+6.2fs alloc %s created on %s (now %s)\n", created.Sub(t0).Seconds(), a.ID[:8], a.NodeName, a.ClientStatus)
+		for task, ts := range a.TaskStates {
+			for _, ev := range ts.Events {
+				at := time.Unix(0, ev.Time)
+				msg := ev.DisplayMessage
+				if len(msg) > 100 {
+					msg = msg[:100]
+				}
+				fmt.Printf("failover_timeline %+6.2fs   %s %s: %s\n", at.Sub(t0).Seconds(), task, ev.Type, msg)
+			}
+		}
+	}
+}
+
+type volRecord struct {
+	State    string `json:"state"`
+	Replicas []struct {
+		Node  string `json:"node"`
+		State string `json:"state"`
+	} `json:"replicas"`
+}
+
+// volumeRecord reads the controller's record of the volume from Consul,
+// as an operator would with `consul kv get`.
+func volumeRecord(t *testing.T, ctx context.Context, capi *consulapi.Client) volRecord {
+	t.Helper()
+	kv, _, err := capi.KV().Get("saddlebag/volumes/"+volID, (&consulapi.QueryOptions{}).WithContext(ctx))
+	must.NoError(t, err)
+	must.NotNil(t, kv, must.Sprint("no volume record in consul"))
+	var r volRecord
+	must.NoError(t, json.Unmarshal(kv.Value, &r))
+	return r
+}
+
+func replicaNodes(t *testing.T, ctx context.Context, capi *consulapi.Client) []string {
+	t.Helper()
+	var ns []string
+	for _, r := range volumeRecord(t, ctx, capi).Replicas {
+		ns = append(ns, r.Node)
+	}
+	slices.Sort(ns)
+	return ns
+}
+
+func otherReplica(t *testing.T, ctx context.Context, c *cluster.Cluster, capi *consulapi.Client, not string) *cluster.Node {
+	t.Helper()
+	ns := replicaNodes(t, ctx, capi)
+	must.Len(t, 2, ns)
+	must.SliceContains(t, ns, not)
+	if ns[0] == not {
+		return nodeNamed(t, c, ns[1])
+	}
+	return nodeNamed(t, c, ns[0])
+}
+
+// replicaAddr is nd's replica server address (the node job's static
+// port), which the in-sync record lists.
+func replicaAddr(nd *cluster.Node) string { return nd.IP + ":7400" }
+
+// inSync reads the primary's in-sync record (replica addresses).
+func inSync(t *testing.T, ctx context.Context, capi *consulapi.Client) []string {
+	t.Helper()
+	kv, _, err := capi.KV().Get("saddlebag/volumes/"+volID+"/insync", (&consulapi.QueryOptions{}).WithContext(ctx))
+	must.NoError(t, err)
+	must.NotNil(t, kv)
+	var r struct {
+		Replicas []string `json:"replicas"`
+	}
+	must.NoError(t, json.Unmarshal(kv.Value, &r))
+	return r.Replicas
+}
+
+// checkStatus returns the status of check id on Consul node node ("" if
+// it has none).
+func checkStatus(ctx context.Context, capi *consulapi.Client, node, id string) (string, string, error) {
+	checks, _, err := capi.Health().Node(node, (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", "", err
+	}
+	for _, ch := range checks {
+		if ch.CheckID == id {
+			return ch.Status, ch.Output, nil
+		}
+	}
+	return "", "", nil
+}
+
+// waitCheck waits until check id on node has status want.
+func waitCheck(ctx context.Context, capi *consulapi.Client, node, id, want string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	var last, output string
+	for {
+		st, out, err := checkStatus(ctx, capi, node, id)
+		if err == nil && st == want {
+			return nil
+		}
+		last, output = st, out
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("consul check %s on %s is %q (%s), want %s: %w", id, node, last, output, want, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// saddlebagNodeLogs returns a function reading the logs of node's
+// saddlebag-node allocation (the one running now) from the node's disk,
+// which works also while Nomad cannot reach the node.
+func saddlebagNodeLogs(t *testing.T, ctx context.Context, napi *nomadapi.Client, nd *cluster.Node) func() string {
+	t.Helper()
+	allocs, _, err := napi.Jobs().Allocations("saddlebag-node", false, (&nomadapi.QueryOptions{}).WithContext(ctx))
+	must.NoError(t, err)
+	var id string
+	for _, a := range allocs {
+		if a.NodeName == nd.Name && a.ClientStatus == nomadapi.AllocClientStatusRunning {
+			id = a.ID
+		}
+	}
+	must.NotEq(t, "", id, must.Sprintf("no running saddlebag-node allocation on %s", nd.Name))
+	dir := filepath.Join(nd.NomadDataDir, "alloc", id, "alloc", "logs")
+	return func() string {
+		var b strings.Builder
+		for _, f := range []string{"node.stderr.0", "node.stdout.0"} {
+			data, _ := os.ReadFile(filepath.Join(dir, f))
+			b.Write(data)
+		}
+		return b.String()
+	}
+}
+
+// csiMounts lists the mounts of the volume left on nd: staging and
+// publish paths under its Nomad client's CSI directory and FUSE files
+// under its Saddlebag run directory.
+func csiMounts(t *testing.T, nd *cluster.Node) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mounts")
+	must.NoError(t, err)
+	var ms []string
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		if strings.HasPrefix(f[1], filepath.Join(nd.NomadDataDir, "client", "csi")+"/") ||
+			strings.HasPrefix(f[1], filepath.Join(nd.Dir, "run")+"/") {
+			ms = append(ms, l)
+		}
+	}
+	return ms
+}
+
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	must.NoError(t, err)
+	defer f.Close()
+	h := sha256.New()
+	_, err = io.Copy(h, f)
+	must.NoError(t, err)
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+func until(timeout time.Duration, f func() bool) *wait.Constraint {
+	return wait.InitialSuccess(wait.BoolFunc(f), wait.Timeout(timeout), wait.Gap(200*time.Millisecond))
+}
+
+// regexpLine matches re at the start of a line of `nomad ... status`
+// output.
+func regexpLine(re string) *regexp.Regexp { return regexp.MustCompile(`(?m)^` + re + `\b`) }
+
+func tail(s string, n int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
