@@ -16,7 +16,15 @@
 //     in-sync replica and completes them when all have them; FLUSH and FUA
 //     become an fsync on each; failed replicas are dropped through an
 //     InSyncHook that must return before the write completes; a stale-epoch
-//     reply fences the engine for good;
+//     reply fences the engine for good; Hold/Release/Fence let the lease
+//     layer stop I/O completing; AddReplica/RetireReplica change the
+//     replica set of a running engine (membership.go);
+//   - recovery: per-replica dirty bitmaps (bitmap.go), persisted on the
+//     in-sync replicas (store_sync.go) and used to resync a returning
+//     replica; checksum and full resync while writes keep flowing
+//     (resync.go); the activity log of hot extents (activity.go), which
+//     lets a new primary reconcile only those after a crash (recover.go);
+//     min_in_sync; and the status operators read (status.go);
 //   - replica administration for the control plane (admin.go): create a
 //     new volume's replica on a node and delete it, without promising an
 //     epoch;
