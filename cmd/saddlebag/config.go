@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/saddlebag/saddlebag/hcl/agentconfig"
+	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin"
 )
 
@@ -132,4 +133,16 @@ func formatDiag(d *hcl.Diagnostic) string {
 		return msg
 	}
 	return fmt.Sprintf("%s:%d,%d: %s", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column, msg)
+}
+
+// addConsulFlags adds the Consul connection flags the node agent and the
+// controller share (address, ACL token, TLS, KV prefix).
+func addConsulFlags(fs *flag.FlagSet, c *leader.ConsulConfig) {
+	fs.StringVar(&c.Address, "consul-addr", "", "Consul HTTP address (default: $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&c.Token, "consul-token", "", "Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
+	fs.StringVar(&c.CAFile, "consul-ca-file", "", "CA certificate verifying Consul's HTTPS certificate (default: $CONSUL_CACERT)")
+	fs.StringVar(&c.CertFile, "consul-client-cert", "", "client certificate for Consul (default: $CONSUL_CLIENT_CERT)")
+	fs.StringVar(&c.KeyFile, "consul-client-key", "", "client key for Consul (default: $CONSUL_CLIENT_KEY)")
+	fs.StringVar(&c.TLSServerName, "consul-tls-server-name", "", "name to verify Consul's certificate against (default: $CONSUL_TLS_SERVER_NAME)")
+	fs.StringVar(&c.Prefix, "kv-prefix", leader.DefaultPrefix, "Consul KV prefix of every Saddlebag key")
 }
