@@ -15,7 +15,11 @@ import (
 // every write acknowledged by the primary of Epoch. Only a replica named
 // here may be the source of truth for a new primary.
 type InSyncRecord struct {
-	Epoch    uint64    `json:"epoch"`
+	Epoch uint64 `json:"epoch"`
+	// Gen is the set's generation (replication.Membership): it grows by
+	// one with every change, and each member holds it too, so a primary
+	// can tell a lost or rolled-back record from a current one.
+	Gen      uint64    `json:"gen"`
 	Replicas []string  `json:"replicas"`
 	Node     string    `json:"node,omitempty"` // the primary that wrote it
 	Updated  time.Time `json:"updated"`
@@ -45,10 +49,10 @@ func (c *Client) ReadInSync(ctx context.Context, volume string) (InSyncRecord, u
 	return rec, pair.ModifyIndex, nil
 }
 
-// InSyncReplicas returns the recorded in-sync set for a new primary's
-// engine (replication.EngineConfig.InSync): nil when the volume has no
-// record yet, which means a new volume whose replicas are all empty.
-func (c *Client) InSyncReplicas(ctx context.Context, volume string) ([]string, error) {
+// RecordedInSync returns the in-sync record for a new primary's engine
+// (replication.EngineConfig.Recorded): nil when the volume has none (a
+// new volume, or Consul lost it: the replicas' own history decides then).
+func (c *Client) RecordedInSync(ctx context.Context, volume string) (*InSyncRecord, error) {
 	rec, _, err := c.ReadInSync(ctx, volume)
 	if errors.Is(err, ErrNotFound) {
 		return nil, nil
@@ -56,12 +60,28 @@ func (c *Client) InSyncReplicas(ctx context.Context, volume string) ([]string, e
 	if err != nil {
 		return nil, err
 	}
-	if len(rec.Replicas) == 0 {
-		// Recorded empty: nothing may be promoted. Say so rather than
-		// returning nil, which would mean "any".
-		return nil, fmt.Errorf("volume %s: in-sync record of epoch %d names no replica: %w", volume, rec.Epoch, ErrNotFound)
+	return &rec, nil
+}
+
+// InitInSync writes a new volume's first in-sync record, generation 0 with
+// every replica, unless the volume has one already (check-and-set on
+// index 0: idempotent, and never over a primary's record). With it, the
+// first primary can start with a replica's node down; without it, it
+// would have to reach them all to know the volume is new.
+func (c *Client) InitInSync(ctx context.Context, volume string, replicas []string) error {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	set := slices.Clone(replicas)
+	slices.Sort(set)
+	b, err := json.Marshal(InSyncRecord{Replicas: set, Updated: time.Now().UTC()})
+	if err != nil {
+		return fmt.Errorf("encode in-sync record: %w", err)
 	}
-	return rec.Replicas, nil
+	key := c.keys.InSync(volume)
+	if _, _, err := c.api.KV().CAS(&api.KVPair{Key: key, Value: b, ModifyIndex: 0}, wopts(ctx)); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	return nil
 }
 
 // InSyncWriter writes a volume's in-sync record under its primary lease.
@@ -95,8 +115,8 @@ func (w *InSyncWriter) CompareAndSwap(ctx context.Context, rec InSyncRecord, ind
 	if err := l.Err(); err != nil {
 		return 0, err
 	}
-	if rec.Epoch != l.epoch {
-		return 0, &ConflictError{Key: l.c.keys.InSync(l.volume), Index: index, Epoch: rec.Epoch, CurrentEpoch: l.epoch,
+	if rec.Epoch != l.Epoch() {
+		return 0, &ConflictError{Key: l.c.keys.InSync(l.volume), Index: index, Epoch: rec.Epoch, CurrentEpoch: l.Epoch(),
 			Reason: "record epoch differs from the lease epoch"}
 	}
 	rec.Node, rec.Updated = w.node, time.Now().UTC()
@@ -126,7 +146,7 @@ func (w *InSyncWriter) CompareAndSwap(ctx context.Context, rec InSyncRecord, ind
 	}
 	for _, e := range resp.Errors {
 		if e.OpIndex < 2 {
-			return 0, &LeaseLostError{Key: l.key, Epoch: l.epoch, Reason: "in-sync write refused: " + e.What}
+			return 0, &LeaseLostError{Key: l.key, Epoch: l.Epoch(), Reason: "in-sync write refused: " + e.What}
 		}
 	}
 	conflict := &ConflictError{Key: key, Index: index, Epoch: rec.Epoch, Reason: "record changed since it was read"}
@@ -153,37 +173,37 @@ func (w *InSyncWriter) Update(ctx context.Context, fn func(InSyncRecord) InSyncR
 		if err != nil {
 			return cur, err
 		}
-		if cur.Epoch > l.epoch {
+		if cur.Epoch > l.Epoch() {
 			return cur, &ConflictError{Key: l.c.keys.InSync(l.volume), Index: index, Current: index,
-				Epoch: l.epoch, CurrentEpoch: cur.Epoch, Reason: "recorded by a newer primary"}
+				Epoch: l.Epoch(), CurrentEpoch: cur.Epoch, Reason: "recorded by a newer primary"}
 		}
 		next := fn(cur)
-		next.Epoch = l.epoch
+		next.Epoch = l.Epoch()
 		_, err = w.CompareAndSwap(ctx, next, index)
 		var conflict *ConflictError
-		if errors.As(err, &conflict) && conflict.CurrentEpoch <= l.epoch {
+		if errors.As(err, &conflict) && conflict.CurrentEpoch <= l.Epoch() {
 			continue // a concurrent writer of this epoch: read again
 		}
 		return next, err
 	}
-	return InSyncRecord{}, &ConflictError{Key: l.c.keys.InSync(l.volume), Epoch: l.epoch,
+	return InSyncRecord{}, &ConflictError{Key: l.c.keys.InSync(l.volume), Epoch: l.Epoch(),
 		Reason: fmt.Sprintf("still conflicting after %d attempts", maxCASAttempts)}
 }
 
-// SetInSync records inSync as the volume's in-sync set at epoch. It
-// implements replication.InSyncHook: the engine completes no write that
-// depends on the change until this returns nil.
-func (w *InSyncWriter) SetInSync(ctx context.Context, epoch uint64, inSync []string) error {
-	if epoch != w.l.epoch {
-		return &ConflictError{Key: w.l.c.keys.InSync(w.l.volume), Epoch: epoch, CurrentEpoch: w.l.epoch,
+// SetInSync records inSync as the volume's in-sync set of generation gen
+// at epoch. It implements replication.InSyncHook: the engine completes no
+// write that depends on the change until this returns nil.
+func (w *InSyncWriter) SetInSync(ctx context.Context, epoch, gen uint64, inSync []string) error {
+	if epoch != w.l.Epoch() {
+		return &ConflictError{Key: w.l.c.keys.InSync(w.l.volume), Epoch: epoch, CurrentEpoch: w.l.Epoch(),
 			Reason: "engine epoch differs from the lease epoch"}
 	}
 	set := slices.Clone(inSync)
 	slices.Sort(set)
-	_, err := w.Update(ctx, func(InSyncRecord) InSyncRecord { return InSyncRecord{Replicas: set} })
+	_, err := w.Update(ctx, func(InSyncRecord) InSyncRecord { return InSyncRecord{Gen: gen, Replicas: set} })
 	if err != nil {
 		return err
 	}
-	w.l.log.Info("recorded in-sync set", "in_sync", set)
+	w.l.log.Info("recorded in-sync set", "in_sync", set, "generation", gen)
 	return nil
 }

@@ -49,5 +49,11 @@ func (k Keys) Volume(id string) string { return k.Volumes() + id }
 // Primary is the volume's primary lock; its LockIndex is the epoch.
 func (k Keys) Primary(id string) string { return k.Volume(id) + "/primary" }
 
+// EpochFloor is added to the primary lock's LockIndex to make the
+// volume's epoch. It is 0 (absent) until Consul's lock index is found
+// below an epoch the replicas have promised (Consul lost its data), and
+// only a holder of the primary lock writes it.
+func (k Keys) EpochFloor(id string) string { return k.Volume(id) + "/epoch-floor" }
+
 // InSync is the volume's in-sync record, written by the primary.
 func (k Keys) InSync(id string) string { return k.Volume(id) + "/insync" }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -50,7 +51,9 @@ type Lease struct {
 	c           *Client
 	key, volume string
 	session     string
-	epoch       uint64
+	epoch       uint64 // floor + lockIndex
+	lockIndex   uint64
+	floor       uint64 // the epoch floor read at acquisition (primary leases)
 	modifyIndex uint64
 	timing      leaseTiming
 	log         hclog.Logger
@@ -93,8 +96,86 @@ func (l *Lease) Key() string { return l.key }
 // Volume returns the volume of a primary lease ("" for leadership).
 func (l *Lease) Volume() string { return l.volume }
 
-// Epoch returns the key's LockIndex when this lease acquired it.
-func (l *Lease) Epoch() uint64 { return l.epoch }
+// Epoch returns the lease's epoch: the key's LockIndex when this lease
+// acquired it, plus the volume's epoch floor (normally 0; see RaiseEpoch).
+func (l *Lease) Epoch() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.epoch
+}
+
+// maxEpochFloor refuses floors that could overflow an epoch: no honest
+// history gets near it (it would take 2^62 lock acquisitions).
+const maxEpochFloor = 1 << 62
+
+// RaiseEpoch makes this primary lease's epoch greater than above, by
+// raising the volume's epoch floor in Consul in one transaction that
+// checks this lease still holds the lock. It is for a new primary whose
+// replicas have promised an epoch at or above its own although it holds
+// the lock: Consul's lock index restarted (Consul lost its data and the
+// floor with it). Holding the lock proves no other primary is current, so
+// starting above every promise fences whatever primary made them. Later
+// primaries read the floor at acquisition, so epochs keep growing.
+func (l *Lease) RaiseEpoch(ctx context.Context, above uint64) error {
+	if l.volume == "" {
+		return fmt.Errorf("%w: %s is not a primary lease", ErrInvalid, l.key)
+	}
+	if err := l.Err(); err != nil {
+		return err
+	}
+	floor := above + 1
+	if above >= maxEpochFloor {
+		return fmt.Errorf("%w: volume %s: a replica promised epoch %d, beyond any epoch Saddlebag issues; refusing to follow it", ErrInvalid, l.volume, above)
+	}
+	l.mu.Lock()
+	if floor <= l.floor {
+		l.mu.Unlock()
+		return nil
+	}
+	l.mu.Unlock()
+	key := l.c.keys.EpochFloor(l.volume)
+	ops := api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: l.key, Session: l.session}},
+		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: l.key, Index: l.modifyIndex}},
+		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: []byte(strconv.FormatUint(floor, 10))}},
+	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	ok, resp, _, err := l.c.api.Txn().Txn(ops, qopts(ctx))
+	if err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	if !ok {
+		why := "transaction refused"
+		if len(resp.Errors) > 0 {
+			why = resp.Errors[0].What
+		}
+		return &LeaseLostError{Key: l.key, Epoch: l.Epoch(), Reason: "raising the epoch floor refused: " + why}
+	}
+	l.mu.Lock()
+	l.floor, l.epoch = floor, floor+l.lockIndex
+	l.mu.Unlock()
+	l.log.Warn("raised the volume's epoch floor above a replica's promise (Consul's lock index restarted)",
+		"promised", above, "floor", floor, "epoch", floor+l.lockIndex)
+	return nil
+}
+
+// readEpochFloor reads a volume's epoch floor (0 when absent).
+func (c *Client) readEpochFloor(ctx context.Context, volume string) (uint64, error) {
+	key := c.keys.EpochFloor(volume)
+	pair, _, err := c.api.KV().Get(key, qopts(ctx))
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", key, err)
+	}
+	if pair == nil {
+		return 0, nil
+	}
+	floor, err := strconv.ParseUint(string(pair.Value), 10, 64)
+	if err != nil || floor >= maxEpochFloor {
+		return 0, fmt.Errorf("%s holds %q: not an epoch floor", key, pair.Value)
+	}
+	return floor, nil
+}
 
 // AcquiredAt returns when the lock was found held after acquiring it.
 func (l *Lease) AcquiredAt() time.Time { return l.acquired }
@@ -181,9 +262,13 @@ func (a *Agent) acquire(ctx context.Context, key, volume string, value []byte) (
 			sent := time.Now()
 			var pair *api.KVPair
 			pair, _, err = kv.Get(key, qopts(rctx))
+			var floor uint64
+			if err == nil && pair != nil && pair.Session == sid && volume != "" {
+				floor, err = a.c.readEpochFloor(rctx, volume)
+			}
 			cancel()
 			if err == nil && pair != nil && pair.Session == sid {
-				return a.startLease(key, volume, sid, pair, sent, timing, log), nil
+				return a.startLease(key, volume, sid, pair, floor, sent, timing, log), nil
 			}
 			if err == nil {
 				log.Warn("lock lost right after acquiring it; retrying")
@@ -224,12 +309,12 @@ func (a *Agent) acquire(ctx context.Context, key, volume string, value []byte) (
 	}
 }
 
-func (a *Agent) startLease(key, volume, sid string, pair *api.KVPair, confirmed time.Time, timing leaseTiming, log hclog.Logger) *Lease {
+func (a *Agent) startLease(key, volume, sid string, pair *api.KVPair, floor uint64, confirmed time.Time, timing leaseTiming, log hclog.Logger) *Lease {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Lease{
 		c: a.c, key: key, volume: volume, session: sid,
-		epoch: pair.LockIndex, modifyIndex: pair.ModifyIndex,
-		timing: timing, log: log.With("epoch", pair.LockIndex),
+		epoch: floor + pair.LockIndex, lockIndex: pair.LockIndex, floor: floor, modifyIndex: pair.ModifyIndex,
+		timing: timing, log: log.With("lock_index", pair.LockIndex),
 		onEnd: a.removeLease, cancel: cancel,
 		done: make(chan struct{}), lost: make(chan struct{}),
 		confirmed: confirmed, acquired: time.Now(),
@@ -277,7 +362,7 @@ func (l *Lease) monitor(ctx context.Context) {
 				continue
 			}
 			if reason := l.check(r.pair); reason != "" {
-				l.end(&LeaseLostError{Key: l.key, Epoch: l.epoch, Reason: reason})
+				l.end(&LeaseLostError{Key: l.key, Epoch: l.Epoch(), Reason: reason})
 				return
 			}
 			l.mu.Lock()
@@ -325,7 +410,7 @@ func (l *Lease) check(pair *api.KVPair) string {
 		return "lock released: the session was invalidated"
 	case pair.Session != l.session:
 		return fmt.Sprintf("lock taken by session %s at epoch %d", pair.Session, pair.LockIndex)
-	case pair.LockIndex != l.epoch || pair.ModifyIndex != l.modifyIndex:
+	case pair.LockIndex != l.lockIndex || pair.ModifyIndex != l.modifyIndex:
 		return fmt.Sprintf("lock re-acquired (lock index %d, modify index %d)", pair.LockIndex, pair.ModifyIndex)
 	}
 	return ""
@@ -380,7 +465,7 @@ func (l *Lease) end(err *LeaseLostError) bool {
 // explicitly, so the next holder is not kept waiting for lock-delay.
 // Releasing a lease that is already lost or released does nothing.
 func (l *Lease) Release(ctx context.Context) error {
-	first := l.end(&LeaseLostError{Key: l.key, Epoch: l.epoch, Released: true, Reason: "released by its holder"})
+	first := l.end(&LeaseLostError{Key: l.key, Epoch: l.Epoch(), Released: true, Reason: "released by its holder"})
 	l.cancel()
 	<-l.done
 	if !first {

@@ -67,11 +67,11 @@ func TestInSyncConcurrentCASWriters(t *testing.T) {
 	_, err = w.CompareAndSwap(ctx, leader.InSyncRecord{Epoch: l.Epoch()}, 0)
 	must.ErrorIs(t, err, leader.ErrConflict)
 	// An engine of another epoch is refused.
-	err = w.SetInSync(ctx, l.Epoch()+1, []string{"a:1"})
+	err = w.SetInSync(ctx, l.Epoch()+1, 1, []string{"a:1"})
 	must.ErrorIs(t, err, leader.ErrConflict)
-	got, err := c.InSyncReplicas(ctx, "vol1")
+	got, err := c.RecordedInSync(ctx, "vol1")
 	must.NoError(t, err)
-	must.Eq(t, []string{"a:1"}, got)
+	must.Eq(t, []string{"a:1"}, got.Replicas)
 
 	// The next primary (higher epoch) takes over; the old lease's writer
 	// is refused, typed, and cannot touch the new record.
@@ -79,8 +79,8 @@ func TestInSyncConcurrentCASWriters(t *testing.T) {
 	l2, err := a.AcquirePrimary(ctx, "vol1")
 	must.NoError(t, err)
 	must.Greater(t, l.Epoch(), l2.Epoch())
-	must.NoError(t, l2.InSyncWriter("n1").SetInSync(ctx, l2.Epoch(), []string{"b:1", "a:1"}))
-	err = w.SetInSync(ctx, l.Epoch(), []string{"stale:1"})
+	must.NoError(t, l2.InSyncWriter("n1").SetInSync(ctx, l2.Epoch(), 1, []string{"b:1", "a:1"}))
+	err = w.SetInSync(ctx, l.Epoch(), 1, []string{"stale:1"})
 	must.True(t, errors.As(err, &conflict), must.Sprint(err))
 	must.Eq(t, l.Epoch(), conflict.Epoch)
 	must.Eq(t, l2.Epoch(), conflict.CurrentEpoch)
@@ -105,7 +105,7 @@ func TestInSyncWriteRefusedAfterSessionInvalidated(t *testing.T) {
 	must.NoError(t, err)
 	_, err = c.API().Session().Destroy(l.Session(), nil)
 	must.NoError(t, err)
-	err = l.InSyncWriter("n1").SetInSync(ctx, l.Epoch(), []string{"a:1"})
+	err = l.InSyncWriter("n1").SetInSync(ctx, l.Epoch(), 1, []string{"a:1"})
 	must.ErrorIs(t, err, leader.ErrLeaseLost)
 	_, _, err = c.ReadInSync(ctx, "vol1")
 	must.ErrorIs(t, err, leader.ErrNotFound)
@@ -163,7 +163,7 @@ func TestControllerLeadershipAndVolumeRecords(t *testing.T) {
 	// Other keys under the volume are not volume records.
 	pl, err := a1.AcquirePrimary(ctx, "vol1")
 	must.NoError(t, err)
-	must.NoError(t, pl.InSyncWriter("c1").SetInSync(ctx, pl.Epoch(), []string{"a:1"}))
+	must.NoError(t, pl.InSyncWriter("c1").SetInSync(ctx, pl.Epoch(), 1, []string{"a:1"}))
 	list, err := c.ListVolumes(ctx)
 	must.NoError(t, err)
 	must.SliceLen(t, 1, list)

@@ -64,7 +64,7 @@ type VolumeRecord struct {
 type PrimaryHolder struct {
 	Node    string // the holder's node name ("" when unlocked)
 	Session string
-	Epoch   uint64 // the key's LockIndex
+	Epoch   uint64 // the holder's epoch: the key's LockIndex plus the epoch floor
 }
 
 // ReadPrimary returns the volume's primary lock holder (zero when the lock
@@ -80,7 +80,11 @@ func (c *Client) ReadPrimary(ctx context.Context, id string) (PrimaryHolder, err
 	if pair == nil || pair.Session == "" {
 		return PrimaryHolder{}, nil
 	}
-	return PrimaryHolder{Node: string(pair.Value), Session: pair.Session, Epoch: pair.LockIndex}, nil
+	floor, err := c.readEpochFloor(ctx, id)
+	if err != nil {
+		return PrimaryHolder{}, err
+	}
+	return PrimaryHolder{Node: string(pair.Value), Session: pair.Session, Epoch: floor + pair.LockIndex}, nil
 }
 
 // WatchVolume blocks until the volume record's modify index differs from

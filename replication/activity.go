@@ -4,8 +4,10 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"sync"
+	"time"
 )
 
 // activityLog is the primary's view of the activity log: the extents that
@@ -22,6 +24,10 @@ type activityLog struct {
 	hot   map[uint64]*alExtent
 	clock uint64
 	cap   int
+	// released is closed and replaced whenever a request releases its
+	// extents: a request that finds the log full of extents in flight
+	// waits on it.
+	released chan struct{}
 	// update serialises changes of the log on the replicas; lock order:
 	// update, then Engine.bmMu, then Engine.stateMu, then Engine.order.
 	update sync.Mutex
@@ -36,11 +42,28 @@ type alExtent struct {
 func (a *activityLog) init(capacity int) {
 	a.cap = capacity
 	a.hot = map[uint64]*alExtent{}
+	a.released = make(chan struct{})
 }
 
 // extentSpan returns the first and last extent [off, off+n) touches.
 func extentSpan(off, n int64) (uint64, uint64) {
 	return uint64(off / ExtentSize), uint64((off + max(n, 1) - 1) / ExtentSize)
+}
+
+// maxActivityExtents bounds the activity log: its extent numbers must fit
+// a replica's metadata slot (16 KiB of JSON) with room to spare.
+const maxActivityExtents = 512
+
+// all returns every extent in the log, those being evicted included: their
+// writes may not be flushed everywhere yet.
+func (a *activityLog) all() []uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]uint64, 0, len(a.hot))
+	for x := range a.hot {
+		out = append(out, x)
+	}
+	return out
 }
 
 // tryAcquire takes the extents if all are hot.
@@ -83,16 +106,42 @@ func activityFrame(extents []uint64) Frame {
 }
 
 // alAcquire makes extents first..last hot on every in-sync replica and
-// counts a write in flight in each; alRelease undoes the count.
+// counts a write in flight in each; alRelease undoes the count. The log
+// never holds more than its capacity: when every extent in it has a
+// request in flight, alAcquire waits for one to end.
+//
+// Extents leave the log only after a flush on every replica receiving
+// writes, so the log always covers every write that some replica may have
+// acknowledged from its page cache only (markUnflushed).
 func (e *Engine) alAcquire(ctx context.Context, first, last uint64) error {
+	for {
+		done, err := e.alTryUpdate(ctx, first, last)
+		if done || err != nil {
+			return err
+		}
+		e.al.mu.Lock()
+		ch := e.al.released
+		e.al.mu.Unlock()
+		select {
+		case <-ch:
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// alTryUpdate is one attempt of alAcquire: false when the log is full of
+// extents in flight.
+func (e *Engine) alTryUpdate(ctx context.Context, first, last uint64) (bool, error) {
 	a := &e.al
 	if a.tryAcquire(first, last) {
-		return nil
+		return true, nil
 	}
 	a.update.Lock()
 	defer a.update.Unlock()
 	if a.tryAcquire(first, last) {
-		return nil
+		return true, nil
 	}
 	a.mu.Lock()
 	keep := map[uint64]bool{}
@@ -115,6 +164,10 @@ func (e *Engine) alAcquire(ctx context.Context, first, last uint64) error {
 			size++
 		}
 	}
+	if size-len(candidates) > a.cap {
+		a.mu.Unlock()
+		return false, nil // full of extents in flight: wait for one
+	}
 	var evict []uint64
 	for over := size - a.cap; over > 0 && len(candidates) > 0; over-- {
 		x := candidates[0]
@@ -134,7 +187,12 @@ func (e *Engine) alAcquire(ctx context.Context, first, last uint64) error {
 
 	err := error(nil)
 	if len(evict) > 0 {
-		err = e.persistBitmaps(ctx, false)
+		// Make the evicted extents' writes durable everywhere first, and
+		// the bitmaps that now must cover them without the log.
+		err = e.apply(ctx, Frame{Type: FrameFlush})
+		if err == nil {
+			err = e.persistBitmaps(ctx, false)
+		}
 	}
 	if err == nil {
 		err = e.broadcast(ctx, activityFrame(next))
@@ -145,7 +203,7 @@ func (e *Engine) alAcquire(ctx context.Context, first, last uint64) error {
 		for _, x := range evict {
 			a.hot[x].evicting = false
 		}
-		return err
+		return false, err
 	}
 	for _, x := range evict {
 		delete(a.hot, x)
@@ -160,7 +218,7 @@ func (e *Engine) alAcquire(ctx context.Context, first, last uint64) error {
 		ext.inflight++
 		ext.used = a.clock
 	}
-	return nil
+	return true, nil
 }
 
 func (e *Engine) alRelease(first, last uint64) {
@@ -170,6 +228,8 @@ func (e *Engine) alRelease(first, last uint64) {
 	for x := first; x <= last; x++ {
 		a.hot[x].inflight--
 	}
+	close(a.released)
+	a.released = make(chan struct{})
 }
 
 // clearActivityLog empties the log on the replicas; only for a clean
@@ -185,6 +245,31 @@ func (e *Engine) clearActivityLog(ctx context.Context) error {
 	a.hot = map[uint64]*alExtent{}
 	a.mu.Unlock()
 	return nil
+}
+
+// A persisted peer bitmap is a version byte (2), the incarnation of the
+// replica it describes (8 bytes, 0 when unknown), then the encoded runs.
+// The leading version byte makes an empty bitmap ("misses nothing")
+// differ from none ("history unknown"); the incarnation keeps a bitmap
+// from being applied to a replica that was wiped and made again.
+const peerBitmapVersion = 2
+
+func encodePeerBitmap(incarnation uint64, b *Bitmap) []byte {
+	enc := binary.BigEndian.AppendUint64([]byte{peerBitmapVersion}, incarnation)
+	return append(enc, b.Encode(maxControlPayload-1024)...)
+}
+
+// decodePeerBitmap parses a persisted peer bitmap into a bitmap of a
+// volume of size bytes.
+func decodePeerBitmap(p []byte, size int64) (uint64, *Bitmap, error) {
+	if len(p) < 9 || p[0] != peerBitmapVersion {
+		return 0, nil, fmt.Errorf("%w: persisted bitmap: unknown format", ErrInvalid)
+	}
+	b := NewBitmap(size)
+	if err := b.MergeEncoded(p[9:]); err != nil {
+		return 0, nil, err
+	}
+	return binary.BigEndian.Uint64(p[1:9]), b, nil
 }
 
 // persistBitmaps stores the bitmap of every replica that is behind on the
@@ -210,9 +295,7 @@ func (e *Engine) persistBitmapsLocked(ctx context.Context, force bool) error {
 			continue
 		}
 		if ch := p.dirty.Changes(); force || ch != p.persisted {
-			// A leading version byte: an empty bitmap ("misses nothing") is
-			// not the same as none ("history unknown").
-			enc := append([]byte{1}, p.dirty.Encode(maxControlPayload-1024)...)
+			enc := encodePeerBitmap(p.dirtyInc, p.dirty)
 			todo = append(todo, pending{p, enc, ch})
 		}
 	}

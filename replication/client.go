@@ -51,7 +51,12 @@ type call struct {
 }
 
 // dialReplica connects to the replica server at addr, opens (or with
-// create, creates) the volume's replica and promises epoch on it.
+// create, creates) the volume's replica and promises epoch on it. The
+// state it returns is the replica's as of the promise, so nothing a
+// previous primary does after it (it is refused from then on) is missed;
+// only Created comes from the open. When the replica has promised a
+// higher epoch, the error wraps ErrStaleEpoch and the returned state's
+// Epoch is that promise.
 func dialReplica(ctx context.Context, addr, volume string, size int64, epoch uint64, create bool,
 	timeout time.Duration, log hclog.Logger) (*replicaClient, openReply, error) {
 	var open openReply
@@ -67,15 +72,24 @@ func dialReplica(ctx context.Context, addr, volume string, size int64, epoch uin
 		pending:    map[uint64]*call{},
 	}
 	go c.readLoop()
+	decode := func(reply Frame, into *openReply) error {
+		if err := json.Unmarshal(reply.Payload, into); err != nil {
+			return fmt.Errorf("replica %s: %w: %s reply: %w", addr, ErrBadFrame, reply.Type, err)
+		}
+		return nil
+	}
 	req, _ := json.Marshal(openRequest{Volume: volume, Size: size, Create: create})
 	reply, err := c.do(Frame{Type: FrameOpen, Payload: req})
 	if err == nil {
-		if err = json.Unmarshal(reply.Payload, &open); err != nil {
-			err = fmt.Errorf("replica %s: %w: open reply: %w", addr, ErrBadFrame, err)
-		}
+		err = decode(reply, &open)
 	}
 	if err == nil {
-		_, err = c.do(Frame{Type: FramePromise})
+		reply, err = c.do(Frame{Type: FramePromise})
+		if err == nil {
+			created := open.Created
+			err = decode(reply, &open)
+			open.Created = created
+		}
 	}
 	if err != nil {
 		c.close()

@@ -2,14 +2,18 @@ package replication
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/internal/ctxutil"
 )
 
 // InSyncHook records the set of replicas that hold every acknowledged write.
@@ -17,11 +21,15 @@ import (
 // write that depends on the change until it has returned nil: after a
 // replica is dropped, a new primary must never mistake it for a current one.
 //
+// Each set has a generation, one more than the previous set's (see
+// history.go); the members have recorded it before the hook is called.
+//
 // Contract: calls are serialised (never concurrent) and each carries the
-// whole set. An error leaves the change unrecorded; the engine retries it
-// before completing further writes.
+// whole set. An error leaves the change unrecorded and the engine retries
+// it, holding the writes that depend on it, until it succeeds; an error
+// wrapping ErrFenced (the caller's lease is gone) fences the engine.
 type InSyncHook interface {
-	SetInSync(ctx context.Context, epoch uint64, inSync []string) error
+	SetInSync(ctx context.Context, epoch, gen uint64, inSync []string) error
 }
 
 // LogHook is the InSyncHook of a standalone engine: it only logs. The node
@@ -29,8 +37,8 @@ type InSyncHook interface {
 type LogHook struct{ Log hclog.Logger }
 
 // SetInSync logs the new set.
-func (h LogHook) SetInSync(_ context.Context, epoch uint64, inSync []string) error {
-	h.Log.Info("in-sync set changed", "epoch", epoch, "in_sync", inSync)
+func (h LogHook) SetInSync(_ context.Context, epoch, gen uint64, inSync []string) error {
+	h.Log.Info("in-sync set changed", "epoch", epoch, "generation", gen, "in_sync", inSync)
 	return nil
 }
 
@@ -67,11 +75,11 @@ type EngineConfig struct {
 	Size     int64
 	Epoch    uint64
 	Replicas []ReplicaConfig
-	// InSync, when set, lists the replicas known to hold every
-	// acknowledged write (from the coordination layer); the others start
-	// out of sync. When empty, every reachable replica that was not just
-	// created empty beside replicas holding data counts as in sync.
-	InSync []string
+	// Recorded is the in-sync set the coordination layer recorded last
+	// (Consul), nil when it has none. It is checked against the history
+	// the replicas carry themselves (history.go): only replicas of the
+	// newest generation start in sync; the others are resynced.
+	Recorded *Membership
 	// MinInSync is the fewest in-sync replicas a write may complete with;
 	// below it writes wait for resync to bring replicas back. Default 1.
 	MinInSync int
@@ -87,7 +95,7 @@ type EngineConfig struct {
 	// ProgressInterval is how often resync progress is logged. Default 5s.
 	ProgressInterval time.Duration
 	// ActivityExtents is the activity log's size in extents (ExtentSize
-	// each). Default 128.
+	// each), 16 to 512. Default 128.
 	ActivityExtents int
 	// Hook records in-sync set changes. Default: LogHook.
 	Hook InSyncHook
@@ -116,6 +124,9 @@ type Engine struct {
 	// stateMu serialises peer state changes and hook calls.
 	stateMu  sync.Mutex
 	recorded atomic.Uint64 // version of the newest in-sync set the hook recorded
+	gen      uint64        // generation of the newest set the members recorded; guarded by stateMu
+	genSet   uint64        // targets version that gen describes; guarded by stateMu
+	holding  atomic.Int32  // requests waiting for the in-sync record or a reconnect
 
 	al     activityLog
 	bmMu   sync.Mutex // serialises bitmap persistence
@@ -141,6 +152,8 @@ type peer struct {
 	// dirty holds the blocks the replica misses while it is behind; nil
 	// while in sync, or when its history is unknown (checksum resync).
 	dirty     *Bitmap
+	dirtyInc  uint64 // incarnation of the replica dirty describes; 0: the one connected
+	missed    uint64 // writes known missed while not in sync (a resync that began before must not rejoin)
 	persisted uint64 // dirty.Changes() when last persisted; ^0 forces
 	resync    *resyncProgress
 	busy      bool      // a resync goroutine owns the peer
@@ -192,6 +205,9 @@ func StartEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	if cfg.MinInSync > len(cfg.Replicas) {
 		return nil, fmt.Errorf("%w: min_in_sync %d is above the %d replicas", ErrInvalid, cfg.MinInSync, len(cfg.Replicas))
 	}
+	if cfg.ActivityExtents != 0 && (cfg.ActivityExtents < 16 || cfg.ActivityExtents > maxActivityExtents) {
+		return nil, fmt.Errorf("%w: activity log of %d extents: must be 16 to %d", ErrInvalid, cfg.ActivityExtents, maxActivityExtents)
+	}
 	setDefault(&cfg.MinInSync, 1)
 	setDefault(&cfg.Timeout, 5*time.Second)
 	setDefault(&cfg.ReconnectInterval, time.Second)
@@ -230,7 +246,9 @@ func setDefault[T comparable](v *T, def T) {
 	}
 }
 
-// connectAll dials every replica and sorts them into in sync or behind.
+// connectAll dials every replica, decides from the recorded in-sync set
+// and the replicas' own history which are current (history.go), and sorts
+// them into in sync or behind.
 func (e *Engine) connectAll(ctx context.Context) error {
 	cfg := e.cfg
 	errs := make([]error, len(cfg.Replicas))
@@ -243,26 +261,41 @@ func (e *Engine) connectAll(ctx context.Context) error {
 		})
 	}
 	wg.Wait()
-	hasData := false
+	var promised uint64
 	for i, p := range e.peers {
 		if errors.Is(errs[i], ErrStaleEpoch) {
-			return fmt.Errorf("%w: %w", ErrFenced, errs[i])
-		}
-		if errs[i] == nil && p.open.Generation > 0 {
-			hasData = true
+			promised = max(promised, p.open.Epoch)
 		}
 	}
+	if promised > 0 {
+		return &StaleEpochError{Epoch: cfg.Epoch, Promised: promised,
+			Err: fmt.Errorf("%w: %w", ErrFenced, errors.Join(errs...))}
+	}
+	configured := make([]string, len(e.peers))
+	reach := map[string]openReply{}
+	for i, p := range e.peers {
+		configured[i] = p.cfg.Addr
+		if errs[i] == nil {
+			reach[p.cfg.Addr] = p.open
+		}
+	}
+	view, source, err := chooseView(cfg.Recorded, configured, reach)
+	if err != nil {
+		return fmt.Errorf("%w: volume %s: %w", ErrNoReplicas, cfg.Volume, err)
+	}
+	e.gen = view.Gen
 	set := &targetSet{version: 1}
 	for i, p := range e.peers {
+		// A replica that holds nothing at all gets a full copy of what is
+		// allocated instead of a compare.
+		p.created = errs[i] == nil && p.open.holdsNothing()
 		switch {
 		case errs[i] != nil:
 			p.state, p.reason = StateUnavailable, errs[i].Error()
-		case len(cfg.InSync) > 0 && !slices.Contains(cfg.InSync, p.cfg.Addr):
-			p.state, p.reason = StateOutOfSync, "not in the recorded in-sync set"
-		case len(cfg.InSync) == 0 && p.open.empty() && hasData:
-			p.state, p.reason, p.created = StateOutOfSync, "new, empty replica beside replicas holding data", true
+		case !current(view, p.cfg.Addr, p.open):
+			p.state, p.reason = StateOutOfSync, describeStale(view, p.cfg.Addr, p.open)
 		default:
-			p.state = StateInSync
+			p.state, p.created = StateInSync, false
 			set.inSync = append(set.inSync, target{p, p.client})
 		}
 		if p.state != StateInSync {
@@ -270,15 +303,33 @@ func (e *Engine) connectAll(ctx context.Context) error {
 		}
 	}
 	if len(set.inSync) == 0 {
-		why := "none is in the in-sync set"
-		if err := errors.Join(errs...); err != nil {
-			why = err.Error()
+		var why []string
+		for _, p := range e.peers {
+			why = append(why, p.cfg.Addr+": "+p.reason)
 		}
-		return fmt.Errorf("%w: volume %s: none of %d replicas is usable: %s", ErrNoReplicas, cfg.Volume, len(cfg.Replicas), why)
+		return fmt.Errorf("%w: volume %s: no replica of the in-sync set of generation %d %v is usable (%s)",
+			ErrNoReplicas, cfg.Volume, view.Gen, view.Replicas, strings.Join(why, "; "))
 	}
+	e.log.Info("in-sync set chosen", "generation", view.Gen, "members", view.Replicas, "from", source, "in_sync", len(set.inSync))
 	e.targets = set
 	return nil
 }
+
+// StaleEpochError is StartEngine's error when a replica has promised an
+// epoch at or above the engine's: a newer primary exists, or the
+// coordination layer's epochs restarted (Consul lost its data). Promised
+// is the highest promise seen, for a caller that can prove it holds the
+// lease and so may start again above it.
+type StaleEpochError struct {
+	Epoch, Promised uint64
+	Err             error
+}
+
+func (e *StaleEpochError) Error() string {
+	return fmt.Sprintf("epoch %d: a replica has promised epoch %d: %v", e.Epoch, e.Promised, e.Err)
+}
+
+func (e *StaleEpochError) Unwrap() error { return e.Err }
 
 // Size returns the volume size in bytes.
 func (e *Engine) Size() int64 { return e.cfg.Size }
@@ -321,15 +372,24 @@ func (e *Engine) Flush(ctx context.Context) error {
 	return e.replicate(ctx, Frame{Type: FrameFlush})
 }
 
-// Trim implements Device.
+// Trim implements Device. A large trim goes out as pieces of at most
+// trimPieceExtents extents each, so that one request never makes the
+// activity log outgrow its bound (a blkdiscard of a whole volume, a
+// WRITE_ZEROES of many GiB).
 func (e *Engine) Trim(ctx context.Context, off, n int64) error {
 	if err := e.checkRange(off, n); err != nil {
 		return err
 	}
-	if n == 0 {
-		return nil
+	piece := int64(e.al.cap/8) * ExtentSize
+	for n > 0 {
+		// End each piece on an extent boundary so it spans the fewest.
+		l := min(n, piece-off%ExtentSize)
+		if err := e.replicate(ctx, Frame{Type: FrameTrim, Offset: uint64(off), Length: uint64(l)}); err != nil {
+			return err
+		}
+		off, n = off+l, n-l
 	}
-	return e.replicate(ctx, Frame{Type: FrameTrim, Offset: uint64(off), Length: uint64(n)})
+	return nil
 }
 
 // dataRange returns the byte range a request changes, if any.
@@ -343,9 +403,17 @@ func dataRange(req *Frame) (int64, int64, bool) {
 	return 0, 0, false
 }
 
+// errReconnecting is settle's answer when the request failed on every
+// in-sync replica and the one kept as the volume's copy lost its
+// connection: the request is sent again once it is back.
+var errReconnecting = errors.New("the last in-sync replica is reconnecting")
+
 // replicate sends an application request (write, trim or flush) to every
 // in-sync and resyncing replica and returns once all in-sync ones have
-// applied it, after dropping (and recording) any that failed.
+// applied it, after dropping (and recording) any that failed. When it
+// failed on all of them, the last one stays the volume's copy (the in-sync
+// set is never empty): the request is sent again once that replica is
+// reconnected, or fails with its error when the replica answered with one.
 func (e *Engine) replicate(ctx context.Context, req Frame) error {
 	if e.fenced.Load() {
 		return e.fencedErr()
@@ -358,33 +426,7 @@ func (e *Engine) replicate(ctx context.Context, req Frame) error {
 		}
 		defer e.alRelease(first, last)
 	}
-	psum := payloadSum(req.Payload)
-	e.order.Lock()
-	for isData && e.lockedLocked(off, n) {
-		e.orderCond.Wait()
-	}
-	set := e.targets
-	if isData {
-		for _, p := range set.behind {
-			p.dirty.SetRange(off, n)
-		}
-	}
-	calls := make([]*call, len(set.inSync))
-	for i, t := range set.inSync {
-		calls[i] = t.c.startSummed(req, psum, nil)
-	}
-	rcalls := make([]*call, len(set.resyncing))
-	for i, t := range set.resyncing {
-		rcalls[i] = t.c.startSummed(req, psum, nil)
-	}
-	e.order.Unlock()
-
-	for i, cl := range rcalls {
-		if _, err := set.resyncing[i].c.wait(cl); err != nil {
-			e.resyncTargetFailed(set.resyncing[i], err, off, n, isData)
-		}
-	}
-	if err := e.settle(ctx, set, calls, req.Type, off, n, isData); err != nil {
+	if err := e.apply(ctx, req); err != nil {
 		return err
 	}
 	if err := e.waitMinInSync(ctx); err != nil {
@@ -393,25 +435,75 @@ func (e *Engine) replicate(ctx context.Context, req Frame) error {
 	return e.passGate(ctx)
 }
 
+// apply sends req to every in-sync and resyncing replica and settles it,
+// sending it again while the last in-sync replica reconnects.
+func (e *Engine) apply(ctx context.Context, req Frame) error {
+	off, n, isData := dataRange(&req)
+	psum := payloadSum(req.Payload)
+	for {
+		e.order.Lock()
+		for isData && e.lockedLocked(off, n) {
+			e.orderCond.Wait()
+		}
+		set := e.targets
+		if isData {
+			for _, p := range set.behind {
+				p.dirty.SetRange(off, n)
+			}
+		}
+		calls := make([]*call, len(set.inSync))
+		for i, t := range set.inSync {
+			calls[i] = t.c.startSummed(req, psum, nil)
+		}
+		rcalls := make([]*call, len(set.resyncing))
+		for i, t := range set.resyncing {
+			rcalls[i] = t.c.startSummed(req, psum, nil)
+		}
+		e.order.Unlock()
+
+		for i, cl := range rcalls {
+			if _, err := set.resyncing[i].c.wait(cl); err != nil {
+				e.resyncTargetFailed(set.resyncing[i], err, off, n, isData)
+			}
+		}
+		err := e.settle(ctx, set, calls, req.Type, off, n, isData)
+		if errors.Is(err, errReconnecting) {
+			if err := e.waitReconnect(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		return err
+	}
+}
+
 // broadcast sends a control request (activity log, bitmaps) to every
 // in-sync replica and settles the outcome like a write.
 func (e *Engine) broadcast(ctx context.Context, req Frame) error {
-	if e.fenced.Load() {
-		return e.fencedErr()
+	for {
+		if e.fenced.Load() {
+			return e.fencedErr()
+		}
+		psum := payloadSum(req.Payload)
+		e.order.Lock()
+		set := e.targets
+		calls := make([]*call, len(set.inSync))
+		for i, t := range set.inSync {
+			calls[i] = t.c.startSummed(req, psum, nil)
+		}
+		e.order.Unlock()
+		err := e.settle(ctx, set, calls, req.Type, 0, 0, false)
+		if !errors.Is(err, errReconnecting) {
+			return err
+		}
+		if err := e.waitReconnect(ctx); err != nil {
+			return err
+		}
 	}
-	psum := payloadSum(req.Payload)
-	e.order.Lock()
-	set := e.targets
-	calls := make([]*call, len(set.inSync))
-	for i, t := range set.inSync {
-		calls[i] = t.c.startSummed(req, psum, nil)
-	}
-	e.order.Unlock()
-	return e.settle(ctx, set, calls, req.Type, 0, 0, false)
 }
 
 // settle waits for calls sent to set.inSync and decides the outcome: fence
-// on a stale epoch, drop failed replicas (marking the request's range in
+// on a stale epoch, drop failed replicas (marking what they may miss in
 // their bitmaps), and make sure the in-sync set the request relied on is
 // recorded before the request completes.
 func (e *Engine) settle(ctx context.Context, set *targetSet, calls []*call, what FrameType, off, n int64, isData bool) error {
@@ -433,15 +525,24 @@ func (e *Engine) settle(ctx context.Context, set *targetSet, calls []*call, what
 			return e.fencedErr()
 		}
 	}
-	if len(failed) > 0 || e.recorded.Load() < set.version {
-		if err := e.drop(ctx, failed, off, n, isData); err != nil {
-			return err
-		}
+	if len(failed) == 0 && e.recorded.Load() >= set.version {
+		return nil
 	}
-	if len(failed) == len(calls) {
-		return fmt.Errorf("%w: volume %s: %s failed on every replica: %w", ErrNoReplicas, e.cfg.Volume, what, joinErrs(failed))
+	kept, err := e.drop(ctx, failed, off, n, isData)
+	if err != nil {
+		return err
 	}
-	return nil
+	if len(failed) < len(calls) {
+		return nil
+	}
+	// It failed everywhere; kept is the copy the volume keeps.
+	e.stateMu.Lock()
+	alive := kept != nil && kept.client != nil && kept.client.failure() == nil
+	e.stateMu.Unlock()
+	if alive {
+		return fmt.Errorf("volume %s: %s failed on its last in-sync replica: %w", e.cfg.Volume, what, failed[kept])
+	}
+	return errReconnecting
 }
 
 func joinErrs(m map[*peer]error) error {
@@ -504,27 +605,74 @@ func sameMembers(a, b []target) bool {
 	return slices.EqualFunc(a, b, func(x, y target) bool { return x.p == y.p })
 }
 
-// drop removes failed replicas from the in-sync set, records the new set
-// through the hook, and marks [off, off+n) in each failed replica's bitmap.
-// It returns only when the set every caller relied on is recorded, or with
-// the hook's error.
-func (e *Engine) drop(ctx context.Context, failed map[*peer]error, off, n int64, isData bool) error {
+// markUnflushed marks in p's bitmap every block it may lack without
+// knowing it: the request's range, and every extent of the activity log.
+// A replica acknowledges a write once it is in its page cache; if its host
+// loses power before the next flush, every write since its last flush is
+// gone. The activity log holds every extent written since the last flush
+// on all replicas (an extent leaves it only after one), so it covers them.
+// Callers hold stateMu; p.dirty is not nil.
+func (e *Engine) markUnflushed(p *peer, off, n int64, isData bool) {
+	if isData {
+		p.dirty.SetRange(off, n)
+	}
+	for _, x := range e.al.all() {
+		p.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
+	}
+}
+
+// drop removes failed replicas from the in-sync set, records the new set,
+// and marks in each failed replica's bitmap what it may miss. The in-sync
+// set never becomes empty: when every in-sync replica failed, one of them
+// (one that answered with an error before one whose connection broke, the
+// local one before a remote one) stays the volume's copy and is returned.
+// drop returns only when the set every caller relied on is recorded.
+func (e *Engine) drop(ctx context.Context, failed map[*peer]error, off, n int64, isData bool) (*peer, error) {
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
+	var kept *peer
+	remaining := 0
+	for _, p := range e.peers {
+		if p.state == StateInSync && failed[p] == nil {
+			remaining++
+		}
+	}
+	if remaining == 0 && len(failed) > 0 {
+		for _, p := range e.peers {
+			if failed[p] == nil || p.state != StateInSync {
+				continue
+			}
+			alive := p.client != nil && p.client.failure() == nil
+			best := kept == nil
+			if kept != nil {
+				keptAlive := kept.client != nil && kept.client.failure() == nil
+				best = (alive && !keptAlive) || (alive == keptAlive && p.cfg.Local && !kept.cfg.Local)
+			}
+			if best {
+				kept = p
+			}
+		}
+		if kept != nil {
+			e.log.Error("every in-sync replica failed the request: keeping one as the volume's copy",
+				"replica", kept.cfg.Addr, "error", failed[kept])
+		}
+	}
 	changed := false
 	for p, err := range failed {
+		if p == kept {
+			continue
+		}
 		if p.state != StateInSync {
 			if isData && p.dirty != nil {
 				p.dirty.SetRange(off, n)
 			}
+			p.missed++
 			continue
 		}
 		p.state, p.reason = StateDropped, err.Error()
-		p.dirty = NewBitmap(e.cfg.Size)
+		p.dirty, p.dirtyInc = NewBitmap(e.cfg.Size), p.open.Incarnation
 		p.persisted = ^uint64(0)
-		if isData {
-			p.dirty.SetRange(off, n)
-		}
+		e.markUnflushed(p, off, n, isData)
 		changed = true
 		e.log.Error("dropping replica from the in-sync set", "replica", p.cfg.Addr, "error", err)
 		go p.client.close()
@@ -534,27 +682,143 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, off, n int64,
 		e.setTargetsLocked(e.rebuildLocked())
 		e.order.Unlock()
 	}
-	return e.recordLocked(ctx)
+	return kept, e.recordLocked(ctx)
 }
 
-// recordLocked records the current set through the hook if it has not been
-// recorded yet. Callers hold stateMu.
+// recordLocked records the current in-sync set if it has not been
+// recorded yet: first on every member (its generation, durably), then
+// through the hook. A member that fails to take it is dropped and the
+// smaller set recorded instead, except the last, which is kept and waited
+// for (errReconnecting). Hook failures (Consul unreachable) are retried,
+// holding the writes that wait for the record, until the hook succeeds,
+// the engine is fenced, or ctx ends. Callers hold stateMu.
 func (e *Engine) recordLocked(ctx context.Context) error {
-	e.order.Lock()
-	set := e.targets
-	e.order.Unlock()
-	if e.recorded.Load() >= set.version {
-		return nil
+	for attempt := 0; ; attempt++ {
+		e.order.Lock()
+		set := e.targets
+		e.order.Unlock()
+		if e.recorded.Load() >= set.version {
+			return nil
+		}
+		if e.fenced.Load() {
+			return e.fencedErr()
+		}
+		addrs := make([]string, len(set.inSync))
+		for i, t := range set.inSync {
+			addrs[i] = t.p.cfg.Addr
+		}
+		if e.genSet != set.version {
+			m := Membership{Gen: e.gen + 1, Replicas: addrs}
+			if retry, err := e.writeMembershipLocked(set, m); err != nil || retry {
+				if err != nil {
+					return err
+				}
+				continue // a member failed and was dropped: record the smaller set
+			}
+			e.gen, e.genSet = m.Gen, set.version
+		}
+		err := e.cfg.Hook.SetInSync(ctx, e.cfg.Epoch, e.gen, addrs)
+		if err == nil {
+			e.recorded.Store(set.version)
+			return nil
+		}
+		if errors.Is(err, ErrFenced) {
+			e.fence(err)
+			return e.fencedErr()
+		}
+		if attempt == 0 {
+			e.log.Warn("recording the in-sync set failed: holding the writes that depend on it and retrying",
+				"in_sync", addrs, "generation", e.gen, "error", err)
+		}
+		e.holding.Add(1)
+		werr := ctxutil.Sleep(ctx, min(time.Duration(attempt+1)*50*time.Millisecond, time.Second))
+		e.holding.Add(-1)
+		if werr != nil {
+			return fmt.Errorf("volume %s: record in-sync set %v: %w (last error: %w)", e.cfg.Volume, addrs, werr, err)
+		}
 	}
-	addrs := make([]string, len(set.inSync))
+}
+
+// writeMembershipLocked writes m to every member of set. A member that
+// fails is dropped (retry: the caller records the smaller set), unless it
+// is the last one: then errReconnecting when its connection broke, or its
+// error. Callers hold stateMu.
+func (e *Engine) writeMembershipLocked(set *targetSet, m Membership) (retry bool, err error) {
+	payload, _ := json.Marshal(m)
+	calls := make([]*call, len(set.inSync))
 	for i, t := range set.inSync {
-		addrs[i] = t.p.cfg.Addr
+		calls[i] = t.c.start(Frame{Type: FrameMembership, Payload: payload}, nil)
 	}
-	if err := e.cfg.Hook.SetInSync(ctx, e.cfg.Epoch, addrs); err != nil {
-		return fmt.Errorf("volume %s: record in-sync set %v: %w", e.cfg.Volume, addrs, err)
+	var failed []int
+	var errs []error
+	for i, t := range set.inSync {
+		if _, err := t.c.wait(calls[i]); err != nil {
+			if errors.Is(err, ErrStaleEpoch) {
+				e.fence(err)
+				return false, e.fencedErr()
+			}
+			failed, errs = append(failed, i), append(errs, err)
+		}
 	}
-	e.recorded.Store(set.version)
-	return nil
+	if len(failed) == 0 {
+		return false, nil
+	}
+	if len(failed) == len(set.inSync) {
+		t := set.inSync[failed[0]]
+		if t.c.failure() != nil {
+			return false, errReconnecting
+		}
+		return false, fmt.Errorf("volume %s: record generation %d on the last in-sync replica %s: %w", e.cfg.Volume, m.Gen, t.p.cfg.Addr, errs[0])
+	}
+	for j, i := range failed {
+		p := set.inSync[i].p
+		p.state, p.reason = StateDropped, errs[j].Error()
+		p.dirty, p.dirtyInc = NewBitmap(e.cfg.Size), p.open.Incarnation
+		p.persisted = ^uint64(0)
+		e.markUnflushed(p, 0, 0, false)
+		e.log.Error("dropping replica that failed to record the in-sync set", "replica", p.cfg.Addr, "error", errs[j])
+		go p.client.close()
+	}
+	e.order.Lock()
+	e.setTargetsLocked(e.rebuildLocked())
+	e.order.Unlock()
+	return true, nil
+}
+
+// waitReconnect waits until every in-sync replica has a working connection
+// again (the background loop reconnects them), the engine is fenced, or
+// ctx ends.
+func (e *Engine) waitReconnect(ctx context.Context) error {
+	e.holding.Add(1)
+	defer e.holding.Add(-1)
+	logged := false
+	for {
+		e.order.Lock()
+		set, ch := e.targets, e.changed
+		e.order.Unlock()
+		if e.fenced.Load() {
+			return e.fencedErr()
+		}
+		ok := len(set.inSync) > 0
+		for _, t := range set.inSync {
+			if t.c == nil || t.c.failure() != nil {
+				ok = false
+			}
+		}
+		if ok {
+			return nil
+		}
+		if !logged {
+			e.log.Warn("holding I/O: the last in-sync replica is unreachable; waiting for it to come back")
+			logged = true
+		}
+		select {
+		case <-ch:
+		case <-time.After(e.cfg.ReconnectInterval):
+		case <-ctx.Done():
+			return fmt.Errorf("volume %s: I/O held for the last in-sync replica abandoned: %w", e.cfg.Volume, ctx.Err())
+		}
+	}
 }
 
 // waitMinInSync blocks while fewer than MinInSync replicas are in sync.
@@ -618,8 +882,20 @@ func (e *Engine) readAt(ctx context.Context, p []byte, off int64) error {
 			e.fence(err)
 			return e.fencedErr()
 		}
-		if derr := e.drop(ctx, map[*peer]error{src.p: err}, 0, 0, false); derr != nil {
+		kept, derr := e.drop(ctx, map[*peer]error{src.p: err}, 0, 0, false)
+		if errors.Is(derr, errReconnecting) || (derr == nil && kept == src.p && src.c.failure() != nil) {
+			// The last in-sync replica's connection broke: read again
+			// once it is back.
+			if werr := e.waitReconnect(ctx); werr != nil {
+				return werr
+			}
+			continue
+		}
+		if derr != nil {
 			return derr
+		}
+		if kept == src.p {
+			return fmt.Errorf("volume %s: read failed on its last in-sync replica: %w", e.cfg.Volume, err)
 		}
 	}
 }

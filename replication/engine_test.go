@@ -26,7 +26,7 @@ type recordingHook struct {
 	fail error
 }
 
-func (h *recordingHook) SetInSync(_ context.Context, _ uint64, set []string) error {
+func (h *recordingHook) SetInSync(_ context.Context, _, _ uint64, set []string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.fail != nil {
@@ -162,6 +162,11 @@ func TestEngineDropsFailedReplicaAndRecordsFirst(t *testing.T) {
 	}
 }
 
+// TestEngineHoldsWritesUntilHookRecords (issue #10, scenario 9): a replica
+// is dropped while the in-sync record cannot be written (a Consul blip).
+// The write that depends on the record is held, not failed with an error
+// (which would make ext4 remount read-only), and completes once the
+// record is written; no write completes while the drop is unrecorded.
 func TestEngineHoldsWritesUntilHookRecords(t *testing.T) {
 	rs := []*testReplica{startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())}
 	hook := &recordingHook{}
@@ -172,27 +177,61 @@ func TestEngineHoldsWritesUntilHookRecords(t *testing.T) {
 	hook.fail = errors.New("consul unreachable")
 	hook.mu.Unlock()
 	rs[0].stop()
-	err := e.WriteAt(ctx, []byte("x"), 0, false)
-	must.ErrorContains(t, err, "consul unreachable")
-	// While the drop is unrecorded, no write completes, even one that only
-	// went to the surviving replica.
-	must.ErrorContains(t, e.WriteAt(ctx, []byte("y"), 0, false), "consul unreachable")
+	done := make(chan error, 2)
+	go func() { done <- e.WriteAt(ctx, []byte("x"), 0, false) }()
+	go func() { done <- e.WriteAt(ctx, []byte("y"), 8192, false) }()
+	select {
+	case err := <-done:
+		t.Fatalf("a write completed while the drop was unrecorded: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	must.True(t, e.holding.Load() > 0)
 
 	hook.mu.Lock()
 	hook.fail = nil
 	hook.mu.Unlock()
-	must.NoError(t, e.WriteAt(ctx, []byte("z"), 0, false))
+	must.NoError(t, <-done)
+	must.NoError(t, <-done)
 	must.Eq(t, []string{rs[1].addr}, hook.last())
 }
 
-func TestEngineLastReplicaGone(t *testing.T) {
-	r := startTestReplica(t, t.TempDir())
-	e := startTestEngine(t, "vol", 1<<20, 1, nil, r)
-	r.stop()
+// TestEngineLastReplicaNeverDropped (issue #10, scenario 4): the last
+// in-sync replica failing (a timeout, a restart) does not record an empty
+// in-sync set; writes wait for it and complete once it is back.
+func TestEngineLastReplicaNeverDropped(t *testing.T) {
+	dir := t.TempDir()
+	r := startTestReplica(t, dir)
+	hook := &recordingHook{}
+	e := startTestEngine(t, "vol", 1<<20, 1, hook, r)
 	ctx := context.Background()
-	must.ErrorIs(t, e.WriteAt(ctx, []byte("x"), 0, false), ErrNoReplicas)
-	must.ErrorIs(t, e.WriteAt(ctx, []byte("x"), 0, false), ErrNoReplicas)
-	must.ErrorIs(t, e.ReadAt(ctx, make([]byte, 1), 0), ErrNoReplicas)
+	must.NoError(t, e.WriteAt(ctx, []byte("before"), 0, true))
+	r.stop()
+
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	must.ErrorIs(t, e.WriteAt(short, []byte("x"), 4096, false), context.DeadlineExceeded)
+	for _, set := range hook.sets {
+		must.SliceNotEmpty(t, set)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.WriteAt(ctx, []byte("after"), 4096, false) }()
+	time.Sleep(200 * time.Millisecond)
+	r = startTestReplicaAt(t, dir, r.addr)
+	must.NoError(t, <-done)
+	buf := make([]byte, 6)
+	must.NoError(t, e.ReadAt(ctx, buf, 0))
+	must.Eq(t, "before", string(buf))
+	must.Eq(t, 1, e.Status().InSync)
+	for _, set := range hook.sets {
+		must.SliceNotEmpty(t, set)
+	}
+
+	// Every replica failing the same request with an error (a full disk
+	// everywhere) fails the request but keeps the replica in sync.
+	e2 := startTestEngine(t, "vol2", 1<<20, 1, hook, r)
+	must.NoError(t, e2.WriteAt(ctx, []byte("kept"), 0, true))
+	must.Eq(t, 1, e2.Status().InSync)
+	must.SliceNotEmpty(t, hook.last())
 }
 
 func TestEngineNewEmptyReplicaIsOutOfSync(t *testing.T) {
@@ -210,10 +249,12 @@ func TestEngineNewEmptyReplicaIsOutOfSync(t *testing.T) {
 	must.Eq(t, []string{a.addr, b.addr}, hook.last())
 	must.Eq(t, fileSum(t, a.store.DataPath("vol")), fileSum(t, b.store.DataPath("vol")))
 
-	// An explicit in-sync set from the coordination layer wins.
+	// A record of a newer generation than every reachable replica holds
+	// wins: they are stale, nothing is served.
 	e2.Close()
+	gen := replicaMembership(t, b, "vol").Gen
 	_, err := StartEngine(context.Background(), EngineConfig{Volume: "vol", Size: 1 << 20, Epoch: 3,
-		Replicas: []ReplicaConfig{{Addr: b.addr}}, InSync: []string{a.addr}, Log: testLogger(t)})
+		Replicas: []ReplicaConfig{{Addr: b.addr}}, Recorded: &Membership{Gen: gen + 1, Replicas: []string{a.addr}}, Log: testLogger(t)})
 	must.ErrorIs(t, err, ErrNoReplicas)
 }
 

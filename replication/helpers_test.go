@@ -97,3 +97,13 @@ func waitInSync(t testing.TB, e *Engine, n int) EngineStatus {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// replicaMembership reads the membership a replica recorded, from its
+// metadata file.
+func replicaMembership(t testing.TB, r *testReplica, volume string) Membership {
+	t.Helper()
+	mf, err := openMeta(r.store.metaPath(volume))
+	must.NoError(t, err)
+	defer mf.close()
+	return mf.cur.Membership
+}

@@ -28,6 +28,27 @@ type Meta struct {
 	// ActivityLog lists the extents (of ExtentSize bytes) the primary marked
 	// hot: the only places where replicas may differ after a primary crash.
 	ActivityLog []uint64 `json:"activity_log,omitempty"`
+	// Incarnation is a random number drawn when the replica is created. A
+	// replica whose data directory was lost and created again has another
+	// one, so nothing recorded about its predecessor (a persisted bitmap)
+	// is ever applied to it.
+	Incarnation uint64 `json:"incarnation,omitempty"`
+	// Membership is the newest in-sync set this replica was made a member
+	// of, with its generation. A primary writes it to every member before
+	// it records the set in Consul and before any write that depends on
+	// it completes, so a replica knows on its own whether it was current:
+	// a replica whose generation is below the volume's newest one is stale
+	// whatever Consul remembers (see Membership).
+	Membership Membership `json:"membership"`
+}
+
+// Membership is an in-sync set and its generation (DRBD's current data
+// generation, as a counter). The generation grows by one with every
+// change of the set. Generation 0 with no replicas means "never a member
+// of any set": a new or wiped replica.
+type Membership struct {
+	Gen      uint64   `json:"gen"`
+	Replicas []string `json:"replicas,omitempty"`
 }
 
 // A slot file holds two fixed-size slots. Each write goes to the slot not

@@ -135,18 +135,29 @@ func (e *Engine) loadBitmaps(ctx context.Context, set *targetSet, hot []uint64) 
 			continue
 		}
 		var dirty *Bitmap
+		var inc uint64
 		for _, t := range set.inSync {
 			reply, err := t.c.wait(t.c.start(Frame{Type: FrameGetBitmap, Payload: []byte(p.cfg.Addr)}, nil))
-			if err != nil || len(reply.Payload) == 0 || reply.Payload[0] != 1 {
+			if err != nil || len(reply.Payload) == 0 {
 				continue
 			}
-			b := NewBitmap(e.cfg.Size)
-			if err := b.MergeEncoded(reply.Payload[1:]); err != nil {
-				e.log.Warn("ignoring a corrupt persisted bitmap", "replica", p.cfg.Addr, "holder", t.p.cfg.Addr, "error", err)
+			binc, b, err := decodePeerBitmap(reply.Payload, e.cfg.Size)
+			if err != nil {
+				e.log.Warn("ignoring an unreadable persisted bitmap", "replica", p.cfg.Addr, "holder", t.p.cfg.Addr, "error", err)
 				continue
+			}
+			if p.client != nil && binc != p.open.Incarnation {
+				e.log.Warn("ignoring the persisted bitmap of an earlier incarnation of the replica", "replica", p.cfg.Addr, "holder", t.p.cfg.Addr)
+				continue
+			}
+			if dirty != nil && binc != inc {
+				// Two holders disagree on which replica it describes:
+				// trust neither.
+				dirty = nil
+				break
 			}
 			if dirty == nil {
-				dirty = NewBitmap(e.cfg.Size)
+				dirty, inc = NewBitmap(e.cfg.Size), binc
 			}
 			if err := dirty.MergeEncoded(b.Encode(maxControlPayload)); err != nil {
 				continue
@@ -159,7 +170,7 @@ func (e *Engine) loadBitmaps(ctx context.Context, set *targetSet, hot []uint64) 
 		for _, x := range hot {
 			dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
 		}
-		p.dirty, p.persisted = dirty, ^uint64(0)
+		p.dirty, p.dirtyInc, p.persisted = dirty, inc, ^uint64(0)
 		e.log.Info("loaded the bitmap of a replica that is behind", "replica", p.cfg.Addr, "dirty_bytes", dirty.Count()*BlockSize)
 	}
 }

@@ -75,6 +75,16 @@ func (e *Engine) startResyncs(ctx context.Context) {
 	defer e.stateMu.Unlock()
 	now := time.Now()
 	for _, p := range e.peers {
+		if p.state == StateInSync && !p.busy && (p.client == nil || p.client.failure() != nil) {
+			p.busy = true
+			e.wg.Go(func() {
+				e.reconnectInSync(ctx, p)
+				e.stateMu.Lock()
+				p.busy = false
+				e.stateMu.Unlock()
+			})
+			continue
+		}
 		if p.state != StateInSync && p.state != StateResyncing && !p.busy && !now.Before(p.retryAt) {
 			p.busy = true
 			e.wg.Go(func() {
@@ -85,6 +95,37 @@ func (e *Engine) startResyncs(ctx context.Context) {
 			})
 		}
 	}
+}
+
+// reconnectInSync reconnects an in-sync replica whose connection broke
+// while it was the last one (drop keeps it as the volume's copy). It must
+// come back as the same replica with the same history: never created
+// anew, same incarnation, same generation; otherwise it is no longer the
+// copy and I/O stays held (the volume is offline until an operator acts).
+func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
+	nc, open, err := dialReplica(ctx, p.cfg.Addr, e.cfg.Volume, e.cfg.Size, e.cfg.Epoch, false, e.cfg.Timeout, e.log)
+	if err != nil {
+		if errors.Is(err, ErrStaleEpoch) {
+			e.Fence(err)
+			return
+		}
+		e.log.Trace("last in-sync replica still unreachable", "replica", p.cfg.Addr, "error", err)
+		return
+	}
+	e.stateMu.Lock()
+	defer e.stateMu.Unlock()
+	if open.Incarnation != p.open.Incarnation || open.Membership.Gen != e.gen {
+		p.reason = fmt.Sprintf("came back without its history (incarnation %x, generation %d; want %x, %d): it is no longer the volume's copy",
+			open.Incarnation, open.Membership.Gen, p.open.Incarnation, e.gen)
+		e.log.Error("the last in-sync replica came back without its data: I/O stays held", "replica", p.cfg.Addr, "reason", p.reason)
+		go nc.close()
+		return
+	}
+	p.client, p.open, p.reason = nc, open, ""
+	e.order.Lock()
+	e.setTargetsLocked(e.rebuildLocked())
+	e.order.Unlock()
+	e.log.Info("last in-sync replica reconnected", "replica", p.cfg.Addr, "clean", open.Clean)
 }
 
 // resyncPeer connects to p if needed, resyncs it and makes it rejoin.
@@ -105,14 +146,22 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		c = nc
 		e.stateMu.Lock()
 		p.client, p.open = c, open
-		if open.empty() && !p.created {
+		switch {
+		case open.holdsNothing():
 			// It holds nothing (new, or its data is gone: a new disk, a
-			// wiped data dir): a bitmap no longer describes what it misses,
-			// and a full copy of what is allocated is all it needs.
+			// wiped data dir): a full copy of what is allocated.
 			p.created, p.dirty = true, nil
+		case p.dirty != nil && p.dirtyInc != 0 && p.dirtyInc != open.Incarnation:
+			// Not the replica the bitmap was kept for (its data was lost
+			// and it was made again): compare everything.
+			e.log.Warn("replica was re-created since its bitmap was kept: comparing it whole", "replica", p.cfg.Addr)
+			p.dirty = nil
+		}
+		if p.dirty != nil {
+			p.dirtyInc = open.Incarnation
 		}
 		e.stateMu.Unlock()
-		e.log.Info("replica reachable again", "replica", p.cfg.Addr, "was", wasState)
+		e.log.Info("replica reachable again", "replica", p.cfg.Addr, "was", wasState, "clean", open.Clean)
 	}
 
 	e.stateMu.Lock()
@@ -123,20 +172,40 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 	case p.dirty != nil:
 		mode = "bitmap"
 	}
+	if !p.open.Clean && p.dirty != nil {
+		// It crashed (or its host lost power) since: it may have lost any
+		// write it had not flushed, which the activity log covers.
+		e.markUnflushed(p, 0, 0, false)
+	}
 	dirty := p.dirty
 	prog := &resyncProgress{mode: mode, started: time.Now()}
 	// The reason stays: it says why the replica fell behind.
 	p.resync, p.state = prog, StateResyncing
 	e.order.Lock()
 	e.setTargetsLocked(e.rebuildLocked())
+	// From here on writes go to the replica (no longer to its bitmap).
+	var dirtyChanges uint64
+	if dirty != nil {
+		dirtyChanges = dirty.Changes()
+	}
+	missed := p.missed
 	e.order.Unlock()
 	e.stateMu.Unlock()
 
 	logDone := make(chan struct{})
 	e.wg.Go(func() { e.logProgress(p.cfg.Addr, prog, logDone) })
-	err := e.resyncPass(ctx, c, dirty, prog)
+	var err error
+	if dirty == nil {
+		// A bitmap kept earlier for this replica no longer describes what
+		// it misses once a full or compare pass starts writing to it: a
+		// later primary must compare it whole, not trust that bitmap.
+		err = e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(p.cfg.Addr, nil)})
+	}
 	if err == nil {
-		err = e.rejoin(ctx, p, c, prog)
+		err = e.resyncPass(ctx, c, dirty, prog)
+	}
+	if err == nil {
+		err = e.rejoin(ctx, p, c, prog, dirtyChanges, missed)
 	}
 	close(logDone)
 	if err != nil {
@@ -322,8 +391,10 @@ func (e *Engine) unlockRangeLocked(r byteRange) {
 // copyRange copies [off, off+n) from an in-sync replica to c, with the
 // range locked against application writes from the source read until the
 // copy is sent. Zero data is sent as a trim, which keeps holes holes and
-// costs no bandwidth. dirty, if set, is cleared for the range before the
-// read and marked again if the copy fails.
+// costs no bandwidth. The bits of a bitmap resync are NOT cleared here:
+// the copy is only in the target's page cache, and a bitmap persisted now
+// must still name it. They go all at once when the target has flushed
+// (rejoin).
 func (e *Engine) copyRange(ctx context.Context, c *replicaClient, dirty *Bitmap, off, n int64, prog *resyncProgress) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -337,9 +408,6 @@ func (e *Engine) copyRange(ctx context.Context, c *replicaClient, dirty *Bitmap,
 		return err
 	}
 	e.lockRangeLocked(r)
-	if dirty != nil {
-		dirty.ClearRange(off, n)
-	}
 	rc := src.c.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(n)}, buf)
 	e.order.Unlock()
 
@@ -360,9 +428,6 @@ func (e *Engine) copyRange(ctx context.Context, c *replicaClient, dirty *Bitmap,
 		_, err = c.wait(wc)
 	}
 	if err != nil {
-		if dirty != nil {
-			dirty.SetRange(off, n)
-		}
 		return err
 	}
 	if !zero {
@@ -479,7 +544,12 @@ func (e *Engine) allocated(ctx context.Context, off, n int64) ([][2]int64, error
 // rejoin makes a resynced replica in sync: it flushes it, hands it the
 // activity log, moves it into the in-sync set (recorded through the hook)
 // and deletes its persisted bitmap.
-func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *resyncProgress) error {
+//
+// dirtyChanges and missed are the bitmap's change count and the peer's
+// missed-write count when the pass began: if either moved, a write the
+// pass did not copy was missed meanwhile, and the replica does not rejoin
+// (the next attempt copies it).
+func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *resyncProgress, dirtyChanges, missed uint64) error {
 	if _, err := c.wait(c.start(Frame{Type: FrameFlush}, nil)); err != nil {
 		return err
 	}
@@ -495,9 +565,9 @@ func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *re
 		e.stateMu.Unlock()
 		return fmt.Errorf("replica %s left resync: %s", p.cfg.Addr, p.reason)
 	}
-	if p.dirty != nil && p.dirty.Count() != 0 {
+	if (p.dirty != nil && p.dirty.Changes() != dirtyChanges) || p.missed != missed {
 		e.stateMu.Unlock()
-		return fmt.Errorf("replica %s: %d blocks dirtied again during resync", p.cfg.Addr, p.dirty.Count())
+		return fmt.Errorf("replica %s: writes were missed during resync", p.cfg.Addr)
 	}
 	p.state, p.dirty, p.created = StateInSync, nil, false
 	prog.elapsed.Store(int64(time.Since(prog.started)))
@@ -537,9 +607,10 @@ func (e *Engine) resyncTargetFailed(t target, err error, off, n int64, isData bo
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
 	p := t.p
-	if isData && p.dirty != nil {
-		p.dirty.SetRange(off, n)
+	if p.dirty != nil {
+		e.markUnflushed(p, off, n, isData)
 	}
+	p.missed++
 	if p.state == StateResyncing && p.client == t.c {
 		p.state, p.reason = StateDropped, err.Error()
 		e.log.Error("replica failed during resync", "replica", p.cfg.Addr, "error", err)

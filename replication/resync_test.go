@@ -96,8 +96,9 @@ func TestChecksumResyncRepairsAlteredReplica(t *testing.T) {
 	must.NoError(t, f.Close())
 
 	// A new primary that does not know the third replica's history.
+	gen := replicaMembership(t, rs[0], "vol").Gen
 	cfg := EngineConfig{Volume: "vol", Size: size, Epoch: 2, Log: testLogger(t), ReconnectInterval: 50 * time.Millisecond,
-		InSync: []string{rs[0].addr, rs[1].addr}}
+		Recorded: &Membership{Gen: gen, Replicas: []string{rs[0].addr, rs[1].addr}}}
 	for _, r := range rs {
 		cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: r.addr})
 	}
@@ -183,7 +184,7 @@ func TestBitmapSurvivesPrimaryRestart(t *testing.T) {
 
 	rs[1] = startTestReplicaAt(t, dirs[1], rs[1].addr)
 	cfg := EngineConfig{Volume: "vol", Size: size, Epoch: 2, Log: testLogger(t), ReconnectInterval: 50 * time.Millisecond,
-		InSync: []string{rs[0].addr}, Replicas: []ReplicaConfig{{Addr: rs[0].addr}, {Addr: rs[1].addr}}}
+		Replicas: []ReplicaConfig{{Addr: rs[0].addr}, {Addr: rs[1].addr}}}
 	e2, err := StartEngine(ctx, cfg)
 	must.NoError(t, err)
 	defer e2.Close()

@@ -33,11 +33,17 @@ type openReply struct {
 	Created bool `json:"created"`
 	// ActivityLog is the replica's activity log (hot extents).
 	ActivityLog []uint64 `json:"activity_log,omitempty"`
+	// Incarnation and Membership are the replica's (see Meta).
+	Incarnation uint64     `json:"incarnation"`
+	Membership  Membership `json:"membership"`
 }
 
-// empty reports whether the replica holds no data: just created, or never
-// written by any primary (created ahead of use by the controller).
-func (o openReply) empty() bool { return o.Created || o.Generation == 0 }
+// holdsNothing reports whether the replica holds no data and no history:
+// just created, or never written by a primary nor made a member of an
+// in-sync set. Resync gives it a full copy of what is allocated.
+func (o openReply) holdsNothing() bool {
+	return o.Created || (o.Generation == 0 && o.Membership.Gen == 0)
+}
 
 // ServerStats counts what a replica server did, for tests and status.
 type ServerStats struct {
@@ -201,9 +207,7 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 			return err
 		}
 		*vol = v
-		m := v.Meta()
-		reply.Payload, _ = json.Marshal(openReply{Size: v.Size(), Epoch: m.Epoch, Generation: m.Generation,
-			Clean: v.WasClean(), Created: created, ActivityLog: m.ActivityLog})
+		reply.Payload, _ = json.Marshal(stateReply(v, created))
 		return nil
 	}
 	if f.Type == FrameDelete {
@@ -219,7 +223,18 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 	var err error
 	switch f.Type {
 	case FramePromise:
-		return v.Promise(f.Epoch)
+		if err := v.Promise(f.Epoch); err != nil {
+			return err
+		}
+		// The state after the promise: what the new primary recovers from.
+		reply.Payload, _ = json.Marshal(stateReply(v, false))
+		return nil
+	case FrameMembership:
+		var m Membership
+		if err := json.Unmarshal(f.Payload, &m); err != nil {
+			return fmt.Errorf("%w: membership: %w", ErrInvalid, err)
+		}
+		return v.SetMembership(f.Epoch, m)
 	case FrameWrite:
 		err = v.WriteAt(f.Epoch, f.Payload, int64(f.Offset), f.Flags&FlagFUA != 0)
 	case FrameRead:
@@ -275,6 +290,13 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 		s.Stats.Applied.Add(1)
 	}
 	return err
+}
+
+// stateReply is what OPEN and PROMISE answer: the replica's state.
+func stateReply(v *Volume, created bool) openReply {
+	m := v.Meta()
+	return openReply{Size: v.Size(), Epoch: m.Epoch, Generation: m.Generation, Clean: v.WasClean(), Created: created,
+		ActivityLog: m.ActivityLog, Incarnation: m.Incarnation, Membership: m.Membership}
 }
 
 // peerPayload encodes a FramePutBitmap payload.

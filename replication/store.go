@@ -1,6 +1,8 @@
 package replication
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -128,7 +130,7 @@ func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, e
 			return nil, false, err
 		}
 		df.Close()
-		if mf, err = createMeta(s.metaPath(id), Meta{VolumeID: id, Size: size, Clean: true}); err != nil {
+		if mf, err = createMeta(s.metaPath(id), Meta{VolumeID: id, Size: size, Clean: true, Incarnation: newIncarnation()}); err != nil {
 			return nil, false, classifyIOError(fmt.Errorf("create metadata: %w", err))
 		}
 		if err := syncDir(filepath.Join(s.dir, id)); err != nil {
@@ -162,6 +164,19 @@ func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, e
 		}
 	}
 	return &Volume{store: s, id: id, size: size, data: df, meta: mf, wasClean: wasClean, refs: 1}, created, nil
+}
+
+// newIncarnation draws a replica's incarnation: random and never 0.
+func newIncarnation() uint64 {
+	for {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			panic(err) // crypto/rand never fails on Linux
+		}
+		if x := binary.BigEndian.Uint64(b[:]); x != 0 {
+			return x
+		}
+	}
 }
 
 // Delete removes the replica of volume id. It fails if the replica is open.
@@ -254,6 +269,23 @@ func (v *Volume) promiseLocked(epoch uint64) error {
 	}
 	v.store.log.Info("promised epoch", "volume_id", v.id, "epoch", epoch)
 	return nil
+}
+
+// SetMembership durably records that this replica is a member of the
+// in-sync set m (at the sender's epoch). Generations only grow: an older
+// one than recorded is refused, so a delayed frame cannot roll it back.
+func (v *Volume) SetMembership(epoch uint64, m Membership) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.promiseLocked(epoch); err != nil {
+		return err
+	}
+	cur := v.meta.cur
+	if m.Gen < cur.Membership.Gen {
+		return fmt.Errorf("%w: membership generation %d is below the recorded %d", ErrInvalid, m.Gen, cur.Membership.Gen)
+	}
+	cur.Membership = Membership{Gen: m.Gen, Replicas: append([]string(nil), m.Replicas...)}
+	return classifyIOError(v.meta.store(cur))
 }
 
 // admit takes the shared lock for an operation at epoch, fencing stale ones.

@@ -50,6 +50,8 @@ const (
 	// openRequest; the reply payload is the JSON openReply.
 	FrameOpen FrameType = 1
 	// FramePromise asks the replica to refuse every epoch below this one.
+	// The reply carries the replica's state as of the promise (a JSON
+	// openReply): nothing a previous primary does can change it after.
 	FramePromise FrameType = 2
 	// FrameWrite writes the payload at Offset.
 	FrameWrite FrameType = 3
@@ -78,6 +80,9 @@ const (
 	// controller's DeleteVolume); a replica that is open is refused with
 	// StatusBusy, an absent one is deleted already.
 	FrameDelete FrameType = 12
+	// FrameMembership records the in-sync set the replica is a member of:
+	// payload is the JSON Membership.
+	FrameMembership FrameType = 13
 
 	replyBit FrameType = 0x80
 )
@@ -86,7 +91,7 @@ func (t FrameType) String() string {
 	names := map[FrameType]string{FrameOpen: "open", FramePromise: "promise", FrameWrite: "write",
 		FrameRead: "read", FrameFlush: "flush", FrameTrim: "trim", FrameActivity: "activity",
 		FramePutBitmap: "put-bitmap", FrameGetBitmap: "get-bitmap", FrameChecksum: "checksum",
-		FrameAllocated: "allocated", FrameDelete: "delete"}
+		FrameAllocated: "allocated", FrameDelete: "delete", FrameMembership: "membership"}
 	if n, ok := names[t&^replyBit]; ok {
 		if t&replyBit != 0 {
 			return n + "-reply"

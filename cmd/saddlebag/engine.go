@@ -50,7 +50,8 @@ func runEngine(ctx context.Context, args []string) error {
 	timeout := fs.Duration("replica-timeout", 5*time.Second, "drop a replica that does not answer a request within this time")
 	minInSync := fs.Int("min-in-sync", 1, "fewest in-sync replicas a write completes with; below it writes wait for resync")
 	var inSync stringList
-	fs.Var(&inSync, "in-sync", "a --replica known to hold every acknowledged write (repeat; default: every reachable replica that is not new)")
+	fs.Var(&inSync, "in-sync", "a --replica known to hold every acknowledged write (repeat, with --in-sync-gen; default: the replicas' own history decides)")
+	inSyncGen := fs.Uint64("in-sync-gen", 0, "the generation of the --in-sync set (the replicas' membership generation, as `saddlebag status` shows it)")
 	var resyncRate sizeFlag
 	fs.Var(&resyncRate, "resync-rate", "limit resync traffic per replica to this many bytes per second, with units (e.g. 100MiB); 0 = unlimited")
 	progress := fs.Duration("progress-interval", 5*time.Second, "how often resync progress is logged")
@@ -81,7 +82,10 @@ func runEngine(ctx context.Context, args []string) error {
 		return usageError{fmt.Errorf("--volume: %w", err)}
 	}
 	cfg := replication.EngineConfig{Volume: *volume, Size: int64(size), Epoch: *epoch, Timeout: *timeout,
-		MinInSync: *minInSync, InSync: inSync, ResyncRate: int64(resyncRate), ProgressInterval: *progress}
+		MinInSync: *minInSync, ResyncRate: int64(resyncRate), ProgressInterval: *progress}
+	if len(inSync) > 0 {
+		cfg.Recorded = &replication.Membership{Gen: *inSyncGen, Replicas: inSync}
+	}
 	if *minInSync < 1 || *minInSync > len(replicas) {
 		return usageError{fmt.Errorf("--min-in-sync %d must be between 1 and the %d replicas", *minInSync, len(replicas))}
 	}

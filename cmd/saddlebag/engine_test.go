@@ -240,7 +240,7 @@ type hookLog struct {
 	sets [][]string
 }
 
-func (h *hookLog) SetInSync(_ context.Context, _ uint64, set []string) error {
+func (h *hookLog) SetInSync(_ context.Context, _, _ uint64, set []string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.sets = append(h.sets, set)

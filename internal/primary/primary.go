@@ -88,9 +88,13 @@ func Promote(ctx context.Context, cfg Config) (*Primary, error) {
 		log.Error("volume stays offline", "error", err)
 		return nil, err
 	}
-	inSync, err := cfg.Client.InSyncReplicas(ctx, cfg.Volume)
+	rec, err := cfg.Client.RecordedInSync(ctx, cfg.Volume)
 	if err != nil {
 		return fail(fmt.Errorf("volume %s: read in-sync record: %w", cfg.Volume, err))
+	}
+	var recorded *replication.Membership
+	if rec != nil {
+		recorded = &replication.Membership{Gen: rec.Gen, Replicas: rec.Replicas}
 	}
 	addrs := make([]string, len(cfg.Replicas))
 	for i, r := range cfg.Replicas {
@@ -98,15 +102,30 @@ func Promote(ctx context.Context, cfg Config) (*Primary, error) {
 	}
 	hook := &healthHook{w: lease.InSyncWriter(cfg.Agent.Node()), agent: cfg.Agent, volume: cfg.Volume,
 		want: cfg.Want, replicas: addrs, log: log}
-	eng, err := replication.StartEngine(ctx, replication.EngineConfig{
+	ecfg := replication.EngineConfig{
 		Volume: cfg.Volume, Size: cfg.Size, Epoch: lease.Epoch(), Replicas: cfg.Replicas,
-		InSync: inSync, MinInSync: cfg.MinInSync, Timeout: cfg.Timeout, Hook: hook, Log: cfg.Log,
-	})
+		Recorded: recorded, MinInSync: cfg.MinInSync, Timeout: cfg.Timeout, Hook: hook, Log: cfg.Log,
+	}
+	eng, err := replication.StartEngine(ctx, ecfg)
+	var stale *replication.StaleEpochError
+	if errors.As(err, &stale) {
+		// A replica promised an epoch at or above ours although we hold
+		// the lock: no current primary can have made that promise, so
+		// Consul's lock index restarted (it lost its data). Start above it
+		// (which fences whoever made it) instead of staying offline.
+		log.Warn("replicas promised a higher epoch than the lock index gives: Consul's lock index was reset",
+			"epoch", lease.Epoch(), "promised", stale.Promised)
+		if err = lease.RaiseEpoch(ctx, stale.Promised); err == nil {
+			ecfg.Epoch = lease.Epoch()
+			log = log.With("epoch", ecfg.Epoch)
+			eng, err = replication.StartEngine(ctx, ecfg)
+		}
+	}
 	if err != nil {
 		return fail(fmt.Errorf("volume %s: start engine at epoch %d: %w", cfg.Volume, lease.Epoch(), err))
 	}
 	lease.Guard(eng)
-	log.Info("serving as primary", "recorded_in_sync", inSync, "in_sync", eng.Status().InSync)
+	log.Info("serving as primary", "recorded", recorded, "in_sync", eng.Status().InSync)
 	return &Primary{Lease: lease, Engine: eng, cfg: cfg, hook: hook, log: log}, nil
 }
 
@@ -175,8 +194,14 @@ func (h *healthHook) setReplicas(addrs []string) {
 	h.mu.Unlock()
 }
 
-func (h *healthHook) SetInSync(ctx context.Context, epoch uint64, inSync []string) error {
-	if err := h.w.SetInSync(ctx, epoch, inSync); err != nil {
+func (h *healthHook) SetInSync(ctx context.Context, epoch, gen uint64, inSync []string) error {
+	if err := h.w.SetInSync(ctx, epoch, gen, inSync); err != nil {
+		var lost *leader.LeaseLostError
+		var conflict *leader.ConflictError
+		if errors.As(err, &lost) || (errors.As(err, &conflict) && conflict.CurrentEpoch > epoch) {
+			// Replaced: the engine must stop, not retry.
+			return fmt.Errorf("%w: %w", replication.ErrFenced, err)
+		}
 		return err
 	}
 	h.mu.Lock()
