@@ -125,6 +125,7 @@ type Engine struct {
 	readNext atomic.Uint32
 	holdMu   sync.Mutex
 	hold     atomic.Pointer[chan struct{}]
+	holds    holdCounters // requests deliberately held (engine_hold.go)
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -550,7 +551,7 @@ func (e *Engine) recordLocked(ctx context.Context) error {
 	for i, t := range set.inSync {
 		addrs[i] = t.p.cfg.Addr
 	}
-	if err := e.cfg.Hook.SetInSync(ctx, e.cfg.Epoch, addrs); err != nil {
+	if err := e.setInSync(ctx, addrs); err != nil {
 		return fmt.Errorf("volume %s: record in-sync set %v: %w", e.cfg.Volume, addrs, err)
 	}
 	e.recorded.Store(set.version)
@@ -573,6 +574,8 @@ func (e *Engine) waitMinInSync(ctx context.Context) error {
 		if !logged {
 			e.log.Warn("holding write: fewer replicas in sync than min_in_sync", "in_sync", have, "min_in_sync", e.cfg.MinInSync)
 			logged = true
+			e.holds.minInSync.Add(1)
+			defer e.holds.minInSync.Add(-1)
 		}
 		select {
 		case <-ch:
