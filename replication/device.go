@@ -20,3 +20,13 @@ type Device interface {
 	Flush(ctx context.Context) error
 	Trim(ctx context.Context, off, length int64) error
 }
+
+// HoldingDevice is implemented by a Device that may deliberately hold
+// requests for a long time (the Engine, while the primary lease is
+// unconfirmed or below min_in_sync). Holding reports whether it is doing so
+// now, and why; a frontend's watchdog does not treat requests waiting then
+// as a hung device. Holding must not block (it is asked about a device that
+// may be hung) and may be called concurrently with anything.
+type HoldingDevice interface {
+	Holding() (held bool, reason string)
+}

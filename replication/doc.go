@@ -17,8 +17,11 @@
 //     become an fsync on each; failed replicas are dropped through an
 //     InSyncHook that must return before the write completes; a stale-epoch
 //     reply fences the engine for good; Hold/Release/Fence let the lease
-//     layer stop I/O completing; AddReplica/RetireReplica change the
-//     replica set of a running engine (membership.go);
+//     layer stop I/O completing; Holding reports whether requests wait on
+//     purpose (lease hold, min_in_sync, in-sync set being recorded), so a
+//     frontend can tell a holding engine from a hung one (engine_hold.go);
+//     AddReplica/RetireReplica change the replica set of a running engine
+//     (membership.go);
 //   - recovery: per-replica dirty bitmaps (bitmap.go), persisted on the
 //     in-sync replicas (store_sync.go) and used to resync a returning
 //     replica; checksum and full resync while writes keep flowing
@@ -31,7 +34,9 @@
 //   - frontends that serve the engine as a Device: NBD (nbd.go), and FUSE
 //     (fuse.go), which serves the volume as one file for a loop device,
 //     with a watchdog that aborts the connection when requests stop
-//     completing (plugin/mount formats and mounts what is on top).
+//     completing while the Device is not deliberately holding them (a
+//     HoldingDevice may hold for as long as it takes; plugin/mount formats
+//     and mounts what is on top).
 //
 // It knows nothing of Consul, CSI or Nomad: it is handed epochs, replica
 // addresses and an InSyncHook. It must not import plugin, leader, scheduler

@@ -126,7 +126,7 @@ type Engine struct {
 	recorded atomic.Uint64 // version of the newest in-sync set the hook recorded
 	gen      uint64        // generation of the newest set the members recorded; guarded by stateMu
 	genSet   uint64        // targets version that gen describes; guarded by stateMu
-	holding  atomic.Int32  // requests waiting for the in-sync record or a reconnect
+	holding  atomic.Int32  // requests waiting for a retry of the in-sync record or a reconnect
 
 	al     activityLog
 	bmMu   sync.Mutex // serialises bitmap persistence
@@ -136,6 +136,7 @@ type Engine struct {
 	readNext atomic.Uint32
 	holdMu   sync.Mutex
 	hold     atomic.Pointer[chan struct{}]
+	holds    holdCounters // requests deliberately held (engine_hold.go)
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -717,7 +718,7 @@ func (e *Engine) recordLocked(ctx context.Context) error {
 			}
 			e.gen, e.genSet = m.Gen, set.version
 		}
-		err := e.cfg.Hook.SetInSync(ctx, e.cfg.Epoch, e.gen, addrs)
+		err := e.setInSync(ctx, e.gen, addrs)
 		if err == nil {
 			e.recorded.Store(set.version)
 			return nil
@@ -837,6 +838,8 @@ func (e *Engine) waitMinInSync(ctx context.Context) error {
 		if !logged {
 			e.log.Warn("holding write: fewer replicas in sync than min_in_sync", "in_sync", have, "min_in_sync", e.cfg.MinInSync)
 			logged = true
+			e.holds.minInSync.Add(1)
+			defer e.holds.minInSync.Add(-1)
 		}
 		select {
 		case <-ch:

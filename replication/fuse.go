@@ -51,9 +51,12 @@ const (
 	// connection's control files (abort, waiting).
 	FUSEConnectionsDir = "/sys/fs/fuse/connections"
 	// DefaultFUSEHungTimeout is how long the watchdog lets requests wait
-	// with none completing before it aborts the connection. It must exceed
-	// the longest legitimate stall: a replica timeout plus an in-sync
-	// record, or a hold while the primary lease is being confirmed.
+	// with none completing, while the Device is not deliberately holding
+	// them, before it aborts the connection. It must exceed the longest
+	// stall the Device does not report as a hold: a replica timeout and the
+	// drop that follows. Deliberate holds (HoldingDevice: an engine waiting
+	// for the primary lease, for min_in_sync replicas, or for an in-sync
+	// set change to be recorded) do not count towards it, however long.
 	DefaultFUSEHungTimeout = 2 * time.Minute
 )
 
@@ -78,8 +81,9 @@ type FUSEConfig struct {
 	// this long, the watchdog aborts the connection (every pending and
 	// later request then fails with an error, and a file system above
 	// goes read-only) rather than leave I/O blocked forever: the kernel's
-	// FUSE request timeout is 0. Zero means DefaultFUSEHungTimeout; a
-	// negative value disables the watchdog.
+	// FUSE request timeout is 0. Time during which the Device reports a
+	// deliberate hold (HoldingDevice) does not count. Zero means
+	// DefaultFUSEHungTimeout; a negative value disables the watchdog.
 	HungTimeout time.Duration
 	Log         hclog.Logger
 }
@@ -204,6 +208,13 @@ func (m *FUSEMount) Unmount() error {
 	if !m.mounted {
 		return nil
 	}
+	if m.aborted.Load() {
+		// The server loop ends only when every request handler has
+		// returned, and srv.Unmount waits for it: let requests the
+		// Device still holds return, since nobody can receive their
+		// replies any more.
+		m.cancel()
+	}
 	if err := m.srv.Unmount(); err != nil {
 		if errors.Is(err, syscall.EBUSY) {
 			return fmt.Errorf("unmount %s: %w: %w", m.dir, ErrFUSEBusy, err)
@@ -272,14 +283,22 @@ func (m *FUSEMount) finishLocked() {
 }
 
 // watchdog aborts the connection when requests wait and none completes for
-// timeout: the server (or the Device under it) is hung. It counts ticks
-// rather than reading the clock so that the decision is deterministic.
+// timeout while the Device is not deliberately holding them: the server
+// (or the Device under it) is hung. A Device that implements HoldingDevice
+// and reports a hold (the engine waiting for the primary lease, for
+// min_in_sync replicas, or for the in-sync set to be recorded) is left to
+// hold for as long as it takes; the watchdog says so once, at warn, and
+// keeps watching. It counts ticks rather than reading the clock so that the
+// decision is deterministic.
 func (m *FUSEMount) watchdog(timeout time.Duration) {
 	const ticksPerTimeout = 8
 	tick := time.NewTicker(timeout / ticksPerTimeout)
 	defer tick.Stop()
-	var lastDone uint64
-	stalled := 0
+	holding := func() (bool, string) { return false, "" }
+	if h, ok := m.fs.dev.(HoldingDevice); ok {
+		holding = h.Holding
+	}
+	st := stallTracker{limit: ticksPerTimeout}
 	for {
 		select {
 		case <-m.stop:
@@ -288,21 +307,73 @@ func (m *FUSEMount) watchdog(timeout time.Duration) {
 			return
 		case <-tick.C:
 		}
-		done := m.fs.completed.Load()
-		if m.fs.inflight.Load() == 0 || done != lastDone {
-			lastDone, stalled = done, 0
-			continue
+		waiting := m.fs.inflight.Load()
+		switch v, why := st.tick(waiting, m.fs.completed.Load(), holding); v {
+		case stallHeld:
+			m.log.Warn("fuse requests wait because the engine holds them; not aborting the connection",
+				"reason", why, "waiting", waiting, "hung_timeout", timeout)
+		case stallResumed:
+			m.log.Info("held fuse requests complete again")
+		case stallHung:
+			m.log.Error("fuse requests made no progress: server hung, aborting the connection",
+				"waiting", waiting, "timeout", timeout)
+			if err := m.Abort(); err != nil {
+				m.log.Error("abort hung fuse connection", "error", err)
+			}
+			return
 		}
-		if stalled++; stalled < ticksPerTimeout {
-			continue
-		}
-		m.log.Error("fuse requests made no progress: server hung, aborting the connection",
-			"waiting", m.fs.inflight.Load(), "timeout", timeout)
-		if err := m.Abort(); err != nil {
-			m.log.Error("abort hung fuse connection", "error", err)
-		}
-		return
 	}
+}
+
+// stallVerdict is what stallTracker.tick concluded.
+type stallVerdict int
+
+const (
+	stallNone    stallVerdict = iota
+	stallHeld                 // a stall began to be a deliberate hold: say so
+	stallResumed              // requests complete again after a hold
+	stallHung                 // limit ticks without progress or hold: abort
+)
+
+// stallTracker is the watchdog's decision, one tick at a time. A tick with
+// requests waiting and none completed since the last one is a stalled
+// tick; limit stalled ticks make a hung server. Ticks on which the Device
+// holds deliberately do not count, but neither do they reset the count:
+// only progress (a request completed) or no request waiting resets it. So
+// a Device that is hung and reports a hold now and then is still aborted,
+// after limit ticks on which it did not hold, rather than kept alive by
+// each flicker of the hold.
+type stallTracker struct {
+	limit    int
+	lastDone uint64
+	stalled  int  // stalled ticks without a hold since the last progress
+	held     bool // this stall was reported as a hold
+}
+
+// tick takes the number of requests waiting, the count of requests
+// completed so far, and the Device's hold state, asked only when the
+// requests are stalled. It returns the verdict, and with stallHeld the
+// reason the Device gave.
+func (s *stallTracker) tick(waiting int64, done uint64, holding func() (bool, string)) (stallVerdict, string) {
+	if waiting == 0 || done != s.lastDone {
+		s.lastDone, s.stalled = done, 0
+		if s.held {
+			s.held = false
+			return stallResumed, ""
+		}
+		return stallNone, ""
+	}
+	if held, why := holding(); held {
+		if !s.held {
+			s.held = true
+			return stallHeld, why
+		}
+		return stallNone, ""
+	}
+	if s.stalled++; s.stalled >= s.limit {
+		return stallHung, ""
+	}
+	return stallNone, ""
 }
 
 // AbortFUSEConnection writes 1 to the abort file of FUSE connection id,

@@ -224,3 +224,241 @@ func alignedBuf(n int) []byte {
 	off := 4096 - int(uintptr(unsafe.Pointer(&b[0]))&4095)
 	return b[off : off+n]
 }
+
+// mountDeviceFUSE serves dev itself (not a wrapper, so that whatever
+// optional interfaces it implements reach the mount) through FUSE with the
+// given watchdog timeout.
+func mountDeviceFUSE(t *testing.T, dev Device, hung time.Duration) *FUSEMount {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("FUSE tests mount file systems and must run as root")
+	}
+	m, err := MountFUSE(context.Background(), dev, FUSEConfig{Dir: t.TempDir(), Name: "vol", HungTimeout: hung, Log: testLogger(t)})
+	must.NoError(t, err)
+	t.Cleanup(func() { must.NoError(t, m.Close()) })
+	return m
+}
+
+// writeInBackground writes data at off through a file of its own and
+// reports the outcome on the returned channel.
+func writeInBackground(t *testing.T, path string, data []byte, off int64) <-chan error {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_DIRECT, 0)
+	must.NoError(t, err)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := f.WriteAt(data, off)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		errc <- err
+	}()
+	return errc
+}
+
+// TestFUSEWatchdogSparesHeldEngine (issue #10, scenario 8): a write the
+// engine deliberately holds (primary lease unconfirmed) for many watchdog
+// timeouts leaves the mount alive, and completes once the hold is lifted.
+func TestFUSEWatchdogSparesHeldEngine(t *testing.T) {
+	const hung = 400 * time.Millisecond
+	reps := []*testReplica{startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())}
+	eng := startTestEngine(t, "vol", 4<<20, 1, nil, reps...)
+	m := mountDeviceFUSE(t, eng, hung)
+	t.Cleanup(eng.Release) // a failed test must not leave the mount's requests held
+
+	eng.Hold()
+	data := alignedBuf(64 << 10)
+	for i := range data {
+		data[i] = byte(i*7 + 3)
+	}
+	errc := writeInBackground(t, m.Path(), data, 1<<20)
+	select {
+	case err := <-errc:
+		t.Fatalf("held write returned before the hold was lifted: %v", err)
+	case <-time.After(5 * hung):
+	}
+	must.False(t, m.Aborted(), must.Sprint("watchdog aborted a mount whose engine was deliberately holding"))
+
+	eng.Release()
+	select {
+	case err := <-errc:
+		must.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("held write still blocked 10s after Release")
+	}
+	must.False(t, m.Aborted())
+	for _, r := range reps {
+		got, err := os.ReadFile(r.store.DataPath("vol"))
+		must.NoError(t, err)
+		must.True(t, bytes.Equal(data, got[1<<20:1<<20+len(data)]), must.Sprint("replica ", r.addr))
+	}
+}
+
+// TestFUSEWatchdogSparesMinInSyncWait: a write waiting for min_in_sync
+// replicas for longer than the watchdog timeout keeps the mount alive and
+// completes once resync brings a replica back.
+func TestFUSEWatchdogSparesMinInSyncWait(t *testing.T) {
+	const hung = 400 * time.Millisecond
+	dirs := []string{t.TempDir(), t.TempDir()}
+	reps := []*testReplica{startTestReplica(t, dirs[0]), startTestReplica(t, dirs[1])}
+	cfg := EngineConfig{Volume: "vol", Size: 4 << 20, Epoch: 1, MinInSync: 2, Log: testLogger(t),
+		Timeout: 5 * time.Second, ReconnectInterval: 50 * time.Millisecond}
+	for _, r := range reps {
+		cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: r.addr})
+	}
+	eng, err := StartEngine(context.Background(), cfg)
+	must.NoError(t, err)
+	t.Cleanup(eng.Close)
+	m := mountDeviceFUSE(t, eng, hung)
+
+	reps[1].stop()
+	data := alignedBuf(4096)
+	copy(data, "written while below min_in_sync")
+	errc := writeInBackground(t, m.Path(), data, 8192)
+	select {
+	case err := <-errc:
+		t.Fatalf("write completed with one replica in sync and min_in_sync=2: %v", err)
+	case <-time.After(5 * hung):
+	}
+	must.False(t, m.Aborted(), must.Sprint("watchdog aborted a mount whose engine waits for min_in_sync"))
+
+	reps[1] = startTestReplicaAt(t, dirs[1], reps[1].addr)
+	select {
+	case err := <-errc:
+		must.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("write still blocked 30s after the replica came back")
+	}
+	must.False(t, m.Aborted())
+	got, err := os.ReadFile(reps[1].store.DataPath("vol"))
+	must.NoError(t, err)
+	must.True(t, bytes.Equal(data, got[8192:8192+4096]))
+}
+
+// flickerDevice is hung (writes block until block is closed) yet reports a
+// deliberate hold on every other call of Holding.
+type flickerDevice struct {
+	*countingDevice
+	calls atomic.Int64
+}
+
+func (d *flickerDevice) Holding() (bool, string) {
+	return d.calls.Add(1)%2 == 0, "flickering hold"
+}
+
+// TestFUSEWatchdogAbortsHungServerFlickeringHold: a hung Device whose hold
+// comes and goes is still aborted: ticks it holds on pause the watchdog's
+// count of stalled ticks, they do not reset it.
+func TestFUSEWatchdogAbortsHungServerFlickeringHold(t *testing.T) {
+	const hung = 400 * time.Millisecond
+	eng := startTestEngine(t, "vol", 4<<20, 1, nil, startTestReplica(t, t.TempDir()))
+	dev := &flickerDevice{countingDevice: &countingDevice{Device: eng}}
+	release := make(chan struct{})
+	dev.block.Store(&release)
+	m := mountDeviceFUSE(t, dev, hung)
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the mount's Close, which waits for the handler
+
+	errc := writeInBackground(t, m.Path(), alignedBuf(4096), 0)
+	select {
+	case err := <-errc:
+		must.True(t, errors.Is(err, unix.ECONNABORTED) || errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.EIO), must.Sprint(err))
+	case <-time.After(10 * time.Second):
+		t.Fatal("write to a hung device with a flickering hold still blocked 10s after a 400ms watchdog timeout")
+	}
+	must.True(t, m.Aborted())
+	must.Greater(t, 2, dev.calls.Load(), must.Sprint("the watchdog asked the device whether it holds"))
+	unblock()
+}
+
+// TestFUSECloseAbortedMountWithHeldRequest: Close of a mount whose
+// connection was aborted while the engine still holds a request returns
+// instead of waiting for the hold to end.
+func TestFUSECloseAbortedMountWithHeldRequest(t *testing.T) {
+	eng := startTestEngine(t, "vol", 4<<20, 1, nil, startTestReplica(t, t.TempDir()))
+	t.Cleanup(eng.Release)
+	m, err := MountFUSE(context.Background(), eng, FUSEConfig{Dir: t.TempDir(), Name: "vol", HungTimeout: -1, Log: testLogger(t)})
+	must.NoError(t, err)
+	eng.Hold()
+	errc := writeInBackground(t, m.Path(), alignedBuf(4096), 0)
+	waitFor(t, func() bool { return m.fs.inflight.Load() == 1 }, "the write to reach the engine")
+	must.NoError(t, m.Abort())
+	select {
+	case err := <-errc:
+		must.Error(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("write still blocked 10s after Abort")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- m.Close() }()
+	select {
+	case err := <-closed:
+		must.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		eng.Release() // let Close finish so the test can end
+		<-closed
+		t.Fatal("Close of an aborted mount waited for the engine's hold to end")
+	}
+	must.False(t, isMountPoint(t, m.Dir()))
+}
+
+// waitFor polls cond for up to 10s.
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestStallTracker(t *testing.T) {
+	held, notHeld := func() (bool, string) { return true, "why" }, func() (bool, string) { return false, "" }
+	s := stallTracker{limit: 3}
+	tick := func(waiting int64, done uint64, h func() (bool, string)) stallVerdict {
+		v, _ := s.tick(waiting, done, h)
+		return v
+	}
+	// Idle or progressing: never hung, hold never asked.
+	panics := func() (bool, string) { panic("Holding asked while requests progress") }
+	for i := range 10 {
+		must.Eq(t, stallNone, tick(0, 0, panics))
+		must.Eq(t, stallNone, tick(1, uint64(i+1), panics))
+	}
+	// Stalled without a hold: hung on the limit-th tick.
+	must.Eq(t, stallNone, tick(1, 10, notHeld))
+	must.Eq(t, stallNone, tick(1, 10, notHeld))
+	must.Eq(t, stallHung, tick(1, 10, notHeld))
+
+	// A hold of any length: reported once, never hung; progress ends it.
+	s = stallTracker{limit: 3}
+	v, why := s.tick(1, 0, held)
+	must.Eq(t, stallHeld, v)
+	must.Eq(t, "why", why)
+	for range 100 {
+		must.Eq(t, stallNone, tick(1, 0, held))
+	}
+	must.Eq(t, stallResumed, tick(1, 1, panics))
+	must.Eq(t, stallNone, tick(1, 2, panics))
+
+	// A flickering hold pauses the count without resetting it, and is
+	// reported once per stall.
+	s = stallTracker{limit: 3}
+	must.Eq(t, stallNone, tick(1, 0, notHeld))
+	must.Eq(t, stallHeld, tick(1, 0, held))
+	must.Eq(t, stallNone, tick(1, 0, notHeld))
+	must.Eq(t, stallNone, tick(1, 0, held))
+	must.Eq(t, stallHung, tick(1, 0, notHeld))
+
+	// Progress resets the count.
+	s = stallTracker{limit: 3}
+	must.Eq(t, stallNone, tick(1, 0, notHeld))
+	must.Eq(t, stallNone, tick(1, 0, notHeld))
+	must.Eq(t, stallNone, tick(1, 1, panics))
+	must.Eq(t, stallNone, tick(1, 1, notHeld))
+	must.Eq(t, stallNone, tick(1, 1, notHeld))
+	must.Eq(t, stallHung, tick(1, 1, notHeld))
+}

@@ -42,7 +42,7 @@ func addMountFlags(fs *flag.FlagSet) *mountFlags {
 	fs.StringVar(&m.mkfsOptions, "mkfs-options", "", "with --mount: extra mkfs arguments, space-separated, used on first use only")
 	fs.StringVar(&m.fuseDir, "fuse-dir", "", "with --mount: directory the volume file is served in over FUSE (default /run/saddlebag/<volume>/fuse)")
 	fs.DurationVar(&m.hungTimeout, "fuse-hung-timeout", replication.DefaultFUSEHungTimeout,
-		"with --mount: abort the FUSE connection when requests wait this long with none completing")
+		"with --mount: abort the FUSE connection when requests wait this long with none completing while the engine is not deliberately holding them (lease, min_in_sync)")
 	return m
 }
 

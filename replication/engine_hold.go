@@ -1,0 +1,63 @@
+package replication
+
+// Deliberate holds (issue #10, scenario 8). The engine makes requests wait,
+// on purpose and for as long as it takes, in three places:
+//
+//   - Hold: the lease layer cannot confirm the primary lease (Consul
+//     unreachable), so nothing may complete that a new primary could miss;
+//   - waitMinInSync: fewer replicas are in sync than min_in_sync, so
+//     writes wait for resync to bring one back;
+//   - the InSyncHook: a change of the in-sync set must be recorded (a
+//     Consul write) before any write depending on it completes.
+//
+// A frontend's watchdog must tell those waits from a hung engine: Holding
+// reports them, and the FUSE watchdog does not abort the connection while
+// it is true.
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+)
+
+// holdCounters counts the requests waiting in each deliberate hold.
+type holdCounters struct {
+	minInSync atomic.Int64 // requests in waitMinInSync below min_in_sync
+	hook      atomic.Int64 // InSyncHook calls in progress
+}
+
+// Holding reports whether the engine is deliberately holding I/O, and why:
+// it is held (Hold) until the primary lease is confirmed, or writes wait
+// for min_in_sync replicas, or an in-sync set change is being recorded
+// through the hook. Requests that wait then are not hung; they complete
+// (or fail) when the hold ends. A fenced engine holds nothing: every
+// request fails at once. Holding implements HoldingDevice: it takes no lock
+// and never blocks, so that a watchdog can ask an engine that is hung.
+func (e *Engine) Holding() (bool, string) {
+	if e.fenced.Load() {
+		return false, ""
+	}
+	if e.hold.Load() != nil {
+		return true, "I/O held until the primary lease is confirmed"
+	}
+	if n := e.holds.minInSync.Load(); n > 0 {
+		return true, fmt.Sprintf("%d write(s) wait for min_in_sync=%d replicas to be in sync", n, e.cfg.MinInSync)
+	}
+	if e.holds.hook.Load() > 0 {
+		return true, "recording an in-sync set change through the coordination layer"
+	}
+	if e.holding.Load() > 0 {
+		return true, "waiting to record the in-sync set (coordination layer unreachable) or for the last in-sync replica to come back"
+	}
+	return false, ""
+}
+
+// setInSync calls the hook, counting the call as a deliberate hold: every
+// request that depends on the change waits for it.
+func (e *Engine) setInSync(ctx context.Context, gen uint64, addrs []string) error {
+	e.holds.hook.Add(1)
+	defer e.holds.hook.Add(-1)
+	return e.cfg.Hook.SetInSync(ctx, e.cfg.Epoch, gen, addrs)
+}
+
+var _ HoldingDevice = (*Engine)(nil)
