@@ -98,7 +98,8 @@ func (e *Engine) startResyncs(ctx context.Context) {
 }
 
 // reconnectInSync reconnects an in-sync replica whose connection broke
-// while it was the last one (drop keeps it as the volume's copy). It must
+// with no request failing on it, or while it was the last one (drop keeps
+// it as the volume's copy). It must
 // come back as the same replica with the same history: never created
 // anew, same incarnation, same generation; otherwise it is no longer the
 // copy and I/O stays held (the volume is offline until an operator acts).
@@ -121,11 +122,34 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		go nc.close()
 		return
 	}
+	others := 0
+	for _, q := range e.peers {
+		if q != p && q.state == StateInSync {
+			others++
+		}
+	}
+	if !open.Clean && others > 0 {
+		// It restarted without a clean shutdown (a crash, or its host lost
+		// power): it may have lost writes it acknowledged but had not
+		// flushed. Others hold them: resync it like a dropped replica.
+		p.state, p.reason = StateDropped, "restarted after a crash: may have lost unflushed writes"
+		p.dirty, p.dirtyInc, p.persisted = NewBitmap(e.cfg.Size), open.Incarnation, ^uint64(0)
+		e.markUnflushed(p, 0, 0, false)
+		e.order.Lock()
+		e.setTargetsLocked(e.rebuildLocked())
+		e.order.Unlock()
+		e.log.Warn("in-sync replica restarted after a crash: dropping it for resync", "replica", p.cfg.Addr)
+		go nc.close()
+		if err := e.recordLocked(ctx); err != nil {
+			e.log.Warn("recording the drop failed; retried with the next write", "error", err)
+		}
+		return
+	}
 	p.client, p.open, p.reason = nc, open, ""
 	e.order.Lock()
 	e.setTargetsLocked(e.rebuildLocked())
 	e.order.Unlock()
-	e.log.Info("last in-sync replica reconnected", "replica", p.cfg.Addr, "clean", open.Clean)
+	e.log.Info("in-sync replica reconnected", "replica", p.cfg.Addr, "clean", open.Clean)
 }
 
 // resyncPeer connects to p if needed, resyncs it and makes it rejoin.
