@@ -248,6 +248,16 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		}
 		return nil, errf(codes.Unavailable, "create volume %q: %v", name, err)
 	}
+	// The first in-sync record (generation 0, every replica) before the
+	// volume is ready: the first primary may then start with one replica's
+	// node down, which it could not tell from a lost record otherwise.
+	addrs := make([]string, len(rec.Replicas))
+	for i, r := range rec.Replicas {
+		addrs[i] = r.Addr
+	}
+	if err := c.cfg.Client.InitInSync(ctx, id, addrs); err != nil {
+		return nil, toStatus(err, "write the first in-sync record")
+	}
 	rec.State = leader.VolumeReady // the "completed" marker, written last
 	if _, err := c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
 		return nil, toStatus(err, "mark volume ready")
