@@ -6,7 +6,13 @@
 //
 //   - the replica store (store.go, meta.go): per volume a sparse data file
 //     and a two-slot checksummed metadata file holding the highest promised
-//     epoch, the data generation and the clean-shutdown flag;
+//     epoch, the data generation, the clean-shutdown flag, the replica's
+//     incarnation and the in-sync membership (set and generation) it was
+//     last made a member of;
+//   - the volume's history (history.go): which replicas a new primary may
+//     trust, decided from the recorded in-sync set and the membership the
+//     replicas carry themselves, so that a wiped replica, a lost or
+//     rolled-back record never makes a stale copy current;
 //   - the wire protocol (wire.go): versioned, framed, checksummed, bounded
 //     frames that carry the sender's epoch and a request id;
 //   - the replica server (server.go) that applies a connection's frames in
@@ -14,8 +20,12 @@
 //     one;
 //   - the primary engine (engine.go, client.go): fans writes out to every
 //     in-sync replica and completes them when all have them; FLUSH and FUA
-//     become an fsync on each; failed replicas are dropped through an
-//     InSyncHook that must return before the write completes; a stale-epoch
+//     become an fsync on each; failed replicas are dropped (the activity
+//     log's extents marked in their bitmaps, since they may have lost what
+//     they had not flushed) and every in-sync change is written to the
+//     members and then through an InSyncHook before a write depending on it
+//     completes (retried, holding I/O, while the hook fails); the last
+//     in-sync replica is never dropped; a stale-epoch
 //     reply fences the engine for good; Hold/Release/Fence let the lease
 //     layer stop I/O completing; Holding reports whether requests wait on
 //     purpose (lease hold, min_in_sync, in-sync set being recorded), so a

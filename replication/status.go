@@ -45,6 +45,9 @@ type ReplicaStatus struct {
 	State        ReplicaState  `json:"state"`
 	Reason       string        `json:"reason,omitempty"`
 	MissingBytes int64         `json:"missing_bytes,omitempty"`
+	// Generation is the membership generation the replica reported when
+	// it was last connected.
+	Generation uint64 `json:"generation"`
 	Resync       *ResyncStatus `json:"resync,omitempty"`
 }
 
@@ -60,6 +63,7 @@ type EngineStatus struct {
 	Volume     string          `json:"volume"`
 	Size       int64           `json:"size"`
 	Epoch      uint64          `json:"epoch"`
+	Generation uint64          `json:"generation"` // of the in-sync set the members hold
 	Fenced     bool            `json:"fenced"`
 	Held       bool            `json:"held"`
 	InSync     int             `json:"in_sync"`
@@ -73,12 +77,12 @@ type EngineStatus struct {
 func (e *Engine) Status() EngineStatus {
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
-	st := EngineStatus{Volume: e.cfg.Volume, Size: e.cfg.Size, Epoch: e.cfg.Epoch, Fenced: e.fenced.Load(),
+	st := EngineStatus{Volume: e.cfg.Volume, Size: e.cfg.Size, Epoch: e.cfg.Epoch, Generation: e.gen, Fenced: e.fenced.Load(),
 		Held: e.hold.Load() != nil, MinInSync: e.cfg.MinInSync, HotExtents: len(e.al.list()),
 		Reconcile: ReconcileStatus{Extents: e.stats.reconcileExtents.Load(), ComparedBytes: e.stats.reconcileBytes.Load(),
 			RepairedBlocks: e.stats.reconcileBlocks.Load()}}
 	for _, p := range e.peers {
-		rs := ReplicaStatus{Addr: p.cfg.Addr, Local: p.cfg.Local, State: p.state, Reason: p.reason}
+		rs := ReplicaStatus{Addr: p.cfg.Addr, Local: p.cfg.Local, State: p.state, Reason: p.reason, Generation: p.open.Membership.Gen}
 		if p.dirty != nil {
 			rs.MissingBytes = p.dirty.Count() * BlockSize
 		}
