@@ -40,15 +40,15 @@ func (p *resyncProgress) status() ResyncStatus {
 
 // ReplicaStatus is one replica's state in EngineStatus.
 type ReplicaStatus struct {
-	Addr         string        `json:"addr"`
-	Local        bool          `json:"local,omitempty"`
-	State        ReplicaState  `json:"state"`
-	Reason       string        `json:"reason,omitempty"`
-	MissingBytes int64         `json:"missing_bytes,omitempty"`
+	Addr         string       `json:"addr"`
+	Local        bool         `json:"local,omitempty"`
+	State        ReplicaState `json:"state"`
+	Reason       string       `json:"reason,omitempty"`
+	MissingBytes int64        `json:"missing_bytes,omitempty"`
 	// Generation is the membership generation the replica reported when
 	// it was last connected.
-	Generation uint64 `json:"generation"`
-	Resync       *ResyncStatus `json:"resync,omitempty"`
+	Generation uint64        `json:"generation"`
+	Resync     *ResyncStatus `json:"resync,omitempty"`
 }
 
 // ReconcileStatus says what the start-up reconciliation of hot extents did.
