@@ -179,19 +179,23 @@ func TestPowerLostReplicaGetsUnflushedWritesBack(t *testing.T) {
 func TestResyncKeepsBitsUntilTargetFlushed(t *testing.T) {
 	dirs := []string{t.TempDir(), t.TempDir()}
 	a, b := startTestReplica(t, dirs[0]), startTestReplica(t, dirs[1])
-	const size = 64 << 20
+	const size = 256 << 20
 	ctx := context.Background()
 	cfg := engineConfig(t, "vol", size, 1, a, b)
 	cfg.ResyncRate = 2 << 20 // a chunk every half second: slow enough to stop it midway
+	cfg.ActivityExtents = 16
 	e, err := StartEngine(ctx, cfg)
 	must.NoError(t, err)
 	defer e.Close()
 	b.stop()
-	var want [][]byte
 	for i := range 8 {
 		p := bytes.Repeat([]byte{byte(10 + i)}, resyncChunk)
-		want = append(want, p)
 		must.NoError(t, e.WriteAt(ctx, p, int64(i)*4*resyncChunk, false))
+	}
+	// Writes to 16 other extents push those 8 out of the activity log:
+	// from here on only B's bitmap says it misses them.
+	for i := range 16 {
+		must.NoError(t, e.WriteAt(ctx, []byte{1}, size/2+int64(i)*ExtentSize, false))
 	}
 	must.NoError(t, e.Flush(ctx))
 	snap := snapshotReplica(t, dirs[1], "vol") // B's disk before the resync
@@ -211,7 +215,9 @@ func TestResyncKeepsBitsUntilTargetFlushed(t *testing.T) {
 	powerLoss(t, dirs[1], "vol", snap) // the copies never reached B's disk
 
 	b = startTestReplicaAt(t, dirs[1], b.addr)
-	e2, err := StartEngine(ctx, engineConfig(t, "vol", size, 2, a, b))
+	cfg2 := engineConfig(t, "vol", size, 2, a, b)
+	cfg2.ActivityExtents = 16
+	e2, err := StartEngine(ctx, cfg2)
 	must.NoError(t, err)
 	defer e2.Close()
 	st := waitInSync(t, e2, 2)
@@ -283,40 +289,52 @@ func startFrameProxy(t *testing.T, target string, before func(Frame)) *frameProx
 	return p
 }
 
-// Scenario 6: between a new primary's OPEN and its PROMISE the old
-// primary makes a cold extent hot and writes it on one replica only (the
-// other has promised already). The new primary must see that extent and
-// make the replicas identical there.
+// Scenario 6: the new primary OPENs both replicas; then the old primary
+// makes a cold extent hot on both; then B promises the new epoch; then the
+// old primary writes the extent: A takes it (no promise yet), B refuses it
+// (never acknowledged); then A promises. Had the new primary used the
+// activity logs of the OPEN replies, it would not reconcile that extent
+// and A and B would differ there forever.
 func TestNewPrimarySeesWritesBeforeItsPromise(t *testing.T) {
 	a, b := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
 	const size = 64 << 20
 	ctx := context.Background()
 	old := startTestEngine(t, "vol", size, 1, nil, a, b)
 	must.NoError(t, old.WriteAt(ctx, []byte("warm"), 0, true))
+	gen := replicaMembership(t, a, "vol").Gen
 
-	// B promises epoch 2 first (straight, no proxy); A's PROMISE is held
-	// until the old primary has written a cold extent, which reaches A
-	// only: B refuses it, and the write is never acknowledged.
-	var once sync.Once
+	const cold = 40 << 20
+	aOpened := make(chan struct{})
+	var onceA, onceB sync.Once
 	proxyA := startFrameProxy(t, a.addr, func(f Frame) {
 		if f.Type != FramePromise {
 			return
 		}
-		once.Do(func() {
-			err := old.WriteAt(ctx, []byte("cold"), 40<<20, true)
-			must.Error(t, err) // refused by B: not acknowledged
+		onceA.Do(func() {
+			close(aOpened)
+			// Wait for B's promise, then the old primary writes.
+			deadline := time.Now().Add(10 * time.Second)
+			for b.store.openEpoch("vol") < 2 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			err := old.WriteAt(ctx, []byte("cold"), cold, true)
+			must.Error(t, err) // refused by B: never acknowledged
 		})
 	})
-	cb, _, err := dialReplica(ctx, b.addr, "vol", size, 2, false, time.Second, testLogger(t))
-	must.NoError(t, err)
-	cb.close()
-
-	// The new primary reaches A through the proxy (same replica, other
-	// address): configure it by the proxy's address.
-	cfg := engineConfig(t, "vol", size, 2, b)
-	cfg.Replicas = append([]ReplicaConfig{{Addr: proxyA.ln.Addr().String()}}, cfg.Replicas...)
-	// Both are members under their own addresses; record that view.
-	cfg.Recorded = &Membership{Gen: replicaMembership(t, a, "vol").Gen}
+	proxyB := startFrameProxy(t, b.addr, func(f Frame) {
+		if f.Type != FramePromise {
+			return
+		}
+		onceB.Do(func() {
+			<-aOpened // both OPENs answered
+			x, _ := extentSpan(cold, 4)
+			must.NoError(t, old.alAcquire(ctx, x, x)) // hot on A and B
+			old.alRelease(x, x)
+		})
+	})
+	cfg := engineConfig(t, "vol", size, 2)
+	cfg.Replicas = []ReplicaConfig{{Addr: proxyA.ln.Addr().String()}, {Addr: proxyB.ln.Addr().String()}}
+	cfg.Recorded = &Membership{Gen: gen} // both are members (under their own addresses)
 	e2, err := StartEngine(ctx, cfg)
 	must.NoError(t, err)
 	defer e2.Close()

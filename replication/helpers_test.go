@@ -107,3 +107,15 @@ func replicaMembership(t testing.TB, r *testReplica, volume string) Membership {
 	defer mf.close()
 	return mf.cur.Membership
 }
+
+// openEpoch returns the epoch promised by the open replica of volume (0
+// when it is not open).
+func (s *Store) openEpoch(volume string) uint64 {
+	s.mu.Lock()
+	v := s.open[volume]
+	s.mu.Unlock()
+	if v == nil {
+		return 0
+	}
+	return v.Meta().Epoch
+}
