@@ -114,6 +114,11 @@ func activityFrame(extents []uint64) Frame {
 // writes, so the log always covers every write that some replica may have
 // acknowledged from its page cache only (markUnflushed).
 func (e *Engine) alAcquire(ctx context.Context, first, last uint64) error {
+	if n := last - first + 1; n > uint64(e.al.cap) {
+		// Callers split requests so this cannot happen; never wait for
+		// room that can never be made.
+		return fmt.Errorf("%w: a request spanning %d extents exceeds the activity log's %d", ErrInvalid, n, e.al.cap)
+	}
 	for {
 		done, err := e.alTryUpdate(ctx, first, last)
 		if done || err != nil {
