@@ -143,7 +143,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 			return nil, toStatus(err, "staging path")
 		}
 	} else {
-		st, err := mount.Stage(ctx, mount.StageRequest{BackingFile: sv.fuse.Path(), StagingPath: staging, FSType: fsType,
+		st, err := mount.Stage(ctx, mount.StageRequest{BackingFile: sv.fuse.Path(), StagingPath: staging, FSType: fsType, Written: prim.Engine.Written(),
 			MountOptions: vc.GetMount().GetMountFlags(), StateFile: sv.stateFile, Log: log})
 		if err != nil {
 			return nil, toStatus(err, "stage")

@@ -127,6 +127,7 @@ type Engine struct {
 	gen      uint64        // generation of the newest set the members recorded; guarded by stateMu
 	genSet   uint64        // targets version that gen describes; guarded by stateMu
 	holding  atomic.Int32  // requests waiting for a retry of the in-sync record or a reconnect
+	written  bool          // an in-sync replica held data at start (Written)
 
 	al     activityLog
 	bmMu   sync.Mutex // serialises bitmap persistence
@@ -298,6 +299,7 @@ func (e *Engine) connectAll(ctx context.Context) error {
 		default:
 			p.state, p.created = StateInSync, false
 			set.inSync = append(set.inSync, target{p, p.client})
+			e.written = e.written || p.open.Generation > 0
 		}
 		if p.state != StateInSync {
 			e.log.Warn("replica not in sync", "replica", p.cfg.Addr, "state", p.state, "reason", p.reason)
@@ -337,6 +339,11 @@ func (e *Engine) Size() int64 { return e.cfg.Size }
 
 // Epoch returns the engine's epoch.
 func (e *Engine) Epoch() uint64 { return e.cfg.Epoch }
+
+// Written reports whether a primary ever wrote to the volume before this
+// engine started: an in-sync replica holds data of an earlier epoch. A
+// frontend must then never format what reads as blank.
+func (e *Engine) Written() bool { return e.written }
 
 // Fenced reports whether a newer primary has fenced this engine.
 func (e *Engine) Fenced() bool { return e.fenced.Load() }

@@ -94,7 +94,7 @@ func serveMounted(ctx context.Context, eng *replication.Engine, volume string, m
 		return err
 	}
 	stateFile := m.fuseDir + ".stage.json"
-	staged, err := mount.Stage(ctx, mount.StageRequest{BackingFile: fm.Path(), StagingPath: m.path, FSType: m.fsType,
+	staged, err := mount.Stage(ctx, mount.StageRequest{BackingFile: fm.Path(), StagingPath: m.path, FSType: m.fsType, Written: eng.Written(),
 		MkfsOptions: strings.Fields(m.mkfsOptions), MountOptions: []string{m.options}, StateFile: stateFile, Log: log})
 	if err != nil {
 		return errors.Join(err, fm.Close())

@@ -14,6 +14,12 @@ var (
 	// system Saddlebag mounts (a partition table, RAID member, swap, ...);
 	// it is never formatted over.
 	ErrUnknownContent = errors.New("device holds unrecognised data")
+	// ErrHoldsData means the device reads as blank although the volume has
+	// been written to: its data is gone or unreadable (a replica that lost
+	// it served by mistake), or a first mkfs elsewhere did not finish. It
+	// is never formatted over: that would destroy what may still be
+	// recoverable.
+	ErrHoldsData = errors.New("volume has been written to but holds no file system: refusing to format it")
 	// ErrUnsupportedFS means a file system type other than ext4 or xfs
 	// was asked for.
 	ErrUnsupportedFS = errors.New("unsupported file system type")

@@ -162,6 +162,28 @@ func TestStageRefusesUnknownContent(t *testing.T) {
 	must.Eq(t, "SWAPSPACE2", string(data[4096-10:4096]))
 }
 
+// TestStageNeverFormatsWrittenVolume (issue #10, scenario 1): a volume
+// that has been written to and reads as blank is never formatted (its
+// data is lost or was served from the wrong copy); the device is left as
+// it was. This node's own interrupted first mkfs is still redone.
+func TestStageNeverFormatsWrittenVolume(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	backing := sparseFile(t, 64<<20)
+	req := stageReq(t, backing, FSExt4)
+	req.Written = true
+	_, err := Stage(ctx, req)
+	must.ErrorIs(t, err, ErrHoldsData)
+	data, err := os.ReadFile(backing)
+	must.NoError(t, err)
+	must.Eq(t, make([]byte, len(data)), data)
+
+	must.NoError(t, saveState(req.StateFile, stageState{Step: stepProbe, Formatting: true, FSType: FSExt4}))
+	st, err := Stage(ctx, req)
+	must.NoError(t, err)
+	must.True(t, st.Formatted)
+}
+
 // TestStageRedoesInterruptedFormat: a checkpoint saying a mkfs began and
 // did not finish makes Stage format again, even over a signature of the
 // asked type; without it, that file system would be kept.

@@ -28,6 +28,11 @@ type StageRequest struct {
 	MkfsOptions []string
 	// MountOptions are mount(8)-style options ("noatime", "discard", "ro").
 	MountOptions []string
+	// Written says the volume has been written to before (the replication
+	// engine knows: Engine.Written). A blank device is then never
+	// formatted, unless this node's checkpoint shows its own first mkfs
+	// was interrupted: it fails with ErrHoldsData instead.
+	Written bool
 	// StateFile, when set, is where Stage checkpoints its progress so that
 	// a retry after a crash in the middle of mkfs formats again instead
 	// of mounting a half-made file system. It must be on persistent local
@@ -134,6 +139,8 @@ func Stage(ctx context.Context, req StageRequest) (res *Staged, err error) {
 			}
 			redo := st.Formatting && st.FSType == req.FSType && (found == "" || found == req.FSType)
 			switch {
+			case found == "" && req.Written && !redo:
+				return nil, fmt.Errorf("%s: %w", res.Device, ErrHoldsData)
 			case found == "" || redo:
 				if redo {
 					log.Warn("an earlier mkfs did not finish: formatting again", "device", res.Device)
