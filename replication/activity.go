@@ -300,7 +300,16 @@ func (e *Engine) persistBitmapsLocked(ctx context.Context, force bool) error {
 			continue
 		}
 		if ch := p.dirty.Changes(); force || ch != p.persisted {
-			enc := encodePeerBitmap(p.dirtyInc, p.dirty)
+			b := p.dirty
+			if len(p.unflushed) > 0 {
+				// A later primary cannot tell whether they were lost.
+				b = NewBitmap(e.cfg.Size)
+				b.MergeEncoded(p.dirty.Encode(maxControlPayload))
+				for x := range p.unflushed {
+					b.SetRange(int64(x)*ExtentSize, ExtentSize)
+				}
+			}
+			enc := encodePeerBitmap(p.dirtyInc, b)
 			todo = append(todo, pending{p, enc, ch})
 		}
 	}

@@ -156,7 +156,7 @@ func TestPowerLostReplicaGetsUnflushedWritesBack(t *testing.T) {
 	must.NoError(t, e.Flush(ctx))      // completes on A; B is dropped
 	must.Eq(t, 1, e.Status().InSync)
 
-	b = startTestReplicaAt(t, dirs[1], b.addr)
+	b = startTestReplicaBoot(t, dirs[1], b.addr, "after-power-loss")
 	waitInSync(t, e, 2)
 	must.NoError(t, e.Shutdown(ctx))
 
@@ -214,7 +214,7 @@ func TestResyncKeepsBitsUntilTargetFlushed(t *testing.T) {
 	b.stop()
 	powerLoss(t, dirs[1], "vol", snap) // the copies never reached B's disk
 
-	b = startTestReplicaAt(t, dirs[1], b.addr)
+	b = startTestReplicaBoot(t, dirs[1], b.addr, "after-power-loss")
 	cfg2 := engineConfig(t, "vol", size, 2, a, b)
 	cfg2.ActivityExtents = 16
 	e2, err := StartEngine(ctx, cfg2)

@@ -155,6 +155,10 @@ type peer struct {
 	// while in sync, or when its history is unknown (checksum resync).
 	dirty     *Bitmap
 	dirtyInc  uint64 // incarnation of the replica dirty describes; 0: the one connected
+	// unflushed are the activity log's extents when the replica failed:
+	// lost if its host (boot id unflushedBoot then) lost power.
+	unflushed     map[uint64]bool
+	unflushedBoot string
 	missed    uint64 // writes known missed while not in sync (a resync that began before must not rejoin)
 	persisted uint64 // dirty.Changes() when last persisted; ^0 forces
 	resync    *resyncProgress
@@ -613,20 +617,43 @@ func sameMembers(a, b []target) bool {
 	return slices.EqualFunc(a, b, func(x, y target) bool { return x.p == y.p })
 }
 
-// markUnflushed marks in p's bitmap every block it may lack without
-// knowing it: the request's range, and every extent of the activity log.
-// A replica acknowledges a write once it is in its page cache; if its host
-// loses power before the next flush, every write since its last flush is
-// gone. The activity log holds every extent written since the last flush
-// on all replicas (an extent leaves it only after one), so it covers them.
-// Callers hold stateMu; p.dirty is not nil.
+// markUnflushed records what a failed replica may lack: the request's
+// range in its bitmap, and every extent of the activity log as possibly
+// lost. A replica acknowledges a write once it is in its page cache; if
+// its host loses power before the next flush, every write since its last
+// flush is gone. The activity log holds every extent written since the
+// last flush on all replicas (an extent leaves it only after one), so it
+// covers them. Whether they were lost is known when the replica is back
+// (settleUnflushed): only if its host rebooted. Callers hold stateMu;
+// p.dirty is not nil.
 func (e *Engine) markUnflushed(p *peer, off, n int64, isData bool) {
 	if isData {
 		p.dirty.SetRange(off, n)
 	}
-	for _, x := range e.al.all() {
-		p.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
+	if p.unflushed == nil {
+		p.unflushed, p.unflushedBoot = map[uint64]bool{}, p.open.BootID
 	}
+	for _, x := range e.al.all() {
+		p.unflushed[x] = true
+	}
+}
+
+// settleUnflushed decides, for a replica that is back and reported open,
+// whether it lost the writes markUnflushed recorded: when its host
+// rebooted since (or cannot say), they go into its bitmap; a process that
+// only crashed kept them in the page cache. Callers hold stateMu.
+func (e *Engine) settleUnflushed(p *peer, open openReply) {
+	if p.unflushed == nil {
+		return
+	}
+	if p.dirty != nil && (open.BootID == "" || p.unflushedBoot == "" || open.BootID != p.unflushedBoot) {
+		for x := range p.unflushed {
+			p.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
+		}
+		e.log.Info("replica's host restarted since it was dropped: resyncing the extents it may have lost unflushed",
+			"replica", p.cfg.Addr, "extents", len(p.unflushed))
+	}
+	p.unflushed, p.unflushedBoot = nil, ""
 }
 
 // drop removes failed replicas from the in-sync set, records the new set,

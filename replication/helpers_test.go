@@ -39,9 +39,19 @@ func startTestReplica(t testing.TB, dir string) *testReplica {
 // startTestReplicaAt starts a replica server on addr (a restarted replica
 // comes back on its old address).
 func startTestReplicaAt(t testing.TB, dir, addr string) *testReplica {
+	return startTestReplicaBoot(t, dir, addr, "")
+}
+
+// startTestReplicaBoot starts a replica server whose host reports boot
+// id boot ("" keeps the real one): a new one stands for a host that
+// restarted (after a power loss).
+func startTestReplicaBoot(t testing.TB, dir, addr, boot string) *testReplica {
 	t.Helper()
 	store, err := OpenStore(dir, testLogger(t))
 	must.NoError(t, err)
+	if boot != "" {
+		store.bootID = boot
+	}
 	ln, err := net.Listen("tcp", addr)
 	must.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -128,13 +128,16 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 			others++
 		}
 	}
-	if !open.Clean && others > 0 {
-		// It restarted without a clean shutdown (a crash, or its host lost
-		// power): it may have lost writes it acknowledged but had not
-		// flushed. Others hold them: resync it like a dropped replica.
-		p.state, p.reason = StateDropped, "restarted after a crash: may have lost unflushed writes"
+	rebooted := open.BootID == "" || open.BootID != p.open.BootID
+	if !open.Clean && rebooted && others > 0 {
+		// Its host restarted without a clean shutdown (it lost power): it
+		// may have lost writes it acknowledged but had not flushed. Others
+		// hold them: resync it like a dropped replica.
+		p.state, p.reason = StateDropped, "its host restarted: may have lost unflushed writes"
 		p.dirty, p.dirtyInc, p.persisted = NewBitmap(e.cfg.Size), open.Incarnation, ^uint64(0)
-		e.markUnflushed(p, 0, 0, false)
+		for _, x := range e.al.all() {
+			p.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
+		}
 		e.order.Lock()
 		e.setTargetsLocked(e.rebuildLocked())
 		e.order.Unlock()
@@ -196,11 +199,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 	case p.dirty != nil:
 		mode = "bitmap"
 	}
-	if !p.open.Clean && p.dirty != nil {
-		// It crashed (or its host lost power) since: it may have lost any
-		// write it had not flushed, which the activity log covers.
-		e.markUnflushed(p, 0, 0, false)
-	}
+	e.settleUnflushed(p, p.open)
 	dirty := p.dirty
 	prog := &resyncProgress{mode: mode, started: time.Now()}
 	// The reason stays: it says why the replica fell behind.

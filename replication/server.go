@@ -36,6 +36,10 @@ type openReply struct {
 	// Incarnation and Membership are the replica's (see Meta).
 	Incarnation uint64     `json:"incarnation"`
 	Membership  Membership `json:"membership"`
+	// BootID identifies the replica host's boot: when it changed since a
+	// replica was dropped, the host restarted and lost what was only in
+	// its page cache.
+	BootID string `json:"boot_id,omitempty"`
 }
 
 // holdsNothing reports whether the replica holds no data and no history:
@@ -296,7 +300,7 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 func stateReply(v *Volume, created bool) openReply {
 	m := v.Meta()
 	return openReply{Size: v.Size(), Epoch: m.Epoch, Generation: m.Generation, Clean: v.WasClean(), Created: created,
-		ActivityLog: m.ActivityLog, Incarnation: m.Incarnation, Membership: m.Membership}
+		ActivityLog: m.ActivityLog, Incarnation: m.Incarnation, Membership: m.Membership, BootID: v.store.bootID}
 }
 
 // peerPayload encodes a FramePutBitmap payload.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -56,8 +57,9 @@ func ValidateSize(size int64) error {
 // Store is safe for concurrent use. A replica opened several times (for
 // example by a reconnecting primary) is shared and closed with its last user.
 type Store struct {
-	dir string
-	log hclog.Logger
+	dir    string
+	log    hclog.Logger
+	bootID string // the host's boot id (see openReply.BootID)
 
 	mu   sync.Mutex
 	open map[string]*Volume
@@ -68,7 +70,17 @@ func OpenStore(dir string, log hclog.Logger) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open data dir: %w", err)
 	}
-	return &Store{dir: dir, log: log.Named("store"), open: map[string]*Volume{}}, nil
+	return &Store{dir: dir, log: log.Named("store"), open: map[string]*Volume{}, bootID: hostBootID()}, nil
+}
+
+// hostBootID returns the kernel's boot id, which changes at every boot;
+// "" when unreadable (a primary then assumes every restart was a reboot).
+func hostBootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // Dir returns the store's data directory.
