@@ -153,18 +153,18 @@ type peer struct {
 	created bool // known to be a new, empty replica: resync copies everything
 	// dirty holds the blocks the replica misses while it is behind; nil
 	// while in sync, or when its history is unknown (checksum resync).
-	dirty     *Bitmap
-	dirtyInc  uint64 // incarnation of the replica dirty describes; 0: the one connected
+	dirty    *Bitmap
+	dirtyInc uint64 // incarnation of the replica dirty describes; 0: the one connected
 	// unflushed are the activity log's extents when the replica failed:
 	// lost if its host (boot id unflushedBoot then) lost power.
 	unflushed     map[uint64]bool
 	unflushedBoot string
-	missed    uint64 // writes known missed while not in sync (a resync that began before must not rejoin)
-	persisted uint64 // dirty.Changes() when last persisted; ^0 forces
-	resync    *resyncProgress
-	busy      bool      // a resync goroutine owns the peer
-	failures  int       // resync attempts failed in a row
-	retryAt   time.Time // no resync attempt before this
+	missed        uint64 // writes known missed while not in sync (a resync that began before must not rejoin)
+	persisted     uint64 // dirty.Changes() when last persisted; ^0 forces
+	resync        *resyncProgress
+	busy          bool      // a resync goroutine owns the peer
+	failures      int       // resync attempts failed in a row
+	retryAt       time.Time // no resync attempt before this
 }
 
 // target pairs a peer with the client a snapshot sends to.
