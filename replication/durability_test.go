@@ -402,3 +402,29 @@ func TestLostInSyncRecordDoesNotServeStaleReplica(t *testing.T) {
 		b = startTestReplicaAt(t, dirs[1], b.addr)
 	}
 }
+
+// Found by the simulator: a full copy into a replica that is not new (an
+// earlier pass wrote to it, or it holds data of unknown origin but no
+// history) must clear what lies in the source's holes, not only copy the
+// allocated ranges.
+func TestFullResyncClearsStaleDataInSourceHoles(t *testing.T) {
+	a, b := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	const size = 16 << 20
+	ctx := context.Background()
+	e := startTestEngine(t, "vol", size, 1, nil, a)
+	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
+
+	_, err := CreateReplica(ctx, b.addr, "vol", size, time.Second)
+	must.NoError(t, err)
+	f, err := os.OpenFile(b.store.DataPath("vol"), os.O_RDWR, 0)
+	must.NoError(t, err)
+	_, err = f.WriteAt(bytes.Repeat([]byte("stale"), 1000), 5<<20)
+	must.NoError(t, err)
+	must.NoError(t, f.Close())
+
+	e.AddReplica(ReplicaConfig{Addr: b.addr})
+	st := waitInSync(t, e, 2)
+	must.Eq(t, "full", st.Replicas[1].Resync.Mode)
+	must.NoError(t, e.Shutdown(ctx))
+	must.Eq(t, fileSum(t, a.store.DataPath("vol")), fileSum(t, b.store.DataPath("vol")))
+}

@@ -178,7 +178,10 @@ type targetSet struct {
 	version   uint64   // bumped when the in-sync membership changes
 	inSync    []target // must apply every request for it to complete
 	resyncing []target // receive writes; a failure aborts their resync
-	behind    []*peer  // not receiving writes: their bitmaps record them
+	// behind are the bitmaps of replicas not receiving writes, which
+	// record them instead: the bitmaps themselves, as of the snapshot, so
+	// a write never reads a peer's fields outside stateMu.
+	behind []*Bitmap
 }
 
 type byteRange struct{ off, n int64 }
@@ -459,8 +462,8 @@ func (e *Engine) apply(ctx context.Context, req Frame) error {
 		}
 		set := e.targets
 		if isData {
-			for _, p := range set.behind {
-				p.dirty.SetRange(off, n)
+			for _, b := range set.behind {
+				b.SetRange(off, n)
 			}
 		}
 		calls := make([]*call, len(set.inSync))
@@ -604,7 +607,7 @@ func (e *Engine) rebuildLocked() *targetSet {
 		case p.state == StateResyncing:
 			next.resyncing = append(next.resyncing, target{p, p.client})
 		case p.dirty != nil:
-			next.behind = append(next.behind, p)
+			next.behind = append(next.behind, p.dirty)
 		}
 	}
 	if !sameMembers(cur.inSync, next.inSync) {

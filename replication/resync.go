@@ -200,7 +200,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		mode = "bitmap"
 	}
 	e.settleUnflushed(p, p.open)
-	dirty := p.dirty
+	dirty, fresh := p.dirty, p.open.Created
 	prog := &resyncProgress{mode: mode, started: time.Now()}
 	// The reason stays: it says why the replica fell behind.
 	p.resync, p.state = prog, StateResyncing
@@ -225,7 +225,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		err = e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(p.cfg.Addr, nil)})
 	}
 	if err == nil {
-		err = e.resyncPass(ctx, c, dirty, prog)
+		err = e.resyncPass(ctx, c, dirty, fresh, prog)
 	}
 	if err == nil {
 		err = e.rejoin(ctx, p, c, prog, dirtyChanges, missed)
@@ -322,8 +322,10 @@ func (cp *copier) wait() error {
 	return cp.failed()
 }
 
-// resyncPass copies what the replica behind c misses.
-func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap, prog *resyncProgress) error {
+// resyncPass copies what the replica behind c misses. fresh says the
+// replica was created empty by the open of c: a full copy then need not
+// clear what lies outside the source's allocated ranges.
+func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap, fresh bool, prog *resyncProgress) error {
 	switch prog.mode {
 	case "bitmap":
 		prog.total.Store(dirty.Count() * BlockSize)
@@ -352,6 +354,13 @@ func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap
 					cp.run(cn, func() error { return e.copyRange(ctx, c, nil, o, cn, prog) })
 				}
 			}
+			if !fresh {
+				// The target may hold stale data (an earlier, aborted
+				// pass wrote to it) where the source has holes.
+				for _, g := range gaps(runs, off, n) {
+					cp.run(g[1], func() error { return e.clearGap(ctx, c, g[0], g[1], prog) })
+				}
+			}
 			if err := cp.wait(); err != nil {
 				return err
 			}
@@ -373,6 +382,61 @@ func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap
 		}
 		return nil
 	}
+}
+
+// gaps returns the parts of [off, off+n) that runs (sorted, from
+// Allocated) do not cover.
+func gaps(runs [][2]int64, off, n int64) [][2]int64 {
+	var out [][2]int64
+	pos := off
+	for _, r := range runs {
+		if r[0] > pos {
+			out = append(out, [2]int64{pos, r[0] - pos})
+		}
+		pos = max(pos, r[0]+r[1])
+	}
+	if end := off + n; pos < end {
+		out = append(out, [2]int64{pos, end - pos})
+	}
+	return out
+}
+
+// clearGap makes [off, off+n), unallocated on the source when the pass
+// asked, read as zeroes on the target: with the range locked against
+// writes it asks the source again and trims the target if it is still a
+// hole there, or copies it (a write landed meanwhile).
+func (e *Engine) clearGap(ctx context.Context, c *replicaClient, off, n int64, prog *resyncProgress) error {
+	r := byteRange{off, n}
+	e.order.Lock()
+	src, err := e.sourceLocked()
+	if err != nil {
+		e.order.Unlock()
+		return err
+	}
+	e.lockRangeLocked(r)
+	ac := src.c.start(Frame{Type: FrameAllocated, Offset: uint64(off), Length: uint64(n)}, nil)
+	e.order.Unlock()
+	reply, err := src.c.wait(ac)
+	e.order.Lock()
+	var tc *call
+	if err == nil && len(reply.Payload) == 0 {
+		tc = c.start(Frame{Type: FrameTrim, Offset: uint64(off), Length: uint64(n)}, nil)
+	}
+	e.unlockRangeLocked(r)
+	e.order.Unlock()
+	if err != nil {
+		return err
+	}
+	if tc != nil {
+		_, err = c.wait(tc)
+		return err
+	}
+	for o := off; o < off+n; o += resyncChunk {
+		if err := e.copyRange(ctx, c, nil, o, min(resyncChunk, off+n-o), prog); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // sourceLocked picks the in-sync replica resync reads from. Callers hold order.
