@@ -91,6 +91,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Client == nil || cfg.Node == "" {
 		return nil, fmt.Errorf("%w: agent needs a client and a node name", ErrInvalid)
 	}
+	if err := ValidateNodeName(cfg.Node); err != nil {
+		return nil, err
+	}
 	if cfg.Service == "" {
 		cfg.Service = NodeService
 	}
@@ -299,9 +302,12 @@ func (a *Agent) writeRecord(ctx context.Context) error {
 
 // ReadNode returns a node's record.
 func (c *Client) ReadNode(ctx context.Context, node string) (NodeRecord, error) {
+	var rec NodeRecord
+	if err := ValidateNodeName(node); err != nil {
+		return rec, err
+	}
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	var rec NodeRecord
 	pair, _, err := c.api.KV().Get(c.keys.Node(node), qopts(ctx))
 	if err != nil {
 		return rec, fmt.Errorf("read node record %s: %w", node, err)
