@@ -177,12 +177,12 @@ func volumeSize(cr *csi.CapacityRange) (int64, error) {
 // CreateVolume places a new volume's replicas and makes them, or returns
 // the volume already created under the same name.
 func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	name := req.GetName()
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
 	if !c.Active() {
 		return forward(ctx, c, "CreateVolume", req, csi.ControllerClient.CreateVolume)
-	}
-	name := req.GetName()
-	if name == "" {
-		return nil, errf(codes.InvalidArgument, "name is required")
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
 		return nil, errf(codes.InvalidArgument, "volume_capabilities are required")
@@ -398,12 +398,12 @@ func csiVolume(rec leader.VolumeRecord, nodes map[string]leader.NodeState) *csi.
 // DeleteVolume removes a volume's replicas from their nodes, then its
 // record. An unknown volume is deleted already.
 func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
 	if !c.Active() {
 		return forward(ctx, c, "DeleteVolume", req, csi.ControllerClient.DeleteVolume)
-	}
-	id := req.GetVolumeId()
-	if id == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id is required")
 	}
 	lease, unlock, err := c.begin(id)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
@@ -23,12 +24,15 @@ import (
 // holds the primary lock, and otherwise fences the first (failover must
 // not wait for Nomad's claim GC, DESIGN.md §7).
 func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
+	id, node := req.GetVolumeId(), req.GetNodeId()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
+	if err := checkNodeID("node_id", node); err != nil {
+		return nil, err
+	}
 	if !c.Active() {
 		return forward(ctx, c, "ControllerPublishVolume", req, csi.ControllerClient.ControllerPublishVolume)
-	}
-	id, node := req.GetVolumeId(), req.GetNodeId()
-	if id == "" || node == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id and node_id are required")
 	}
 	why, err := checkCapability(req.GetVolumeCapability())
 	if err != nil {
@@ -111,12 +115,17 @@ func fence(m map[string]uint64, node string, epoch uint64) map[string]uint64 {
 // lease. The call returns when the node no longer holds the lease (a node
 // that is down lost it with its session), or Unavailable after FenceWait.
 func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
+	id, node := req.GetVolumeId(), req.GetNodeId()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
+	if node != "" { // empty: unpublish from every node (CSI)
+		if err := checkNodeID("node_id", node); err != nil {
+			return nil, err
+		}
+	}
 	if !c.Active() {
 		return forward(ctx, c, "ControllerUnpublishVolume", req, csi.ControllerClient.ControllerUnpublishVolume)
-	}
-	id, node := req.GetVolumeId(), req.GetNodeId()
-	if id == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id is required")
 	}
 	lease, unlock, err := c.begin(id)
 	if err != nil {
@@ -171,8 +180,8 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 // ValidateVolumeCapabilities confirms the capabilities a volume supports.
 func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	id := req.GetVolumeId()
-	if id == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id is required")
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
 		return nil, errf(codes.InvalidArgument, "volume_capabilities are required")
@@ -217,7 +226,7 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 	if tok := req.GetStartingToken(); tok != "" {
 		var ok bool
 		after, ok = strings.CutPrefix(tok, listTokenPrefix)
-		if !ok || after == "" {
+		if !ok || replication.ValidateVolumeID(after) != nil {
 			return nil, errf(codes.Aborted, "starting_token %q was not returned by ListVolumes", tok)
 		}
 	}
