@@ -44,7 +44,11 @@ type ControllerConfig struct {
 	// FenceWait bounds how long ControllerUnpublishVolume waits for a
 	// fenced node to release the volume. Default 20s.
 	FenceWait time.Duration
-	Log       hclog.Logger
+	// CreateTimeout is how long a volume may stay "creating" (a
+	// CreateVolume interrupted by a crash and never repeated) before the
+	// active controller removes its replicas and record. Default 5m.
+	CreateTimeout time.Duration
+	Log           hclog.Logger
 	// Now is the clock of the re-replication driver (default time.Now).
 	Now func() time.Time
 }
@@ -88,6 +92,9 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	}
 	if cfg.FenceWait == 0 {
 		cfg.FenceWait = 20 * time.Second
+	}
+	if cfg.CreateTimeout == 0 {
+		cfg.CreateTimeout = 5 * time.Minute
 	}
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()

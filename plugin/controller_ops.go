@@ -215,9 +215,11 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 // listTokenPrefix marks ListVolumes tokens: "after:<last volume id>".
 const listTokenPrefix = "after:"
 
-// ListVolumes lists ready volumes in id order. A page's next_token names
-// the last volume returned, so volumes deleted between pages do not shift
-// the next page; a token this plugin did not make is Aborted.
+// ListVolumes lists ready volumes in id order, and volumes whose create
+// has not completed with volume context saying so (stale_create.go).
+// A page's next_token names the last volume returned, so volumes deleted
+// between pages do not shift the next page; a token this plugin did not
+// make is Aborted.
 func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if req.GetMaxEntries() < 0 {
 		return nil, errf(codes.InvalidArgument, "max_entries is negative")
@@ -238,14 +240,18 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 	byName := nodeMap(nodes)
 	resp := &csi.ListVolumesResponse{}
 	for _, v := range vols {
-		if v.State != leader.VolumeReady || v.ID <= after {
+		if v.State == leader.VolumeDeleting || v.ID <= after {
 			continue
 		}
 		if max := int(req.GetMaxEntries()); max > 0 && len(resp.Entries) == max {
 			resp.NextToken = listTokenPrefix + resp.Entries[len(resp.Entries)-1].Volume.VolumeId
 			break
 		}
-		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: csiVolume(v, byName)})
+		e := &csi.ListVolumesResponse_Entry{Volume: csiVolume(v, byName)}
+		if v.State != leader.VolumeReady {
+			c.markPending(e.Volume, v)
+		}
+		resp.Entries = append(resp.Entries, e)
 	}
 	return resp, nil
 }
