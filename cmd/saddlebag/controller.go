@@ -72,6 +72,9 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 		}
 		f.name = h
 	}
+	if err := leader.ValidateNodeName(f.name); err != nil {
+		return nil, usageError{fmt.Errorf("--name: %w", err)}
+	}
 	return f, nil
 }
 
