@@ -409,7 +409,12 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 		if _, err := os.Lstat(target); errors.Is(err, os.ErrNotExist) {
 			return &csi.NodeUnpublishVolumeResponse{}, nil
 		}
-		return nil, errf(codes.InvalidArgument, "target_path is not where volume %s is published on this node; unpublish acts only on its own targets", id)
+		// A publication no record names (made by a node process from
+		// before the records) is still this volume's when the file system
+		// mounted there comes from the volume's own loop device.
+		if ours, err := mount.MountedFrom(target, filepath.Join(n.fuseDir(id), id)); err != nil || !ours {
+			return nil, errf(codes.InvalidArgument, "target_path is not where volume %s is published on this node; unpublish acts only on its own targets", id)
+		}
 	}
 	if err := mount.Unpublish(target, n.log); err != nil {
 		return nil, toStatus(err, "unpublish")

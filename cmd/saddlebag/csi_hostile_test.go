@@ -109,6 +109,13 @@ func TestCSIHostileInput(t *testing.T) {
 	}
 	_, err = ctl.ListVolumes(ctx, &csi.ListVolumesRequest{StartingToken: "after:x/../victim"})
 	mustCode(t, codes.Aborted, err)
+	// A name is free text, but never becomes an alias: it is hashed.
+	alias, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "x/../victim", Parameters: map[string]string{"replicas": "1"},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, VolumeCapabilities: []*csi.VolumeCapability{swCap}})
+	must.NoError(t, err)
+	must.StrHasPrefix(t, "h-", alias.GetVolume().GetVolumeId())
+	_, err = ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: alias.GetVolume().GetVolumeId()})
+	must.NoError(t, err)
 
 	// Well-formed ids that name nothing.
 	_, err = ctl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: "victim2", NodeId: "n1", VolumeCapability: swCap})

@@ -92,6 +92,9 @@ func TestRestartTakeover(t *testing.T) {
 
 	// The node: its volume restaged at once, at a higher epoch.
 	n2.waitLine(t, takeOverRE, 20*time.Second)
+	free, err := c.ReadPrimary(ctx, "rt")
+	must.NoError(t, err)
+	must.Eq(t, "", free.Node, must.Sprint("the dead node's primary lock is still held: the volume could not move"))
 	node := csi.NewNodeClient(dialCSI(t, sock))
 	_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "rt", StagingTargetPath: staging, VolumeCapability: swCap})
 	must.NoError(t, err)
