@@ -1,6 +1,10 @@
 package leader_test
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,4 +73,37 @@ func TestRestartTakesOverPredecessorSession(t *testing.T) {
 	holder, err := c.ReadPrimary(ctx, "vol2")
 	must.NoError(t, err)
 	must.Eq(t, other, holder.Session)
+}
+
+// The session name carries its process's pid and boot id: a successor
+// that finds that process still running here (a graceful stop still
+// releasing) waits for it to exit, at most lock-delay, before taking its
+// session over.
+func TestTakeoverWaitsForALivePredecessor(t *testing.T) {
+	dev := devAgent(t)
+	c := newClient(t, dev.HTTPAddr, leader.ConsulConfig{})
+	node, err := c.API().Agent().NodeName()
+	must.NoError(t, err)
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	must.NoError(t, err)
+	pred := exec.Command("sleep", "60")
+	must.NoError(t, pred.Start())
+	exited := make(chan struct{})
+	go func() { _ = pred.Wait(); close(exited) }()
+	t.Cleanup(func() { _ = pred.Process.Kill(); <-exited })
+	name := fmt.Sprintf("%s n3 pid=%d boot=%s", leader.NodeService, pred.Process.Pid, strings.TrimSpace(string(boot)))
+	sid, _, err := c.API().Session().Create(&api.SessionEntry{Name: name, Node: node, NodeChecks: []string{"serfHealth"}}, nil)
+	must.NoError(t, err)
+
+	start := time.Now()
+	time.AfterFunc(time.Second, func() { _ = pred.Process.Kill() })
+	a := runAgent(t, c, "n3", func(cfg *leader.AgentConfig) { cfg.LockDelay = 20 * time.Second })
+	took := time.Since(start)
+	t.Logf("took over %s after start (predecessor killed after 1s; lock-delay 20s)", took)
+	must.Greater(t, time.Second, took)
+	must.Less(t, 10*time.Second, took)
+	must.Eq(t, 1, a.Stats().TakenOver)
+	se, _, err := c.API().Session().Info(sid, nil)
+	must.NoError(t, err)
+	must.Nil(t, se)
 }
