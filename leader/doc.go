@@ -26,7 +26,9 @@
 // session at start (takeover.go): it releases the locks that session holds
 // and destroys it, since the new process feeds the check the old session
 // is tied to and it would otherwise never die; the next acquisition of
-// each lock raises its LockIndex, fencing the dead process's epoch.
+// each lock raises its LockIndex, fencing the dead process's epoch. The
+// session name carries pid and boot id, so a predecessor still running on
+// this host is waited for (at most lock-delay) first.
 //
 // leader drives the data plane only through the small interfaces it owns
 // (IOGate) and satisfies replication.InSyncHook structurally. It must not
