@@ -30,6 +30,7 @@ consul {
 
 controller {
   replica_grace_period = "42s"
+  create_timeout       = "3m"
 }
 `
 
@@ -90,6 +91,7 @@ func TestControllerConfigFile(t *testing.T) {
 	must.NoError(t, err)
 	must.Eq(t, "n1", f.name)
 	must.Eq(t, 42*time.Second, f.grace)
+	must.Eq(t, 3*time.Minute, f.createTimeout)
 	must.Eq(t, 7*time.Second, f.lockDelay)
 	must.Eq(t, "unix:///run/sb/csi.sock", f.endpoint)
 	must.Eq(t, "t0k", f.consul.Token)
