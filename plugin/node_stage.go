@@ -189,7 +189,8 @@ func (n *Node) replicaConfigs(rec leader.VolumeRecord) []replication.ReplicaConf
 // NodeUnstageVolume unmounts the volume, detaches the loop device, stops
 // FUSE, shuts the engine down cleanly and releases the primary lease.
 // A volume not staged here is unstaged already (anything an earlier
-// process left at the paths is cleared).
+// process left at the paths is cleared). Only the staging path recorded
+// for the volume is acted on: another one is InvalidArgument.
 func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if err := checkVolumeID("volume_id", id); err != nil {
@@ -377,8 +378,10 @@ func publishBlock(device, target string, readOnly bool) error {
 	return nil
 }
 
-// NodeUnpublishVolume unmounts the target and removes it. Nothing there
-// is unpublished already.
+// NodeUnpublishVolume unmounts the target and removes it, if it is one
+// the volume was published at (node_paths.go); a path that does not exist
+// is unpublished already, and any other path is InvalidArgument, with
+// nothing touched.
 func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if err := checkVolumeID("volume_id", id); err != nil {
