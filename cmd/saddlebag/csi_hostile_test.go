@@ -154,6 +154,13 @@ func TestCSIHostileInput(t *testing.T) {
 	invalid("NodeUnpublishVolume through a symlink", err)
 	_, err = node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "victim", StagingTargetPath: staging, TargetPath: targetLink, VolumeCapability: swCap})
 	invalid("NodePublishVolume onto a symlink", err)
+	_, err = node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "victim", StagingTargetPath: stagingLink,
+		TargetPath: filepath.Join(dir, "t3"), VolumeCapability: swCap})
+	invalid("NodePublishVolume from a symlinked staging path", err)
+	_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "victim", StagingTargetPath: stagingLink, VolumeCapability: swCap})
+	invalid("NodeStageVolume at a symlink", err)
+	_, err = node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "victim", VolumePath: targetLink})
+	mustCode(t, codes.NotFound, err) // well-formed, not the volume's path: never looked at
 	// Foreign paths: the unstage of another path does not tear the real
 	// staging down; the unpublish of a foreign directory removes nothing.
 	_, err = node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "victim", StagingTargetPath: foreign})
