@@ -80,6 +80,7 @@ type Agent struct {
 	session      string
 	sessionReady chan struct{} // closed while session != ""
 	sessions     int           // sessions created so far
+	takenOver    int           // predecessors' sessions ended at start
 	registered   int           // registrations so far
 	volumes      map[string]VolumeHealth
 	volumeChecks map[string]VolumeHealth // as last pushed, in the current registration
@@ -90,6 +91,9 @@ type Agent struct {
 func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Client == nil || cfg.Node == "" {
 		return nil, fmt.Errorf("%w: agent needs a client and a node name", ErrInvalid)
+	}
+	if err := ValidateNodeName(cfg.Node); err != nil {
+		return nil, err
 	}
 	if cfg.Service == "" {
 		cfg.Service = NodeService
@@ -149,13 +153,16 @@ type AgentStats struct {
 	Registrations int
 	Sessions      int
 	Leases        int
+	// TakenOver counts sessions of a previous process under the same
+	// name that this agent ended at start.
+	TakenOver int
 }
 
 // Stats returns the counters.
 func (a *Agent) Stats() AgentStats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return AgentStats{Registrations: a.registered, Sessions: a.sessions, Leases: len(a.leases)}
+	return AgentStats{Registrations: a.registered, Sessions: a.sessions, Leases: len(a.leases), TakenOver: a.takenOver}
 }
 
 // waitSession returns the current session, waiting for one if needed.
@@ -299,9 +306,12 @@ func (a *Agent) writeRecord(ctx context.Context) error {
 
 // ReadNode returns a node's record.
 func (c *Client) ReadNode(ctx context.Context, node string) (NodeRecord, error) {
+	var rec NodeRecord
+	if err := ValidateNodeName(node); err != nil {
+		return rec, err
+	}
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	var rec NodeRecord
 	pair, _, err := c.api.KV().Get(c.keys.Node(node), qopts(ctx))
 	if err != nil {
 		return rec, fmt.Errorf("read node record %s: %w", node, err)
@@ -332,8 +342,16 @@ func (a *Agent) keepSession(ctx context.Context) error {
 		a.mu.Unlock()
 		a.log.Error("consul session invalidated; every lease held under it is lost", "session", sid, "leases", held)
 	}
+	a.mu.Lock()
+	first := a.sessions == 0
+	a.mu.Unlock()
+	if first {
+		if err := a.takeOver(ctx); err != nil {
+			return err
+		}
+	}
 	sid, _, err := a.c.api.Session().Create(&api.SessionEntry{
-		Name:          a.cfg.Service + " " + a.cfg.Node,
+		Name:          a.sessionName(),
 		LockDelay:     a.cfg.LockDelay,
 		Behavior:      api.SessionBehaviorRelease,
 		NodeChecks:    []string{"serfHealth"},

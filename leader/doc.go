@@ -16,7 +16,19 @@
 //   - volume records <prefix>volumes/<vol> with check-and-set (volume.go);
 //   - per-volume health checks in the Consul UI (health.go).
 //
-// The KV layout lives in keys.go and nowhere else.
+// The KV layout lives in keys.go and nowhere else. A name spelled into a
+// key (volume id, node name) is exactly one segment: ValidateName refuses
+// anything that could change a key's structure ('/', ".", "..", "%",
+// control characters, over 128 characters), the Client refuses such a name
+// with ErrInvalid, and Keys quarantines one that slips through.
+//
+// A process restarted under the same name takes over its predecessor's
+// session at start (takeover.go): it releases the locks that session holds
+// and destroys it, since the new process feeds the check the old session
+// is tied to and it would otherwise never die; the next acquisition of
+// each lock raises its LockIndex, fencing the dead process's epoch. The
+// session name carries pid and boot id, so a predecessor still running on
+// this host is waited for (at most lock-delay) first.
 //
 // leader drives the data plane only through the small interfaces it owns
 // (IOGate) and satisfies replication.InSyncHook structurally. It must not

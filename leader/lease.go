@@ -220,8 +220,8 @@ func (l *Lease) Guard(gate IOGate) {
 // AcquirePrimary blocks until this agent holds volume's primary lease, or
 // ctx ends. The returned lease's epoch is the key's LockIndex.
 func (a *Agent) AcquirePrimary(ctx context.Context, volume string) (*Lease, error) {
-	if volume == "" {
-		return nil, fmt.Errorf("%w: empty volume id", ErrInvalid)
+	if err := ValidateName("volume id", volume); err != nil {
+		return nil, err
 	}
 	return a.acquire(ctx, a.c.keys.Primary(volume), volume, []byte(a.cfg.Node))
 }

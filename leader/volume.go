@@ -70,6 +70,9 @@ type PrimaryHolder struct {
 // ReadPrimary returns the volume's primary lock holder (zero when the lock
 // is free or absent), from a consistent read.
 func (c *Client) ReadPrimary(ctx context.Context, id string) (PrimaryHolder, error) {
+	if err := ValidateName("volume id", id); err != nil {
+		return PrimaryHolder{}, err
+	}
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	key := c.keys.Primary(id)
@@ -92,6 +95,9 @@ func (c *Client) ReadPrimary(ctx context.Context, id string) (PrimaryHolder, err
 // its index, and ErrNotFound when it does not exist.
 func (c *Client) WatchVolume(ctx context.Context, id string, index uint64, wait time.Duration) (VolumeRecord, uint64, error) {
 	var rec VolumeRecord
+	if err := ValidateName("volume id", id); err != nil {
+		return rec, index, err
+	}
 	key := c.keys.Volume(id)
 	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
 	pair, meta, err := c.api.KV().Get(key, q)
@@ -110,9 +116,12 @@ func (c *Client) WatchVolume(ctx context.Context, id string, index uint64, wait 
 // GetVolume returns a volume record and its modify index (consistent
 // read), or ErrNotFound.
 func (c *Client) GetVolume(ctx context.Context, id string) (VolumeRecord, uint64, error) {
+	var rec VolumeRecord
+	if err := ValidateName("volume id", id); err != nil {
+		return rec, 0, err
+	}
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	var rec VolumeRecord
 	key := c.keys.Volume(id)
 	pair, _, err := c.api.KV().Get(key, qopts(ctx))
 	if err != nil {
@@ -140,6 +149,9 @@ func (c *Client) ListVolumes(ctx context.Context) ([]VolumeRecord, error) {
 		if strings.Contains(strings.TrimPrefix(p.Key, c.keys.Volumes()), "/") {
 			continue // a volume's primary lock or in-sync record
 		}
+		if ValidateName("volume id", strings.TrimPrefix(p.Key, c.keys.Volumes())) != nil {
+			continue // not a key this layout makes (written by hand, or quarantined)
+		}
 		var rec VolumeRecord
 		if err := json.Unmarshal(p.Value, &rec); err != nil {
 			return nil, fmt.Errorf("decode %s: %w", p.Key, err)
@@ -156,8 +168,8 @@ func (c *Client) ListVolumes(ctx context.Context) ([]VolumeRecord, error) {
 // *LeaseLostError when leadership is gone. Created is kept from the caller
 // (set on create when zero); Updated is set now.
 func (c *Client) PutVolume(ctx context.Context, rec VolumeRecord, index uint64, leadership *Lease) (uint64, error) {
-	if rec.ID == "" || strings.Contains(rec.ID, "/") {
-		return 0, fmt.Errorf("%w: volume id %q", ErrInvalid, rec.ID)
+	if err := ValidateName("volume id", rec.ID); err != nil {
+		return 0, err
 	}
 	now := time.Now().UTC()
 	if rec.Created.IsZero() {
@@ -176,6 +188,9 @@ func (c *Client) PutVolume(ctx context.Context, rec VolumeRecord, index uint64, 
 // together with every key under it (the in-sync record and the primary
 // lock key), under leadership (when non-nil). Deleting an absent record with index 0 succeeds.
 func (c *Client) DeleteVolume(ctx context.Context, id string, index uint64, leadership *Lease) error {
+	if err := ValidateName("volume id", id); err != nil {
+		return err
+	}
 	key := c.keys.Volume(id)
 	if index == 0 {
 		_, _, err := c.GetVolume(ctx, id)

@@ -44,7 +44,11 @@ type ControllerConfig struct {
 	// FenceWait bounds how long ControllerUnpublishVolume waits for a
 	// fenced node to release the volume. Default 20s.
 	FenceWait time.Duration
-	Log       hclog.Logger
+	// CreateTimeout is how long a volume may stay "creating" (a
+	// CreateVolume interrupted by a crash and never repeated) before the
+	// active controller removes its replicas and record. Default 5m.
+	CreateTimeout time.Duration
+	Log           hclog.Logger
 	// Now is the clock of the re-replication driver (default time.Now).
 	Now func() time.Time
 }
@@ -88,6 +92,9 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	}
 	if cfg.FenceWait == 0 {
 		cfg.FenceWait = 20 * time.Second
+	}
+	if cfg.CreateTimeout == 0 {
+		cfg.CreateTimeout = 5 * time.Minute
 	}
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
@@ -177,12 +184,12 @@ func volumeSize(cr *csi.CapacityRange) (int64, error) {
 // CreateVolume places a new volume's replicas and makes them, or returns
 // the volume already created under the same name.
 func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	name := req.GetName()
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
 	if !c.Active() {
 		return forward(ctx, c, "CreateVolume", req, csi.ControllerClient.CreateVolume)
-	}
-	name := req.GetName()
-	if name == "" {
-		return nil, errf(codes.InvalidArgument, "name is required")
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
 		return nil, errf(codes.InvalidArgument, "volume_capabilities are required")
@@ -408,12 +415,12 @@ func csiVolume(rec leader.VolumeRecord, nodes map[string]leader.NodeState) *csi.
 // DeleteVolume removes a volume's replicas from their nodes, then its
 // record. An unknown volume is deleted already.
 func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	id := req.GetVolumeId()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
 	if !c.Active() {
 		return forward(ctx, c, "DeleteVolume", req, csi.ControllerClient.DeleteVolume)
-	}
-	id := req.GetVolumeId()
-	if id == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id is required")
 	}
 	lease, unlock, err := c.begin(id)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
@@ -23,12 +24,15 @@ import (
 // holds the primary lock, and otherwise fences the first (failover must
 // not wait for Nomad's claim GC, DESIGN.md §7).
 func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
+	id, node := req.GetVolumeId(), req.GetNodeId()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
+	if err := checkNodeID("node_id", node); err != nil {
+		return nil, err
+	}
 	if !c.Active() {
 		return forward(ctx, c, "ControllerPublishVolume", req, csi.ControllerClient.ControllerPublishVolume)
-	}
-	id, node := req.GetVolumeId(), req.GetNodeId()
-	if id == "" || node == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id and node_id are required")
 	}
 	why, err := checkCapability(req.GetVolumeCapability())
 	if err != nil {
@@ -111,12 +115,17 @@ func fence(m map[string]uint64, node string, epoch uint64) map[string]uint64 {
 // lease. The call returns when the node no longer holds the lease (a node
 // that is down lost it with its session), or Unavailable after FenceWait.
 func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
+	id, node := req.GetVolumeId(), req.GetNodeId()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
+	if node != "" { // empty: unpublish from every node (CSI)
+		if err := checkNodeID("node_id", node); err != nil {
+			return nil, err
+		}
+	}
 	if !c.Active() {
 		return forward(ctx, c, "ControllerUnpublishVolume", req, csi.ControllerClient.ControllerUnpublishVolume)
-	}
-	id, node := req.GetVolumeId(), req.GetNodeId()
-	if id == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id is required")
 	}
 	lease, unlock, err := c.begin(id)
 	if err != nil {
@@ -171,8 +180,8 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 // ValidateVolumeCapabilities confirms the capabilities a volume supports.
 func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	id := req.GetVolumeId()
-	if id == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id is required")
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
 		return nil, errf(codes.InvalidArgument, "volume_capabilities are required")
@@ -206,9 +215,11 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 // listTokenPrefix marks ListVolumes tokens: "after:<last volume id>".
 const listTokenPrefix = "after:"
 
-// ListVolumes lists ready volumes in id order. A page's next_token names
-// the last volume returned, so volumes deleted between pages do not shift
-// the next page; a token this plugin did not make is Aborted.
+// ListVolumes lists ready volumes in id order, and volumes whose create
+// has not completed with volume context saying so (stale_create.go).
+// A page's next_token names the last volume returned, so volumes deleted
+// between pages do not shift the next page; a token this plugin did not
+// make is Aborted.
 func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if req.GetMaxEntries() < 0 {
 		return nil, errf(codes.InvalidArgument, "max_entries is negative")
@@ -217,7 +228,7 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 	if tok := req.GetStartingToken(); tok != "" {
 		var ok bool
 		after, ok = strings.CutPrefix(tok, listTokenPrefix)
-		if !ok || after == "" {
+		if !ok || replication.ValidateVolumeID(after) != nil {
 			return nil, errf(codes.Aborted, "starting_token %q was not returned by ListVolumes", tok)
 		}
 	}
@@ -229,14 +240,18 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 	byName := nodeMap(nodes)
 	resp := &csi.ListVolumesResponse{}
 	for _, v := range vols {
-		if v.State != leader.VolumeReady || v.ID <= after {
+		if v.State == leader.VolumeDeleting || v.ID <= after {
 			continue
 		}
 		if max := int(req.GetMaxEntries()); max > 0 && len(resp.Entries) == max {
 			resp.NextToken = listTokenPrefix + resp.Entries[len(resp.Entries)-1].Volume.VolumeId
 			break
 		}
-		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: csiVolume(v, byName)})
+		e := &csi.ListVolumesResponse_Entry{Volume: csiVolume(v, byName)}
+		if v.State != leader.VolumeReady {
+			c.markPending(e.Volume, v)
+		}
+		resp.Entries = append(resp.Entries, e)
 	}
 	return resp, nil
 }

@@ -23,6 +23,17 @@
 //     channel on TCP) with a logging interceptor that strips secrets; paths.go: the raw_exec path translation of
 //     DESIGN.md §7.
 //
+// Every field of every request is untrusted (validate.go): volume and
+// node ids must be exactly the ids the plugin issues
+// (replication.ValidateVolumeID, leader.ValidateNodeName), staging and
+// target paths absolute, clean, not symlinks and outside the plugin's
+// state directory, all checked before anything touches Consul, a file or
+// a replica (InvalidArgument naming the field and the rule). The node
+// records each volume's staging path and targets in its state directory
+// (node_paths.go) and unstages or unpublishes only those. The active
+// controller removes creates interrupted for longer than CreateTimeout
+// (stale_create.go), which ListVolumes shows meanwhile.
+//
 // It is the only package that speaks gRPC status codes: typed errors from
 // leader, scheduler, replication, volspec and plugin/mount are mapped to
 // codes here (errors.go), never by their text. Every RPC is serialised

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -111,15 +112,34 @@ func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeG
 
 // NodeGetVolumeStats reports the usage of a volume staged here, at a
 // staging or target path: bytes and inodes of its file system, or the
-// size of a raw block volume.
+// size of a raw block volume. A malformed id or path ("..", "." elements,
+// control characters) is InvalidArgument; a well-formed path where the
+// volume is not staged or published is NotFound, as CSI's error table and
+// the conformance suite (csi-sanity: a staged volume asked at the
+// relative "some/path") require, and nothing there is looked at: only a
+// path recorded at stage or publish time is stat'ed.
 func (n *Node) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	id, path := req.GetVolumeId(), n.cfg.Paths.Host(req.GetVolumePath())
-	if id == "" || path == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id and volume_path are required")
+	id, p := req.GetVolumeId(), req.GetVolumePath()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
+	if p == "" {
+		return nil, errf(codes.InvalidArgument, "volume_path is required")
+	}
+	why := pathProblem(p)
+	if !filepath.IsAbs(p) {
+		why = pathProblem("/" + p) // relative but otherwise well-formed: NotFound below
+	}
+	if why != "" {
+		return nil, errf(codes.InvalidArgument, "volume_path %.200q %s", p, why)
 	}
 	sv := n.get(id)
 	if sv == nil {
 		return nil, errf(codes.NotFound, "volume %s is not staged on this node", id)
+	}
+	path := n.cfg.Paths.Host(p)
+	if !filepath.IsAbs(p) || !sv.hasPath(path) {
+		return nil, errf(codes.NotFound, "volume %s is not staged or published at volume_path %q on this node", id, p)
 	}
 	st, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -127,9 +147,6 @@ func (n *Node) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStats
 	}
 	if err != nil {
 		return nil, errf(codes.Internal, "stat %s: %v", path, err)
-	}
-	if !sv.hasPath(path) {
-		return nil, errf(codes.NotFound, "volume %s is not at %s", id, path)
 	}
 	if st.Mode()&os.ModeDevice != 0 || sv.block {
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: sv.size}}}, nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -53,9 +54,13 @@ func (n *Node) fuseDir(id string) string { return filepath.Join(n.cfg.StateDir, 
 // loop device on it and, for mount access, make the file system on first
 // use and mount it.
 func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	id, staging := req.GetVolumeId(), n.cfg.Paths.Host(req.GetStagingTargetPath())
-	if id == "" || staging == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id and staging_target_path are required")
+	id := req.GetVolumeId()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
+	staging, err := n.hostPath("staging_target_path", req.GetStagingTargetPath())
+	if err != nil {
+		return nil, err
 	}
 	vc := req.GetVolumeCapability()
 	why, err := checkCapability(vc)
@@ -127,9 +132,16 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		if !ok {
 			if err := n.teardown(context.WithoutCancel(ctx), sv, true); err != nil {
 				log.Error("undo a failed stage", "error", err)
+			} else if err := n.removePaths(id); err != nil {
+				log.Error("undo a failed stage", "error", err)
 			}
 		}
 	}()
+	// Recorded before anything is mounted there, so that the unstage of
+	// a later process still knows this is the volume's staging path.
+	if err := n.writePaths(id, pathRecord{Staging: staging}); err != nil {
+		return nil, toStatus(err, "record the staging path")
+	}
 	sv.fuse, err = replication.MountFUSE(ctx, prim.Engine, replication.FUSEConfig{Dir: fuseDir, Name: id,
 		HungTimeout: n.cfg.FUSEHungTimeout, Log: log})
 	if err != nil {
@@ -177,29 +189,47 @@ func (n *Node) replicaConfigs(rec leader.VolumeRecord) []replication.ReplicaConf
 // NodeUnstageVolume unmounts the volume, detaches the loop device, stops
 // FUSE, shuts the engine down cleanly and releases the primary lease.
 // A volume not staged here is unstaged already (anything an earlier
-// process left at the paths is cleared).
+// process left at the paths is cleared). Only the staging path recorded
+// for the volume is acted on: another one is InvalidArgument.
 func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	id, staging := req.GetVolumeId(), n.cfg.Paths.Host(req.GetStagingTargetPath())
-	if id == "" || staging == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id and staging_target_path are required")
+	id := req.GetVolumeId()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
+	staging, err := n.hostPath("staging_target_path", req.GetStagingTargetPath())
+	if err != nil {
+		return nil, err
 	}
 	unlock, err := n.lock(id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	if sv := n.get(id); sv != nil {
+	rec, recorded, err := n.readPaths(id)
+	if err != nil {
+		return nil, toStatus(err, "unstage")
+	}
+	sv := n.get(id)
+	if sv != nil {
+		rec.Staging, recorded = sv.stagingPath, true
+	}
+	if recorded && rec.Staging != staging {
+		return nil, errf(codes.InvalidArgument, "volume %s is staged at another staging_target_path on this node; unstage acts only on the path it was staged at", id)
+	}
+	if sv != nil {
 		if err := n.unstage(ctx, sv, false); err != nil {
 			return nil, toStatus(err, "unstage")
 		}
-		return &csi.NodeUnstageVolumeResponse{}, nil
+		return &csi.NodeUnstageVolumeResponse{}, toStatus(n.removePaths(id), "unstage")
 	}
+	// Not staged by this process: clear what an earlier one left, all of
+	// it inside the plugin's own directory or mounted from it.
 	fuseDir := n.fuseDir(id)
 	if _, err := mount.Recover(ctx, mount.RecoverRequest{FUSEDir: fuseDir, BackingFile: filepath.Join(fuseDir, id), Force: true,
 		Log: n.log}); err != nil {
 		return nil, toStatus(err, "clear what an earlier engine left")
 	}
-	return &csi.NodeUnstageVolumeResponse{}, nil
+	return &csi.NodeUnstageVolumeResponse{}, toStatus(n.removePaths(id), "unstage")
 }
 
 // unstage undoes NodeStageVolume for sv and forgets it.
@@ -265,10 +295,23 @@ func unmountFUSE(m *replication.FUSEMount) error {
 // NodePublishVolume bind-mounts the staged file system (or, for block
 // access, the loop device) at the target path, read-only when asked.
 func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	id, target := req.GetVolumeId(), n.cfg.Paths.Host(req.GetTargetPath())
-	staging := n.cfg.Paths.Host(req.GetStagingTargetPath())
-	if id == "" || target == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id and target_path are required")
+	id := req.GetVolumeId()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
+	target, err := n.hostPath("target_path", req.GetTargetPath())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetStagingTargetPath() == "" {
+		return nil, errf(codes.InvalidArgument, "staging_target_path is required (the plugin stages volumes)")
+	}
+	staging, err := n.hostPath("staging_target_path", req.GetStagingTargetPath())
+	if err != nil {
+		return nil, err
+	}
+	if within(target, staging) || within(staging, target) {
+		return nil, errf(codes.InvalidArgument, "target_path and staging_target_path overlap")
 	}
 	vc := req.GetVolumeCapability()
 	why, err := checkCapability(vc)
@@ -277,9 +320,6 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	}
 	if why != "" {
 		return nil, errf(codes.InvalidArgument, "%s", why)
-	}
-	if staging == "" {
-		return nil, errf(codes.InvalidArgument, "staging_target_path is required (the plugin stages volumes)")
 	}
 	unlock, err := n.lock(id)
 	if err != nil {
@@ -297,6 +337,9 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 		return nil, errf(codes.AlreadyExists, "volume %s was staged with another access type", id)
 	}
 	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	if err := n.addTarget(id, target); err != nil { // before the mount: unpublish must know it
+		return nil, toStatus(err, "record the target path")
+	}
 	if sv.block {
 		err = publishBlock(sv.device, target, readOnly)
 	} else {
@@ -335,18 +378,47 @@ func publishBlock(device, target string, readOnly bool) error {
 	return nil
 }
 
-// NodeUnpublishVolume unmounts the target and removes it. Nothing there
-// is unpublished already.
+// NodeUnpublishVolume unmounts the target and removes it, if it is one
+// the volume was published at (node_paths.go); a path that does not exist
+// is unpublished already, and any other path is InvalidArgument, with
+// nothing touched.
 func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	id, target := req.GetVolumeId(), n.cfg.Paths.Host(req.GetTargetPath())
-	if id == "" || target == "" {
-		return nil, errf(codes.InvalidArgument, "volume_id and target_path are required")
+	id := req.GetVolumeId()
+	if err := checkVolumeID("volume_id", id); err != nil {
+		return nil, err
+	}
+	target, err := n.hostPath("target_path", req.GetTargetPath())
+	if err != nil {
+		return nil, err
 	}
 	unlock, err := n.lock(id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	rec, _, err := n.readPaths(id)
+	if err != nil {
+		return nil, toStatus(err, "unpublish")
+	}
+	published := slices.Contains(rec.Targets, target)
+	if sv := n.get(id); sv != nil {
+		sv.mu.Lock()
+		published = published || sv.targets[target]
+		sv.mu.Unlock()
+	}
+	if !published {
+		// Never published here for this volume: touch nothing. A path
+		// that is not there is unpublished already (CSI idempotency).
+		if _, err := os.Lstat(target); errors.Is(err, os.ErrNotExist) {
+			return &csi.NodeUnpublishVolumeResponse{}, nil
+		}
+		// A publication no record names (made by a node process from
+		// before the records) is still this volume's when the file system
+		// mounted there comes from the volume's own loop device.
+		if ours, err := mount.MountedFrom(target, filepath.Join(n.fuseDir(id), id)); err != nil || !ours {
+			return nil, errf(codes.InvalidArgument, "target_path is not where volume %s is published on this node; unpublish acts only on its own targets", id)
+		}
+	}
 	if err := mount.Unpublish(target, n.log); err != nil {
 		return nil, toStatus(err, "unpublish")
 	}
@@ -358,7 +430,7 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 		delete(sv.targets, target)
 		sv.mu.Unlock()
 	}
-	return &csi.NodeUnpublishVolumeResponse{}, nil
+	return &csi.NodeUnpublishVolumeResponse{}, toStatus(n.removeTarget(id, target), "unpublish")
 }
 
 // follow keeps a staged volume's engine in line with its volume record

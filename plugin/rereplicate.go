@@ -64,6 +64,9 @@ func (d *driver) step(ctx context.Context, lease *leader.Lease) error {
 		states = append(states, st)
 	}
 	var errs []error
+	if err := c.cleanStaleCreates(ctx, lease, vols); err != nil {
+		errs = append(errs, err)
+	}
 	byName := nodeMap(nodes)
 	for _, r := range scheduler.PlanReplacements(schedulerNodes(nodes, vols, d.downSince), states, now, c.cfg.Grace) {
 		if err := d.replace(ctx, lease, r, byName); err != nil {

@@ -35,10 +35,16 @@ var (
 
 var volumeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
-// ValidateVolumeID reports whether id can name a volume on disk.
+// ValidateVolumeID reports whether id can name a volume on disk, in a
+// Consul key and in a file path: 1-128 characters of letters, digits,
+// '.', '_' or '-', starting with a letter or digit, and never containing
+// "..". So an id is always exactly one path segment and never "." or
+// "..", whatever layer (HTTP path cleaning, filepath.Join) it meets;
+// these are exactly the ids the plugin issues (plugin.volumeIDFor hashes
+// every other name).
 func ValidateVolumeID(id string) error {
-	if !volumeIDPattern.MatchString(id) {
-		return fmt.Errorf("%w: volume id %q must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, id)
+	if !volumeIDPattern.MatchString(id) || strings.Contains(id, "..") {
+		return fmt.Errorf("%w: volume id %.140q must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit, without \"..\"", ErrInvalid, id)
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ var nodeConfigFlags = map[string]configFlag{
 	"consul.key_file": {flag: "consul-client-key"}, "consul.tls_server_name": {flag: "consul-tls-server-name"},
 	"consul.kv_prefix":                {flag: "kv-prefix"},
 	"controller.replica_grace_period": {},
+	"controller.create_timeout":       {},
 }
 
 // controllerConfigFlags are `saddlebag controller`'s flags for agentconfig.Keys.
@@ -44,6 +45,7 @@ var controllerConfigFlags = map[string]configFlag{
 	"consul.key_file": {flag: "consul-client-key"}, "consul.tls_server_name": {flag: "consul-tls-server-name"},
 	"consul.kv_prefix":                {flag: "kv-prefix"},
 	"controller.replica_grace_period": {flag: "replica-grace"},
+	"controller.create_timeout":       {flag: "create-timeout"},
 }
 
 // parseFlagsWithConfig is parseFlags plus -config FILE: every setting of

@@ -30,6 +30,7 @@ consul {
 
 controller {
   replica_grace_period = "42s"
+  create_timeout       = "3m"
 }
 `
 
@@ -90,6 +91,7 @@ func TestControllerConfigFile(t *testing.T) {
 	must.NoError(t, err)
 	must.Eq(t, "n1", f.name)
 	must.Eq(t, 42*time.Second, f.grace)
+	must.Eq(t, 3*time.Minute, f.createTimeout)
 	must.Eq(t, 7*time.Second, f.lockDelay)
 	must.Eq(t, "unix:///run/sb/csi.sock", f.endpoint)
 	must.Eq(t, "t0k", f.consul.Token)
@@ -110,4 +112,18 @@ func TestConfigWarnings(t *testing.T) {
 	must.Eq(t, "unix:///from-nomad.sock", *endpoint)
 	must.Eq(t, path+":1,16: warning: csi_endpoint is ignored: $CSI_ENDPOINT is set, and wins\n"+
 		path+":2,7: warning: ttl is not used by saddlebag test\n", stderr.String())
+}
+
+// A node or controller name that could not be one key segment is refused
+// at start: it names the node record, the session and the CSI node id.
+func TestNamesCheckedAtStart(t *testing.T) {
+	t.Setenv("CSI_ENDPOINT", "")
+	for _, bad := range []string{"../n2", "n1/x", "a..b", "n\x001", ".n"} {
+		_, err := parseNodeFlags([]string{"--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--node", bad})
+		must.ErrorContains(t, err, "--node")
+		_, err = parseControllerFlags([]string{"--csi-endpoint", "unix:///run/sb/c.sock", "--name", bad})
+		must.ErrorContains(t, err, "--name")
+	}
+	_, err := parseControllerFlags([]string{"--csi-endpoint", "unix:///run/sb/c.sock", "--name", "c-1.example"})
+	must.NoError(t, err)
 }

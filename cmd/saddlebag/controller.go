@@ -29,6 +29,7 @@ type controllerFlags struct {
 	consul                   leader.ConsulConfig
 	lockDelay, ttl           time.Duration
 	grace, scanEvery         time.Duration
+	createTimeout            time.Duration
 	replicaTimeout           time.Duration
 }
 
@@ -43,6 +44,7 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	fs.DurationVar(&f.lockDelay, "lock-delay", 5*time.Second, "session lock-delay of the leadership lock")
 	fs.DurationVar(&f.ttl, "ttl", 10*time.Second, "TTL of the controller's Consul check (fed every ttl/3)")
 	fs.DurationVar(&f.grace, "replica-grace", 5*time.Minute, "how long a replica's node may be down before the replica is re-created on another node")
+	fs.DurationVar(&f.createTimeout, "create-timeout", 5*time.Minute, "how long a volume whose create was interrupted (a controller crash) stays before the active controller removes its replicas and record; ListVolumes shows it meanwhile")
 	fs.DurationVar(&f.scanEvery, "replica-scan", 5*time.Second, "how often the active controller looks for replicas to replace")
 	fs.DurationVar(&f.replicaTimeout, "replica-timeout", 10*time.Second, "bound on each request to a node's replica server (create, delete)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
@@ -60,8 +62,8 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	} else if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 		return nil, usageError{fmt.Errorf("--forward-addr %s: standbys dial the published address, so it needs a host they can reach, not a wildcard", f.forwardAddr)}
 	}
-	if f.grace <= 0 || f.scanEvery <= 0 {
-		return nil, usageError{errors.New("--replica-grace and --replica-scan must be positive")}
+	if f.grace <= 0 || f.scanEvery <= 0 || f.createTimeout <= 0 {
+		return nil, usageError{errors.New("--replica-grace, --replica-scan and --create-timeout must be positive")}
 	}
 	if f.name == "" {
 		h, err := os.Hostname()
@@ -69,6 +71,9 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 			return nil, fmt.Errorf("controller name: %w", err)
 		}
 		f.name = h
+	}
+	if err := leader.ValidateNodeName(f.name); err != nil {
+		return nil, usageError{fmt.Errorf("--name: %w", err)}
 	}
 	return f, nil
 }
@@ -119,7 +124,7 @@ func runController(ctx context.Context, args []string) error {
 		return err
 	}
 	defer fwdLn.Close()
-	ctl, err := plugin.NewController(plugin.ControllerConfig{Client: client, Agent: agent, Grace: f.grace,
+	ctl, err := plugin.NewController(plugin.ControllerConfig{Client: client, Agent: agent, Grace: f.grace, CreateTimeout: f.createTimeout,
 		ScanEvery: f.scanEvery, ReplicaTimeout: f.replicaTimeout, ForwardAddr: fwdLn.Addr().String(), Log: log})
 	if err != nil {
 		return err

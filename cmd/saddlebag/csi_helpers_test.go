@@ -12,12 +12,14 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/mount"
 )
 
 // csiNode is a `saddlebag node` process started by a test.
@@ -128,4 +130,41 @@ func assertNothingMountedUnder(t *testing.T, dir string) {
 			t.Errorf("left mounted: %s", line)
 		}
 	}
+}
+
+// recoverOnFailure registers a cleanup that, when the test has failed,
+// clears what a staged volume may have left after the processes stopped:
+// every mount under dir (deepest first, lazily) and, through
+// mount.Recover, the FUSE mounts and loop devices of each volume under
+// stateDir. It must be registered after the assertNothingMountedUnder
+// cleanup (so it runs before it) and before the processes start (so it
+// runs after they stop).
+func recoverOnFailure(t *testing.T, dir, stateDir string, volumes ...string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, v := range volumes {
+			fuseDir := filepath.Join(stateDir, "fuse", v)
+			if _, err := mount.Recover(context.Background(), mount.RecoverRequest{FUSEDir: fuseDir, BackingFile: filepath.Join(fuseDir, v),
+				Force: true}); err != nil {
+				t.Logf("recover %s: %v", v, err)
+			}
+		}
+		data, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			return
+		}
+		var points []string
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir) {
+				points = append(points, f[4])
+			}
+		}
+		for i := len(points) - 1; i >= 0; i-- {
+			if err := unix.Unmount(points[i], unix.MNT_DETACH); err != nil {
+				t.Logf("unmount %s: %v", points[i], err)
+			}
+		}
+	})
 }

@@ -66,6 +66,9 @@ func parseNodeFlags(args []string) (*nodeFlags, error) {
 		}
 		f.node = h
 	}
+	if err := leader.ValidateNodeName(f.node); err != nil {
+		return nil, usageError{fmt.Errorf("--node: %w", err)}
+	}
 	for _, l := range f.labels {
 		if k, _, ok := strings.Cut(l, "="); !ok || k == "" {
 			return nil, usageError{fmt.Errorf("--label %q: want key=value", l)}

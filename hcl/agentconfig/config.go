@@ -51,6 +51,9 @@ type Controller struct {
 	// ReplicaGracePeriod is how long a replica's node may be gone before
 	// the replica is replaced elsewhere.
 	ReplicaGracePeriod time.Duration
+	// CreateTimeout is how long a volume whose create was interrupted
+	// stays before the active controller removes it.
+	CreateTimeout time.Duration
 }
 
 // Setting is one setting the file gave.
@@ -74,7 +77,7 @@ var Keys = []string{
 	"lock_delay", "ttl", "labels",
 	"consul.address", "consul.token", "consul.ca_file", "consul.cert_file", "consul.key_file",
 	"consul.tls_server_name", "consul.kv_prefix",
-	"controller.replica_grace_period",
+	"controller.replica_grace_period", "controller.create_timeout",
 }
 
 // LogLevels are the accepted log_level values.
@@ -138,6 +141,8 @@ type rawConsul struct {
 type rawController struct {
 	ReplicaGracePeriod      *string   `hcl:"replica_grace_period,optional"`
 	ReplicaGracePeriodRange hcl.Range `hcl:"replica_grace_period,attr_value_range"`
+	CreateTimeout           *string   `hcl:"create_timeout,optional"`
+	CreateTimeoutRange      hcl.Range `hcl:"create_timeout,attr_value_range"`
 	DefRange                hcl.Range `hcl:",def_range"`
 }
 
@@ -278,6 +283,7 @@ func (c *Config) check(raw *rawConfig) hcl.Diagnostics {
 	}
 	if ct := raw.Controller; ct != nil {
 		k.duration("controller.replica_grace_period", ct.ReplicaGracePeriod, ct.ReplicaGracePeriodRange, &c.Controller.ReplicaGracePeriod, time.Second, 0)
+		k.duration("controller.create_timeout", ct.CreateTimeout, ct.CreateTimeoutRange, &c.Controller.CreateTimeout, time.Second, 0)
 	}
 	return k.diags
 }

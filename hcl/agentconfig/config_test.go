@@ -36,6 +36,7 @@ consul {
 
 controller {
   replica_grace_period = "10m"
+  create_timeout       = "7m"
 }
 `
 
@@ -52,7 +53,7 @@ func TestParseFullConfig(t *testing.T) {
 			CertFile: "/etc/consul/client.pem", KeyFile: "/etc/consul/client-key.pem",
 			TLSServerName: "consul.example", KVPrefix: "sb/",
 		},
-		Controller: Controller{ReplicaGracePeriod: 10 * time.Minute},
+		Controller: Controller{ReplicaGracePeriod: 10 * time.Minute, CreateTimeout: 7 * time.Minute},
 		settings:   c.settings,
 	}, c)
 

@@ -26,6 +26,7 @@
 //	}
 //	controller {                            # read by saddlebag controller only
 //	  replica_grace_period = "10m"          # a replica's node gone this long gets a replacement
+//	  create_timeout       = "5m"           # an interrupted create this old is removed
 //	}
 //
 // One file type serves both commands: the node and the controller share

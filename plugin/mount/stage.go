@@ -438,3 +438,27 @@ func saveState(path string, st stageState) error {
 	}
 	return nil
 }
+
+// MountedFrom reports whether path is a mount point of a loop device
+// backed by backing: the file system staged from the volume file, or a
+// bind mount of it (a publication). Anything else mounted there, or
+// nothing, is false.
+func MountedFrom(path, backing string) (bool, error) {
+	loops, err := loopsOf(backing)
+	if err != nil {
+		return false, err
+	}
+	for _, dev := range loops {
+		m, err := mountedFrom(path, dev)
+		if errors.Is(err, ErrPathBusy) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if m != nil {
+			return true, nil
+		}
+	}
+	return false, nil
+}
