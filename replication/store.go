@@ -11,7 +11,6 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sys/unix"
 )
 
 // BlockSize is the unit of volume sizes and of the dirty tracking to come.
@@ -56,6 +55,7 @@ func ValidateSize(size int64) error {
 type Store struct {
 	dir string
 	log hclog.Logger
+	fs  FileSystem
 
 	mu   sync.Mutex
 	open map[string]*Volume
@@ -63,10 +63,7 @@ type Store struct {
 
 // OpenStore opens (creating if needed) the data directory dir.
 func OpenStore(dir string, log hclog.Logger) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open data dir: %w", err)
-	}
-	return &Store{dir: dir, log: log.Named("store"), open: map[string]*Volume{}}, nil
+	return OpenStoreWith(dir, log, StoreOptions{})
 }
 
 // Dir returns the store's data directory.
@@ -106,16 +103,16 @@ func (s *Store) Open(id string, size int64, create bool) (v *Volume, created boo
 }
 
 func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, error) {
-	mf, err := openMeta(s.metaPath(id))
+	mf, err := openMeta(s.fs, s.metaPath(id))
 	created := false
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && create:
-		if err := os.MkdirAll(filepath.Join(s.dir, id), 0o700); err != nil {
+		if err := s.fs.MkdirAll(filepath.Join(s.dir, id), 0o700); err != nil {
 			return nil, false, err
 		}
 		// The data file first: a crash before the metadata exists leaves a
 		// folder that the next create completes.
-		df, err := os.OpenFile(s.DataPath(id), os.O_RDWR|os.O_CREATE, 0o600)
+		df, err := s.fs.OpenFile(s.DataPath(id), os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
 			return nil, false, err
 		}
@@ -128,10 +125,10 @@ func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, e
 			return nil, false, err
 		}
 		df.Close()
-		if mf, err = createMeta(s.metaPath(id), Meta{VolumeID: id, Size: size, Clean: true}); err != nil {
+		if mf, err = createMeta(s.fs, s.metaPath(id), Meta{VolumeID: id, Size: size, Clean: true}); err != nil {
 			return nil, false, classifyIOError(fmt.Errorf("create metadata: %w", err))
 		}
-		if err := syncDir(filepath.Join(s.dir, id)); err != nil {
+		if err := s.fs.SyncDir(filepath.Join(s.dir, id)); err != nil {
 			mf.close()
 			return nil, false, err
 		}
@@ -147,7 +144,7 @@ func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, e
 		mf.close()
 		return nil, false, fmt.Errorf("%w: replica %s holds volume %q of size %d, asked for size %d", ErrInvalid, id, m.VolumeID, m.Size, size)
 	}
-	df, err := os.OpenFile(s.DataPath(id), os.O_RDWR, 0)
+	df, err := s.fs.OpenFile(s.DataPath(id), os.O_RDWR, 0)
 	if err != nil {
 		mf.close()
 		return nil, false, err
@@ -175,16 +172,7 @@ func (s *Store) Delete(id string) error {
 	if _, ok := s.open[id]; ok {
 		return fmt.Errorf("%w: replica %s is open", ErrReplicaBusy, id)
 	}
-	return os.RemoveAll(filepath.Join(s.dir, id))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return s.fs.RemoveAll(filepath.Join(s.dir, id))
 }
 
 // classifyIOError wraps a full-disk error in ErrNoSpace so callers can tell.
@@ -206,7 +194,7 @@ type Volume struct {
 	store    *Store
 	id       string
 	size     int64
-	data     *os.File
+	data     File
 	wasClean bool
 
 	mu     sync.RWMutex // held shared by I/O, exclusively by epoch changes
@@ -307,7 +295,7 @@ func (v *Volume) WriteAt(epoch uint64, p []byte, off int64, fua bool) error {
 		return classifyIOError(fmt.Errorf("write replica %s: %w", v.id, err))
 	}
 	if fua {
-		if err := unix.Fdatasync(int(v.data.Fd())); err != nil {
+		if err := v.data.Datasync(); err != nil {
 			return classifyIOError(fmt.Errorf("sync replica %s: %w", v.id, err))
 		}
 	}
@@ -335,7 +323,7 @@ func (v *Volume) Flush(epoch uint64) error {
 		return err
 	}
 	defer v.mu.RUnlock()
-	if err := unix.Fdatasync(int(v.data.Fd())); err != nil {
+	if err := v.data.Datasync(); err != nil {
 		return classifyIOError(fmt.Errorf("sync replica %s: %w", v.id, err))
 	}
 	return nil
@@ -354,7 +342,7 @@ func (v *Volume) Trim(epoch uint64, off, n int64) error {
 		return err
 	}
 	defer v.mu.RUnlock()
-	if err := unix.Fallocate(int(v.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err != nil {
+	if err := v.data.PunchHole(off, n); err != nil {
 		return classifyIOError(fmt.Errorf("punch hole in replica %s: %w", v.id, err))
 	}
 	return nil
