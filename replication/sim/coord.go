@@ -1,0 +1,120 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/saddlebag/saddlebag/replication"
+)
+
+// inSyncRecord is the coordinator's copy of leader.InSyncRecord.
+type inSyncRecord struct {
+	Epoch    uint64
+	Replicas []string
+}
+
+// coordinator stands in for Consul with the semantics of leader/lease.go
+// and leader/insync.go: the primary lock's LockIndex is the epoch; the
+// in-sync record is written only by the current lock holder, never over a
+// record of a newer epoch. Its faults: the record lost, rolled back to an
+// older version, the lock index reset, and a blip (writes fail for a
+// while, as when the Consul leader changes).
+type coordinator struct {
+	mu        sync.Mutex
+	lockIndex uint64
+	holder    uint64 // epoch of the lock holder; 0: free
+	rec       *inSyncRecord
+	history   []inSyncRecord
+	blip      bool
+}
+
+// acquire takes the primary lock and returns its epoch.
+func (c *coordinator) acquire() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lockIndex++
+	c.holder = c.lockIndex
+	return c.lockIndex
+}
+
+// release frees the lock if epoch still holds it.
+func (c *coordinator) release(epoch uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.holder == epoch {
+		c.holder = 0
+	}
+}
+
+// read returns the in-sync record; false when there is none.
+func (c *coordinator) read() (inSyncRecord, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rec == nil {
+		return inSyncRecord{}, false
+	}
+	return inSyncRecord{Epoch: c.rec.Epoch, Replicas: slices.Clone(c.rec.Replicas)}, true
+}
+
+func (c *coordinator) loseRecord() {
+	c.mu.Lock()
+	c.rec = nil
+	c.mu.Unlock()
+}
+
+// rollBack replaces the record with an older version (frac picks which);
+// false if there is none older.
+func (c *coordinator) rollBack(frac float64) (inSyncRecord, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.history) < 2 {
+		return inSyncRecord{}, false
+	}
+	old := c.history[int(frac*float64(len(c.history)-1))]
+	c.rec = &inSyncRecord{Epoch: old.Epoch, Replicas: slices.Clone(old.Replicas)}
+	return old, true
+}
+
+// resetLockIndex sets the lock index back (to frac of its value), as a
+// Consul rebuilt from a snapshot or a deleted and recreated lock key does.
+func (c *coordinator) resetLockIndex(frac float64) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lockIndex = uint64(frac * float64(c.lockIndex))
+	return c.lockIndex
+}
+
+func (c *coordinator) setBlip(on bool) {
+	c.mu.Lock()
+	c.blip = on
+	c.mu.Unlock()
+}
+
+// hook is one primary's InSyncHook, writing under its lock (InSyncWriter).
+type hook struct {
+	c     *coordinator
+	epoch uint64
+}
+
+var _ replication.InSyncHook = hook{}
+
+func (h hook) SetInSync(_ context.Context, epoch uint64, inSync []string) error {
+	c := h.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.blip:
+		return fmt.Errorf("consul unavailable (blip)")
+	case epoch != h.epoch || c.holder != h.epoch:
+		return fmt.Errorf("lease of epoch %d lost (lock held at epoch %d)", h.epoch, c.holder)
+	case c.rec != nil && c.rec.Epoch > epoch:
+		return fmt.Errorf("in-sync record of epoch %d is newer than %d", c.rec.Epoch, epoch)
+	}
+	set := slices.Clone(inSync)
+	slices.Sort(set)
+	c.rec = &inSyncRecord{Epoch: epoch, Replicas: set}
+	c.history = append(c.history, *c.rec)
+	return nil
+}

@@ -1,0 +1,656 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/replication"
+)
+
+// Config is one schedule.
+type Config struct {
+	Seed   uint64
+	Faults FaultSet // nil: every class
+	// Replicas, Size, Writers and Steps default to 3, 32 MiB, 3 and 14.
+	Replicas int
+	Size     int64
+	Writers  int
+	Steps    int
+	// Log receives the engines' and replicas' logs; nil discards them.
+	Log hclog.Logger
+}
+
+// Result is what one schedule found.
+type Result struct {
+	Seed     uint64
+	Schedule []string // the faults injected, in order
+	// AckedWritesLost counts blocks that read back a version older than
+	// the model allows (or content no write put there), on any in-sync
+	// replica after recovery.
+	AckedWritesLost int
+	// DivergentReplicas counts in-sync replicas whose data differs from
+	// the first in-sync replica's after recovery.
+	DivergentReplicas int
+	// FencedWritesAccepted counts writes a primary acknowledged although
+	// they were issued after a later primary had finished promotion.
+	FencedWritesAccepted int
+	// Problems holds one line per failed check (including liveness:
+	// recovery that could not promote or bring every replica in sync).
+	Problems             []string
+	Issued, Acked, Flush int
+	Duration             time.Duration
+}
+
+// Failed reports whether any check failed.
+func (r *Result) Failed() bool { return len(r.Problems) > 0 }
+
+const volume = "simvol"
+
+// primary is one engine the simulation started.
+type primary struct {
+	eng      *replication.Engine
+	epoch    uint64
+	inc      int    // promotion order
+	promised uint64 // event counter when StartEngine returned
+}
+
+// node is one replica server: its disk (a CrashFS), and the proxy that
+// names it.
+type node struct {
+	i      int
+	dir    string
+	fs     *CrashFS
+	proxy  *faultProxy
+	up     bool
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	cut, delayed, diskFull bool
+}
+
+func (n *node) addr() string { return n.proxy.addr() }
+
+type simulation struct {
+	cfg  Config
+	log  hclog.Logger
+	ctx  context.Context
+	rng  *rand.Rand // the schedule's draws; only the scheduler uses it
+	dead *rand.Rand // power-loss draws
+
+	nodes []*node
+	coord coordinator
+
+	events   atomic.Uint64
+	frontier atomic.Uint64 // issue counter of the newest completed flush
+
+	mu        sync.Mutex
+	primaries []*primary
+	current   *primary
+	zombie    *primary
+	zombieFor map[int]bool // writers still using the zombie
+	powerLost bool
+
+	writers []*writer
+	res     *Result
+	began   time.Time
+}
+
+func (s *simulation) note(format string, args ...any) {
+	line := fmt.Sprintf("%6.3fs ", time.Since(s.began).Seconds()) + fmt.Sprintf(format, args...)
+	s.mu.Lock()
+	s.res.Schedule = append(s.res.Schedule, line)
+	s.mu.Unlock()
+	s.log.Info("sim: " + line)
+}
+
+func (s *simulation) problem(format string, args ...any) {
+	s.mu.Lock()
+	s.res.Problems = append(s.res.Problems, fmt.Sprintf(format, args...))
+	s.mu.Unlock()
+}
+
+// pick returns the primary writer w sends its next op to.
+func (s *simulation) pick(w int) *primary {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.zombie != nil && s.zombieFor[w] {
+		return s.zombie
+	}
+	return s.current
+}
+
+// leaveZombie moves writer w off primary p once p reports being fenced.
+func (s *simulation) leaveZombie(w int, p *primary) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.zombie == p {
+		delete(s.zombieFor, w)
+	}
+}
+
+func (s *simulation) flushed(issued uint64) {
+	for {
+		cur := s.frontier.Load()
+		if issued <= cur || s.frontier.CompareAndSwap(cur, issued) {
+			return
+		}
+	}
+}
+
+// checkFenced counts an acknowledgement by p of an op issued after a
+// later primary finished its promotion: the later primary's promise must
+// have fenced p by then.
+func (s *simulation) checkFenced(p *primary, op *opRec) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, q := range s.primaries {
+		if q.inc > p.inc && q.promised < op.issued {
+			s.res.FencedWritesAccepted++
+			if s.res.FencedWritesAccepted <= 3 {
+				s.res.Problems = append(s.res.Problems, fmt.Sprintf(
+					"fenced primary (epoch %d) acknowledged op %d issued after the primary of epoch %d promised",
+					p.epoch, op.seq, q.epoch))
+			}
+			return
+		}
+	}
+}
+
+// startNode starts n's replica server on a new port behind its proxy.
+func (s *simulation) startNode(n *node) error {
+	store, err := replication.OpenStoreWith(n.dir, s.log, replication.StoreOptions{Files: n.fs})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := replication.NewServer(store, s.log)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ctx, ln)
+	}()
+	n.proxy.setTarget(ln.Addr().String())
+	n.cancel, n.done, n.up = cancel, done, true
+	return nil
+}
+
+// stopNode ends n's server; the caller has already killed its handles
+// (Kill or PowerLoss), so nothing it does after this point persists.
+func (s *simulation) stopNode(n *node) {
+	if !n.up {
+		return
+	}
+	n.cancel()
+	<-n.done
+	n.up = false
+}
+
+// promote makes a new primary the way internal/primary.Promote does: take
+// the lock (its index is the epoch), read the in-sync record, start the
+// engine over every replica with the recorded set as in sync, and hand it
+// the record-writing hook. An empty record is refused (leader's
+// InSyncReplicas); no record means a new volume (every replica usable).
+// Keep promotion in this one function: the product's is changing.
+func (s *simulation) promote(ctx context.Context) (*primary, error) {
+	epoch := s.coord.acquire()
+	var inSync []string
+	if rec, ok := s.coord.read(); ok {
+		if len(rec.Replicas) == 0 {
+			s.coord.release(epoch)
+			return nil, fmt.Errorf("in-sync record of epoch %d names no replica", rec.Epoch)
+		}
+		inSync = rec.Replicas
+	}
+	cfg := replication.EngineConfig{
+		Volume: volume, Size: s.cfg.Size, Epoch: epoch, InSync: inSync,
+		Timeout: 300 * time.Millisecond, ReconnectInterval: 20 * time.Millisecond,
+		ProgressInterval: time.Hour, ActivityExtents: 2,
+		Hook: hook{c: &s.coord, epoch: epoch}, Log: s.log,
+	}
+	for _, n := range s.nodes {
+		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: n.addr()})
+	}
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	eng, err := replication.StartEngine(sctx, cfg)
+	if err != nil {
+		s.coord.release(epoch)
+		return nil, fmt.Errorf("epoch %d: %w", epoch, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := &primary{eng: eng, epoch: epoch, inc: len(s.primaries) + 1, promised: s.events.Add(1)}
+	s.primaries = append(s.primaries, p)
+	return p, nil
+}
+
+// promoteRetry retries promotion (each attempt a new epoch, as a node
+// agent retrying the lock would) until it succeeds or attempts run out.
+func (s *simulation) promoteRetry(ctx context.Context, attempts int) (*primary, error) {
+	var err error
+	for range attempts {
+		var p *primary
+		if p, err = s.promote(ctx); err == nil {
+			return p, nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil, err
+}
+
+// Run runs one schedule and checks what survived.
+func Run(ctx context.Context, cfg Config) (res *Result) {
+	setDefault(&cfg.Replicas, 3)
+	setDefault(&cfg.Size, 32<<20)
+	setDefault(&cfg.Writers, 3)
+	setDefault(&cfg.Steps, 14)
+	if cfg.Faults == nil {
+		cfg.Faults, _ = ParseFaults("")
+	}
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	res = &Result{Seed: cfg.Seed}
+	s := &simulation{began: time.Now(), cfg: cfg, log: cfg.Log, ctx: ctx, res: res, zombieFor: map[int]bool{},
+		rng: rand.New(rand.NewPCG(cfg.Seed, 1)), dead: rand.New(rand.NewPCG(cfg.Seed, 2))}
+	defer func() { res.Duration = time.Since(s.began) }()
+
+	pctx, stopProxies := context.WithCancel(context.Background())
+	var proxies sync.WaitGroup
+	defer func() {
+		s.mu.Lock()
+		engines := slices.Clone(s.primaries)
+		s.mu.Unlock()
+		for _, p := range engines {
+			p.eng.Close()
+		}
+		for _, n := range s.nodes {
+			n.fs.Kill()
+			s.stopNode(n)
+		}
+		stopProxies()
+		proxies.Wait()
+	}()
+	for i := range cfg.Replicas {
+		px, err := newFaultProxy(cfg.Seed*16 + uint64(i))
+		if err != nil {
+			s.problem("setup: %v", err)
+			return res
+		}
+		proxies.Go(func() { px.serve(pctx) })
+		n := &node{i: i, dir: fmt.Sprintf("/sim/node%d", i), fs: NewCrashFS(), proxy: px}
+		s.nodes = append(s.nodes, n)
+		if err := s.startNode(n); err != nil {
+			s.problem("setup: %v", err)
+			return res
+		}
+	}
+	p, err := s.promote(ctx)
+	if err != nil {
+		s.problem("setup: first promotion: %v", err)
+		return res
+	}
+	s.current = p
+
+	blocks := cfg.Size / blockSize
+	for w := range cfg.Writers {
+		lo, hi := blocks*int64(w)/int64(cfg.Writers), blocks*int64(w+1)/int64(cfg.Writers)
+		s.writers = append(s.writers, &writer{id: w, lo: lo, hi: hi, hist: make([][]*opRec, hi-lo),
+			rng: rand.New(rand.NewPCG(cfg.Seed, 100+uint64(w)))})
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, w := range s.writers {
+		wg.Go(func() { w.run(s, stop) })
+	}
+	s.schedule(ctx)
+	close(stop)
+	wg.Wait()
+	for _, w := range s.writers {
+		res.Issued += w.issued
+		res.Acked += w.acked
+		res.Flush += w.flushes
+	}
+	s.recoverAndCheck(ctx)
+	return res
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// step is one drawn schedule step; every field is drawn for every step so
+// a seed yields the same sequence whatever happens at run time.
+type step struct {
+	fault Fault
+	node  int
+	pause time.Duration
+	dur   time.Duration
+	frac  float64
+	mask  int
+}
+
+func (s *simulation) drawSteps() []step {
+	var enabled []Fault
+	for _, f := range AllFaults {
+		if s.cfg.Faults[f] {
+			enabled = append(enabled, f)
+		}
+	}
+	steps := make([]step, s.cfg.Steps)
+	for i := range steps {
+		st := step{node: s.rng.IntN(s.cfg.Replicas), pause: time.Duration(s.rng.IntN(30)) * time.Millisecond,
+			dur: time.Duration(5+s.rng.IntN(200)) * time.Millisecond, frac: s.rng.Float64(), mask: s.rng.IntN(1 << 8)}
+		f := s.rng.IntN(len(enabled) + 2)
+		if f < len(enabled) {
+			st.fault = enabled[f]
+		} // else: only workload during the pause
+		steps[i] = st
+	}
+	return steps
+}
+
+// schedule runs the drawn steps while the writers run.
+func (s *simulation) schedule(ctx context.Context) {
+	time.Sleep(20 * time.Millisecond) // some data first
+	for _, st := range s.drawSteps() {
+		if ctx.Err() != nil {
+			return
+		}
+		time.Sleep(st.pause)
+		s.mu.Lock()
+		noPrimary := s.current == nil
+		s.mu.Unlock()
+		if noPrimary {
+			s.tryPromote(ctx, 3)
+		}
+		s.inject(ctx, st)
+	}
+	time.Sleep(20 * time.Millisecond)
+}
+
+func (s *simulation) tryPromote(ctx context.Context, attempts int) {
+	p, err := s.promoteRetry(ctx, attempts)
+	if err != nil {
+		s.note("promotion failed: %v", err)
+		return
+	}
+	s.mu.Lock()
+	s.current = p
+	s.mu.Unlock()
+	s.note("promoted primary at epoch %d", p.epoch)
+}
+
+func (s *simulation) inject(ctx context.Context, st step) {
+	n := s.nodes[st.node]
+	switch st.fault {
+	case "":
+	case FaultKill, FaultPowerLoss, FaultWipe:
+		if !n.up {
+			if err := s.startNode(n); err != nil {
+				s.problem("restart node%d: %v", n.i, err)
+				return
+			}
+			s.note("restart node%d", n.i)
+			return
+		}
+		switch st.fault {
+		case FaultKill:
+			n.fs.Kill()
+			s.stopNode(n)
+			s.note("SIGKILL node%d", n.i)
+		case FaultPowerLoss:
+			lost := n.fs.PowerLoss(s.dead)
+			s.stopNode(n)
+			s.mu.Lock()
+			s.powerLost = true
+			s.mu.Unlock()
+			s.note("power loss node%d (%d unsynced block writes lost)", n.i, lost)
+		case FaultWipe:
+			n.fs.Kill()
+			s.stopNode(n)
+			n.fs.Wipe(n.dir)
+			if err := s.startNode(n); err != nil {
+				s.problem("restart node%d: %v", n.i, err)
+				return
+			}
+			s.note("wipe node%d and restart it empty", n.i)
+		}
+	case FaultPartition:
+		n.cut = !n.cut
+		n.proxy.setCut(n.cut)
+		s.note("partition node%d: %v", n.i, n.cut)
+	case FaultDelay:
+		n.delayed = !n.delayed
+		d := time.Duration(0)
+		if n.delayed {
+			d = time.Duration(1+int(st.frac*4)) * time.Millisecond
+		}
+		n.proxy.setDelay(d)
+		s.note("delay node%d up to %s per connection", n.i, d)
+	case FaultHold:
+		n.proxy.setHold(true)
+		s.note("hold node%d's frames for %s", n.i, st.dur)
+		time.AfterFunc(st.dur, func() { n.proxy.setHold(false) })
+	case FaultDiskFull:
+		n.diskFull = !n.diskFull
+		if n.diskFull {
+			n.fs.SetQuota(n.fs.Used() + int64(st.frac*64)*blockSize)
+		} else {
+			n.fs.SetQuota(0)
+		}
+		s.note("disk full node%d: %v", n.i, n.diskFull)
+	case FaultPrimaryCrash:
+		s.mu.Lock()
+		p := s.current
+		s.current = nil
+		s.mu.Unlock()
+		if p != nil {
+			p.eng.Close()
+			s.note("crash primary of epoch %d", p.epoch)
+		}
+		time.Sleep(st.dur / 4)
+		s.tryPromote(ctx, 3)
+	case FaultSecondPrimary:
+		s.mu.Lock()
+		old, prevZombie := s.current, s.zombie
+		s.mu.Unlock()
+		if prevZombie != nil {
+			prevZombie.eng.Close()
+		}
+		p, err := s.promote(ctx)
+		if err != nil {
+			s.note("second primary failed: %v", err)
+			return
+		}
+		s.mu.Lock()
+		s.current, s.zombie = p, old
+		clear(s.zombieFor)
+		for w := range s.writers {
+			if st.mask&(1<<w) != 0 {
+				s.zombieFor[w] = true
+			}
+		}
+		s.mu.Unlock()
+		s.note("second primary at epoch %d while the old one runs on (writers %b stay with it)", p.epoch, st.mask&(1<<len(s.writers)-1))
+	case FaultRecordLost:
+		s.coord.loseRecord()
+		s.note("in-sync record lost")
+	case FaultRecordRollback:
+		if rec, ok := s.coord.rollBack(st.frac); ok {
+			s.note("in-sync record rolled back to epoch %d %v", rec.Epoch, s.names(rec.Replicas))
+		}
+	case FaultLockReset:
+		s.note("lock index reset to %d", s.coord.resetLockIndex(st.frac))
+	case FaultConsulBlip:
+		s.coord.setBlip(true)
+		s.note("consul blip for %s", st.dur)
+		time.AfterFunc(st.dur, func() { s.coord.setBlip(false) })
+	}
+}
+
+// names turns replica addresses into node names for the report.
+func (s *simulation) names(addrs []string) []string {
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a
+		for _, n := range s.nodes {
+			if n.addr() == a {
+				out[i] = fmt.Sprintf("node%d", n.i)
+			}
+		}
+	}
+	return out
+}
+
+// recoverAndCheck heals every fault, recovers as the product would, waits
+// for every replica to be in sync, then checks the data.
+func (s *simulation) recoverAndCheck(ctx context.Context) {
+	s.coord.setBlip(false)
+	for _, n := range s.nodes {
+		n.proxy.heal()
+		n.cut, n.delayed = false, false
+		n.fs.SetQuota(0)
+		n.diskFull = false
+		if !n.up {
+			if err := s.startNode(n); err != nil {
+				s.problem("recovery: restart node%d: %v", n.i, err)
+			}
+		}
+	}
+	s.mu.Lock()
+	cur, zombie := s.current, s.zombie
+	s.zombie = nil
+	s.mu.Unlock()
+	if zombie != nil {
+		zombie.eng.Close()
+	}
+	// Half the schedules end with a primary crash and a fresh promotion
+	// (activity-log reconciliation), the others keep the running primary.
+	if cur != nil && (cur.eng.Fenced() || s.rng.IntN(2) == 0) {
+		cur.eng.Close()
+		cur = nil
+	}
+	if cur == nil {
+		p, err := s.promoteRetry(ctx, 40)
+		if err != nil {
+			s.problem("recovery: no primary could be promoted: %v", err)
+			return
+		}
+		cur = p
+		s.note("recovery: promoted primary at epoch %d", p.epoch)
+	} else {
+		s.note("recovery: primary of epoch %d stays", cur.epoch)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	st := cur.eng.Status()
+	for st.InSync < len(s.nodes) && time.Now().Before(deadline) && !st.Fenced {
+		time.Sleep(10 * time.Millisecond)
+		st = cur.eng.Status()
+	}
+	if st.InSync < len(s.nodes) {
+		var why []string
+		for _, r := range st.Replicas {
+			if r.State != replication.StateInSync {
+				why = append(why, fmt.Sprintf("%s %s (%s)", s.names([]string{r.Addr})[0], r.State, r.Reason))
+			}
+		}
+		s.problem("recovery: only %d of %d replicas in sync after 15s: %s", st.InSync, len(s.nodes), strings.Join(why, "; "))
+	}
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := cur.eng.Flush(fctx); err != nil {
+		s.problem("recovery: flush: %v", err)
+	}
+	var inSync []*node
+	for _, r := range cur.eng.Status().Replicas {
+		if r.State == replication.StateInSync {
+			for _, n := range s.nodes {
+				if n.addr() == r.Addr {
+					inSync = append(inSync, n)
+				}
+			}
+		}
+	}
+	cur.eng.Close()
+	s.check(inSync)
+}
+
+// check compares the in-sync replicas with each other and with the model.
+func (s *simulation) check(inSync []*node) {
+	if len(inSync) == 0 {
+		s.problem("check: no replica in sync")
+		return
+	}
+	floor := ^uint64(0)
+	if s.powerLost {
+		floor = s.frontier.Load()
+	}
+	var first []byte
+	lost := map[int64]string{}
+	for i, n := range inSync {
+		data, err := n.fs.ReadFile(filepath.Join(n.dir, volume, "data"))
+		if err != nil {
+			s.problem("check: node%d: %v", n.i, err)
+			continue
+		}
+		if i == 0 {
+			first = data
+		} else if first != nil && string(first) != string(data) {
+			s.res.DivergentReplicas++
+			s.problem("divergent: node%d differs from node%d in %s", n.i, inSync[0].i, diffSummary(first, data))
+		}
+		for _, w := range s.writers {
+			for b := w.lo; b < w.hi; b++ {
+				if _, seen := lost[b]; seen {
+					continue
+				}
+				if ok, why := w.allowed(b, data[b*blockSize:(b+1)*blockSize], floor); !ok {
+					lost[b] = fmt.Sprintf("node%d: %s", n.i, why)
+				}
+			}
+		}
+	}
+	s.res.AckedWritesLost = len(lost)
+	shown := 0
+	for b := range int64(len(first) / blockSize) {
+		if why, ok := lost[b]; ok && shown < 3 {
+			s.problem("lost: %s", why)
+			shown++
+		}
+	}
+	if len(lost) > shown {
+		s.problem("lost: ... %d blocks in all", len(lost))
+	}
+}
+
+// diffSummary says how many blocks differ and where the first one is.
+func diffSummary(a, b []byte) string {
+	n, firstBlk := 0, int64(-1)
+	for i := 0; i+blockSize <= len(a) && i+blockSize <= len(b); i += blockSize {
+		if string(a[i:i+blockSize]) != string(b[i:i+blockSize]) {
+			if firstBlk < 0 {
+				firstBlk = int64(i / blockSize)
+			}
+			n++
+		}
+	}
+	return fmt.Sprintf("%d blocks (first: block %d)", n, firstBlk)
+}
