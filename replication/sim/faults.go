@@ -24,24 +24,29 @@ const (
 	FaultRecordRollback Fault = "recordrollback" // in-sync record rolled back to an older value
 	FaultLockReset      Fault = "lockreset"      // Consul lock index reset (epochs go back)
 	FaultConsulBlip     Fault = "consulblip"     // in-sync record writes fail for a while
+	// FaultAllDown lets the replica faults (kill, power loss, wipe,
+	// partition, hold, disk full) impair every replica at once; disabled,
+	// the schedule always leaves one replica healthy.
+	FaultAllDown Fault = "alldown"
 )
 
 // AllFaults lists every fault class.
 var AllFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultDelay, FaultHold, FaultDiskFull,
-	FaultPrimaryCrash, FaultSecondPrimary, FaultRecordLost, FaultRecordRollback, FaultLockReset, FaultConsulBlip}
+	FaultPrimaryCrash, FaultSecondPrimary, FaultRecordLost, FaultRecordRollback, FaultLockReset, FaultConsulBlip, FaultAllDown}
 
 // FaultSet is the set of enabled fault classes.
 type FaultSet map[Fault]bool
 
-// ParseFaults reads a fault spec: "" or "all" enables every class; a list
+// ParseFaults reads a fault spec: "" or "all" enables every class, "none"
+// none (only the workload and the final recovery); a list
 // of names enables only those; names prefixed with '-' disable a class
 // from all (or from the list given before them), e.g. "-powerloss,-wipe".
 func ParseFaults(spec string) (FaultSet, error) {
 	set := FaultSet{}
 	parts := strings.FieldsFunc(spec, func(r rune) bool { return r == ',' || r == ' ' })
-	onlyRemovals := true
+	onlyRemovals := !slices.Contains(parts, "none")
 	for _, p := range parts {
-		if !strings.HasPrefix(p, "-") && p != "all" {
+		if !strings.HasPrefix(p, "-") && p != "all" && p != "none" {
 			onlyRemovals = false
 		}
 	}
@@ -53,6 +58,10 @@ func ParseFaults(spec string) (FaultSet, error) {
 	for _, p := range parts {
 		name, on := strings.TrimPrefix(p, "-"), !strings.HasPrefix(p, "-")
 		if name == "all" {
+			continue
+		}
+		if name == "none" {
+			clear(set)
 			continue
 		}
 		if !slices.Contains(AllFaults, Fault(name)) {
@@ -70,6 +79,9 @@ func (s FaultSet) String() string {
 		if s[f] {
 			on = append(on, string(f))
 		}
+	}
+	if len(on) == 0 {
+		return "none"
 	}
 	return strings.Join(on, ",")
 }

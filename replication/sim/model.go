@@ -1,11 +1,13 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/saddlebag/saddlebag/replication"
@@ -65,19 +67,17 @@ func version(b []byte, blk int64) (zero bool, w int, seq uint32, ok bool) {
 		return false, 0, 0, false
 	}
 	w, seq = int(binary.BigEndian.Uint32(b[12:])), binary.BigEndian.Uint32(b[16:])
-	want := make([]byte, blockSize)
-	blockContent(want, blk, w, seq)
-	return false, w, seq, string(want) == string(b)
+	want := wantPool.Get().(*[]byte)
+	defer wantPool.Put(want)
+	blockContent(*want, blk, w, seq)
+	return false, w, seq, bytes.Equal(*want, b)
 }
 
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
+var wantPool = sync.Pool{New: func() any { b := make([]byte, blockSize); return &b }}
+
+var zeroBlock = make([]byte, blockSize)
+
+func isZero(b []byte) bool { return bytes.Equal(b, zeroBlock) }
 
 // run issues ops until stop is closed.
 func (w *writer) run(s *simulation, stop <-chan struct{}) {

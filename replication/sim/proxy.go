@@ -73,12 +73,6 @@ func (p *faultProxy) setHold(hold bool) {
 	}
 }
 
-func (p *faultProxy) heal() {
-	p.setHold(false)
-	p.setDelay(0)
-	p.setCut(false)
-}
-
 func (p *faultProxy) serve(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() {
 		p.ln.Close()

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -21,7 +22,7 @@ import (
 type Config struct {
 	Seed   uint64
 	Faults FaultSet // nil: every class
-	// Replicas, Size, Writers and Steps default to 3, 32 MiB, 3 and 14.
+	// Replicas, Size, Writers and Steps default to 3, 16 MiB, 3 and 14.
 	Replicas int
 	Size     int64
 	Writers  int
@@ -56,6 +57,14 @@ func (r *Result) Failed() bool { return len(r.Problems) > 0 }
 
 const volume = "simvol"
 
+// replicaTimeout is the engines' per-request timeout: short, so faults are
+// noticed quickly, but not so short that a busy machine drops replicas
+// for no fault at all.
+const replicaTimeout = 500 * time.Millisecond
+
+// recoveryWait bounds the wait for every replica to be back in sync.
+const recoveryWait = 5 * time.Second
+
 // primary is one engine the simulation started.
 type primary struct {
 	eng      *replication.Engine
@@ -76,7 +85,11 @@ type node struct {
 	done   chan struct{}
 
 	cut, delayed, diskFull bool
+	held                   atomic.Int32 // holds in progress
 }
+
+// impaired reports whether a fault keeps n from serving.
+func (n *node) impaired() bool { return !n.up || n.cut || n.diskFull || n.held.Load() > 0 }
 
 func (n *node) addr() string { return n.proxy.addr() }
 
@@ -217,7 +230,7 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 	}
 	cfg := replication.EngineConfig{
 		Volume: volume, Size: s.cfg.Size, Epoch: epoch, InSync: inSync,
-		Timeout: 300 * time.Millisecond, ReconnectInterval: 20 * time.Millisecond,
+		Timeout: replicaTimeout, ReconnectInterval: 20 * time.Millisecond,
 		ProgressInterval: time.Hour, ActivityExtents: 2,
 		Hook: hook{c: &s.coord, epoch: epoch}, Log: s.log,
 	}
@@ -255,7 +268,7 @@ func (s *simulation) promoteRetry(ctx context.Context, attempts int) (*primary, 
 // Run runs one schedule and checks what survived.
 func Run(ctx context.Context, cfg Config) (res *Result) {
 	setDefault(&cfg.Replicas, 3)
-	setDefault(&cfg.Size, 32<<20)
+	setDefault(&cfg.Size, 16<<20)
 	setDefault(&cfg.Writers, 3)
 	setDefault(&cfg.Steps, 14)
 	if cfg.Faults == nil {
@@ -299,7 +312,7 @@ func Run(ctx context.Context, cfg Config) (res *Result) {
 			return res
 		}
 	}
-	p, err := s.promote(ctx)
+	p, err := s.promoteRetry(ctx, 5)
 	if err != nil {
 		s.problem("setup: first promotion: %v", err)
 		return res
@@ -357,7 +370,7 @@ func (s *simulation) drawSteps() []step {
 	steps := make([]step, s.cfg.Steps)
 	for i := range steps {
 		st := step{node: s.rng.IntN(s.cfg.Replicas), pause: time.Duration(s.rng.IntN(30)) * time.Millisecond,
-			dur: time.Duration(5+s.rng.IntN(200)) * time.Millisecond, frac: s.rng.Float64(), mask: s.rng.IntN(1 << 8)}
+			dur: time.Duration(5+s.rng.IntN(int(replicaTimeout/time.Millisecond)*3/2)) * time.Millisecond, frac: s.rng.Float64(), mask: s.rng.IntN(1 << 8)}
 		f := s.rng.IntN(len(enabled) + 2)
 		if f < len(enabled) {
 			st.fault = enabled[f]
@@ -398,8 +411,22 @@ func (s *simulation) tryPromote(ctx context.Context, attempts int) {
 	s.note("promoted primary at epoch %d", p.epoch)
 }
 
+// replicaFaults impair a replica.
+var replicaFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultHold, FaultDiskFull}
+
 func (s *simulation) inject(ctx context.Context, st step) {
 	n := s.nodes[st.node]
+	if !s.cfg.Faults[FaultAllDown] && slices.Contains(replicaFaults, st.fault) && !n.impaired() {
+		healthy := 0
+		for _, m := range s.nodes {
+			if !m.impaired() {
+				healthy++
+			}
+		}
+		if healthy <= 1 {
+			return // the last healthy replica stays healthy
+		}
+	}
 	switch st.fault {
 	case "":
 	case FaultKill, FaultPowerLoss, FaultWipe:
@@ -447,8 +474,12 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		s.note("delay node%d up to %s per connection", n.i, d)
 	case FaultHold:
 		n.proxy.setHold(true)
+		n.held.Add(1)
 		s.note("hold node%d's frames for %s", n.i, st.dur)
-		time.AfterFunc(st.dur, func() { n.proxy.setHold(false) })
+		time.AfterFunc(st.dur, func() {
+			n.proxy.setHold(false)
+			n.held.Add(-1)
+		})
 	case FaultDiskFull:
 		n.diskFull = !n.diskFull
 		if n.diskFull {
@@ -525,7 +556,11 @@ func (s *simulation) names(addrs []string) []string {
 func (s *simulation) recoverAndCheck(ctx context.Context) {
 	s.coord.setBlip(false)
 	for _, n := range s.nodes {
-		n.proxy.heal()
+		n.proxy.setHold(false)
+		n.proxy.setDelay(0)
+		if n.cut {
+			n.proxy.setCut(false)
+		}
 		n.cut, n.delayed = false, false
 		n.fs.SetQuota(0)
 		n.diskFull = false
@@ -559,9 +594,13 @@ func (s *simulation) recoverAndCheck(ctx context.Context) {
 	} else {
 		s.note("recovery: primary of epoch %d stays", cur.epoch)
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	// Wait for every replica to be in sync; with none in sync the
+	// engine has nothing to resync from, and waiting longer is useless.
+	began := time.Now()
+	deadline := began.Add(recoveryWait)
 	st := cur.eng.Status()
-	for st.InSync < len(s.nodes) && time.Now().Before(deadline) && !st.Fenced {
+	for st.InSync < len(s.nodes) && time.Now().Before(deadline) && !st.Fenced &&
+		(st.InSync > 0 || time.Since(began) < time.Second) {
 		time.Sleep(10 * time.Millisecond)
 		st = cur.eng.Status()
 	}
@@ -572,7 +611,8 @@ func (s *simulation) recoverAndCheck(ctx context.Context) {
 				why = append(why, fmt.Sprintf("%s %s (%s)", s.names([]string{r.Addr})[0], r.State, r.Reason))
 			}
 		}
-		s.problem("recovery: only %d of %d replicas in sync after 15s: %s", st.InSync, len(s.nodes), strings.Join(why, "; "))
+		s.problem("recovery: only %d of %d replicas in sync after %s: %s", st.InSync, len(s.nodes),
+			time.Since(began).Round(time.Millisecond), strings.Join(why, "; "))
 	}
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -613,16 +653,17 @@ func (s *simulation) check(inSync []*node) {
 		}
 		if i == 0 {
 			first = data
-		} else if first != nil && string(first) != string(data) {
+		} else if first != nil && !bytes.Equal(first, data) {
 			s.res.DivergentReplicas++
 			s.problem("divergent: node%d differs from node%d in %s", n.i, inSync[0].i, diffSummary(first, data))
 		}
 		for _, w := range s.writers {
 			for b := w.lo; b < w.hi; b++ {
-				if _, seen := lost[b]; seen {
-					continue
+				blk := data[b*blockSize : (b+1)*blockSize]
+				if _, seen := lost[b]; seen || (i > 0 && first != nil && bytes.Equal(blk, first[b*blockSize:(b+1)*blockSize])) {
+					continue // already reported, or same as a block already checked
 				}
-				if ok, why := w.allowed(b, data[b*blockSize:(b+1)*blockSize], floor); !ok {
+				if ok, why := w.allowed(b, blk, floor); !ok {
 					lost[b] = fmt.Sprintf("node%d: %s", n.i, why)
 				}
 			}
