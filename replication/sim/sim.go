@@ -27,8 +27,15 @@ type Config struct {
 	Size     int64
 	Writers  int
 	Steps    int
+	// Timeout is the engines' per-request replica timeout; default
+	// replicaTimeout.
+	Timeout time.Duration
 	// Log receives the engines' and replicas' logs; nil discards them.
 	Log hclog.Logger
+
+	// beforeCheck, if set, runs after recovery, just before the checks
+	// (the checker's own tests damage a replica there).
+	beforeCheck func(s *simulation, inSync []*node)
 }
 
 // Result is what one schedule found.
@@ -230,7 +237,7 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 	}
 	cfg := replication.EngineConfig{
 		Volume: volume, Size: s.cfg.Size, Epoch: epoch, InSync: inSync,
-		Timeout: replicaTimeout, ReconnectInterval: 20 * time.Millisecond,
+		Timeout: s.cfg.Timeout, ReconnectInterval: 20 * time.Millisecond,
 		ProgressInterval: time.Hour, ActivityExtents: 2,
 		Hook: hook{c: &s.coord, epoch: epoch}, Log: s.log,
 	}
@@ -271,6 +278,7 @@ func Run(ctx context.Context, cfg Config) (res *Result) {
 	setDefault(&cfg.Size, 16<<20)
 	setDefault(&cfg.Writers, 3)
 	setDefault(&cfg.Steps, 14)
+	setDefault(&cfg.Timeout, replicaTimeout)
 	if cfg.Faults == nil {
 		cfg.Faults, _ = ParseFaults("")
 	}
@@ -630,6 +638,9 @@ func (s *simulation) recoverAndCheck(ctx context.Context) {
 		}
 	}
 	cur.eng.Close()
+	if s.cfg.beforeCheck != nil {
+		s.cfg.beforeCheck(s, inSync)
+	}
 	s.check(inSync)
 }
 

@@ -16,11 +16,14 @@ import (
 )
 
 // Flags (or the environment variables in brackets, which make passes on
-// to go test): -seed [SEED] replays one schedule, -seeds [SEEDS] runs that
-// many from -first [FIRST], -duration [DURATION] runs schedules until it
-// passes; -faults [FAULTS] picks the fault classes ("-powerloss,-wipe"
-// disables two); -parallel-schedules [PARALLEL] runs that many at once;
-// -simlog [SIMLOG=1] prints the replicas' and engines' logs (for a replay).
+// to go test): -seed [SEED] replays one schedule (-repeat [REPEAT] times:
+// the fault schedule replays exactly, goroutine interleavings do not);
+// -seeds [SEEDS] runs that many from -first [FIRST]; -duration [DURATION]
+// runs schedules until it has passed; -faults [FAULTS] picks the fault
+// classes ("-powerloss,-wipe" disables two, "kill,partition" enables only
+// those, "none" none); -parallel-schedules [PARALLEL] runs that many at
+// once (default 2); -simlog [SIMLOG=1] prints the replicas' and engines'
+// logs; -strict [STRICT=1] fails the test when any schedule fails.
 var (
 	flagSeed     = flag.String("seed", os.Getenv("SEED"), "replay this seed only")
 	flagSeeds    = flag.String("seeds", os.Getenv("SEEDS"), "number of schedules")
@@ -28,6 +31,7 @@ var (
 	flagDuration = flag.String("duration", os.Getenv("DURATION"), "run schedules for this long")
 	flagFaults   = flag.String("faults", os.Getenv("FAULTS"), "fault classes")
 	flagParallel = flag.String("parallel-schedules", os.Getenv("PARALLEL"), "schedules run at once")
+	flagRepeat   = flag.String("repeat", os.Getenv("REPEAT"), "with -seed: run the seed this many times")
 	flagLog      = flag.Bool("simlog", os.Getenv("SIMLOG") == "1", "print the data plane's logs")
 	flagStrict   = flag.Bool("strict", os.Getenv("STRICT") == "1", "fail the test when a schedule fails")
 )
@@ -56,6 +60,13 @@ func TestTorture(t *testing.T) {
 		seed, err := strconv.ParseUint(*flagSeed, 10, 64)
 		must.NoError(t, err)
 		seeds, parallel = []uint64{seed}, 1
+		if *flagRepeat != "" {
+			n, err := strconv.Atoi(*flagRepeat)
+			must.NoError(t, err)
+			for range n - 1 {
+				seeds = append(seeds, seed)
+			}
+		}
 	case *flagSeeds != "":
 		n, err := strconv.Atoi(*flagSeeds)
 		must.NoError(t, err)
@@ -90,6 +101,7 @@ func TestTorture(t *testing.T) {
 		next                          atomic.Uint64
 		wg                            sync.WaitGroup
 	)
+	replay := *flagSeed != ""
 	end := time.Now().Add(duration)
 	nextSeed := func() (uint64, bool) {
 		i := next.Add(1) - 1
@@ -116,11 +128,11 @@ func TestTorture(t *testing.T) {
 				fenced += res.FencedWritesAccepted
 				issued += res.Issued
 				acked += res.Acked
-				if res.Failed() || len(seeds) == 1 {
+				if res.Failed() || replay {
 					if res.Failed() {
 						failed++
 					}
-					report(t, res, faults, len(seeds) == 1)
+					report(t, res, faults, replay)
 				}
 				mu.Unlock()
 			}
@@ -135,8 +147,11 @@ func TestTorture(t *testing.T) {
 	fmt.Printf("torture_ops issued=%d acked=%d\n", issued, acked)
 	must.Positive(t, schedules)
 	must.Positive(t, acked) // the workload did run
-	if failed > 0 && (*flagStrict || len(seeds) == 1) {
+	if failed > 0 && (*flagStrict || replay) {
 		t.Fatalf("%d of %d schedules failed", failed, schedules)
+	}
+	if failed > 0 {
+		t.Logf("%d of %d schedules failed (known bugs of issue #10; -strict makes that a test failure)", failed, schedules)
 	}
 }
 
@@ -160,7 +175,7 @@ func report(t *testing.T, res *Result, faults FaultSet, verbose bool) {
 	if res.Failed() {
 		replay := fmt.Sprintf("make torture SEED=%d", res.Seed)
 		if all, _ := ParseFaults(""); faults.String() != all.String() {
-			replay += fmt.Sprintf(" FAULTS=%s", faults)
+			replay += fmt.Sprintf(" FAULTS=%s", *flagFaults)
 		}
 		fmt.Printf("replay: %s\n", replay)
 	}

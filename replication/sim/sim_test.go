@@ -1,0 +1,71 @@
+package sim
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/shoenig/test/must"
+)
+
+// Without faults (and with a generous timeout, so a busy machine drops no
+// replica) every schedule must pass: otherwise the harness or its model
+// is wrong, or the data plane loses writes with nothing going wrong.
+func TestFaultFreeSchedulesPass(t *testing.T) {
+	none, err := ParseFaults("none")
+	must.NoError(t, err)
+	for seed := uint64(1); seed <= 3; seed++ {
+		res := Run(context.Background(), Config{Seed: seed, Faults: none, Timeout: 10 * time.Second, Steps: 6})
+		must.SliceEmpty(t, res.Problems, must.Sprintf("seed %d: %v", seed, res.Problems))
+		must.Positive(t, res.Acked)
+		must.Positive(t, res.Flush)
+	}
+}
+
+// The checks must see damage: an acknowledged write reverted on one
+// replica behind the data plane's back is a lost write and a divergence.
+func TestCheckerCatchesARevertedWrite(t *testing.T) {
+	none, err := ParseFaults("none")
+	must.NoError(t, err)
+	damaged := false
+	cfg := Config{Seed: 42, Faults: none, Timeout: 10 * time.Second, Steps: 4,
+		beforeCheck: func(s *simulation, inSync []*node) {
+			must.Len(t, 3, inSync)
+			w := s.writers[0]
+			for i, ops := range w.hist {
+				if len(ops) > 0 && ops[len(ops)-1].acked && !ops[len(ops)-1].trim {
+					n := inSync[1]
+					f, err := n.fs.OpenFile(filepath.Join(n.dir, volume, "data"), os.O_RDWR, 0)
+					must.NoError(t, err)
+					_, err = f.WriteAt(make([]byte, blockSize), (w.lo+int64(i))*blockSize)
+					must.NoError(t, err)
+					damaged = true
+					return
+				}
+			}
+		}}
+	res := Run(context.Background(), cfg)
+	must.True(t, damaged)
+	must.Eq(t, 1, res.AckedWritesLost, must.Sprint(res.Problems))
+	must.Eq(t, 1, res.DivergentReplicas, must.Sprint(res.Problems))
+}
+
+func TestParseFaults(t *testing.T) {
+	all, err := ParseFaults("")
+	must.NoError(t, err)
+	must.MapLen(t, len(AllFaults), all)
+	some, err := ParseFaults("-powerloss,-wipe")
+	must.NoError(t, err)
+	must.False(t, some[FaultPowerLoss])
+	must.True(t, some[FaultKill])
+	only, err := ParseFaults("kill,partition")
+	must.NoError(t, err)
+	must.Eq(t, "kill,partition", only.String())
+	none, err := ParseFaults("none")
+	must.NoError(t, err)
+	must.Eq(t, "none", none.String())
+	_, err = ParseFaults("meteor")
+	must.Error(t, err)
+}
