@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/saddlebag/saddlebag/replication"
 )
@@ -96,6 +97,7 @@ func (c *coordinator) setBlip(on bool) {
 type hook struct {
 	c     *coordinator
 	epoch uint64
+	dead  *atomic.Bool // its process has crashed
 }
 
 var _ replication.InSyncHook = hook{}
@@ -105,6 +107,8 @@ func (h hook) SetInSync(_ context.Context, epoch uint64, inSync []string) error 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
+	case h.dead.Load():
+		return fmt.Errorf("primary of epoch %d has crashed", h.epoch)
 	case c.blip:
 		return fmt.Errorf("consul unavailable (blip)")
 	case epoch != h.epoch || c.holder != h.epoch:

@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -30,6 +28,11 @@ type Config struct {
 	// Timeout is the engines' per-request replica timeout; default
 	// replicaTimeout.
 	Timeout time.Duration
+	// Processes runs each replica as a real process (this test binary,
+	// re-executed) on real files, SIGKILLed for a kill; as root each on
+	// its own small tmpfs, made full for a disk-full fault. Power loss then
+	// degrades to a kill: it needs the in-process CrashFS.
+	Processes bool
 	// Log receives the engines' and replicas' logs; nil discards them.
 	Log hclog.Logger
 
@@ -78,27 +81,18 @@ type primary struct {
 	epoch    uint64
 	inc      int    // promotion order
 	promised uint64 // event counter when StartEngine returned
+	dead     *atomic.Bool
 }
 
-// node is one replica server: its disk (a CrashFS), and the proxy that
-// names it.
-type node struct {
-	i      int
-	dir    string
-	fs     *CrashFS
-	proxy  *faultProxy
-	up     bool
-	cancel context.CancelFunc
-	done   chan struct{}
-
-	cut, delayed, diskFull bool
-	held                   atomic.Int32 // holds in progress
+// crash stops p as a process crash would: from this instant it records
+// nothing (a dead process writes no in-sync record, even though closing
+// the in-process engine fails its in-flight writes and drops replicas),
+// then its connections close, then its lock is free (session expiry).
+func (s *simulation) crash(p *primary) {
+	p.dead.Store(true)
+	p.eng.Close()
+	s.coord.release(p.epoch)
 }
-
-// impaired reports whether a fault keeps n from serving.
-func (n *node) impaired() bool { return !n.up || n.cut || n.diskFull || n.held.Load() > 0 }
-
-func (n *node) addr() string { return n.proxy.addr() }
 
 type simulation struct {
 	cfg  Config
@@ -186,39 +180,6 @@ func (s *simulation) checkFenced(p *primary, op *opRec) {
 	}
 }
 
-// startNode starts n's replica server on a new port behind its proxy.
-func (s *simulation) startNode(n *node) error {
-	store, err := replication.OpenStoreWith(n.dir, s.log, replication.StoreOptions{Files: n.fs})
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := replication.NewServer(store, s.log)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ctx, ln)
-	}()
-	n.proxy.setTarget(ln.Addr().String())
-	n.cancel, n.done, n.up = cancel, done, true
-	return nil
-}
-
-// stopNode ends n's server; the caller has already killed its handles
-// (Kill or PowerLoss), so nothing it does after this point persists.
-func (s *simulation) stopNode(n *node) {
-	if !n.up {
-		return
-	}
-	n.cancel()
-	<-n.done
-	n.up = false
-}
-
 // promote makes a new primary the way internal/primary.Promote does: take
 // the lock (its index is the epoch), read the in-sync record, start the
 // engine over every replica with the recorded set as in sync, and hand it
@@ -227,6 +188,7 @@ func (s *simulation) stopNode(n *node) {
 // Keep promotion in this one function: the product's is changing.
 func (s *simulation) promote(ctx context.Context) (*primary, error) {
 	epoch := s.coord.acquire()
+	dead := new(atomic.Bool)
 	var inSync []string
 	if rec, ok := s.coord.read(); ok {
 		if len(rec.Replicas) == 0 {
@@ -239,7 +201,7 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 		Volume: volume, Size: s.cfg.Size, Epoch: epoch, InSync: inSync,
 		Timeout: s.cfg.Timeout, ReconnectInterval: 20 * time.Millisecond,
 		ProgressInterval: time.Hour, ActivityExtents: 2,
-		Hook: hook{c: &s.coord, epoch: epoch}, Log: s.log,
+		Hook: hook{c: &s.coord, epoch: epoch, dead: dead}, Log: s.log,
 	}
 	for _, n := range s.nodes {
 		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: n.addr()})
@@ -253,7 +215,7 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := &primary{eng: eng, epoch: epoch, inc: len(s.primaries) + 1, promised: s.events.Add(1)}
+	p := &primary{eng: eng, epoch: epoch, inc: len(s.primaries) + 1, promised: s.events.Add(1), dead: dead}
 	s.primaries = append(s.primaries, p)
 	return p, nil
 }
@@ -300,8 +262,8 @@ func Run(ctx context.Context, cfg Config) (res *Result) {
 			p.eng.Close()
 		}
 		for _, n := range s.nodes {
-			n.fs.Kill()
-			s.stopNode(n)
+			s.killNode(n)
+			s.cleanupNode(n)
 		}
 		stopProxies()
 		proxies.Wait()
@@ -313,7 +275,11 @@ func Run(ctx context.Context, cfg Config) (res *Result) {
 			return res
 		}
 		proxies.Go(func() { px.serve(pctx) })
-		n := &node{i: i, dir: fmt.Sprintf("/sim/node%d", i), fs: NewCrashFS(), proxy: px}
+		n, err := s.newNode(i, px)
+		if err != nil {
+			s.problem("setup: %v", err)
+			return res
+		}
 		s.nodes = append(s.nodes, n)
 		if err := s.startNode(n); err != nil {
 			s.problem("setup: %v", err)
@@ -448,10 +414,14 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		}
 		switch st.fault {
 		case FaultKill:
-			n.fs.Kill()
-			s.stopNode(n)
+			s.killNode(n)
 			s.note("SIGKILL node%d", n.i)
 		case FaultPowerLoss:
+			if n.fs == nil { // a real process on real files: only a kill
+				s.killNode(n)
+				s.note("SIGKILL node%d (power loss needs the in-process store)", n.i)
+				return
+			}
 			lost := n.fs.PowerLoss(s.dead)
 			s.stopNode(n)
 			s.mu.Lock()
@@ -459,9 +429,11 @@ func (s *simulation) inject(ctx context.Context, st step) {
 			s.mu.Unlock()
 			s.note("power loss node%d (%d unsynced block writes lost)", n.i, lost)
 		case FaultWipe:
-			n.fs.Kill()
-			s.stopNode(n)
-			n.fs.Wipe(n.dir)
+			s.killNode(n)
+			if err := s.wipeNode(n); err != nil {
+				s.problem("wipe node%d: %v", n.i, err)
+				return
+			}
 			if err := s.startNode(n); err != nil {
 				s.problem("restart node%d: %v", n.i, err)
 				return
@@ -490,10 +462,9 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		})
 	case FaultDiskFull:
 		n.diskFull = !n.diskFull
-		if n.diskFull {
-			n.fs.SetQuota(n.fs.Used() + int64(st.frac*64)*blockSize)
-		} else {
-			n.fs.SetQuota(0)
+		if err := s.setDiskFull(n, n.diskFull, int64(st.frac*64)*blockSize); err != nil {
+			s.problem("disk full node%d: %v", n.i, err)
+			return
 		}
 		s.note("disk full node%d: %v", n.i, n.diskFull)
 	case FaultPrimaryCrash:
@@ -502,7 +473,7 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		s.current = nil
 		s.mu.Unlock()
 		if p != nil {
-			p.eng.Close()
+			s.crash(p)
 			s.note("crash primary of epoch %d", p.epoch)
 		}
 		time.Sleep(st.dur / 4)
@@ -512,7 +483,7 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		old, prevZombie := s.current, s.zombie
 		s.mu.Unlock()
 		if prevZombie != nil {
-			prevZombie.eng.Close()
+			s.crash(prevZombie)
 		}
 		p, err := s.promote(ctx)
 		if err != nil {
@@ -570,7 +541,11 @@ func (s *simulation) recoverAndCheck(ctx context.Context) {
 			n.proxy.setCut(false)
 		}
 		n.cut, n.delayed = false, false
-		n.fs.SetQuota(0)
+		if n.diskFull {
+			if err := s.setDiskFull(n, false, 0); err != nil {
+				s.problem("recovery: node%d: %v", n.i, err)
+			}
+		}
 		n.diskFull = false
 		if !n.up {
 			if err := s.startNode(n); err != nil {
@@ -583,12 +558,12 @@ func (s *simulation) recoverAndCheck(ctx context.Context) {
 	s.zombie = nil
 	s.mu.Unlock()
 	if zombie != nil {
-		zombie.eng.Close()
+		s.crash(zombie)
 	}
 	// Half the schedules end with a primary crash and a fresh promotion
 	// (activity-log reconciliation), the others keep the running primary.
 	if cur != nil && (cur.eng.Fenced() || s.rng.IntN(2) == 0) {
-		cur.eng.Close()
+		s.crash(cur)
 		cur = nil
 	}
 	if cur == nil {
@@ -637,7 +612,7 @@ func (s *simulation) recoverAndCheck(ctx context.Context) {
 			}
 		}
 	}
-	cur.eng.Close()
+	s.crash(cur)
 	if s.cfg.beforeCheck != nil {
 		s.cfg.beforeCheck(s, inSync)
 	}
@@ -657,7 +632,7 @@ func (s *simulation) check(inSync []*node) {
 	var first []byte
 	lost := map[int64]string{}
 	for i, n := range inSync {
-		data, err := n.fs.ReadFile(filepath.Join(n.dir, volume, "data"))
+		data, err := n.readData()
 		if err != nil {
 			s.problem("check: node%d: %v", n.i, err)
 			continue

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,4 +69,25 @@ func TestParseFaults(t *testing.T) {
 	must.Eq(t, "none", none.String())
 	_, err = ParseFaults("meteor")
 	must.Error(t, err)
+}
+
+// Replicas as real processes on real files: SIGKILL is a real kill, disk
+// full a real full tmpfs (as root), a wipe a real rm -r. A few schedules
+// with only those faults, to keep the real path honest; TestTorture
+// -processes runs more. Failures are reported like TestTorture's.
+func TestTortureProcesses(t *testing.T) {
+	faults, err := ParseFaults("kill,wipe,diskfull,partition,primarycrash")
+	must.NoError(t, err)
+	acked := 0
+	for seed := uint64(1); seed <= 3; seed++ {
+		res := Run(context.Background(), Config{Seed: seed, Faults: faults, Processes: true, Steps: 8})
+		acked += res.Acked
+		for _, p := range res.Problems {
+			if strings.HasPrefix(p, "setup") {
+				t.Fatalf("seed %d: %s", seed, p)
+			}
+		}
+		report(t, res, faults, false)
+	}
+	must.Positive(t, acked)
 }

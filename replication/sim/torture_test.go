@@ -23,7 +23,9 @@ import (
 // classes ("-powerloss,-wipe" disables two, "kill,partition" enables only
 // those, "none" none); -parallel-schedules [PARALLEL] runs that many at
 // once (default 2); -simlog [SIMLOG=1] prints the replicas' and engines'
-// logs; -strict [STRICT=1] fails the test when any schedule fails.
+// logs; -processes [PROCESSES=1] runs the replicas as real processes on
+// real files (tmpfs as root: SIGKILL and disk full for real, no power
+// loss); -strict [STRICT=1] fails the test when any schedule fails.
 var (
 	flagSeed     = flag.String("seed", os.Getenv("SEED"), "replay this seed only")
 	flagSeeds    = flag.String("seeds", os.Getenv("SEEDS"), "number of schedules")
@@ -33,6 +35,7 @@ var (
 	flagParallel = flag.String("parallel-schedules", os.Getenv("PARALLEL"), "schedules run at once")
 	flagRepeat   = flag.String("repeat", os.Getenv("REPEAT"), "with -seed: run the seed this many times")
 	flagLog      = flag.Bool("simlog", os.Getenv("SIMLOG") == "1", "print the data plane's logs")
+	flagProcs    = flag.Bool("processes", os.Getenv("PROCESSES") == "1", "replicas as real processes on real files")
 	flagStrict   = flag.Bool("strict", os.Getenv("STRICT") == "1", "fail the test when a schedule fails")
 )
 
@@ -120,7 +123,7 @@ func TestTorture(t *testing.T) {
 				if !ok {
 					return
 				}
-				res := Run(context.Background(), Config{Seed: seed, Faults: faults, Log: log})
+				res := Run(context.Background(), Config{Seed: seed, Faults: faults, Log: log, Processes: *flagProcs})
 				mu.Lock()
 				schedules++
 				lost += res.AckedWritesLost
@@ -176,6 +179,9 @@ func report(t *testing.T, res *Result, faults FaultSet, verbose bool) {
 		replay := fmt.Sprintf("make torture SEED=%d", res.Seed)
 		if all, _ := ParseFaults(""); faults.String() != all.String() {
 			replay += fmt.Sprintf(" FAULTS=%s", *flagFaults)
+		}
+		if *flagProcs {
+			replay += " PROCESSES=1"
 		}
 		fmt.Printf("replay: %s\n", replay)
 	}
