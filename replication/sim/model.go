@@ -25,6 +25,20 @@ type opRec struct {
 	epoch  uint64 // the primary that acknowledged it
 }
 
+func (op *opRec) String() string {
+	kind := "write"
+	switch {
+	case op.trim:
+		kind = "trim"
+	case op.fua:
+		kind = "FUA write"
+	}
+	if !op.acked {
+		return fmt.Sprintf("op %d (%s, unacknowledged)", op.seq, kind)
+	}
+	return fmt.Sprintf("op %d (%s acked at epoch %d)", op.seq, kind, op.epoch)
+}
+
 // writer issues ops on its own block range, one at a time, so that per
 // block the ops are totally ordered and the model knows which versions a
 // block may hold.
@@ -102,8 +116,16 @@ func (w *writer) run(s *simulation, stop <-chan struct{}) {
 	}
 }
 
-// step issues one random op to primary p and records it.
-func (w *writer) step(s *simulation, p *primary) error {
+// step issues one random op to primary p and records it. A panic in the
+// engine is a finding: it is reported and the primary abandoned (it may
+// hold its locks, so it is not even closed), as its process would die.
+func (w *writer) step(s *simulation, p *primary) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.enginePanicked(p, v)
+			err = fmt.Errorf("engine panicked: %v", v)
+		}
+	}()
 	n := w.hi - w.lo
 	ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
 	defer cancel()
@@ -136,7 +158,6 @@ func (w *writer) step(s *simulation, p *primary) error {
 	}
 	w.issued++
 	rec.issued = s.events.Add(1)
-	var err error
 	if rec.trim {
 		err = p.eng.Trim(ctx, first*blockSize, count*blockSize)
 	} else {
@@ -174,7 +195,7 @@ func (w *writer) allowed(blk int64, data []byte, floor uint64) (bool, string) {
 		if k < 0 {
 			return "nothing acknowledged"
 		}
-		return fmt.Sprintf("op %d (trim=%v fua=%v epoch %d) or newer", ops[k].seq, ops[k].trim, ops[k].fua, ops[k].epoch)
+		return fmt.Sprintf("%s or newer", ops[k])
 	}
 	if zero {
 		if k < 0 {
@@ -195,7 +216,7 @@ func (w *writer) allowed(blk int64, data []byte, floor uint64) (bool, string) {
 			if i >= k {
 				return true, ""
 			}
-			return false, fmt.Sprintf("block %d reads op %d (epoch %d), want %s", blk, seq, op.epoch, describe())
+			return false, fmt.Sprintf("block %d reads %s, want %s", blk, op, describe())
 		}
 	}
 	return false, fmt.Sprintf("block %d reads op %d, never issued there", blk, seq)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -82,6 +83,8 @@ type primary struct {
 	inc      int    // promotion order
 	promised uint64 // event counter when StartEngine returned
 	dead     *atomic.Bool
+	// abandoned: its engine panicked and may hold its locks; never closed.
+	abandoned bool
 }
 
 // crash stops p as a process crash would: from this instant it records
@@ -89,6 +92,12 @@ type primary struct {
 // the in-process engine fails its in-flight writes and drops replicas),
 // then its connections close, then its lock is free (session expiry).
 func (s *simulation) crash(p *primary) {
+	s.mu.Lock()
+	abandoned := p.abandoned
+	s.mu.Unlock()
+	if abandoned {
+		return
+	}
 	p.dead.Store(true)
 	p.eng.Close()
 	s.coord.release(p.epoch)
@@ -180,6 +189,30 @@ func (s *simulation) checkFenced(p *primary, op *opRec) {
 	}
 }
 
+// enginePanicked reports a panic in p's engine and abandons p.
+func (s *simulation) enginePanicked(p *primary, v any) {
+	stack := string(debug.Stack())
+	where := ""
+	for _, line := range strings.Split(stack, "\n") {
+		if strings.Contains(line, "saddlebag/replication.") && !strings.Contains(line, "/sim.") {
+			where = strings.TrimSpace(line)
+			break
+		}
+	}
+	p.dead.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.current == p {
+		s.current = nil
+	}
+	if s.zombie == p {
+		s.zombie = nil
+	}
+	p.abandoned = true
+	s.res.Problems = append(s.res.Problems, fmt.Sprintf("engine of epoch %d panicked: %v in %s", p.epoch, v, where))
+	s.coord.release(p.epoch)
+}
+
 // promote makes a new primary the way internal/primary.Promote does: take
 // the lock (its index is the epoch), read the in-sync record, start the
 // engine over every replica with the recorded set as in sync, and hand it
@@ -259,7 +292,7 @@ func Run(ctx context.Context, cfg Config) (res *Result) {
 		engines := slices.Clone(s.primaries)
 		s.mu.Unlock()
 		for _, p := range engines {
-			p.eng.Close()
+			s.crash(p)
 		}
 		for _, n := range s.nodes {
 			s.killNode(n)
@@ -390,16 +423,8 @@ var replicaFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition
 
 func (s *simulation) inject(ctx context.Context, st step) {
 	n := s.nodes[st.node]
-	if !s.cfg.Faults[FaultAllDown] && slices.Contains(replicaFaults, st.fault) && !n.impaired() {
-		healthy := 0
-		for _, m := range s.nodes {
-			if !m.impaired() {
-				healthy++
-			}
-		}
-		if healthy <= 1 {
-			return // the last healthy replica stays healthy
-		}
+	if !s.cfg.Faults[FaultAllDown] && slices.Contains(replicaFaults, st.fault) && !n.impaired() && s.lastHealthy(n) {
+		return // the last healthy in-sync replica stays so
 	}
 	switch st.fault {
 	case "":
@@ -514,6 +539,30 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		s.note("consul blip for %s", st.dur)
 		time.AfterFunc(st.dur, func() { s.coord.setBlip(false) })
 	}
+}
+
+// lastHealthy reports whether n is the last unimpaired replica, or the
+// last unimpaired one the current primary has in sync: impairing it
+// would leave the volume no replica to serve from.
+func (s *simulation) lastHealthy(n *node) bool {
+	s.mu.Lock()
+	cur := s.current
+	s.mu.Unlock()
+	var inSync map[string]bool
+	if cur != nil {
+		inSync = map[string]bool{}
+		for _, r := range cur.eng.Status().Replicas {
+			if r.State == replication.StateInSync {
+				inSync[r.Addr] = true
+			}
+		}
+	}
+	for _, m := range s.nodes {
+		if m != n && !m.impaired() && (inSync == nil || inSync[m.addr()]) {
+			return false
+		}
+	}
+	return true
 }
 
 // names turns replica addresses into node names for the report.
