@@ -116,23 +116,43 @@ func (w *writer) run(s *simulation, stop <-chan struct{}) {
 	}
 }
 
-// step issues one random op to primary p and records it. A panic in the
-// engine is a finding: it is reported and the primary abandoned (it may
-// hold its locks, so it is not even closed), as its process would die.
-func (w *writer) step(s *simulation, p *primary) (err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			s.enginePanicked(p, v)
-			err = fmt.Errorf("engine panicked: %v", v)
-		}
-	}()
-	n := w.hi - w.lo
+// opDeadline bounds one op: every engine wait is bounded by the replica
+// timeout, so an op still running after this is stuck in the engine.
+const opDeadline = 5 * time.Second
+
+// call runs one engine call for p, bounded by opDeadline. A panic or a
+// call that never returns is a finding: it is reported and the primary
+// abandoned (it may hold its locks, so it is not even closed), as its
+// process would be dead or stuck.
+func (w *writer) call(s *simulation, p *primary, what string, f func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
-	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		defer cancel()
+		defer func() {
+			if v := recover(); v != nil {
+				s.engineBroken(p, fmt.Sprintf("panicked: %v in %s", v, panicSite()))
+				done <- fmt.Errorf("engine panicked: %v", v)
+			}
+		}()
+		done <- f(ctx)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(opDeadline):
+		s.engineBroken(p, fmt.Sprintf("a %s did not return in %s (deadlock?)", what, opDeadline))
+		return fmt.Errorf("engine stuck")
+	}
+}
+
+// step issues one random op to primary p and records it.
+func (w *writer) step(s *simulation, p *primary) error {
+	n := w.hi - w.lo
 	r := w.rng.IntN(100)
 	if r >= 88 {
 		issued := s.events.Add(1)
-		err := p.eng.Flush(ctx)
+		err := w.call(s, p, "flush", func(ctx context.Context) error { return p.eng.Flush(ctx) })
 		if err == nil {
 			s.flushed(issued)
 			w.flushes++
@@ -158,14 +178,19 @@ func (w *writer) step(s *simulation, p *primary) (err error) {
 	}
 	w.issued++
 	rec.issued = s.events.Add(1)
+	var err error
 	if rec.trim {
-		err = p.eng.Trim(ctx, first*blockSize, count*blockSize)
+		err = w.call(s, p, "trim", func(ctx context.Context) error {
+			return p.eng.Trim(ctx, first*blockSize, count*blockSize)
+		})
 	} else {
 		buf := make([]byte, count*blockSize)
 		for i := int64(0); i < count; i++ {
 			blockContent(buf[i*blockSize:(i+1)*blockSize], first+i, w.id, rec.seq)
 		}
-		err = p.eng.WriteAt(ctx, buf, first*blockSize, rec.fua)
+		err = w.call(s, p, "write", func(ctx context.Context) error {
+			return p.eng.WriteAt(ctx, buf, first*blockSize, rec.fua)
+		})
 	}
 	if err == nil {
 		rec.acked, rec.ackAt, rec.epoch = true, s.events.Add(1), p.epoch

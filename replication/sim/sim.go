@@ -189,16 +189,27 @@ func (s *simulation) checkFenced(p *primary, op *opRec) {
 	}
 }
 
-// enginePanicked reports a panic in p's engine and abandons p.
-func (s *simulation) enginePanicked(p *primary, v any) {
-	stack := string(debug.Stack())
-	where := ""
-	for _, line := range strings.Split(stack, "\n") {
-		if strings.Contains(line, "saddlebag/replication.") && !strings.Contains(line, "/sim.") {
-			where = strings.TrimSpace(line)
-			break
+// panicSite names the data-plane function a recovered panic came from.
+func panicSite() string {
+	var frames []string
+	for _, line := range strings.Split(string(debug.Stack()), "\n") {
+		if strings.Contains(line, "saddlebag/replication.") && !strings.Contains(line, "/sim.") && len(frames) < 3 {
+			f := strings.TrimPrefix(strings.TrimSpace(line), "github.com/saddlebag/saddlebag/replication.")
+			if i := strings.LastIndex(f, "("); i > 0 {
+				f = f[:i]
+			}
+			frames = append(frames, f)
 		}
 	}
+	if len(frames) == 0 {
+		return "?"
+	}
+	return strings.Join(frames, " < ")
+}
+
+// engineBroken reports that p's engine panicked or hung, and abandons it:
+// the schedule goes on with a new primary.
+func (s *simulation) engineBroken(p *primary, what string) {
 	p.dead.Store(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -208,8 +219,11 @@ func (s *simulation) enginePanicked(p *primary, v any) {
 	if s.zombie == p {
 		s.zombie = nil
 	}
+	if p.abandoned {
+		return
+	}
 	p.abandoned = true
-	s.res.Problems = append(s.res.Problems, fmt.Sprintf("engine of epoch %d panicked: %v in %s", p.epoch, v, where))
+	s.res.Problems = append(s.res.Problems, fmt.Sprintf("engine of epoch %d %s", p.epoch, what))
 	s.coord.release(p.epoch)
 }
 
