@@ -74,7 +74,10 @@
 //     StartEngine: its promise must fence the old one by then. (Writes in
 //     flight at the promise may go either way, so they are not counted.)
 //   - liveness: recovery must promote a primary and bring every replica
-//     back in sync.
+//     back in sync; no engine call may panic or stay blocked past
+//     opDeadline (the engine is then reported, abandoned without Close,
+//     as it may hold its locks, and the schedule goes on with a new
+//     primary).
 //
 // # Determinism
 //
@@ -86,13 +89,24 @@
 //
 // # Simplifications
 //
-// Replicas run in process: a "SIGKILL" invalidates the replica's file
-// handles at once (nothing it does afterwards persists) and stops its
-// server, which is what a kill does to the data; the process is not
-// really killed. CrashFS keeps the namespace (create, remove, truncate)
+// By default replicas run in process: a "SIGKILL" invalidates the
+// replica's file handles at once (nothing it does afterwards persists)
+// and stops its server, which is what a kill does to the data. With
+// Config.Processes (PROCESSES=1, and TestTortureProcesses) each replica
+// is this test binary re-executed as a replica server on real files, on
+// a small tmpfs of its own when running as root: a kill is a real
+// SIGKILL, disk full a real full tmpfs (a remount to just above what is
+// used), a wipe a real rm -r; power loss needs CrashFS and degrades to a
+// kill there. CrashFS keeps the namespace (create, remove, truncate)
 // durable at once, as if each change were followed by a directory sync
-// (which the Store does). Disk full is a quota in CrashFS, not a real
-// small tmpfs.
+// (which the Store does).
+//
+// Primaries are engines in this process. A primary crash marks its
+// in-sync hook dead first (a dead process records nothing, while closing
+// an in-process engine fails its in-flight writes), then closes it, then
+// frees its lock (session expiry). A second primary leaves the old one
+// running with no lease at all: only the data plane's epochs fence it,
+// which is the point of that fault.
 //
 // # Running
 //
