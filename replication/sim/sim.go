@@ -526,7 +526,17 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		}
 		p, err := s.promote(ctx)
 		if err != nil {
-			s.note("second primary failed: %v", err)
+			// It took the lock: the old primary's lease is gone, and the
+			// lease layer fences it (Lease.Guard).
+			s.mu.Lock()
+			if s.current == old {
+				s.current = nil
+			}
+			s.mu.Unlock()
+			if old != nil {
+				s.crash(old)
+			}
+			s.note("second primary failed (the old one lost its lease and stops): %v", err)
 			return
 		}
 		s.mu.Lock()
