@@ -71,7 +71,7 @@ const volume = "simvol"
 // replicaTimeout is the engines' per-request timeout: short, so faults are
 // noticed quickly, but not so short that a busy machine drops replicas
 // for no fault at all.
-const replicaTimeout = 500 * time.Millisecond
+const replicaTimeout = time.Second
 
 // recoveryWait bounds the wait for every replica to be back in sync.
 const recoveryWait = 5 * time.Second
