@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -93,6 +94,9 @@ func (c *coordinator) setBlip(on bool) {
 	c.mu.Unlock()
 }
 
+// errBlip is the in-sync record write error during a Consul blip.
+const errBlip = "consul unavailable (blip)"
+
 // hook is one primary's InSyncHook, writing under its lock (InSyncWriter).
 type hook struct {
 	c     *coordinator
@@ -110,7 +114,7 @@ func (h hook) SetInSync(_ context.Context, epoch uint64, inSync []string) error 
 	case h.dead.Load():
 		return fmt.Errorf("primary of epoch %d has crashed", h.epoch)
 	case c.blip:
-		return fmt.Errorf("consul unavailable (blip)")
+		return errors.New(errBlip)
 	case epoch != h.epoch || c.holder != h.epoch:
 		return fmt.Errorf("lease of epoch %d lost (lock held at epoch %d)", h.epoch, c.holder)
 	case c.rec != nil && c.rec.Epoch > epoch:

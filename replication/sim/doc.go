@@ -73,6 +73,9 @@
 //     although they were issued after a later primary had returned from
 //     StartEngine: its promise must fence the old one by then. (Writes in
 //     flight at the promise may go either way, so they are not counted.)
+//   - blip_write_errors: writes and trims that failed only because the
+//     in-sync record could not be written during a Consul blip: a blip
+//     must hold I/O until the record is written, not fail it.
 //   - liveness: recovery must promote a primary and bring every replica
 //     back in sync; no engine call may panic or stay blocked past
 //     opDeadline (the engine is then reported, abandoned without Close,

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -196,6 +197,8 @@ func (w *writer) step(s *simulation, p *primary) error {
 		rec.acked, rec.ackAt, rec.epoch = true, s.events.Add(1), p.epoch
 		w.acked++
 		s.checkFenced(p, rec)
+	} else if strings.Contains(err.Error(), errBlip) {
+		s.blipFailed(p, rec, err)
 	}
 	return err
 }

@@ -56,6 +56,10 @@ type Result struct {
 	// FencedWritesAccepted counts writes a primary acknowledged although
 	// they were issued after a later primary had finished promotion.
 	FencedWritesAccepted int
+	// BlipWriteErrors counts writes and trims that failed because the
+	// in-sync record could not be written during a Consul blip (issue
+	// #10: a blip must delay I/O, not fail it with EIO).
+	BlipWriteErrors int
 	// Problems holds one line per failed check (including liveness:
 	// recovery that could not promote or bring every replica in sync).
 	Problems             []string
@@ -167,6 +171,17 @@ func (s *simulation) flushed(issued uint64) {
 		if issued <= cur || s.frontier.CompareAndSwap(cur, issued) {
 			return
 		}
+	}
+}
+
+// blipFailed counts an op that failed only because the in-sync record
+// was unwritable for a moment.
+func (s *simulation) blipFailed(p *primary, op *opRec, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.res.BlipWriteErrors++
+	if s.res.BlipWriteErrors == 1 {
+		s.res.Problems = append(s.res.Problems, fmt.Sprintf("consul blip: primary of epoch %d failed op %d: %v", p.epoch, op.seq, err))
 	}
 }
 

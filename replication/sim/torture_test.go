@@ -101,6 +101,7 @@ func TestTorture(t *testing.T) {
 		mu                            sync.Mutex
 		schedules, lost, divergent    int
 		fenced, failed, issued, acked int
+		blip                          int
 		next                          atomic.Uint64
 		wg                            sync.WaitGroup
 	)
@@ -129,6 +130,7 @@ func TestTorture(t *testing.T) {
 				lost += res.AckedWritesLost
 				divergent += res.DivergentReplicas
 				fenced += res.FencedWritesAccepted
+				blip += res.BlipWriteErrors
 				issued += res.Issued
 				acked += res.Acked
 				if res.Failed() || replay {
@@ -147,6 +149,7 @@ func TestTorture(t *testing.T) {
 	fmt.Printf("acked_writes_lost %d\n", lost)
 	fmt.Printf("divergent_replicas %d\n", divergent)
 	fmt.Printf("fenced_writes_accepted %d\n", fenced)
+	fmt.Printf("blip_write_errors %d\n", blip)
 	fmt.Printf("torture_ops issued=%d acked=%d\n", issued, acked)
 	must.Positive(t, schedules)
 	must.Positive(t, acked) // the workload did run
@@ -164,8 +167,9 @@ func report(t *testing.T, res *Result, faults FaultSet, verbose bool) {
 	if res.Failed() {
 		status = "FAIL"
 	}
-	fmt.Printf("%s seed=%d: %d issued, %d acked, %s; lost=%d divergent=%d fenced=%d\n", status, res.Seed,
-		res.Issued, res.Acked, res.Duration.Round(time.Millisecond), res.AckedWritesLost, res.DivergentReplicas, res.FencedWritesAccepted)
+	fmt.Printf("%s seed=%d: %d issued, %d acked, %s; lost=%d divergent=%d fenced=%d blip=%d\n", status, res.Seed,
+		res.Issued, res.Acked, res.Duration.Round(time.Millisecond), res.AckedWritesLost, res.DivergentReplicas,
+		res.FencedWritesAccepted, res.BlipWriteErrors)
 	for _, p := range res.Problems {
 		fmt.Printf("  %s\n", p)
 	}
