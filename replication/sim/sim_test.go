@@ -76,11 +76,15 @@ func TestParseFaults(t *testing.T) {
 // with only those faults, to keep the real path honest; TestTorture
 // -processes runs more. Failures are reported like TestTorture's.
 func TestTortureProcesses(t *testing.T) {
-	faults, err := ParseFaults("kill,wipe,diskfull,partition,primarycrash")
+	spec := "kill,wipe,diskfull,partition,primarycrash"
+	if raceDetector {
+		spec = strings.ReplaceAll(spec, raceNoFaults+",", "")
+	}
+	faults, err := ParseFaults(spec)
 	must.NoError(t, err)
 	acked := 0
 	for seed := uint64(1); seed <= 3; seed++ {
-		res := Run(context.Background(), Config{Seed: seed, Faults: faults, Processes: true, Steps: 8})
+		res := Run(context.Background(), Config{Seed: seed, Faults: faults, Processes: true, Steps: 8, Timeout: raceTimeout})
 		acked += res.Acked
 		for _, p := range res.Problems {
 			if strings.HasPrefix(p, "setup") {

@@ -45,7 +45,12 @@ var (
 // without failing unless -strict; a replay (-seed) always fails on a
 // failing schedule.
 func TestTorture(t *testing.T) {
-	faults, err := ParseFaults(*flagFaults)
+	spec := *flagFaults
+	if spec == "" && raceDetector {
+		spec = "-" + raceNoFaults
+		fmt.Println(raceFaultNote)
+	}
+	faults, err := ParseFaults(spec)
 	must.NoError(t, err)
 	var log hclog.Logger
 	if *flagLog {
@@ -124,7 +129,8 @@ func TestTorture(t *testing.T) {
 				if !ok {
 					return
 				}
-				res := Run(context.Background(), Config{Seed: seed, Faults: faults, Log: log, Processes: *flagProcs})
+				res := Run(context.Background(), Config{Seed: seed, Faults: faults, Log: log, Processes: *flagProcs,
+					Timeout: raceTimeout})
 				mu.Lock()
 				schedules++
 				lost += res.AckedWritesLost
