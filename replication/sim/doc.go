@@ -49,6 +49,8 @@
 //	recordrollback  put back an older version of the in-sync record
 //	lockreset       set the lock index back (epochs repeat)
 //	consulblip      in-sync record writes fail for a while
+//	wipefailover    crash the primary, wipe a replica the record still
+//	                names, restart it empty, promote a new primary
 //	alldown         (a permission) let the replica faults impair every
 //	                replica at once; without it one always stays healthy
 //

@@ -24,6 +24,9 @@ const (
 	FaultRecordRollback Fault = "recordrollback" // in-sync record rolled back to an older value
 	FaultLockReset      Fault = "lockreset"      // Consul lock index reset (epochs go back)
 	FaultConsulBlip     Fault = "consulblip"     // in-sync record writes fail for a while
+	// FaultWipeFailover crashes the primary, wipes a replica (a new disk,
+	// so the record still names it) and promotes a new primary.
+	FaultWipeFailover Fault = "wipefailover"
 	// FaultAllDown lets the replica faults (kill, power loss, wipe,
 	// partition, hold, disk full) impair every replica at once; disabled,
 	// the schedule always leaves one replica healthy.
@@ -32,7 +35,7 @@ const (
 
 // AllFaults lists every fault class.
 var AllFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultDelay, FaultHold, FaultDiskFull,
-	FaultPrimaryCrash, FaultSecondPrimary, FaultRecordLost, FaultRecordRollback, FaultLockReset, FaultConsulBlip, FaultAllDown}
+	FaultPrimaryCrash, FaultSecondPrimary, FaultRecordLost, FaultRecordRollback, FaultLockReset, FaultConsulBlip, FaultAllDown, FaultWipeFailover}
 
 // FaultSet is the set of enabled fault classes.
 type FaultSet map[Fault]bool

@@ -448,7 +448,7 @@ func (s *simulation) tryPromote(ctx context.Context, attempts int) {
 }
 
 // replicaFaults impair a replica.
-var replicaFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultHold, FaultDiskFull}
+var replicaFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultHold, FaultDiskFull, FaultWipeFailover}
 
 func (s *simulation) inject(ctx context.Context, st step) {
 	n := s.nodes[st.node]
@@ -494,6 +494,25 @@ func (s *simulation) inject(ctx context.Context, st step) {
 			}
 			s.note("wipe node%d and restart it empty", n.i)
 		}
+	case FaultWipeFailover:
+		s.mu.Lock()
+		p := s.current
+		s.current = nil
+		s.mu.Unlock()
+		if p != nil {
+			s.crash(p)
+		}
+		s.killNode(n)
+		if err := s.wipeNode(n); err != nil {
+			s.problem("wipe node%d: %v", n.i, err)
+			return
+		}
+		if err := s.startNode(n); err != nil {
+			s.problem("restart node%d: %v", n.i, err)
+			return
+		}
+		s.note("crash the primary, wipe node%d and restart it empty, promote", n.i)
+		s.tryPromote(ctx, 3)
 	case FaultPartition:
 		n.cut = !n.cut
 		n.proxy.setCut(n.cut)
@@ -728,7 +747,9 @@ func (s *simulation) check(inSync []*node) {
 		if i == 0 {
 			first = data
 		} else if first != nil && !bytes.Equal(first, data) {
+			s.mu.Lock() // an abandoned engine's goroutines may still report
 			s.res.DivergentReplicas++
+			s.mu.Unlock()
 			s.problem("divergent: node%d differs from node%d in %s", n.i, inSync[0].i, diffSummary(first, data))
 		}
 		for _, w := range s.writers {
@@ -743,7 +764,9 @@ func (s *simulation) check(inSync []*node) {
 			}
 		}
 	}
+	s.mu.Lock()
 	s.res.AckedWritesLost = len(lost)
+	s.mu.Unlock()
 	shown := 0
 	for b := range int64(len(first) / blockSize) {
 		if why, ok := lost[b]; ok && shown < 3 {
