@@ -26,26 +26,29 @@ type inSyncRecord struct {
 type coordinator struct {
 	mu        sync.Mutex
 	lockIndex uint64
-	holder    uint64 // epoch of the lock holder; 0: free
+	holder    uint64 // session (not epoch: a reset can repeat epochs) holding the lock; 0: free
+	sessions  uint64
 	rec       *inSyncRecord
 	history   []inSyncRecord
 	blip      bool
 }
 
-// acquire takes the primary lock and returns its epoch.
-func (c *coordinator) acquire() uint64 {
+// acquire takes the primary lock for a new session and returns its
+// epoch and the session.
+func (c *coordinator) acquire() (epoch, session uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.lockIndex++
-	c.holder = c.lockIndex
-	return c.lockIndex
+	c.sessions++
+	c.holder = c.sessions
+	return c.lockIndex, c.sessions
 }
 
-// release frees the lock if epoch still holds it.
-func (c *coordinator) release(epoch uint64) {
+// release frees the lock if session still holds it.
+func (c *coordinator) release(session uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.holder == epoch {
+	if c.holder == session {
 		c.holder = 0
 	}
 }
@@ -99,9 +102,10 @@ const errBlip = "consul unavailable (blip)"
 
 // hook is one primary's InSyncHook, writing under its lock (InSyncWriter).
 type hook struct {
-	c     *coordinator
-	epoch uint64
-	dead  *atomic.Bool // its process has crashed
+	c       *coordinator
+	epoch   uint64
+	session uint64
+	dead    *atomic.Bool // its process has crashed
 }
 
 var _ replication.InSyncHook = hook{}
@@ -115,8 +119,8 @@ func (h hook) SetInSync(_ context.Context, epoch uint64, inSync []string) error 
 		return fmt.Errorf("primary of epoch %d has crashed", h.epoch)
 	case c.blip:
 		return errors.New(errBlip)
-	case epoch != h.epoch || c.holder != h.epoch:
-		return fmt.Errorf("lease of epoch %d lost (lock held at epoch %d)", h.epoch, c.holder)
+	case epoch != h.epoch || c.holder != h.session:
+		return fmt.Errorf("lease of epoch %d lost", h.epoch)
 	case c.rec != nil && c.rec.Epoch > epoch:
 		return fmt.Errorf("in-sync record of epoch %d is newer than %d", c.rec.Epoch, epoch)
 	}

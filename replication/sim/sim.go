@@ -87,6 +87,7 @@ type primary struct {
 	inc      int    // promotion order
 	promised uint64 // event counter when StartEngine returned
 	dead     *atomic.Bool
+	session  uint64 // its lock session in the coordinator
 	// abandoned: its engine panicked and may hold its locks; never closed.
 	abandoned bool
 }
@@ -104,7 +105,7 @@ func (s *simulation) crash(p *primary) {
 	}
 	p.dead.Store(true)
 	p.eng.Close()
-	s.coord.release(p.epoch)
+	s.coord.release(p.session)
 }
 
 type simulation struct {
@@ -239,7 +240,7 @@ func (s *simulation) engineBroken(p *primary, what string) {
 	}
 	p.abandoned = true
 	s.res.Problems = append(s.res.Problems, fmt.Sprintf("engine of epoch %d %s", p.epoch, what))
-	s.coord.release(p.epoch)
+	s.coord.release(p.session)
 }
 
 // promote makes a new primary the way internal/primary.Promote does: take
@@ -249,12 +250,12 @@ func (s *simulation) engineBroken(p *primary, what string) {
 // InSyncReplicas); no record means a new volume (every replica usable).
 // Keep promotion in this one function: the product's is changing.
 func (s *simulation) promote(ctx context.Context) (*primary, error) {
-	epoch := s.coord.acquire()
+	epoch, session := s.coord.acquire()
 	dead := new(atomic.Bool)
 	var inSync []string
 	if rec, ok := s.coord.read(); ok {
 		if len(rec.Replicas) == 0 {
-			s.coord.release(epoch)
+			s.coord.release(session)
 			return nil, fmt.Errorf("in-sync record of epoch %d names no replica", rec.Epoch)
 		}
 		inSync = rec.Replicas
@@ -263,7 +264,7 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 		Volume: volume, Size: s.cfg.Size, Epoch: epoch, InSync: inSync,
 		Timeout: s.cfg.Timeout, ReconnectInterval: 20 * time.Millisecond,
 		ProgressInterval: time.Hour, ActivityExtents: 2,
-		Hook: hook{c: &s.coord, epoch: epoch, dead: dead}, Log: s.log,
+		Hook: hook{c: &s.coord, epoch: epoch, session: session, dead: dead}, Log: s.log,
 	}
 	for _, n := range s.nodes {
 		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: n.addr()})
@@ -272,12 +273,12 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 	defer cancel()
 	eng, err := replication.StartEngine(sctx, cfg)
 	if err != nil {
-		s.coord.release(epoch)
+		s.coord.release(session)
 		return nil, fmt.Errorf("epoch %d: %w", epoch, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := &primary{eng: eng, epoch: epoch, inc: len(s.primaries) + 1, promised: s.events.Add(1), dead: dead}
+	p := &primary{eng: eng, epoch: epoch, inc: len(s.primaries) + 1, promised: s.events.Add(1), dead: dead, session: session}
 	s.primaries = append(s.primaries, p)
 	return p, nil
 }
