@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -177,7 +178,7 @@ func report(t *testing.T, res *Result, faults FaultSet, verbose bool) {
 		res.Issued, res.Acked, res.Duration.Round(time.Millisecond), res.AckedWritesLost, res.DivergentReplicas,
 		res.FencedWritesAccepted, res.BlipWriteErrors)
 	for _, p := range res.Problems {
-		fmt.Printf("  %s\n", p)
+		fmt.Printf("  %s\n", strings.ReplaceAll(p, "\n", "; ")) // joined errors span lines
 	}
 	if res.Failed() || verbose {
 		fmt.Printf("  schedule:\n")
