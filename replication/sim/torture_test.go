@@ -48,7 +48,7 @@ var (
 func TestTorture(t *testing.T) {
 	spec := *flagFaults
 	if spec == "" && raceDetector {
-		spec = "-" + raceNoFaults
+		spec = raceNoFaults
 		fmt.Println(raceFaultNote)
 	}
 	faults, err := ParseFaults(spec)
