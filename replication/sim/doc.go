@@ -51,6 +51,10 @@
 //	consulblip      in-sync record writes fail for a while
 //	wipefailover    crash the primary, wipe a replica the record still
 //	                names, restart it empty, promote a new primary
+//	promotionfault  crash the primary, and kill or power-cut a replica
+//	                while the next one is being promoted
+//	resyncpowerloss power-cut a replica while it is being resynced
+//	                (killing and restarting one first if none is)
 //	alldown         (a permission) let the replica faults impair every
 //	                replica at once; without it one always stays healthy
 //

@@ -27,6 +27,13 @@ const (
 	// FaultWipeFailover crashes the primary, wipes a replica (a new disk,
 	// so the record still names it) and promotes a new primary.
 	FaultWipeFailover Fault = "wipefailover"
+	// FaultPromotionFault crashes the primary and, while the next one is
+	// being promoted, kills or power-cuts a replica.
+	FaultPromotionFault Fault = "promotionfault"
+	// FaultResyncPowerLoss power-cuts a replica while it is being
+	// resynced (restarting a replica first, to start a resync, when none
+	// is).
+	FaultResyncPowerLoss Fault = "resyncpowerloss"
 	// FaultAllDown lets the replica faults (kill, power loss, wipe,
 	// partition, hold, disk full) impair every replica at once; disabled,
 	// the schedule always leaves one replica healthy.
@@ -35,7 +42,8 @@ const (
 
 // AllFaults lists every fault class.
 var AllFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultDelay, FaultHold, FaultDiskFull,
-	FaultPrimaryCrash, FaultSecondPrimary, FaultRecordLost, FaultRecordRollback, FaultLockReset, FaultConsulBlip, FaultAllDown, FaultWipeFailover}
+	FaultPrimaryCrash, FaultSecondPrimary, FaultRecordLost, FaultRecordRollback, FaultLockReset, FaultConsulBlip, FaultAllDown, FaultWipeFailover,
+	FaultPromotionFault, FaultResyncPowerLoss}
 
 // FaultSet is the set of enabled fault classes.
 type FaultSet map[Fault]bool

@@ -449,7 +449,8 @@ func (s *simulation) tryPromote(ctx context.Context, attempts int) {
 }
 
 // replicaFaults impair a replica.
-var replicaFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultHold, FaultDiskFull, FaultWipeFailover}
+var replicaFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultHold, FaultDiskFull, FaultWipeFailover,
+	FaultPromotionFault, FaultResyncPowerLoss}
 
 func (s *simulation) inject(ctx context.Context, st step) {
 	n := s.nodes[st.node]
@@ -552,6 +553,46 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		}
 		time.Sleep(st.dur / 4)
 		s.tryPromote(ctx, 3)
+	case FaultPromotionFault:
+		s.mu.Lock()
+		p := s.current
+		s.current = nil
+		s.mu.Unlock()
+		if p != nil {
+			s.crash(p)
+			s.note("crash primary of epoch %d", p.epoch)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.tryPromote(ctx, 3)
+		}()
+		time.Sleep(time.Duration(st.frac * float64(30*time.Millisecond)))
+		if n.up {
+			s.powerCutOrKill(n, st.mask&1 == 1, "during the promotion")
+		}
+		<-done
+	case FaultResyncPowerLoss:
+		target := s.resyncing()
+		if target == nil && n.up {
+			// Start a resync: kill and restart a replica, then give the
+			// primary a moment to reconnect.
+			s.killNode(n)
+			if err := s.startNode(n); err != nil {
+				s.problem("restart node%d: %v", n.i, err)
+				return
+			}
+			s.note("SIGKILL node%d and restart it", n.i)
+			deadline := time.Now().Add(100 * time.Millisecond)
+			for target == nil && time.Now().Before(deadline) {
+				time.Sleep(2 * time.Millisecond)
+				target = s.resyncing()
+			}
+			time.Sleep(time.Duration(st.frac * float64(10*time.Millisecond)))
+		}
+		if target != nil && target.up {
+			s.powerCutOrKill(target, true, "while it is resynced")
+		}
 	case FaultSecondPrimary:
 		s.mu.Lock()
 		old, prevZombie := s.current, s.zombie
@@ -598,6 +639,41 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		s.note("consul blip for %s", st.dur)
 		time.AfterFunc(st.dur, func() { s.coord.setBlip(false) })
 	}
+}
+
+// powerCutOrKill power-cuts n (in process, when power is true) or kills it.
+func (s *simulation) powerCutOrKill(n *node, power bool, when string) {
+	if power && n.fs != nil {
+		lost := n.fs.PowerLoss(s.dead)
+		s.stopNode(n)
+		s.mu.Lock()
+		s.powerLost = true
+		s.mu.Unlock()
+		s.note("power loss node%d %s (%d unsynced block writes lost)", n.i, when, lost)
+		return
+	}
+	s.killNode(n)
+	s.note("SIGKILL node%d %s", n.i, when)
+}
+
+// resyncing returns a node the current primary is resyncing, if any.
+func (s *simulation) resyncing() *node {
+	s.mu.Lock()
+	cur := s.current
+	s.mu.Unlock()
+	if cur == nil {
+		return nil
+	}
+	for _, r := range cur.eng.Status().Replicas {
+		if r.State == replication.StateResyncing {
+			for _, n := range s.nodes {
+				if n.addr() == r.Addr {
+					return n
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // lastHealthy reports whether n is the last unimpaired replica, or the
