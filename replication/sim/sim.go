@@ -429,7 +429,7 @@ func (s *simulation) schedule(ctx context.Context) {
 		noPrimary := s.current == nil
 		s.mu.Unlock()
 		if noPrimary {
-			s.tryPromote(ctx, 3)
+			s.tryPromote(ctx, 1) // the next step tries again
 		}
 		s.inject(ctx, st)
 	}
@@ -514,7 +514,7 @@ func (s *simulation) inject(ctx context.Context, st step) {
 			return
 		}
 		s.note("crash the primary, wipe node%d and restart it empty, promote", n.i)
-		s.tryPromote(ctx, 3)
+		s.tryPromote(ctx, 2)
 	case FaultPartition:
 		n.cut = !n.cut
 		n.proxy.setCut(n.cut)
@@ -551,8 +551,8 @@ func (s *simulation) inject(ctx context.Context, st step) {
 			s.crash(p)
 			s.note("crash primary of epoch %d", p.epoch)
 		}
-		time.Sleep(st.dur / 4)
-		s.tryPromote(ctx, 3)
+		time.Sleep(time.Duration(st.frac * float64(50*time.Millisecond))) // the writers see no primary
+		s.tryPromote(ctx, 2)
 	case FaultPromotionFault:
 		s.mu.Lock()
 		p := s.current
@@ -565,7 +565,7 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			s.tryPromote(ctx, 3)
+			s.tryPromote(ctx, 2)
 		}()
 		time.Sleep(time.Duration(st.frac * float64(30*time.Millisecond)))
 		if n.up {
