@@ -22,8 +22,9 @@ type opRec struct {
 	fua    bool
 	issued uint64 // event counter when issued
 	acked  bool
-	ackAt  uint64 // event counter when acknowledged
-	epoch  uint64 // the primary that acknowledged it
+	ackAt  uint64        // event counter when acknowledged
+	epoch  uint64        // the primary that acknowledged it
+	at     time.Duration // when it was acknowledged, since the schedule began
 }
 
 func (op *opRec) String() string {
@@ -37,7 +38,7 @@ func (op *opRec) String() string {
 	if !op.acked {
 		return fmt.Sprintf("op %d (%s, unacknowledged)", op.seq, kind)
 	}
-	return fmt.Sprintf("op %d (%s acked at epoch %d)", op.seq, kind, op.epoch)
+	return fmt.Sprintf("op %d (%s acked at epoch %d, %.3fs)", op.seq, kind, op.epoch, op.at.Seconds())
 }
 
 // writer issues ops on its own block range, one at a time, so that per
@@ -194,7 +195,7 @@ func (w *writer) step(s *simulation, p *primary) error {
 		})
 	}
 	if err == nil {
-		rec.acked, rec.ackAt, rec.epoch = true, s.events.Add(1), p.epoch
+		rec.acked, rec.ackAt, rec.epoch, rec.at = true, s.events.Add(1), p.epoch, time.Since(s.began)
 		w.acked++
 		s.checkFenced(p, rec)
 	} else if strings.Contains(err.Error(), errBlip) {
