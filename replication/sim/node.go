@@ -222,7 +222,7 @@ func (s *simulation) startProcess(n *node) error {
 // Store in dir, until killed.
 func replicaMain(dir string) int {
 	log := hclog.NewNullLogger()
-	if v, _ := strconv.ParseBool(os.Getenv("SIMLOG")); v {
+	if v, _ := strconv.ParseBool(os.Getenv("TORTURE_LOG")); v {
 		log = hclog.New(&hclog.LoggerOptions{Name: "replica", Level: hclog.Debug, Output: os.Stderr})
 	}
 	store, err := replication.OpenStore(dir, log)

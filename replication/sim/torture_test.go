@@ -16,28 +16,28 @@ import (
 	"github.com/shoenig/test/must"
 )
 
-// Flags (or the environment variables in brackets, which make passes on
-// to go test): -seed [SEED] replays one schedule (-repeat [REPEAT] times:
+// Flags (or the environment variables in brackets, prefixed TORTURE_,
+// which make torture sets from SEED=, DURATION=, ...): -seed [SEED] replays one schedule (-repeat [REPEAT] times:
 // the fault schedule replays exactly, goroutine interleavings do not);
 // -seeds [SEEDS] runs that many from -first [FIRST]; -duration [DURATION]
 // runs schedules until it has passed; -faults [FAULTS] picks the fault
 // classes ("-powerloss,-wipe" disables two, "kill,partition" enables only
 // those, "none" none); -parallel-schedules [PARALLEL] runs that many at
-// once (default 2); -simlog [SIMLOG=1] prints the replicas' and engines'
+// once (default 2); -simlog [LOG=1] prints the replicas' and engines'
 // logs; -processes [PROCESSES=1] runs the replicas as real processes on
 // real files (tmpfs as root: SIGKILL and disk full for real, no power
 // loss); -strict [STRICT=1] fails the test when any schedule fails.
 var (
-	flagSeed     = flag.String("seed", os.Getenv("SEED"), "replay this seed only")
-	flagSeeds    = flag.String("seeds", os.Getenv("SEEDS"), "number of schedules")
-	flagFirst    = flag.String("first", os.Getenv("FIRST"), "first seed")
-	flagDuration = flag.String("duration", os.Getenv("DURATION"), "run schedules for this long")
-	flagFaults   = flag.String("faults", os.Getenv("FAULTS"), "fault classes")
-	flagParallel = flag.String("parallel-schedules", os.Getenv("PARALLEL"), "schedules run at once")
-	flagRepeat   = flag.String("repeat", os.Getenv("REPEAT"), "with -seed: run the seed this many times")
-	flagLog      = flag.Bool("simlog", os.Getenv("SIMLOG") == "1", "print the data plane's logs")
-	flagProcs    = flag.Bool("processes", os.Getenv("PROCESSES") == "1", "replicas as real processes on real files")
-	flagStrict   = flag.Bool("strict", os.Getenv("STRICT") == "1", "fail the test when a schedule fails")
+	flagSeed     = flag.String("seed", os.Getenv("TORTURE_SEED"), "replay this seed only")
+	flagSeeds    = flag.String("seeds", os.Getenv("TORTURE_SEEDS"), "number of schedules")
+	flagFirst    = flag.String("first", os.Getenv("TORTURE_FIRST"), "first seed")
+	flagDuration = flag.String("duration", os.Getenv("TORTURE_DURATION"), "run schedules for this long")
+	flagFaults   = flag.String("faults", os.Getenv("TORTURE_FAULTS"), "fault classes")
+	flagParallel = flag.String("parallel-schedules", os.Getenv("TORTURE_PARALLEL"), "schedules run at once")
+	flagRepeat   = flag.String("repeat", os.Getenv("TORTURE_REPEAT"), "with -seed: run the seed this many times")
+	flagLog      = flag.Bool("simlog", os.Getenv("TORTURE_LOG") == "1", "print the data plane's logs")
+	flagProcs    = flag.Bool("processes", os.Getenv("TORTURE_PROCESSES") == "1", "replicas as real processes on real files")
+	flagStrict   = flag.Bool("strict", os.Getenv("TORTURE_STRICT") == "1", "fail the test when a schedule fails")
 )
 
 // TestTorture runs crash-and-fault schedules and prints what they found.
