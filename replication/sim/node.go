@@ -145,19 +145,29 @@ func (s *simulation) setDiskFull(n *node, full bool, room int64) error {
 	if !n.tmpfs {
 		return nil // not root: no tmpfs to fill
 	}
-	size := s.tmpfsSize()
-	if full {
+	if !full {
+		return remount(n.dir, s.tmpfsSize())
+	}
+	// Writes go on meanwhile, and tmpfs refuses to shrink below what is
+	// used: measure and retry, with a growing margin.
+	var err error
+	for margin := int64(0); margin <= 1<<20; margin = margin*4 + 64<<10 {
 		var st syscall.Statfs_t
-		if err := syscall.Statfs(n.dir, &st); err != nil {
+		if err = syscall.Statfs(n.dir, &st); err != nil {
 			return err
 		}
-		// Writes go on meanwhile, and tmpfs refuses to shrink below
-		// what is used: leave a margin.
 		used := int64(st.Blocks-st.Bfree) * st.Bsize
-		size = used + room + 1<<20
+		if err = remount(n.dir, used+room+margin); err == nil {
+			return nil
+		}
 	}
-	if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", size), n.dir).CombinedOutput(); err != nil {
-		return fmt.Errorf("remount %s: %v: %s", n.dir, err, out)
+	return err
+}
+
+func remount(dir string, size int64) error {
+	size = (size + 4095) &^ 4095
+	if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", size), dir).CombinedOutput(); err != nil {
+		return fmt.Errorf("remount %s: %v: %s", dir, err, out)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -8,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
+
+	"github.com/saddlebag/saddlebag/replication"
 )
 
 // Without faults (and with a generous timeout, so a busy machine drops no
@@ -94,4 +98,59 @@ func TestTortureProcesses(t *testing.T) {
 		report(t, res, faults, false)
 	}
 	must.Positive(t, acked)
+}
+
+// A replica process whose tmpfs is full: the primary drops it naming "no
+// space left", keeps serving from the others, and resyncs it once there
+// is room again (real files, a real full tmpfs; needs root).
+func TestProcessReplicaDiskFullOnTmpfs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test mounts a small tmpfs per replica: run it as root")
+	}
+	none, err := ParseFaults("none")
+	must.NoError(t, err)
+	s := &simulation{cfg: Config{Seed: 1, Faults: none, Processes: true, Replicas: 3, Size: 16 << 20, Timeout: 5 * time.Second},
+		log: hclog.NewNullLogger(), ctx: context.Background(), res: &Result{}, began: time.Now(), zombieFor: map[int]bool{}}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	for i := range 3 {
+		px, err := newFaultProxy(uint64(i))
+		must.NoError(t, err)
+		go px.serve(ctx)
+		n, err := s.newNode(i, px)
+		must.NoError(t, err)
+		must.True(t, n.tmpfs)
+		t.Cleanup(func() { s.killNode(n); s.cleanupNode(n) })
+		must.NoError(t, s.startNode(n))
+		s.nodes = append(s.nodes, n)
+	}
+	p, err := s.promote(ctx)
+	must.NoError(t, err)
+	defer p.eng.Close()
+
+	full := s.nodes[2]
+	must.NoError(t, s.setDiskFull(full, true, 0))
+	chunk := bytes.Repeat([]byte{0x5a}, 1<<20)
+	for off := int64(0); off < 8<<20; off += 1 << 20 {
+		must.NoError(t, p.eng.WriteAt(ctx, chunk, off, false))
+	}
+	must.NoError(t, p.eng.Flush(ctx))
+	st := p.eng.Status()
+	must.Eq(t, 2, st.InSync)
+	must.NotEq(t, replication.StateInSync, st.Replicas[2].State)
+	must.StrContains(t, st.Replicas[2].Reason, "no space left")
+
+	must.NoError(t, s.setDiskFull(full, false, 0))
+	deadline := time.Now().Add(20 * time.Second)
+	for p.eng.Status().InSync < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	must.Eq(t, 3, p.eng.Status().InSync)
+	must.NoError(t, p.eng.Flush(ctx))
+	a, err := s.nodes[0].readData()
+	must.NoError(t, err)
+	b, err := full.readData()
+	must.NoError(t, err)
+	must.True(t, bytes.Equal(a, b), must.Sprint("the resynced replica differs"))
+	must.True(t, bytes.Equal(chunk, b[7<<20:8<<20]))
 }
