@@ -67,13 +67,14 @@ fuzz:
 
 # Crash-and-fault schedules (replication/sim, issue #10). SEED replays one
 # (REPEAT times), SEEDS runs that many (from FIRST), else it runs for
-# DURATION; FAULTS picks fault classes; PROCESSES=1 runs replicas as real
+# DURATION; FAULTS picks fault classes; STEPS the faults per schedule
+# (default 14); PROCESSES=1 runs replicas as real
 # processes; STRICT=1 fails on a failing schedule; SIMLOG=1 prints the data
 # plane's logs.
 torture:
 	TORTURE_DURATION=$(DURATION) TORTURE_SEED=$(SEED) TORTURE_SEEDS=$(SEEDS) TORTURE_FIRST=$(FIRST) \
 	TORTURE_FAULTS=$(FAULTS) TORTURE_REPEAT=$(REPEAT) TORTURE_PARALLEL=$(PARALLEL) TORTURE_STRICT=$(STRICT) \
-	TORTURE_PROCESSES=$(PROCESSES) TORTURE_LOG=$(SIMLOG) \
+	TORTURE_PROCESSES=$(PROCESSES) TORTURE_STEPS=$(STEPS) TORTURE_LOG=$(SIMLOG) \
 	$(GO) test -count=1 -timeout 0 -v -run '^TestTorture$$' ./replication/sim
 
 -include e2e/tools.mk

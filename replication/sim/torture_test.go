@@ -26,7 +26,9 @@ import (
 // once (default 2); -simlog [LOG=1] prints the replicas' and engines'
 // logs; -processes [PROCESSES=1] runs the replicas as real processes on
 // real files (tmpfs as root: SIGKILL and disk full for real, no power
-// loss); -strict [STRICT=1] fails the test when any schedule fails.
+// loss); -steps [STEPS] sets the fault steps per schedule (default 14:
+// fewer run faster, and a seed's first n steps are the same whatever the
+// count); -strict [STRICT=1] fails the test when any schedule fails.
 var (
 	flagSeed     = flag.String("seed", os.Getenv("TORTURE_SEED"), "replay this seed only")
 	flagSeeds    = flag.String("seeds", os.Getenv("TORTURE_SEEDS"), "number of schedules")
@@ -37,6 +39,7 @@ var (
 	flagRepeat   = flag.String("repeat", os.Getenv("TORTURE_REPEAT"), "with -seed: run the seed this many times")
 	flagLog      = flag.Bool("simlog", os.Getenv("TORTURE_LOG") == "1", "print the data plane's logs")
 	flagProcs    = flag.Bool("processes", os.Getenv("TORTURE_PROCESSES") == "1", "replicas as real processes on real files")
+	flagSteps    = flag.Int("steps", envInt("TORTURE_STEPS"), "fault steps per schedule (default 14)")
 	flagStrict   = flag.Bool("strict", os.Getenv("TORTURE_STRICT") == "1", "fail the test when a schedule fails")
 )
 
@@ -131,7 +134,7 @@ func TestTorture(t *testing.T) {
 					return
 				}
 				res := Run(context.Background(), Config{Seed: seed, Faults: faults, Log: log, Processes: *flagProcs,
-					Timeout: raceTimeout})
+					Timeout: raceTimeout, Steps: *flagSteps})
 				mu.Lock()
 				schedules++
 				lost += res.AckedWritesLost
@@ -194,6 +197,14 @@ func report(t *testing.T, res *Result, faults FaultSet, verbose bool) {
 		if *flagProcs {
 			replay += " PROCESSES=1"
 		}
+		if *flagSteps != 0 {
+			replay += fmt.Sprintf(" STEPS=%d", *flagSteps)
+		}
 		fmt.Printf("replay: %s\n", replay)
 	}
+}
+
+func envInt(name string) int {
+	n, _ := strconv.Atoi(os.Getenv(name))
+	return n
 }
