@@ -9,16 +9,19 @@
 #   make dev-down tear it down
 #   make bench    print the side-by-side performance ratios
 #   make fuzz     run every fuzz target for FUZZTIME each
+#   make torture  crash-and-fault schedules of the data plane for DURATION
+#                 (or SEEDS schedules, or replay SEED; FAULTS=-powerloss,...)
 #   make build    build bin/saddlebag
 
 export GOTOOLCHAIN := local
 GO ?= go
 FUZZTIME ?= 30s
+DURATION ?= 10m
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 .DEFAULT_GOAL := build
-.PHONY: build test unit deps bench fuzz vet e2e dev dev-down dev-failover
+.PHONY: build test unit deps bench fuzz torture vet e2e dev dev-down dev-failover
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/saddlebag ./cmd/saddlebag
@@ -61,5 +64,17 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+# Crash-and-fault schedules (replication/sim, issue #10). SEED replays one
+# (REPEAT times), SEEDS runs that many (from FIRST), else it runs for
+# DURATION; FAULTS picks fault classes; STEPS the faults per schedule
+# (default 14); PROCESSES=1 runs replicas as real
+# processes; STRICT=1 fails on a failing schedule; SIMLOG=1 prints the data
+# plane's logs.
+torture:
+	TORTURE_DURATION=$(DURATION) TORTURE_SEED=$(SEED) TORTURE_SEEDS=$(SEEDS) TORTURE_FIRST=$(FIRST) \
+	TORTURE_FAULTS=$(FAULTS) TORTURE_REPEAT=$(REPEAT) TORTURE_PARALLEL=$(PARALLEL) TORTURE_STRICT=$(STRICT) \
+	TORTURE_PROCESSES=$(PROCESSES) TORTURE_STEPS=$(STEPS) TORTURE_LOG=$(SIMLOG) \
+	$(GO) test -count=1 -timeout 0 -v -run '^TestTorture$$' ./replication/sim
 
 -include e2e/tools.mk

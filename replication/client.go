@@ -3,6 +3,7 @@ package replication
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,7 +58,7 @@ type call struct {
 // only Created comes from the open. When the replica has promised a
 // higher epoch, the error wraps ErrStaleEpoch and the returned state's
 // Epoch is that promise.
-func dialReplica(ctx context.Context, addr, volume string, size int64, epoch uint64, create bool,
+func dialReplica(ctx context.Context, addr, volume string, size int64, epoch, owner uint64, create bool,
 	timeout time.Duration, log hclog.Logger) (*replicaClient, openReply, error) {
 	var open openReply
 	d := net.Dialer{Timeout: timeout, KeepAlive: 5 * time.Second}
@@ -84,7 +85,7 @@ func dialReplica(ctx context.Context, addr, volume string, size int64, epoch uin
 		err = decode(reply, &open)
 	}
 	if err == nil {
-		reply, err = c.do(Frame{Type: FramePromise})
+		reply, err = c.do(Frame{Type: FramePromise, Payload: binary.BigEndian.AppendUint64(nil, owner)})
 		if err == nil {
 			created := open.Created
 			err = decode(reply, &open)

@@ -40,7 +40,7 @@ func powerLoss(t *testing.T, dir, volume string, snap map[string][]byte) {
 	for name, b := range snap {
 		must.NoError(t, os.WriteFile(filepath.Join(dir, volume, name), b, 0o600))
 	}
-	mf, err := openMeta(filepath.Join(dir, volume, "meta"))
+	mf, err := openMeta(osFS{}, filepath.Join(dir, volume, "meta"))
 	must.NoError(t, err)
 	m := mf.cur
 	m.Clean = false

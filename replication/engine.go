@@ -95,7 +95,7 @@ type EngineConfig struct {
 	// ProgressInterval is how often resync progress is logged. Default 5s.
 	ProgressInterval time.Duration
 	// ActivityExtents is the activity log's size in extents (ExtentSize
-	// each), 16 to 512. Default 128.
+	// each), 2 to 512. Default 128.
 	ActivityExtents int
 	// Hook records in-sync set changes. Default: LogHook.
 	Hook InSyncHook
@@ -128,6 +128,7 @@ type Engine struct {
 	genSet   uint64        // targets version that gen describes; guarded by stateMu
 	holding  atomic.Int32  // requests waiting for a retry of the in-sync record or a reconnect
 	written  bool          // an in-sync replica held data at start (Written)
+	owner    uint64        // names this engine's promises (Volume.PromiseOwned)
 
 	al     activityLog
 	bmMu   sync.Mutex // serialises bitmap persistence
@@ -214,8 +215,8 @@ func StartEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	if cfg.MinInSync > len(cfg.Replicas) {
 		return nil, fmt.Errorf("%w: min_in_sync %d is above the %d replicas", ErrInvalid, cfg.MinInSync, len(cfg.Replicas))
 	}
-	if cfg.ActivityExtents != 0 && (cfg.ActivityExtents < 16 || cfg.ActivityExtents > maxActivityExtents) {
-		return nil, fmt.Errorf("%w: activity log of %d extents: must be 16 to %d", ErrInvalid, cfg.ActivityExtents, maxActivityExtents)
+	if cfg.ActivityExtents != 0 && (cfg.ActivityExtents < 2 || cfg.ActivityExtents > maxActivityExtents) {
+		return nil, fmt.Errorf("%w: activity log of %d extents: must be 2 to %d", ErrInvalid, cfg.ActivityExtents, maxActivityExtents)
 	}
 	setDefault(&cfg.MinInSync, 1)
 	setDefault(&cfg.Timeout, 5*time.Second)
@@ -231,6 +232,7 @@ func StartEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: cfg.Log.Named("engine").With("volume_id", cfg.Volume, "epoch", cfg.Epoch),
 		changed: make(chan struct{})}
 	e.orderCond = sync.NewCond(&e.order)
+	e.owner = newIncarnation()
 	e.al.init(cfg.ActivityExtents)
 	if err := e.connectAll(ctx); err != nil {
 		e.Close()
@@ -266,7 +268,7 @@ func (e *Engine) connectAll(ctx context.Context) error {
 		p := &peer{cfg: rc}
 		e.peers = append(e.peers, p)
 		wg.Go(func() {
-			p.client, p.open, errs[i] = dialReplica(ctx, rc.Addr, cfg.Volume, cfg.Size, cfg.Epoch, true, cfg.Timeout, e.log)
+			p.client, p.open, errs[i] = dialReplica(ctx, rc.Addr, cfg.Volume, cfg.Size, cfg.Epoch, e.owner, true, cfg.Timeout, e.log)
 		})
 	}
 	wg.Wait()
@@ -362,8 +364,8 @@ func (e *Engine) checkRange(off, n int64) error {
 	return nil
 }
 
-// WriteAt implements Device. Writes larger than MaxIOSize go out as
-// several requests.
+// WriteAt implements Device. Writes larger than MaxIOSize (or than the
+// activity log spans) go out as several requests.
 func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if err := e.checkRange(off, int64(len(p))); err != nil {
 		return err
@@ -372,8 +374,10 @@ func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	if fua {
 		flags = FlagFUA
 	}
+	// A piece spans at most as many extents as the activity log holds.
+	limit := min(MaxIOSize, (e.al.cap-1)*ExtentSize)
 	for len(p) > 0 {
-		n := min(len(p), MaxIOSize)
+		n := min(len(p), limit)
 		if err := e.replicate(ctx, Frame{Type: FrameWrite, Flags: flags, Offset: uint64(off), Payload: p[:n]}); err != nil {
 			return err
 		}
@@ -395,7 +399,7 @@ func (e *Engine) Trim(ctx context.Context, off, n int64) error {
 	if err := e.checkRange(off, n); err != nil {
 		return err
 	}
-	piece := int64(e.al.cap/8) * ExtentSize
+	piece := int64(max(1, e.al.cap/8)) * ExtentSize
 	for n > 0 {
 		// End each piece on an extent boundary so it spans the fewest.
 		l := min(n, piece-off%ExtentSize)

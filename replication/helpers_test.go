@@ -112,7 +112,7 @@ func waitInSync(t testing.TB, e *Engine, n int) EngineStatus {
 // metadata file.
 func replicaMembership(t testing.TB, r *testReplica, volume string) Membership {
 	t.Helper()
-	mf, err := openMeta(r.store.metaPath(volume))
+	mf, err := openMeta(r.store.fs, r.store.metaPath(volume))
 	must.NoError(t, err)
 	defer mf.close()
 	return mf.cur.Membership

@@ -18,6 +18,9 @@ type Meta struct {
 	// Epoch is the highest epoch promised to a primary. Frames carrying a
 	// lower epoch are refused: this is the fence against stale primaries.
 	Epoch uint64 `json:"epoch"`
+	// EpochOwner names the primary Epoch was promised to (a random number
+	// each engine draws; 0: anonymous).
+	EpochOwner uint64 `json:"epoch_owner,omitempty"`
 	// Generation is the highest epoch whose primary wrote to this replica.
 	// Recovery uses it to tell which replicas have seen the newest history.
 	Generation uint64 `json:"generation"`
@@ -72,14 +75,14 @@ var ErrMetaCorrupt = errors.New("replica metadata corrupt: no valid slot")
 // slotFile is a crash-safe two-slot file. It is not safe for concurrent
 // use; its owner serialises access.
 type slotFile struct {
-	f        *os.File
+	f        File
 	slotSize int
 	seq      uint64 // sequence number of the newest valid slot
 	payload  []byte // newest valid payload
 }
 
-func createSlotFile(path string, slotSize int, payload []byte) (*slotFile, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+func createSlotFile(fsys FileSystem, path string, slotSize int, payload []byte) (*slotFile, error) {
+	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -95,8 +98,8 @@ func createSlotFile(path string, slotSize int, payload []byte) (*slotFile, error
 	return sf, nil
 }
 
-func openSlotFile(path string, slotSize int) (*slotFile, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+func openSlotFile(fsys FileSystem, path string, slotSize int) (*slotFile, error) {
+	f, err := fsys.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -173,20 +176,20 @@ type metaFile struct {
 	cur Meta
 }
 
-func createMeta(path string, m Meta) (*metaFile, error) {
+func createMeta(fsys FileSystem, path string, m Meta) (*metaFile, error) {
 	payload, err := json.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
-	sf, err := createSlotFile(path, metaSlotSize, payload)
+	sf, err := createSlotFile(fsys, path, metaSlotSize, payload)
 	if err != nil {
 		return nil, err
 	}
 	return &metaFile{sf: sf, cur: m}, nil
 }
 
-func openMeta(path string) (*metaFile, error) {
-	sf, err := openSlotFile(path, metaSlotSize)
+func openMeta(fsys FileSystem, path string) (*metaFile, error) {
+	sf, err := openSlotFile(fsys, path, metaSlotSize)
 	if err != nil {
 		return nil, err
 	}

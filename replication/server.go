@@ -227,7 +227,11 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 	var err error
 	switch f.Type {
 	case FramePromise:
-		if err := v.Promise(f.Epoch); err != nil {
+		var owner uint64
+		if len(f.Payload) == 8 {
+			owner = binary.BigEndian.Uint64(f.Payload)
+		}
+		if err := v.PromiseOwned(f.Epoch, owner); err != nil {
 			return err
 		}
 		// The state after the promise: what the new primary recovers from.

@@ -14,7 +14,6 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sys/unix"
 )
 
 // BlockSize is the unit of volume sizes and of the dirty tracking to come.
@@ -65,6 +64,7 @@ func ValidateSize(size int64) error {
 type Store struct {
 	dir    string
 	log    hclog.Logger
+	fs     FileSystem
 	bootID string // the host's boot id (see openReply.BootID)
 
 	mu   sync.Mutex
@@ -73,10 +73,7 @@ type Store struct {
 
 // OpenStore opens (creating if needed) the data directory dir.
 func OpenStore(dir string, log hclog.Logger) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open data dir: %w", err)
-	}
-	return &Store{dir: dir, log: log.Named("store"), open: map[string]*Volume{}, bootID: hostBootID()}, nil
+	return OpenStoreWith(dir, log, StoreOptions{})
 }
 
 // hostBootID returns the kernel's boot id, which changes at every boot;
@@ -126,16 +123,16 @@ func (s *Store) Open(id string, size int64, create bool) (v *Volume, created boo
 }
 
 func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, error) {
-	mf, err := openMeta(s.metaPath(id))
+	mf, err := openMeta(s.fs, s.metaPath(id))
 	created := false
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && create:
-		if err := os.MkdirAll(filepath.Join(s.dir, id), 0o700); err != nil {
+		if err := s.fs.MkdirAll(filepath.Join(s.dir, id), 0o700); err != nil {
 			return nil, false, err
 		}
 		// The data file first: a crash before the metadata exists leaves a
 		// folder that the next create completes.
-		df, err := os.OpenFile(s.DataPath(id), os.O_RDWR|os.O_CREATE, 0o600)
+		df, err := s.fs.OpenFile(s.DataPath(id), os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
 			return nil, false, err
 		}
@@ -148,10 +145,10 @@ func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, e
 			return nil, false, err
 		}
 		df.Close()
-		if mf, err = createMeta(s.metaPath(id), Meta{VolumeID: id, Size: size, Clean: true, Incarnation: newIncarnation()}); err != nil {
+		if mf, err = createMeta(s.fs, s.metaPath(id), Meta{VolumeID: id, Size: size, Clean: true, Incarnation: newIncarnation()}); err != nil {
 			return nil, false, classifyIOError(fmt.Errorf("create metadata: %w", err))
 		}
-		if err := syncDir(filepath.Join(s.dir, id)); err != nil {
+		if err := s.fs.SyncDir(filepath.Join(s.dir, id)); err != nil {
 			mf.close()
 			return nil, false, err
 		}
@@ -167,7 +164,7 @@ func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, e
 		mf.close()
 		return nil, false, fmt.Errorf("%w: replica %s holds volume %q of size %d, asked for size %d", ErrInvalid, id, m.VolumeID, m.Size, size)
 	}
-	df, err := os.OpenFile(s.DataPath(id), os.O_RDWR, 0)
+	df, err := s.fs.OpenFile(s.DataPath(id), os.O_RDWR, 0)
 	if err != nil {
 		mf.close()
 		return nil, false, err
@@ -208,16 +205,7 @@ func (s *Store) Delete(id string) error {
 	if _, ok := s.open[id]; ok {
 		return fmt.Errorf("%w: replica %s is open", ErrReplicaBusy, id)
 	}
-	return os.RemoveAll(filepath.Join(s.dir, id))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return s.fs.RemoveAll(filepath.Join(s.dir, id))
 }
 
 // classifyIOError wraps a full-disk error in ErrNoSpace so callers can tell.
@@ -239,7 +227,7 @@ type Volume struct {
 	store    *Store
 	id       string
 	size     int64
-	data     *os.File
+	data     File
 	wasClean bool
 
 	mu     sync.RWMutex // held shared by I/O, exclusively by epoch changes
@@ -267,21 +255,37 @@ func (v *Volume) WasClean() bool { return v.wasClean }
 
 // Promise records that the replica will refuse any frame with an epoch
 // below epoch. A lower epoch than the one already promised is refused.
-func (v *Volume) Promise(epoch uint64) error {
+func (v *Volume) Promise(epoch uint64) error { return v.PromiseOwned(epoch, 0) }
+
+// PromiseOwned is Promise by the primary owner (a random number each
+// engine draws; 0: anonymous). The same epoch promised again by another
+// owner is refused like a lower one: two primaries at one epoch (Consul's
+// lock index restarted) must not both be accepted, and the second learns
+// it must start above.
+func (v *Volume) PromiseOwned(epoch, owner uint64) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.promiseLocked(epoch)
+	return v.promiseOwnedLocked(epoch, owner)
 }
 
-func (v *Volume) promiseLocked(epoch uint64) error {
+func (v *Volume) promiseLocked(epoch uint64) error { return v.promiseOwnedLocked(epoch, 0) }
+
+func (v *Volume) promiseOwnedLocked(epoch, owner uint64) error {
 	m := v.meta.cur
 	if epoch < m.Epoch {
 		return fmt.Errorf("%w: epoch %d is below promised epoch %d", ErrStaleEpoch, epoch, m.Epoch)
 	}
 	if epoch == m.Epoch {
-		return nil
+		switch {
+		case owner == 0 || m.EpochOwner == owner:
+			return nil
+		case m.EpochOwner != 0:
+			return fmt.Errorf("%w: epoch %d was promised to another primary", ErrStaleEpoch, epoch)
+		}
+		m.EpochOwner = owner
+		return classifyIOError(v.meta.store(m))
 	}
-	m.Epoch = epoch
+	m.Epoch, m.EpochOwner = epoch, owner
 	if err := v.meta.store(m); err != nil {
 		return classifyIOError(err)
 	}
@@ -357,7 +361,7 @@ func (v *Volume) WriteAt(epoch uint64, p []byte, off int64, fua bool) error {
 		return classifyIOError(fmt.Errorf("write replica %s: %w", v.id, err))
 	}
 	if fua {
-		if err := unix.Fdatasync(int(v.data.Fd())); err != nil {
+		if err := v.data.Datasync(); err != nil {
 			return classifyIOError(fmt.Errorf("sync replica %s: %w", v.id, err))
 		}
 	}
@@ -385,7 +389,7 @@ func (v *Volume) Flush(epoch uint64) error {
 		return err
 	}
 	defer v.mu.RUnlock()
-	if err := unix.Fdatasync(int(v.data.Fd())); err != nil {
+	if err := v.data.Datasync(); err != nil {
 		return classifyIOError(fmt.Errorf("sync replica %s: %w", v.id, err))
 	}
 	return nil
@@ -404,7 +408,7 @@ func (v *Volume) Trim(epoch uint64, off, n int64) error {
 		return err
 	}
 	defer v.mu.RUnlock()
-	if err := unix.Fallocate(int(v.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err != nil {
+	if err := v.data.PunchHole(off, n); err != nil {
 		return classifyIOError(fmt.Errorf("punch hole in replica %s: %w", v.id, err))
 	}
 	return nil

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/crc64"
 	"io/fs"
-	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -53,16 +52,16 @@ func (v *Volume) PutPeerBitmap(epoch uint64, peer string, enc []byte) error {
 	defer v.peerMu.Unlock()
 	path := v.peerPath(peer)
 	if len(enc) == 0 {
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := v.store.fs.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 		return nil
 	}
-	sf, err := openSlotFile(path, bitmapSlotSize)
+	sf, err := openSlotFile(v.store.fs, path, bitmapSlotSize)
 	if errors.Is(err, fs.ErrNotExist) {
-		sf, err = createSlotFile(path, bitmapSlotSize, enc)
+		sf, err = createSlotFile(v.store.fs, path, bitmapSlotSize, enc)
 		if err == nil {
-			err = syncDir(filepath.Dir(path))
+			err = v.store.fs.SyncDir(filepath.Dir(path))
 		}
 	} else if err == nil {
 		err = sf.store(enc)
@@ -82,7 +81,7 @@ func (v *Volume) PeerBitmap(epoch uint64, peer string) ([]byte, error) {
 	defer v.mu.RUnlock()
 	v.peerMu.Lock()
 	defer v.peerMu.Unlock()
-	sf, err := openSlotFile(v.peerPath(peer), bitmapSlotSize)
+	sf, err := openSlotFile(v.store.fs, v.peerPath(peer), bitmapSlotSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: no bitmap for peer %s", ErrVolumeNotFound, peer)
 	}
@@ -126,7 +125,6 @@ func (v *Volume) Allocated(epoch uint64, off, n int64) ([][2]int64, error) {
 		return nil, err
 	}
 	defer v.mu.RUnlock()
-	fd := int(v.data.Fd())
 	end := off + n
 	var out [][2]int64
 	for pos := off; pos < end; {
@@ -134,14 +132,14 @@ func (v *Volume) Allocated(epoch uint64, off, n int64) ([][2]int64, error) {
 			out = append(out, [2]int64{pos, end - pos})
 			break
 		}
-		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		data, err := v.data.SeekData(pos)
 		if errors.Is(err, unix.ENXIO) || (err == nil && data >= end) {
 			break
 		}
 		if err != nil {
 			return [][2]int64{{off, n}}, nil // no hole support: all data
 		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		hole, err := v.data.SeekHole(data)
 		if err != nil || hole > end {
 			hole = end
 		}

@@ -106,7 +106,7 @@ func TestStorePromiseSurvivesReopen(t *testing.T) {
 
 func TestMetaTornWriteKeepsPreviousVersion(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meta")
-	mf, err := createMeta(path, Meta{VolumeID: "v", Size: 4096, Epoch: 1})
+	mf, err := createMeta(osFS{}, path, Meta{VolumeID: "v", Size: 4096, Epoch: 1})
 	must.NoError(t, err)
 	must.NoError(t, mf.store(Meta{VolumeID: "v", Size: 4096, Epoch: 2}))
 	newest := int64(mf.sf.seq%2) * metaSlotSize
@@ -119,20 +119,20 @@ func TestMetaTornWriteKeepsPreviousVersion(t *testing.T) {
 	must.NoError(t, err)
 	f.Close()
 
-	mf, err = openMeta(path)
+	mf, err = openMeta(osFS{}, path)
 	must.NoError(t, err)
 	must.Eq(t, uint64(1), mf.cur.Epoch)
 	// The next store goes to the torn slot and wins again.
 	must.NoError(t, mf.store(Meta{VolumeID: "v", Size: 4096, Epoch: 3}))
 	mf.close()
-	mf, err = openMeta(path)
+	mf, err = openMeta(osFS{}, path)
 	must.NoError(t, err)
 	must.Eq(t, uint64(3), mf.cur.Epoch)
 	mf.close()
 
 	// Both slots torn: a clear error, not garbage.
 	must.NoError(t, os.WriteFile(path, bytes.Repeat([]byte{1}, 2*metaSlotSize), 0o600))
-	_, err = openMeta(path)
+	_, err = openMeta(osFS{}, path)
 	must.True(t, errors.Is(err, ErrMetaCorrupt))
 }
 

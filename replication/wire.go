@@ -49,7 +49,9 @@ const (
 	// FrameOpen binds the connection to a volume: payload is the JSON
 	// openRequest; the reply payload is the JSON openReply.
 	FrameOpen FrameType = 1
-	// FramePromise asks the replica to refuse every epoch below this one.
+	// FramePromise asks the replica to refuse every epoch below this one;
+	// the payload, if any, is the 8-byte owner of the promise (see
+	// Volume.PromiseOwned).
 	// The reply carries the replica's state as of the promise (a JSON
 	// openReply): nothing a previous primary does can change it after.
 	FramePromise FrameType = 2

@@ -1,0 +1,165 @@
+package sim
+
+import (
+	"context"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+)
+
+// faultProxy stands between every primary and one replica; its address
+// names the replica (in engine configs and in-sync records), so a replica
+// can restart on a new port behind it. Faults: cut (drop every connection
+// and black-hole new ones, a partition), delay (each new connection gets
+// its own latency, up to a maximum, so frames of different connections
+// reorder against each other), and hold (forwarding pauses, then resumes
+// with everything queued: a stall).
+type faultProxy struct {
+	ln net.Listener
+
+	mu       sync.Mutex
+	target   string
+	cut      bool
+	maxDelay time.Duration
+	hold     chan struct{} // non-nil while held; closed on release
+	rng      *rand.Rand
+	conns    map[net.Conn]struct{}
+	wg       sync.WaitGroup
+}
+
+func newFaultProxy(seed uint64) (*faultProxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	return &faultProxy{ln: ln, conns: map[net.Conn]struct{}{}, rng: rand.New(rand.NewPCG(seed, 7))}, nil
+}
+
+func (p *faultProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *faultProxy) setTarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
+}
+
+// setCut partitions (true) or heals (false); either drops open connections.
+func (p *faultProxy) setCut(cut bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = cut
+	for c := range p.conns {
+		c.Close()
+	}
+	clear(p.conns)
+}
+
+func (p *faultProxy) setDelay(d time.Duration) {
+	p.mu.Lock()
+	p.maxDelay = d
+	p.mu.Unlock()
+}
+
+// setHold pauses (true) or resumes (false) forwarding.
+func (p *faultProxy) setHold(hold bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if hold && p.hold == nil {
+		p.hold = make(chan struct{})
+	} else if !hold && p.hold != nil {
+		close(p.hold)
+		p.hold = nil
+	}
+}
+
+func (p *faultProxy) serve(ctx context.Context) {
+	stop := context.AfterFunc(ctx, func() {
+		p.ln.Close()
+		p.setHold(false)
+		p.setCut(false)
+	})
+	defer stop()
+	defer p.wg.Wait()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		p.conns[c] = struct{}{}
+		cut, target := p.cut, p.target
+		var delay time.Duration
+		if p.maxDelay > 0 {
+			delay = time.Duration(p.rng.Int64N(int64(p.maxDelay) + 1))
+		}
+		p.mu.Unlock()
+		if cut {
+			continue // black hole: held open, nothing forwarded
+		}
+		p.wg.Go(func() { p.forward(ctx, c, target, delay) })
+	}
+}
+
+func (p *faultProxy) forward(ctx context.Context, c net.Conn, target string, delay time.Duration) {
+	d := net.Dialer{Timeout: time.Second}
+	up, err := d.DialContext(ctx, "tcp", target)
+	if err != nil {
+		c.Close()
+		p.forget(c)
+		return
+	}
+	p.mu.Lock()
+	if p.cut {
+		p.mu.Unlock()
+		c.Close()
+		up.Close()
+		return
+	}
+	p.conns[up] = struct{}{}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	wg.Go(func() { p.pipe(up, c, delay) })
+	wg.Go(func() { p.pipe(c, up, delay) })
+	wg.Wait()
+	p.forget(c, up)
+}
+
+func (p *faultProxy) forget(cs ...net.Conn) {
+	p.mu.Lock()
+	for _, c := range cs {
+		delete(p.conns, c)
+	}
+	p.mu.Unlock()
+}
+
+// pipe copies src to dst, each chunk after the connection's delay and
+// not while the proxy is held.
+func (p *faultProxy) pipe(dst, src net.Conn, delay time.Duration) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if delay > 0 {
+				time.Sleep(delay)
+			}
+			for {
+				p.mu.Lock()
+				h := p.hold
+				p.mu.Unlock()
+				if h == nil {
+					break
+				}
+				<-h
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,887 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/replication"
+)
+
+// Config is one schedule.
+type Config struct {
+	Seed   uint64
+	Faults FaultSet // nil: every class
+	// Replicas, Size, Writers and Steps default to 3, 16 MiB, 3 and 14.
+	Replicas int
+	Size     int64
+	Writers  int
+	Steps    int
+	// Timeout is the engines' per-request replica timeout; default
+	// replicaTimeout.
+	Timeout time.Duration
+	// Processes runs each replica as a real process (this test binary,
+	// re-executed) on real files, SIGKILLed for a kill; as root each on
+	// its own small tmpfs, made full for a disk-full fault. Power loss then
+	// degrades to a kill: it needs the in-process CrashFS.
+	Processes bool
+	// Log receives the engines' and replicas' logs; nil discards them.
+	Log hclog.Logger
+
+	// beforeCheck, if set, runs after recovery, just before the checks
+	// (the checker's own tests damage a replica there).
+	beforeCheck func(s *simulation, inSync []*node)
+}
+
+// Result is what one schedule found.
+type Result struct {
+	Seed     uint64
+	Schedule []string // the faults injected, in order
+	// AckedWritesLost counts blocks that read back a version older than
+	// the model allows (or content no write put there), on any in-sync
+	// replica after recovery.
+	AckedWritesLost int
+	// DivergentReplicas counts in-sync replicas whose data differs from
+	// the first in-sync replica's after recovery.
+	DivergentReplicas int
+	// FencedWritesAccepted counts writes a primary acknowledged although
+	// they were issued after a later primary had finished promotion.
+	FencedWritesAccepted int
+	// BlipWriteErrors counts writes and trims that failed because the
+	// in-sync record could not be written during a Consul blip (issue
+	// #10: a blip must delay I/O, not fail it with EIO).
+	BlipWriteErrors int
+	// Problems holds one line per failed check (including liveness:
+	// recovery that could not promote or bring every replica in sync).
+	Problems             []string
+	Issued, Acked, Flush int
+	Duration             time.Duration
+}
+
+// Failed reports whether any check failed.
+func (r *Result) Failed() bool { return len(r.Problems) > 0 }
+
+const volume = "simvol"
+
+// replicaTimeout is the engines' per-request timeout: short, so faults are
+// noticed quickly, but not so short that a busy machine drops replicas
+// for no fault at all.
+const replicaTimeout = time.Second
+
+// recoveryWait bounds the wait for every replica to be back in sync.
+const recoveryWait = 5 * time.Second
+
+// primary is one engine the simulation started.
+type primary struct {
+	eng      *replication.Engine
+	epoch    uint64
+	inc      int    // promotion order
+	promised uint64 // event counter when StartEngine returned
+	dead     *atomic.Bool
+	session  uint64 // its lock session in the coordinator
+	// abandoned: its engine panicked and may hold its locks; never closed.
+	abandoned bool
+}
+
+// crash stops p as a process crash would: from this instant it records
+// nothing (a dead process writes no in-sync record, even though closing
+// the in-process engine fails its in-flight writes and drops replicas),
+// then its connections close, then its lock is free (session expiry).
+func (s *simulation) crash(p *primary) {
+	s.mu.Lock()
+	abandoned := p.abandoned
+	s.mu.Unlock()
+	if abandoned {
+		return
+	}
+	p.dead.Store(true)
+	p.eng.Close()
+	s.coord.release(p.session)
+}
+
+type simulation struct {
+	cfg  Config
+	log  hclog.Logger
+	ctx  context.Context
+	rng  *rand.Rand // the schedule's draws; only the scheduler uses it
+	dead *rand.Rand // power-loss draws
+
+	nodes []*node
+	coord coordinator
+
+	events   atomic.Uint64
+	frontier atomic.Uint64 // issue counter of the newest completed flush
+
+	mu        sync.Mutex
+	primaries []*primary
+	current   *primary
+	zombie    *primary
+	zombieFor map[int]bool // writers still using the zombie
+	powerLost bool
+
+	writers []*writer
+	res     *Result
+	began   time.Time
+}
+
+func (s *simulation) note(format string, args ...any) {
+	line := fmt.Sprintf("%6.3fs ", time.Since(s.began).Seconds()) + fmt.Sprintf(format, args...)
+	s.mu.Lock()
+	s.res.Schedule = append(s.res.Schedule, line)
+	s.mu.Unlock()
+	s.log.Info("sim: " + line)
+}
+
+func (s *simulation) problem(format string, args ...any) {
+	s.mu.Lock()
+	s.res.Problems = append(s.res.Problems, fmt.Sprintf(format, args...))
+	s.mu.Unlock()
+}
+
+// pick returns the primary writer w sends its next op to.
+func (s *simulation) pick(w int) *primary {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.zombie != nil && s.zombieFor[w] {
+		return s.zombie
+	}
+	return s.current
+}
+
+// leaveZombie moves writer w off primary p once p reports being fenced.
+func (s *simulation) leaveZombie(w int, p *primary) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.zombie == p {
+		delete(s.zombieFor, w)
+	}
+}
+
+func (s *simulation) flushed(issued uint64) {
+	for {
+		cur := s.frontier.Load()
+		if issued <= cur || s.frontier.CompareAndSwap(cur, issued) {
+			return
+		}
+	}
+}
+
+// blipFailed counts an op that failed only because the in-sync record
+// was unwritable for a moment.
+func (s *simulation) blipFailed(p *primary, op *opRec, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.res.BlipWriteErrors++
+	if s.res.BlipWriteErrors == 1 {
+		s.res.Problems = append(s.res.Problems, fmt.Sprintf("consul blip: primary of epoch %d failed op %d: %v", p.epoch, op.seq, err))
+	}
+}
+
+// checkFenced counts an acknowledgement by p of an op issued after a
+// later primary finished its promotion: the later primary's promise must
+// have fenced p by then.
+func (s *simulation) checkFenced(p *primary, op *opRec) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, q := range s.primaries {
+		if q.inc > p.inc && q.promised < op.issued {
+			s.res.FencedWritesAccepted++
+			if s.res.FencedWritesAccepted <= 3 {
+				s.res.Problems = append(s.res.Problems, fmt.Sprintf(
+					"fenced primary (epoch %d) acknowledged op %d issued after the primary of epoch %d promised",
+					p.epoch, op.seq, q.epoch))
+			}
+			return
+		}
+	}
+}
+
+// panicSite names the data-plane function a recovered panic came from.
+func panicSite() string {
+	var frames []string
+	for _, line := range strings.Split(string(debug.Stack()), "\n") {
+		if strings.Contains(line, "saddlebag/replication.") && !strings.Contains(line, "/sim.") && len(frames) < 3 {
+			f := strings.TrimPrefix(strings.TrimSpace(line), "github.com/saddlebag/saddlebag/replication.")
+			if i := strings.LastIndex(f, "("); i > 0 {
+				f = f[:i]
+			}
+			frames = append(frames, f)
+		}
+	}
+	if len(frames) == 0 {
+		return "?"
+	}
+	return strings.Join(frames, " < ")
+}
+
+// engineBroken reports that p's engine panicked or hung, and abandons it:
+// the schedule goes on with a new primary.
+func (s *simulation) engineBroken(p *primary, what string) {
+	p.dead.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.current == p {
+		s.current = nil
+	}
+	if s.zombie == p {
+		s.zombie = nil
+	}
+	if p.abandoned {
+		return
+	}
+	p.abandoned = true
+	s.res.Problems = append(s.res.Problems, fmt.Sprintf("engine of epoch %d %s", p.epoch, what))
+	s.coord.release(p.session)
+}
+
+// promote makes a new primary the way internal/primary.Promote does: take
+// the lock (its index is the epoch), read the in-sync record, start the
+// engine over every replica with the recorded set as in sync, and hand it
+// the record-writing hook. An empty record is refused (leader's
+// InSyncReplicas); no record means a new volume (every replica usable).
+// Keep promotion in this one function: the product's is changing.
+func (s *simulation) promote(ctx context.Context) (*primary, error) {
+	epoch, session := s.coord.acquire()
+	dead := new(atomic.Bool)
+	var recorded *replication.Membership
+	if rec, ok := s.coord.read(); ok {
+		recorded = &replication.Membership{Gen: rec.Gen, Replicas: rec.Replicas}
+	}
+	cfg := replication.EngineConfig{
+		Volume: volume, Size: s.cfg.Size, Epoch: epoch, Recorded: recorded,
+		Timeout: s.cfg.Timeout, ReconnectInterval: 20 * time.Millisecond,
+		ProgressInterval: time.Hour, ActivityExtents: 2,
+		Hook: hook{c: &s.coord, epoch: epoch, session: session, dead: dead}, Log: s.log,
+	}
+	for _, n := range s.nodes {
+		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: n.addr()})
+	}
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	eng, err := replication.StartEngine(sctx, cfg)
+	var stale *replication.StaleEpochError
+	if errors.As(err, &stale) {
+		// As internal/primary.Promote: holding the lock, start above the
+		// replicas' promise (the lock index was reset).
+		if e, ok := s.coord.raiseEpoch(session, stale.Promised); ok {
+			epoch, cfg.Epoch = e, e
+			cfg.Hook = hook{c: &s.coord, epoch: epoch, session: session, dead: dead}
+			eng, err = replication.StartEngine(sctx, cfg)
+		}
+	}
+	if err != nil {
+		s.coord.release(session)
+		return nil, fmt.Errorf("epoch %d: %w", epoch, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := &primary{eng: eng, epoch: epoch, inc: len(s.primaries) + 1, promised: s.events.Add(1), dead: dead, session: session}
+	s.primaries = append(s.primaries, p)
+	return p, nil
+}
+
+// promoteRetry retries promotion (each attempt a new epoch, as a node
+// agent retrying the lock would) until it succeeds or attempts run out.
+func (s *simulation) promoteRetry(ctx context.Context, attempts int) (*primary, error) {
+	var err error
+	for range attempts {
+		var p *primary
+		if p, err = s.promote(ctx); err == nil {
+			return p, nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil, err
+}
+
+// Run runs one schedule and checks what survived.
+func Run(ctx context.Context, cfg Config) (res *Result) {
+	setDefault(&cfg.Replicas, 3)
+	setDefault(&cfg.Size, 16<<20)
+	setDefault(&cfg.Writers, 3)
+	setDefault(&cfg.Steps, 14)
+	setDefault(&cfg.Timeout, replicaTimeout)
+	if cfg.Faults == nil {
+		cfg.Faults, _ = ParseFaults("")
+	}
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	res = &Result{Seed: cfg.Seed}
+	s := &simulation{began: time.Now(), cfg: cfg, log: cfg.Log, ctx: ctx, res: res, zombieFor: map[int]bool{},
+		rng: rand.New(rand.NewPCG(cfg.Seed, 1)), dead: rand.New(rand.NewPCG(cfg.Seed, 2))}
+	defer func() { res.Duration = time.Since(s.began) }()
+
+	pctx, stopProxies := context.WithCancel(context.Background())
+	var proxies sync.WaitGroup
+	defer func() {
+		s.mu.Lock()
+		engines := slices.Clone(s.primaries)
+		s.mu.Unlock()
+		for _, p := range engines {
+			s.crash(p)
+		}
+		for _, n := range s.nodes {
+			s.killNode(n)
+			s.cleanupNode(n)
+		}
+		stopProxies()
+		proxies.Wait()
+	}()
+	for i := range cfg.Replicas {
+		px, err := newFaultProxy(cfg.Seed*16 + uint64(i))
+		if err != nil {
+			s.problem("setup: %v", err)
+			return res
+		}
+		proxies.Go(func() { px.serve(pctx) })
+		n, err := s.newNode(i, px)
+		if err != nil {
+			s.problem("setup: %v", err)
+			return res
+		}
+		s.nodes = append(s.nodes, n)
+		if err := s.startNode(n); err != nil {
+			s.problem("setup: %v", err)
+			return res
+		}
+	}
+	p, err := s.promoteRetry(ctx, 5)
+	if err != nil {
+		s.problem("setup: first promotion: %v", err)
+		return res
+	}
+	s.current = p
+
+	blocks := cfg.Size / blockSize
+	for w := range cfg.Writers {
+		lo, hi := blocks*int64(w)/int64(cfg.Writers), blocks*int64(w+1)/int64(cfg.Writers)
+		s.writers = append(s.writers, &writer{id: w, lo: lo, hi: hi, hist: make([][]*opRec, hi-lo),
+			rng: rand.New(rand.NewPCG(cfg.Seed, 100+uint64(w)))})
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, w := range s.writers {
+		wg.Go(func() { w.run(s, stop) })
+	}
+	s.schedule(ctx)
+	close(stop)
+	wg.Wait()
+	for _, w := range s.writers {
+		res.Issued += w.issued
+		res.Acked += w.acked
+		res.Flush += w.flushes
+	}
+	s.recoverAndCheck(ctx)
+	return res
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// step is one drawn schedule step; every field is drawn for every step so
+// a seed yields the same sequence whatever happens at run time.
+type step struct {
+	fault Fault
+	node  int
+	pause time.Duration
+	dur   time.Duration
+	frac  float64
+	mask  int
+}
+
+func (s *simulation) drawSteps() []step {
+	var enabled []Fault
+	for _, f := range AllFaults {
+		if s.cfg.Faults[f] {
+			enabled = append(enabled, f)
+		}
+	}
+	steps := make([]step, s.cfg.Steps)
+	for i := range steps {
+		st := step{node: s.rng.IntN(s.cfg.Replicas), pause: time.Duration(s.rng.IntN(30)) * time.Millisecond,
+			dur: time.Duration(5+s.rng.IntN(int(replicaTimeout/time.Millisecond)*3/2)) * time.Millisecond, frac: s.rng.Float64(), mask: s.rng.IntN(1 << 8)}
+		f := s.rng.IntN(len(enabled) + 2)
+		if f < len(enabled) {
+			st.fault = enabled[f]
+		} // else: only workload during the pause
+		steps[i] = st
+	}
+	return steps
+}
+
+// schedule runs the drawn steps while the writers run.
+func (s *simulation) schedule(ctx context.Context) {
+	time.Sleep(20 * time.Millisecond) // some data first
+	for _, st := range s.drawSteps() {
+		if ctx.Err() != nil {
+			return
+		}
+		time.Sleep(st.pause)
+		s.mu.Lock()
+		noPrimary := s.current == nil
+		s.mu.Unlock()
+		if noPrimary {
+			s.tryPromote(ctx, 1) // the next step tries again
+		}
+		s.inject(ctx, st)
+	}
+	time.Sleep(20 * time.Millisecond)
+}
+
+func (s *simulation) tryPromote(ctx context.Context, attempts int) {
+	p, err := s.promoteRetry(ctx, attempts)
+	if err != nil {
+		s.note("promotion failed: %v", err)
+		return
+	}
+	s.mu.Lock()
+	s.current = p
+	s.mu.Unlock()
+	s.note("promoted primary at epoch %d", p.epoch)
+}
+
+// replicaFaults impair a replica.
+var replicaFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultHold, FaultDiskFull, FaultWipeFailover,
+	FaultPromotionFault, FaultResyncPowerLoss}
+
+func (s *simulation) inject(ctx context.Context, st step) {
+	n := s.nodes[st.node]
+	if !s.cfg.Faults[FaultAllDown] && slices.Contains(replicaFaults, st.fault) && !n.impaired() && s.lastHealthy(n) {
+		return // the last healthy in-sync replica stays so
+	}
+	if (st.fault == FaultWipe || st.fault == FaultWipeFailover) && n.up && slices.Equal(s.coord.newest(), []string{n.addr()}) {
+		// Destroying the only replica of the newest generation is a
+		// second failure on top of the one that made it the only one:
+		// nothing can survive that, and the product rightly refuses to
+		// serve the volume then (TestWipedReplicaNeverServed).
+		return
+	}
+	switch st.fault {
+	case "":
+	case FaultKill, FaultPowerLoss, FaultWipe:
+		if !n.up {
+			if err := s.startNode(n); err != nil {
+				s.problem("restart node%d: %v", n.i, err)
+				return
+			}
+			s.note("restart node%d", n.i)
+			return
+		}
+		switch st.fault {
+		case FaultKill:
+			s.killNode(n)
+			s.note("SIGKILL node%d", n.i)
+		case FaultPowerLoss:
+			if n.fs == nil { // a real process on real files: only a kill
+				s.killNode(n)
+				s.note("SIGKILL node%d (power loss needs the in-process store)", n.i)
+				return
+			}
+			lost := n.fs.PowerLoss(s.dead)
+			n.boots++ // it comes back from a new boot
+			s.stopNode(n)
+			s.mu.Lock()
+			s.powerLost = true
+			s.mu.Unlock()
+			s.note("power loss node%d (%d unsynced block writes lost)", n.i, lost)
+		case FaultWipe:
+			s.killNode(n)
+			if err := s.wipeNode(n); err != nil {
+				s.problem("wipe node%d: %v", n.i, err)
+				return
+			}
+			if err := s.startNode(n); err != nil {
+				s.problem("restart node%d: %v", n.i, err)
+				return
+			}
+			s.note("wipe node%d and restart it empty", n.i)
+		}
+	case FaultWipeFailover:
+		s.mu.Lock()
+		p := s.current
+		s.current = nil
+		s.mu.Unlock()
+		if p != nil {
+			s.crash(p)
+		}
+		s.killNode(n)
+		if err := s.wipeNode(n); err != nil {
+			s.problem("wipe node%d: %v", n.i, err)
+			return
+		}
+		if err := s.startNode(n); err != nil {
+			s.problem("restart node%d: %v", n.i, err)
+			return
+		}
+		s.note("crash the primary, wipe node%d and restart it empty, promote", n.i)
+		s.tryPromote(ctx, 2)
+	case FaultPartition:
+		n.cut = !n.cut
+		n.proxy.setCut(n.cut)
+		s.note("partition node%d: %v", n.i, n.cut)
+	case FaultDelay:
+		n.delayed = !n.delayed
+		d := time.Duration(0)
+		if n.delayed {
+			d = time.Duration(1+int(st.frac*4)) * time.Millisecond
+		}
+		n.proxy.setDelay(d)
+		s.note("delay node%d up to %s per connection", n.i, d)
+	case FaultHold:
+		n.proxy.setHold(true)
+		n.held.Add(1)
+		s.note("hold node%d's frames for %s", n.i, st.dur)
+		time.AfterFunc(st.dur, func() {
+			n.proxy.setHold(false)
+			n.held.Add(-1)
+		})
+	case FaultDiskFull:
+		n.diskFull = !n.diskFull
+		if err := s.setDiskFull(n, n.diskFull, int64(st.frac*64)*blockSize); err != nil {
+			s.problem("disk full node%d: %v", n.i, err)
+			return
+		}
+		s.note("disk full node%d: %v", n.i, n.diskFull)
+	case FaultPrimaryCrash:
+		s.mu.Lock()
+		p := s.current
+		s.current = nil
+		s.mu.Unlock()
+		if p != nil {
+			s.crash(p)
+			s.note("crash primary of epoch %d", p.epoch)
+		}
+		time.Sleep(time.Duration(st.frac * float64(50*time.Millisecond))) // the writers see no primary
+		s.tryPromote(ctx, 2)
+	case FaultPromotionFault:
+		s.mu.Lock()
+		p := s.current
+		s.current = nil
+		s.mu.Unlock()
+		if p != nil {
+			s.crash(p)
+			s.note("crash primary of epoch %d", p.epoch)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.tryPromote(ctx, 2)
+		}()
+		time.Sleep(time.Duration(st.frac * float64(30*time.Millisecond)))
+		if n.up {
+			s.powerCutOrKill(n, st.mask&1 == 1, "during the promotion")
+		}
+		<-done
+	case FaultResyncPowerLoss:
+		target := s.resyncing()
+		if target == nil && n.up {
+			// Start a resync: kill and restart a replica, then give the
+			// primary a moment to reconnect.
+			s.killNode(n)
+			if err := s.startNode(n); err != nil {
+				s.problem("restart node%d: %v", n.i, err)
+				return
+			}
+			s.note("SIGKILL node%d and restart it", n.i)
+			deadline := time.Now().Add(100 * time.Millisecond)
+			for target == nil && time.Now().Before(deadline) {
+				time.Sleep(2 * time.Millisecond)
+				target = s.resyncing()
+			}
+			time.Sleep(time.Duration(st.frac * float64(10*time.Millisecond)))
+		}
+		if target != nil && target.up {
+			s.powerCutOrKill(target, true, "while it is resynced")
+		}
+	case FaultSecondPrimary:
+		s.mu.Lock()
+		old, prevZombie := s.current, s.zombie
+		s.mu.Unlock()
+		if prevZombie != nil {
+			s.crash(prevZombie)
+		}
+		p, err := s.promote(ctx)
+		if err != nil {
+			// It took the lock: the old primary's lease is gone, and the
+			// lease layer fences it (Lease.Guard).
+			s.mu.Lock()
+			if s.current == old {
+				s.current = nil
+			}
+			s.mu.Unlock()
+			if old != nil {
+				s.crash(old)
+			}
+			s.note("second primary failed (the old one lost its lease and stops): %v", err)
+			return
+		}
+		s.mu.Lock()
+		s.current, s.zombie = p, old
+		clear(s.zombieFor)
+		for w := range s.writers {
+			if st.mask&(1<<w) != 0 {
+				s.zombieFor[w] = true
+			}
+		}
+		s.mu.Unlock()
+		s.note("second primary at epoch %d while the old one runs on (writers %b stay with it)", p.epoch, st.mask&(1<<len(s.writers)-1))
+	case FaultRecordLost:
+		s.coord.loseRecord()
+		s.note("in-sync record lost")
+	case FaultRecordRollback:
+		if rec, ok := s.coord.rollBack(st.frac); ok {
+			s.note("in-sync record rolled back to epoch %d %v", rec.Epoch, s.names(rec.Replicas))
+		}
+	case FaultLockReset:
+		s.note("lock index reset to %d", s.coord.resetLockIndex(st.frac))
+	case FaultConsulBlip:
+		s.coord.setBlip(true)
+		s.note("consul blip for %s", st.dur)
+		time.AfterFunc(st.dur, func() { s.coord.setBlip(false) })
+	}
+}
+
+// powerCutOrKill power-cuts n (in process, when power is true) or kills it.
+func (s *simulation) powerCutOrKill(n *node, power bool, when string) {
+	if power && n.fs != nil {
+		lost := n.fs.PowerLoss(s.dead)
+		n.boots++ // it comes back from a new boot
+		s.stopNode(n)
+		s.mu.Lock()
+		s.powerLost = true
+		s.mu.Unlock()
+		s.note("power loss node%d %s (%d unsynced block writes lost)", n.i, when, lost)
+		return
+	}
+	s.killNode(n)
+	s.note("SIGKILL node%d %s", n.i, when)
+}
+
+// resyncing returns a node the current primary is resyncing, if any.
+func (s *simulation) resyncing() *node {
+	s.mu.Lock()
+	cur := s.current
+	s.mu.Unlock()
+	if cur == nil {
+		return nil
+	}
+	for _, r := range cur.eng.Status().Replicas {
+		if r.State == replication.StateResyncing {
+			for _, n := range s.nodes {
+				if n.addr() == r.Addr {
+					return n
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// lastHealthy reports whether n is the last unimpaired replica, or the
+// last unimpaired one the current primary has in sync: impairing it
+// would leave the volume no replica to serve from.
+func (s *simulation) lastHealthy(n *node) bool {
+	s.mu.Lock()
+	cur := s.current
+	s.mu.Unlock()
+	var inSync map[string]bool
+	if cur != nil {
+		inSync = map[string]bool{}
+		for _, r := range cur.eng.Status().Replicas {
+			if r.State == replication.StateInSync {
+				inSync[r.Addr] = true
+			}
+		}
+	}
+	for _, m := range s.nodes {
+		if m != n && !m.impaired() && (inSync == nil || inSync[m.addr()]) {
+			return false
+		}
+	}
+	return true
+}
+
+// names turns replica addresses into node names for the report.
+func (s *simulation) names(addrs []string) []string {
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a
+		for _, n := range s.nodes {
+			if n.addr() == a {
+				out[i] = fmt.Sprintf("node%d", n.i)
+			}
+		}
+	}
+	return out
+}
+
+// recoverAndCheck heals every fault, recovers as the product would, waits
+// for every replica to be in sync, then checks the data.
+func (s *simulation) recoverAndCheck(ctx context.Context) {
+	s.coord.setBlip(false)
+	for _, n := range s.nodes {
+		n.proxy.setHold(false)
+		n.proxy.setDelay(0)
+		if n.cut {
+			n.proxy.setCut(false)
+		}
+		n.cut, n.delayed = false, false
+		if n.diskFull {
+			if err := s.setDiskFull(n, false, 0); err != nil {
+				s.problem("recovery: node%d: %v", n.i, err)
+			}
+		}
+		n.diskFull = false
+		if !n.up {
+			if err := s.startNode(n); err != nil {
+				s.problem("recovery: restart node%d: %v", n.i, err)
+			}
+		}
+	}
+	s.mu.Lock()
+	cur, zombie := s.current, s.zombie
+	s.zombie = nil
+	s.mu.Unlock()
+	if zombie != nil {
+		s.crash(zombie)
+	}
+	// Half the schedules end with a primary crash and a fresh promotion
+	// (activity-log reconciliation), the others keep the running primary.
+	if cur != nil && (cur.eng.Fenced() || s.rng.IntN(2) == 0) {
+		s.crash(cur)
+		cur = nil
+	}
+	if cur == nil {
+		p, err := s.promoteRetry(ctx, 40)
+		if err != nil {
+			s.problem("recovery: no primary could be promoted: %v", err)
+			return
+		}
+		cur = p
+		s.note("recovery: promoted primary at epoch %d", p.epoch)
+	} else {
+		s.note("recovery: primary of epoch %d stays", cur.epoch)
+	}
+	// Wait for every replica to be in sync; with none in sync the
+	// engine has nothing to resync from, and waiting longer is useless.
+	began := time.Now()
+	deadline := began.Add(recoveryWait)
+	st := cur.eng.Status()
+	for st.InSync < len(s.nodes) && time.Now().Before(deadline) && !st.Fenced &&
+		(st.InSync > 0 || time.Since(began) < time.Second) {
+		time.Sleep(10 * time.Millisecond)
+		st = cur.eng.Status()
+	}
+	if st.InSync < len(s.nodes) {
+		var why []string
+		for _, r := range st.Replicas {
+			if r.State != replication.StateInSync {
+				why = append(why, fmt.Sprintf("%s %s (%s)", s.names([]string{r.Addr})[0], r.State, r.Reason))
+			}
+		}
+		s.problem("recovery: only %d of %d replicas in sync after %s: %s", st.InSync, len(s.nodes),
+			time.Since(began).Round(time.Millisecond), strings.Join(why, "; "))
+	}
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := cur.eng.Flush(fctx); err != nil {
+		s.problem("recovery: flush: %v", err)
+	}
+	var inSync []*node
+	for _, r := range cur.eng.Status().Replicas {
+		if r.State == replication.StateInSync {
+			for _, n := range s.nodes {
+				if n.addr() == r.Addr {
+					inSync = append(inSync, n)
+				}
+			}
+		}
+	}
+	s.crash(cur)
+	if s.cfg.beforeCheck != nil {
+		s.cfg.beforeCheck(s, inSync)
+	}
+	s.check(inSync)
+}
+
+// check compares the in-sync replicas with each other and with the model.
+func (s *simulation) check(inSync []*node) {
+	if len(inSync) == 0 {
+		s.problem("check: no replica in sync")
+		return
+	}
+	floor := ^uint64(0)
+	if s.powerLost {
+		floor = s.frontier.Load()
+	}
+	var first []byte
+	lost := map[int64]string{}
+	for i, n := range inSync {
+		data, err := n.readData()
+		if err != nil {
+			s.problem("check: node%d: %v", n.i, err)
+			continue
+		}
+		if i == 0 {
+			first = data
+		} else if first != nil && !bytes.Equal(first, data) {
+			s.mu.Lock() // an abandoned engine's goroutines may still report
+			s.res.DivergentReplicas++
+			s.mu.Unlock()
+			s.problem("divergent: node%d differs from node%d in %s", n.i, inSync[0].i, diffSummary(first, data))
+		}
+		for _, w := range s.writers {
+			for b := w.lo; b < w.hi; b++ {
+				blk := data[b*blockSize : (b+1)*blockSize]
+				if _, seen := lost[b]; seen || (i > 0 && first != nil && bytes.Equal(blk, first[b*blockSize:(b+1)*blockSize])) {
+					continue // already reported, or same as a block already checked
+				}
+				if ok, why := w.allowed(b, blk, floor); !ok {
+					lost[b] = fmt.Sprintf("node%d: %s", n.i, why)
+				}
+			}
+		}
+	}
+	s.mu.Lock()
+	s.res.AckedWritesLost = len(lost)
+	s.mu.Unlock()
+	shown := 0
+	for b := range int64(len(first) / blockSize) {
+		if why, ok := lost[b]; ok && shown < 3 {
+			s.problem("lost: %s", why)
+			shown++
+		}
+	}
+	if len(lost) > shown {
+		s.problem("lost: ... %d blocks in all", len(lost))
+	}
+}
+
+// diffSummary says how many blocks differ and where the first one is.
+func diffSummary(a, b []byte) string {
+	n, firstBlk := 0, int64(-1)
+	for i := 0; i+blockSize <= len(a) && i+blockSize <= len(b); i += blockSize {
+		if string(a[i:i+blockSize]) != string(b[i:i+blockSize]) {
+			if firstBlk < 0 {
+				firstBlk = int64(i / blockSize)
+			}
+			n++
+		}
+	}
+	return fmt.Sprintf("%d blocks (first: block %d)", n, firstBlk)
+}
