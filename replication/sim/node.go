@@ -38,12 +38,16 @@ type node struct {
 
 	cut, delayed, diskFull bool
 	held                   atomic.Int32 // holds in progress
+	trapped                bool         // a persistcrash trap is armed
+	cutByTrap              atomic.Bool  // the trap fired: the node is powered off
 }
 
 func (n *node) addr() string { return n.proxy.addr() }
 
 // impaired reports whether a fault keeps n from serving.
-func (n *node) impaired() bool { return !n.up || n.cut || n.diskFull || n.held.Load() > 0 }
+func (n *node) impaired() bool {
+	return !n.up || n.cut || n.diskFull || n.held.Load() > 0 || n.trapped || n.cutByTrap.Load()
+}
 
 // tmpfsSize is each process replica's tmpfs: room for the volume, its
 // metadata and bitmaps, and slack.

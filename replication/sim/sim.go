@@ -425,6 +425,7 @@ func (s *simulation) schedule(ctx context.Context) {
 			return
 		}
 		time.Sleep(st.pause)
+		s.restartTrapped()
 		s.mu.Lock()
 		noPrimary := s.current == nil
 		s.mu.Unlock()
@@ -450,7 +451,7 @@ func (s *simulation) tryPromote(ctx context.Context, attempts int) {
 
 // replicaFaults impair a replica.
 var replicaFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultHold, FaultDiskFull, FaultWipeFailover,
-	FaultPromotionFault, FaultResyncPowerLoss}
+	FaultPromotionFault, FaultResyncPowerLoss, FaultPersistCrash}
 
 func (s *simulation) inject(ctx context.Context, st step) {
 	n := s.nodes[st.node]
@@ -593,6 +594,25 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		if target != nil && target.up {
 			s.powerCutOrKill(target, true, "while it is resynced")
 		}
+	case FaultPersistCrash:
+		if n.fs == nil || !n.up || n.trapped {
+			return
+		}
+		match, what := "peer-", "a peer bitmap"
+		if st.mask&1 == 1 {
+			match, what = "meta", "its metadata"
+		}
+		nth := 1 + st.mask>>1&3
+		r := rand.New(rand.NewPCG(s.cfg.Seed, 1000+uint64(n.i)))
+		n.trapped = true
+		n.fs.ArmPowerLoss(match, nth, r, func(lost int) {
+			n.cutByTrap.Store(true)
+			s.mu.Lock()
+			s.powerLost = true
+			s.mu.Unlock()
+			s.note("power loss node%d while writing %s (%d unsynced block writes lost)", n.i, what, lost)
+		})
+		s.note("arm a power cut of node%d at its write #%d to %s", n.i, nth, what)
 	case FaultSecondPrimary:
 		s.mu.Lock()
 		old, prevZombie := s.current, s.zombie
@@ -638,6 +658,22 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		s.coord.setBlip(true)
 		s.note("consul blip for %s", st.dur)
 		time.AfterFunc(st.dur, func() { s.coord.setBlip(false) })
+	}
+}
+
+// restartTrapped restarts the nodes a persistcrash trap powered off, and
+// forgets the traps that did not fire when called for the recovery.
+func (s *simulation) restartTrapped() {
+	for _, n := range s.nodes {
+		if n.cutByTrap.Swap(false) {
+			n.trapped = false
+			s.stopNode(n)
+			if err := s.startNode(n); err != nil {
+				s.problem("restart node%d: %v", n.i, err)
+				continue
+			}
+			s.note("restart node%d after its power cut", n.i)
+		}
 	}
 }
 
@@ -718,6 +754,14 @@ func (s *simulation) names(addrs []string) []string {
 // for every replica to be in sync, then checks the data.
 func (s *simulation) recoverAndCheck(ctx context.Context) {
 	s.coord.setBlip(false)
+	s.restartTrapped()
+	for _, n := range s.nodes {
+		if n.fs != nil && n.trapped {
+			n.fs.Disarm()
+			n.trapped = false
+		}
+	}
+	s.restartTrapped() // one may have fired before it was disarmed
 	for _, n := range s.nodes {
 		n.proxy.setHold(false)
 		n.proxy.setDelay(0)
