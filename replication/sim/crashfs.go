@@ -42,6 +42,16 @@ type CrashFS struct {
 	gen   uint64 // handles of an older generation belong to a killed process
 	quota int64  // allocated bytes allowed; 0: unlimited
 	used  int64  // allocated bytes, over every file
+	trap  *trap  // a power cut armed on a write
+}
+
+// trap cuts the power right after the nth write to a file whose name
+// contains match: the write reached the page cache, its sync never came.
+type trap struct {
+	match  string
+	n      int
+	r      *rand.Rand
+	onFire func(lost int) // called on its own goroutine
 }
 
 type memFile struct {
@@ -136,12 +146,34 @@ func (c *CrashFS) Kill() {
 	c.mu.Unlock()
 }
 
+// ArmPowerLoss makes the nth write (from now) to a file whose name
+// contains match cut the power (PowerLoss with draws from r) once it has
+// reached the page cache; that write fails, as its process dies. onFire
+// then runs on a goroutine of its own with the number of block writes
+// lost. A new ArmPowerLoss replaces an unfired one.
+func (c *CrashFS) ArmPowerLoss(match string, n int, r *rand.Rand, onFire func(lost int)) {
+	c.mu.Lock()
+	c.trap = &trap{match: match, n: n, r: r, onFire: onFire}
+	c.mu.Unlock()
+}
+
+// Disarm removes an unfired trap.
+func (c *CrashFS) Disarm() {
+	c.mu.Lock()
+	c.trap = nil
+	c.mu.Unlock()
+}
+
 // PowerLoss kills, then leaves each file as a power cut would: its synced
 // content plus a random subset (drawn from r) of the later block writes,
 // applied in order. It returns how many unsynced block writes were lost.
 func (c *CrashFS) PowerLoss(r *rand.Rand) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.powerLossLocked(r)
+}
+
+func (c *CrashFS) powerLossLocked(r *rand.Rand) int {
 	c.gen++
 	lost := 0
 	names := make([]string, 0, len(c.files))
@@ -296,6 +328,14 @@ func (h *memHandle) WriteAt(p []byte, off int64) (int, error) {
 		}
 		i += k
 		f.size = max(f.size, pos+int64(k))
+	}
+	if t := h.c.trap; t != nil && strings.Contains(h.name, t.match) {
+		if t.n--; t.n <= 0 {
+			h.c.trap = nil
+			lost := h.c.powerLossLocked(t.r)
+			go t.onFire(lost)
+			return len(p), &fs.PathError{Op: "write", Path: h.name, Err: fmt.Errorf("%w: %w", ErrKilled, syscall.EIO)}
+		}
 	}
 	return len(p), nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
@@ -108,4 +109,31 @@ func TestStoreOnCrashFSSurvivesPowerLoss(t *testing.T) {
 	must.NoError(t, v.ReadAt(3, buf, 0))
 	must.Eq(t, fill(5), buf) // FUA: durable
 	must.NoError(t, v.Close())
+}
+
+func TestCrashFSArmedPowerLossFiresOnTheNthMatchingWrite(t *testing.T) {
+	c := NewCrashFS()
+	data, err := c.OpenFile("/d/data", os.O_RDWR|os.O_CREATE, 0)
+	must.NoError(t, err)
+	meta, err := c.OpenFile("/d/meta", os.O_RDWR|os.O_CREATE, 0)
+	must.NoError(t, err)
+	fired := make(chan int, 1)
+	c.ArmPowerLoss("meta", 2, rand.New(rand.NewPCG(1, 2)), func(lost int) { fired <- lost })
+	_, err = data.WriteAt(fill(1), 0) // not matching
+	must.NoError(t, err)
+	_, err = meta.WriteAt(fill(2), 0) // first match
+	must.NoError(t, err)
+	must.NoError(t, meta.Sync())
+	_, err = meta.WriteAt(fill(3), 0) // second: the power goes
+	must.ErrorIs(t, err, ErrKilled)
+	select {
+	case <-fired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the trap did not fire")
+	}
+	_, err = data.WriteAt(fill(4), 0)
+	must.ErrorIs(t, err, ErrKilled) // every handle of the process died
+	got, err := c.ReadFile("/d/meta")
+	must.NoError(t, err)
+	must.SliceContains(t, []byte{2, 3}, got[0]) // synced version, or the unsynced one
 }

@@ -55,6 +55,9 @@
 //	                while the next one is being promoted
 //	resyncpowerloss power-cut a replica while it is being resynced
 //	                (killing and restarting one first if none is)
+//	persistcrash    arm a power cut of a replica right after one of its
+//	                next writes to a persisted peer bitmap or to its
+//	                metadata (epoch, activity log), before the fsync
 //	alldown         (a permission) let the replica faults impair every
 //	                replica at once; without it one always stays healthy
 //

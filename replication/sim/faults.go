@@ -34,6 +34,10 @@ const (
 	// resynced (restarting a replica first, to start a resync, when none
 	// is).
 	FaultResyncPowerLoss Fault = "resyncpowerloss"
+	// FaultPersistCrash arms a power cut of a replica right after one of
+	// its next writes to a persisted peer bitmap or to its metadata
+	// (epoch, activity log), before that write's fsync.
+	FaultPersistCrash Fault = "persistcrash"
 	// FaultAllDown lets the replica faults (kill, power loss, wipe,
 	// partition, hold, disk full) impair every replica at once; disabled,
 	// the schedule always leaves one replica healthy.
@@ -43,7 +47,7 @@ const (
 // AllFaults lists every fault class.
 var AllFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultDelay, FaultHold, FaultDiskFull,
 	FaultPrimaryCrash, FaultSecondPrimary, FaultRecordLost, FaultRecordRollback, FaultLockReset, FaultConsulBlip, FaultAllDown, FaultWipeFailover,
-	FaultPromotionFault, FaultResyncPowerLoss}
+	FaultPromotionFault, FaultResyncPowerLoss, FaultPersistCrash}
 
 // FaultSet is the set of enabled fault classes.
 type FaultSet map[Fault]bool

@@ -38,13 +38,17 @@ type node struct {
 
 	cut, delayed, diskFull bool
 	held                   atomic.Int32 // holds in progress
-	boots                  int          // power losses so far: its host's boot id
+	boots                  atomic.Int64 // power losses so far: its host's boot id
+	trapped                bool         // a persistcrash trap is armed
+	cutByTrap              atomic.Bool  // the trap fired: the node is powered off
 }
 
 func (n *node) addr() string { return n.proxy.addr() }
 
 // impaired reports whether a fault keeps n from serving.
-func (n *node) impaired() bool { return !n.up || n.cut || n.diskFull || n.held.Load() > 0 }
+func (n *node) impaired() bool {
+	return !n.up || n.cut || n.diskFull || n.held.Load() > 0 || n.trapped || n.cutByTrap.Load()
+}
 
 // tmpfsSize is each process replica's tmpfs: room for the volume, its
 // metadata and bitmaps, and slack.
@@ -79,7 +83,7 @@ func (s *simulation) startNode(n *node) error {
 		return s.startProcess(n)
 	}
 	store, err := replication.OpenStoreWith(n.dir, s.log, replication.StoreOptions{Files: n.fs,
-		BootID: fmt.Sprintf("sim-node%d-boot%d", n.i, n.boots)})
+		BootID: fmt.Sprintf("sim-node%d-boot%d", n.i, n.boots.Load())})
 	if err != nil {
 		return err
 	}

@@ -432,6 +432,7 @@ func (s *simulation) schedule(ctx context.Context) {
 			return
 		}
 		time.Sleep(st.pause)
+		s.restartTrapped()
 		s.mu.Lock()
 		noPrimary := s.current == nil
 		s.mu.Unlock()
@@ -457,7 +458,7 @@ func (s *simulation) tryPromote(ctx context.Context, attempts int) {
 
 // replicaFaults impair a replica.
 var replicaFaults = []Fault{FaultKill, FaultPowerLoss, FaultWipe, FaultPartition, FaultHold, FaultDiskFull, FaultWipeFailover,
-	FaultPromotionFault, FaultResyncPowerLoss}
+	FaultPromotionFault, FaultResyncPowerLoss, FaultPersistCrash}
 
 func (s *simulation) inject(ctx context.Context, st step) {
 	n := s.nodes[st.node]
@@ -493,7 +494,7 @@ func (s *simulation) inject(ctx context.Context, st step) {
 				return
 			}
 			lost := n.fs.PowerLoss(s.dead)
-			n.boots++ // it comes back from a new boot
+			n.boots.Add(1) // it comes back from a new boot
 			s.stopNode(n)
 			s.mu.Lock()
 			s.powerLost = true
@@ -608,6 +609,26 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		if target != nil && target.up {
 			s.powerCutOrKill(target, true, "while it is resynced")
 		}
+	case FaultPersistCrash:
+		if n.fs == nil || !n.up || n.trapped {
+			return
+		}
+		match, what := "peer-", "a peer bitmap"
+		if st.mask&1 == 1 {
+			match, what = "meta", "its metadata"
+		}
+		nth := 1 + st.mask>>1&3
+		r := rand.New(rand.NewPCG(s.cfg.Seed, 1000+uint64(n.i)))
+		n.trapped = true
+		n.fs.ArmPowerLoss(match, nth, r, func(lost int) {
+			n.boots.Add(1) // it comes back from a new boot
+			n.cutByTrap.Store(true)
+			s.mu.Lock()
+			s.powerLost = true
+			s.mu.Unlock()
+			s.note("power loss node%d while writing %s (%d unsynced block writes lost)", n.i, what, lost)
+		})
+		s.note("arm a power cut of node%d at its write #%d to %s", n.i, nth, what)
 	case FaultSecondPrimary:
 		s.mu.Lock()
 		old, prevZombie := s.current, s.zombie
@@ -656,11 +677,27 @@ func (s *simulation) inject(ctx context.Context, st step) {
 	}
 }
 
+// restartTrapped restarts the nodes a persistcrash trap powered off, and
+// forgets the traps that did not fire when called for the recovery.
+func (s *simulation) restartTrapped() {
+	for _, n := range s.nodes {
+		if n.cutByTrap.Swap(false) {
+			n.trapped = false
+			s.stopNode(n)
+			if err := s.startNode(n); err != nil {
+				s.problem("restart node%d: %v", n.i, err)
+				continue
+			}
+			s.note("restart node%d after its power cut", n.i)
+		}
+	}
+}
+
 // powerCutOrKill power-cuts n (in process, when power is true) or kills it.
 func (s *simulation) powerCutOrKill(n *node, power bool, when string) {
 	if power && n.fs != nil {
 		lost := n.fs.PowerLoss(s.dead)
-		n.boots++ // it comes back from a new boot
+		n.boots.Add(1) // it comes back from a new boot
 		s.stopNode(n)
 		s.mu.Lock()
 		s.powerLost = true
@@ -734,6 +771,14 @@ func (s *simulation) names(addrs []string) []string {
 // for every replica to be in sync, then checks the data.
 func (s *simulation) recoverAndCheck(ctx context.Context) {
 	s.coord.setBlip(false)
+	s.restartTrapped()
+	for _, n := range s.nodes {
+		if n.fs != nil && n.trapped {
+			n.fs.Disarm()
+			n.trapped = false
+		}
+	}
+	s.restartTrapped() // one may have fired before it was disarmed
 	for _, n := range s.nodes {
 		n.proxy.setHold(false)
 		n.proxy.setDelay(0)
