@@ -380,9 +380,11 @@ func TestLostInSyncRecordDoesNotServeStaleReplica(t *testing.T) {
 		a = startTestReplicaAt(t, dirs[0], a.addr)
 		cfg = engineConfig(t, "vol", size, epoch+1, a, b)
 		cfg.Recorded = rec
+		hook := &recordingHook{}
+		cfg.Hook = hook
 		e2, err := StartEngine(ctx, cfg)
 		must.NoError(t, err)
-		must.Eq(t, StateOutOfSync, e2.Status().Replicas[1].State)
+		must.Eq(t, []string{a.addr}, hook.first()) // B started out of sync
 		waitInSync(t, e2, 2)
 		must.Eq(t, []byte("new!"), readBack(t, e2, 0, 4))
 		must.NoError(t, e2.Shutdown(ctx))

@@ -19,17 +19,20 @@ import (
 //     that holds an older one (dropped, restored from a backup, wiped and
 //     created again with generation 0) is stale, whatever anyone's memory
 //     says, and is never served from;
-//   - the recorded set (Consul) is at most one generation behind the
-//     replicas' own newest view when nothing was lost: a primary that
-//     died between writing the members and Consul leaves the members one
-//     ahead, and both views are then safe (no write depended on the
-//     newer one);
-//   - a recorded set more than one generation behind a replica's view, or
-//     none at all, means Consul lost or rolled back the record: then the
-//     replicas' newest view is used, but only when every member of it is
-//     reachable (a member that is not might hold a still newer generation
-//     after dropping the reachable ones). Otherwise the volume stays
-//     offline with ErrHistoryUnknown naming the replicas it waits for.
+//   - the recorded set (Consul) is the newest one, or one generation
+//     behind the members when a primary died between writing them and
+//     Consul; a record behind a replica's own view may also have been
+//     rolled back (a Consul snapshot restored), by any number of
+//     generations;
+//   - so a record at least as new as every reachable replica is used as
+//     is; when it is older, or missing, the replicas' newest view is used,
+//     but only when every member of it is reachable (a member that is not
+//     might hold a still newer generation after dropping the reachable
+//     ones). Otherwise the volume stays offline with ErrHistoryUnknown
+//     naming the replicas it waits for. A record rolled back to exactly
+//     the generation the reachable replicas hold, while every holder of a
+//     newer one is unreachable, cannot be told from a current one: the
+//     README says what an operator restoring Consul does.
 //
 // This is DRBD's data generation scheme (current UUID plus history) with a
 // counter instead of random identifiers: replicas are only ever written
@@ -54,14 +57,13 @@ func chooseView(recorded *Membership, configured []string, reach map[string]open
 	if recorded != nil && recorded.Gen >= newest.Gen {
 		return *recorded, "recorded", nil
 	}
-	if recorded != nil && newest.Gen == recorded.Gen+1 {
-		return newest, "replicas (one generation past the record: its writer stopped before recording it)", nil
-	}
-	// The record is gone, or rolled back by more than the one generation
-	// a crash can explain: only the replicas can say what is current.
+	// The record is gone, or older than a replica's own view: its writer
+	// stopped between writing the members and the record, or Consul lost
+	// or rolled the record back. Only the replicas can say what is
+	// current, and only if every member of the newest view answers.
 	why := "no in-sync record"
 	if recorded != nil {
-		why = fmt.Sprintf("in-sync record at generation %d, replicas at %d: the record was lost or rolled back", recorded.Gen, newest.Gen)
+		why = fmt.Sprintf("in-sync record at generation %d, a replica at %d: the record's writer stopped before recording, or the record was rolled back", recorded.Gen, newest.Gen)
 	}
 	var wait []string
 	members := newest.Replicas

@@ -148,6 +148,26 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		}
 		return
 	}
+	if !open.Clean && rebooted {
+		// The last in-sync replica's host restarted: it lost what it had
+		// not flushed, which the activity log covers, and stays the
+		// volume's copy. Replicas behind it may still hold those writes:
+		// they must get the log's extents from it again, or they would
+		// keep blocks it no longer has.
+		for _, q := range e.peers {
+			if q == p {
+				continue
+			}
+			if q.dirty != nil {
+				for _, x := range e.al.all() {
+					q.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
+				}
+			}
+			q.missed++
+		}
+		e.log.Warn("the last in-sync replica's host restarted: it may have lost unflushed writes; replicas behind get its activity log's extents again",
+			"replica", p.cfg.Addr)
+	}
 	p.client, p.open, p.reason = nc, open, ""
 	e.order.Lock()
 	e.setTargetsLocked(e.rebuildLocked())

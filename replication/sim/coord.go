@@ -80,6 +80,18 @@ func (c *coordinator) read() (inSyncRecord, bool) {
 	return inSyncRecord{Epoch: c.rec.Epoch, Gen: c.rec.Gen, Replicas: slices.Clone(c.rec.Replicas)}, true
 }
 
+// newestRecord returns the newest record a primary wrote (nil: none).
+func (c *coordinator) newestRecord() *inSyncRecord {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.history) == 0 {
+		return nil
+	}
+	r := c.history[len(c.history)-1]
+	r.Replicas = slices.Clone(r.Replicas)
+	return &r
+}
+
 // newest returns the set of the newest record a primary wrote: the
 // replicas holding the volume's newest generation.
 func (c *coordinator) newest() []string {

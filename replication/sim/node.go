@@ -39,6 +39,7 @@ type node struct {
 	cut, delayed, diskFull bool
 	held                   atomic.Int32 // holds in progress
 	boots                  atomic.Int64 // power losses so far: its host's boot id
+	wipedAt                atomic.Int64 // generations below this one were lost in a wipe
 	trapped                bool         // a persistcrash trap is armed
 	cutByTrap              atomic.Bool  // the trap fired: the node is powered off
 }
@@ -131,6 +132,11 @@ func (s *simulation) killNode(n *node) {
 
 // wipeNode deletes the replica's data (n is down): a new, empty disk.
 func (s *simulation) wipeNode(n *node) error {
+	if r := s.coord.newestRecord(); r != nil {
+		n.wipedAt.Store(int64(r.Gen) + 1) // holds none of the generations recorded so far
+	} else {
+		n.wipedAt.Store(1)
+	}
 	if n.fs != nil {
 		n.fs.Wipe(n.dir)
 		return nil

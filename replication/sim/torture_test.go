@@ -107,12 +107,12 @@ func TestTorture(t *testing.T) {
 	}
 
 	var (
-		mu                            sync.Mutex
-		schedules, lost, divergent    int
-		fenced, failed, issued, acked int
-		blip                          int
-		next                          atomic.Uint64
-		wg                            sync.WaitGroup
+		mu                                   sync.Mutex
+		schedules, lost, divergent           int
+		fenced, failed, issued, acked        int
+		blip, undetectable, undetectableLost int
+		next                                 atomic.Uint64
+		wg                                   sync.WaitGroup
 	)
 	replay := *flagSeed != ""
 	end := time.Now().Add(duration)
@@ -138,6 +138,10 @@ func TestTorture(t *testing.T) {
 				mu.Lock()
 				schedules++
 				lost += res.AckedWritesLost
+				if res.Undetectable {
+					undetectable++
+					undetectableLost += res.UndetectableLost
+				}
 				divergent += res.DivergentReplicas
 				fenced += res.FencedWritesAccepted
 				blip += res.BlipWriteErrors
@@ -160,6 +164,7 @@ func TestTorture(t *testing.T) {
 	fmt.Printf("divergent_replicas %d\n", divergent)
 	fmt.Printf("fenced_writes_accepted %d\n", fenced)
 	fmt.Printf("blip_write_errors %d\n", blip)
+	fmt.Printf("rollback_undetectable_schedules %d (blocks read older: %d)\n", undetectable, undetectableLost)
 	fmt.Printf("torture_ops issued=%d acked=%d\n", issued, acked)
 	must.Positive(t, schedules)
 	must.Positive(t, acked) // the workload did run
