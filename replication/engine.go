@@ -733,7 +733,8 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, off, n int64,
 // smaller set recorded instead, except the last, which is kept and waited
 // for (errReconnecting). Hook failures (Consul unreachable) are retried,
 // holding the writes that wait for the record, until the hook succeeds,
-// the engine is fenced, or ctx ends. Callers hold stateMu.
+// the engine is fenced, or ctx ends. Callers hold stateMu, which is
+// released while it waits between attempts.
 func (e *Engine) recordLocked(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
 		e.order.Lock()
@@ -772,8 +773,12 @@ func (e *Engine) recordLocked(ctx context.Context) error {
 			e.log.Warn("recording the in-sync set failed: holding the writes that depend on it and retrying",
 				"in_sync", addrs, "generation", e.gen, "error", err)
 		}
+		// Let status readers and reconnects in while waiting; the loop
+		// reads the set again after.
 		e.holding.Add(1)
+		e.stateMu.Unlock()
 		werr := ctxutil.Sleep(ctx, min(time.Duration(attempt+1)*50*time.Millisecond, time.Second))
+		e.stateMu.Lock()
 		e.holding.Add(-1)
 		if werr != nil {
 			return fmt.Errorf("volume %s: record in-sync set %v: %w (last error: %w)", e.cfg.Volume, addrs, werr, err)
