@@ -557,6 +557,19 @@ func (e *Engine) settle(ctx context.Context, set *targetSet, calls []*call, what
 	// It failed everywhere; kept is the copy the volume keeps.
 	e.stateMu.Lock()
 	alive := kept != nil && kept.client != nil && kept.client.failure() == nil
+	if alive && isData {
+		// The request fails, but replicas being resynced may have applied
+		// it: they now differ from the copy there, so their resync must
+		// not end on what it copied before.
+		for _, p := range e.peers {
+			if p.state == StateResyncing {
+				if p.dirty != nil {
+					p.dirty.SetRange(off, n)
+				}
+				p.missed++
+			}
+		}
+	}
 	e.stateMu.Unlock()
 	if alive {
 		return fmt.Errorf("volume %s: %s failed on its last in-sync replica: %w", e.cfg.Volume, what, failed[kept])

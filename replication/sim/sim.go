@@ -351,8 +351,8 @@ func (s *simulation) undetectableRollback() bool {
 		return false
 	}
 	for _, n := range s.nodes {
-		if slices.Contains(newest.Replicas, n.addr()) && !n.impaired() {
-			return false
+		if slices.Contains(newest.Replicas, n.addr()) && !n.impaired() && n.wipedAt.Load() <= int64(newest.Gen) {
+			return false // a holder of the newest generation answers
 		}
 	}
 	return true
