@@ -14,11 +14,17 @@
 // a new port. A coordinator stands in for Consul with the semantics of
 // leader/lease.go and leader/insync.go: the primary lock's index is the
 // epoch, the in-sync record is written only by the lock holder and never
-// over a newer epoch's record. Promotion (simulation.promote, one
-// function, to follow internal/primary.Promote as it changes) takes the
-// lock, reads the record (an empty one is refused, none means a new
-// volume) and starts a replication.Engine with the record as its in-sync
-// set.
+// over a newer epoch's record; the epoch is the lock index plus an epoch
+// floor, as in leader. Promotion (simulation.promote, one function,
+// following internal/primary.Promote) takes the lock, reads the record
+// (with its generation; none when lost) and starts a replication.Engine
+// with it as EngineConfig.Recorded; when the replicas refuse the epoch
+// (the lock index was reset) it raises the floor above their promise and
+// starts again, as leader.Lease.RaiseEpoch does. The hook fences the
+// engine (ErrFenced) when the lease is lost or a newer record exists, and
+// fails (the engine retries, holding writes) during a blip. A simulated
+// power loss restarts the replica with a new boot id, as a real host
+// would come back.
 //
 // Writers (three, on disjoint block ranges, each issuing one op at a time,
 // so per block the ops are totally ordered) issue writes of 1-8 blocks,
@@ -61,6 +67,11 @@
 //	alldown         (a permission) let the replica faults impair every
 //	                replica at once; without it one always stays healthy
 //
+// A wipe never destroys the only replica left holding the newest
+// generation (the running primary's in-sync set, else the newest record):
+// that is a second failure on top of the one that left it alone, and the
+// product then rightly refuses to serve the volume.
+//
 // Then every fault is healed, the primary is kept or (half the time, and
 // always if it is fenced) crashed and a new one promoted (retrying, each
 // attempt a new epoch, as a node agent would), every replica must come
@@ -85,6 +96,11 @@
 //   - blip_write_errors: writes and trims that failed only because the
 //     in-sync record could not be written during a Consul blip: a blip
 //     must hold I/O until the record is written, not fail it.
+//   - rollback_undetectable_schedules: a promotion over an in-sync record
+//     rolled back to an older generation while every replica holding the
+//     newest one was unreachable cannot tell that record from a current
+//     one (replication/history.go); such schedules are counted, with the
+//     blocks that read older versions, apart from acked_writes_lost.
 //   - liveness: recovery must promote a primary and bring every replica
 //     back in sync; no engine call may panic or stay blocked past
 //     opDeadline (the engine is then reported, abandoned without Close,
