@@ -60,8 +60,14 @@ func TestAgentRegistersServiceRecordAndSession(t *testing.T) {
 	must.Eq(t, a.CheckID(), checks[0].CheckID)
 	must.Eq(t, api.HealthPassing, checks[0].Status)
 
-	rec, err := c.ReadNode(context.Background(), "n1")
-	must.NoError(t, err)
+	// The node record is written after the session (leases depend on the
+	// session, the record is informational): wait for it.
+	var rec leader.NodeRecord
+	waitFor(t, 10*time.Second, "node record", func() bool {
+		var err error
+		rec, err = c.ReadNode(context.Background(), "n1")
+		return err == nil
+	})
 	must.Eq(t, "127.0.0.1:7400", rec.ReplicaAddr)
 	must.Eq(t, "r1", rec.Labels["rack"])
 	must.Eq(t, int64(100<<30), rec.CapacityBytes)
@@ -341,7 +347,13 @@ tls {
 	must.True(t, errors.As(err, &uerr), must.Sprintf("want a transport error, got %v", err))
 	var serr api.StatusError
 	must.False(t, errors.As(err, &serr))
-	rec, err := c.ReadNode(context.Background(), "n1")
-	must.NoError(t, err)
+	// The node record is written after the session (leases depend on the
+	// session, the record is informational): wait for it.
+	var rec leader.NodeRecord
+	waitFor(t, 10*time.Second, "node record", func() bool {
+		var err error
+		rec, err = c.ReadNode(context.Background(), "n1")
+		return err == nil
+	})
 	must.Eq(t, "127.0.0.1:7400", rec.ReplicaAddr)
 }
