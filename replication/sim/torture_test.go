@@ -50,7 +50,7 @@ var (
 // failing schedule.
 func TestTorture(t *testing.T) {
 	spec := *flagFaults
-	if spec == "" && raceDetector {
+	if spec == "" && raceDetector && raceNoFaults != "" {
 		spec = raceNoFaults
 		fmt.Println(raceFaultNote)
 	}
