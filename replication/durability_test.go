@@ -430,3 +430,28 @@ func TestFullResyncClearsStaleDataInSourceHoles(t *testing.T) {
 	must.NoError(t, e.Shutdown(ctx))
 	must.Eq(t, fileSum(t, a.store.DataPath("vol")), fileSum(t, b.store.DataPath("vol")))
 }
+
+// Found by the simulator: the last in-sync replica loses power with
+// acknowledged writes not yet flushed; the flush in flight is sent again
+// once it is back, and must not report them durable: they are gone. The
+// next flush fails (once), as Linux reports a lost writeback to fsync.
+func TestFlushFailsAfterLastReplicaLostPower(t *testing.T) {
+	dir := t.TempDir()
+	a := startTestReplica(t, dir)
+	const size = 8 << 20
+	ctx := context.Background()
+	e := startTestEngine(t, "vol", size, 1, nil, a)
+	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
+	a.stop()
+	snap := snapshotReplica(t, dir, "vol")
+	a = startTestReplicaAt(t, dir, a.addr)
+	waitConnected(t, e)
+
+	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 0, false)) // acknowledged, not flushed
+	a.stop()
+	powerLoss(t, dir, "vol", snap)
+	a = startTestReplicaBoot(t, dir, a.addr, "after-power-loss")
+	must.ErrorIs(t, e.Flush(ctx), ErrUnflushedLost)
+	must.NoError(t, e.Flush(ctx))
+	must.Eq(t, bytes.Repeat([]byte{1}, 4096), readBack(t, e, 0, 4096))
+}

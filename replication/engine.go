@@ -129,6 +129,9 @@ type Engine struct {
 	holding  atomic.Int32  // requests waiting for a retry of the in-sync record or a reconnect
 	written  bool          // an in-sync replica held data at start (Written)
 	owner    uint64        // names this engine's promises (Volume.PromiseOwned)
+	// unflushedLost is set when the last in-sync replica came back from a
+	// power loss: the next Flush fails (errseq-like).
+	unflushedLost atomic.Bool
 
 	al     activityLog
 	bmMu   sync.Mutex // serialises bitmap persistence
@@ -387,8 +390,19 @@ func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 }
 
 // Flush implements Device.
+//
+// When the last in-sync replica's host lost power since the previous
+// flush, the writes acknowledged since then are gone everywhere: the next
+// flush reports it (ErrUnflushedLost) once, as Linux reports a writeback
+// error to the next fsync, instead of claiming them durable.
 func (e *Engine) Flush(ctx context.Context) error {
-	return e.replicate(ctx, Frame{Type: FrameFlush})
+	if err := e.replicate(ctx, Frame{Type: FrameFlush}); err != nil {
+		return err
+	}
+	if e.unflushedLost.Swap(false) {
+		return fmt.Errorf("volume %s: %w", e.cfg.Volume, ErrUnflushedLost)
+	}
+	return nil
 }
 
 // Trim implements Device. A large trim goes out as pieces of at most
