@@ -17,7 +17,8 @@
 //     frames that carry the sender's epoch and a request id;
 //   - the replica server (server.go) that applies a connection's frames in
 //     arrival order and refuses any frame with an epoch below the promised
-//     one;
+//     one (and the promised epoch itself from another engine: promises
+//     name their owner);
 //   - the primary engine (engine.go, client.go): fans writes out to every
 //     in-sync replica and completes them when all have them; FLUSH and FUA
 //     become an fsync on each; failed replicas are dropped (the activity
