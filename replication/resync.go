@@ -353,7 +353,7 @@ func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap
 		cp := newCopier(func(n int64) { prog.done.Add(n) })
 		for off := int64(0); ; {
 			o, n, ok := dirty.NextRun(off, resyncChunk)
-			if !ok || !cp.run(n, func() error { return e.copyRange(ctx, c, dirty, o, n, prog) }) {
+			if !ok || !cp.run(n, func() error { return e.copyRange(ctx, c, o, n, prog) }) {
 				break
 			}
 			off = o + n
@@ -372,7 +372,7 @@ func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap
 			for _, r := range runs {
 				for o := r[0]; o < r[0]+r[1]; o += resyncChunk {
 					cn := min(resyncChunk, r[0]+r[1]-o)
-					cp.run(cn, func() error { return e.copyRange(ctx, c, nil, o, cn, prog) })
+					cp.run(cn, func() error { return e.copyRange(ctx, c, o, cn, prog) })
 				}
 			}
 			if !fresh {
@@ -422,21 +422,30 @@ func gaps(runs [][2]int64, off, n int64) [][2]int64 {
 	return out
 }
 
+// lockAndAsk locks r against application writes and sends req to the
+// resync source (an in-sync replica) in the same step, so the source
+// answers as of the lock. The caller unlocks r (unlockRangeLocked).
+func (e *Engine) lockAndAsk(r byteRange, req Frame, rbuf []byte) (target, *call, error) {
+	e.order.Lock()
+	defer e.order.Unlock()
+	src, err := e.sourceLocked()
+	if err != nil {
+		return target{}, nil, err
+	}
+	e.lockRangeLocked(r)
+	return src, src.c.start(req, rbuf), nil
+}
+
 // clearGap makes [off, off+n), unallocated on the source when the pass
 // asked, read as zeroes on the target: with the range locked against
 // writes it asks the source again and trims the target if it is still a
 // hole there, or copies it (a write landed meanwhile).
 func (e *Engine) clearGap(ctx context.Context, c *replicaClient, off, n int64, prog *resyncProgress) error {
 	r := byteRange{off, n}
-	e.order.Lock()
-	src, err := e.sourceLocked()
+	src, ac, err := e.lockAndAsk(r, Frame{Type: FrameAllocated, Offset: uint64(off), Length: uint64(n)}, nil)
 	if err != nil {
-		e.order.Unlock()
 		return err
 	}
-	e.lockRangeLocked(r)
-	ac := src.c.start(Frame{Type: FrameAllocated, Offset: uint64(off), Length: uint64(n)}, nil)
-	e.order.Unlock()
 	reply, err := src.c.wait(ac)
 	e.order.Lock()
 	var tc *call
@@ -453,7 +462,7 @@ func (e *Engine) clearGap(ctx context.Context, c *replicaClient, off, n int64, p
 		return err
 	}
 	for o := off; o < off+n; o += resyncChunk {
-		if err := e.copyRange(ctx, c, nil, o, min(resyncChunk, off+n-o), prog); err != nil {
+		if err := e.copyRange(ctx, c, o, min(resyncChunk, off+n-o), prog); err != nil {
 			return err
 		}
 	}
@@ -503,22 +512,16 @@ func (e *Engine) unlockRangeLocked(r byteRange) {
 // the copy is only in the target's page cache, and a bitmap persisted now
 // must still name it. They go all at once when the target has flushed
 // (rejoin).
-func (e *Engine) copyRange(ctx context.Context, c *replicaClient, dirty *Bitmap, off, n int64, prog *resyncProgress) error {
+func (e *Engine) copyRange(ctx context.Context, c *replicaClient, off, n int64, prog *resyncProgress) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	buf := make([]byte, n)
 	r := byteRange{off, n}
-	e.order.Lock()
-	src, err := e.sourceLocked()
+	src, rc, err := e.lockAndAsk(r, Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(n)}, buf)
 	if err != nil {
-		e.order.Unlock()
 		return err
 	}
-	e.lockRangeLocked(r)
-	rc := src.c.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(n)}, buf)
-	e.order.Unlock()
-
 	_, err = src.c.wait(rc)
 	e.order.Lock()
 	var wc *call

@@ -556,29 +556,11 @@ func (s *simulation) inject(ctx context.Context, st step) {
 			s.killNode(n)
 			s.note("SIGKILL node%d", n.i)
 		case FaultPowerLoss:
-			if n.fs == nil { // a real process on real files: only a kill
-				s.killNode(n)
-				s.note("SIGKILL node%d (power loss needs the in-process store)", n.i)
-				return
-			}
-			lost := n.fs.PowerLoss(s.dead)
-			n.boots.Add(1) // it comes back from a new boot
-			s.stopNode(n)
-			s.mu.Lock()
-			s.powerLost = true
-			s.mu.Unlock()
-			s.note("power loss node%d (%d unsynced block writes lost)", n.i, lost)
+			s.powerCutOrKill(n, true, "") // a real process on real files: only a kill
 		case FaultWipe:
-			s.killNode(n)
-			if err := s.wipeNode(n); err != nil {
-				s.problem("wipe node%d: %v", n.i, err)
-				return
+			if s.wipeAndRestart(n) {
+				s.note("wipe node%d and restart it empty", n.i)
 			}
-			if err := s.startNode(n); err != nil {
-				s.problem("restart node%d: %v", n.i, err)
-				return
-			}
-			s.note("wipe node%d and restart it empty", n.i)
 		}
 	case FaultWipeFailover:
 		s.mu.Lock()
@@ -588,13 +570,7 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		if p != nil {
 			s.crash(p)
 		}
-		s.killNode(n)
-		if err := s.wipeNode(n); err != nil {
-			s.problem("wipe node%d: %v", n.i, err)
-			return
-		}
-		if err := s.startNode(n); err != nil {
-			s.problem("restart node%d: %v", n.i, err)
+		if !s.wipeAndRestart(n) {
 			return
 		}
 		s.note("crash the primary, wipe node%d and restart it empty, promote", n.i)
@@ -759,6 +735,21 @@ func (s *simulation) restartTrapped() {
 			s.note("restart node%d after its power cut", n.i)
 		}
 	}
+}
+
+// wipeAndRestart kills n, deletes its data and starts it empty; false
+// (reported) when that failed.
+func (s *simulation) wipeAndRestart(n *node) bool {
+	s.killNode(n)
+	if err := s.wipeNode(n); err != nil {
+		s.problem("wipe node%d: %v", n.i, err)
+		return false
+	}
+	if err := s.startNode(n); err != nil {
+		s.problem("restart node%d: %v", n.i, err)
+		return false
+	}
+	return true
 }
 
 // powerCutOrKill power-cuts n (in process, when power is true) or kills it.
