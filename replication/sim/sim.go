@@ -117,11 +117,14 @@ func (s *simulation) crash(p *primary) {
 }
 
 type simulation struct {
-	cfg  Config
-	log  hclog.Logger
-	ctx  context.Context
-	rng  *rand.Rand // the schedule's draws; only the scheduler uses it
-	dead *rand.Rand // power-loss draws
+	// presetUndetectable, when not 0, is undetectableRollback judged by the
+	// scheduler for a promotion running beside it (1: false, 2: true).
+	presetUndetectable atomic.Int32
+	cfg                Config
+	log                hclog.Logger
+	ctx                context.Context
+	rng                *rand.Rand // the schedule's draws; only the scheduler uses it
+	dead               *rand.Rand // power-loss draws
 
 	nodes []*node
 	coord coordinator
@@ -275,7 +278,13 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	undetectable := s.undetectableRollback()
+	var undetectable bool
+	switch s.presetUndetectable.Load() {
+	case 0:
+		undetectable = s.undetectableRollback()
+	case 2:
+		undetectable = true
+	}
 	eng, err := replication.StartEngine(sctx, cfg)
 	var stale *replication.StaleEpochError
 	if errors.As(err, &stale) {
@@ -622,6 +631,15 @@ func (s *simulation) inject(ctx context.Context, st step) {
 			s.crash(p)
 			s.note("crash primary of epoch %d", p.epoch)
 		}
+		// The promotion runs beside this goroutine, which changes the
+		// nodes: judge the rollback here, before (node fields are this
+		// goroutine's).
+		preset := int32(1)
+		if s.undetectableRollback() {
+			preset = 2
+		}
+		s.presetUndetectable.Store(preset)
+		defer s.presetUndetectable.Store(0)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
