@@ -148,14 +148,31 @@ func TestNodeRPCsRefuseHostilePaths(t *testing.T) {
 		_, err = node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "victim", TargetPath: p})
 		mustInvalid(t, err, "NodeUnpublishVolume "+p)
 	}
-	// Stats: malformed is InvalidArgument; well-formed but not the
-	// volume's is NotFound (CSI, csi-sanity), and is never looked at.
+	// Stats: a malformed path is InvalidArgument whatever the id.
 	for _, p := range []string{"/a/../b", "../x", "a/./b", "/a\nb"} {
 		_, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "victim", VolumePath: p})
 		mustInvalid(t, err, "NodeGetVolumeStats "+p)
 	}
 	_, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "victim", VolumePath: outside})
-	must.Eq(t, codes.NotFound, status.Code(err))
+	must.Eq(t, codes.NotFound, status.Code(err), must.Sprint("a volume not staged here is NotFound"))
+	// A volume staged here, asked at a relative path or at a path it was
+	// neither staged nor published at: InvalidArgument, and only its own
+	// staging path answers.
+	staging := filepath.Join(dir, "real-staging")
+	must.NoError(t, os.Mkdir(staging, 0o755))
+	node.mu.Lock()
+	node.staged["victim"] = &stagedVolume{id: "victim", stagingPath: staging, targets: map[string]bool{}}
+	node.mu.Unlock()
+	for _, p := range []string{"some/path", outside, link, filepath.Join(staging, "sub")} {
+		_, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "victim", VolumePath: p})
+		mustInvalid(t, err, "NodeGetVolumeStats of a staged volume at "+p)
+	}
+	st, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "victim", VolumePath: staging})
+	must.NoError(t, err)
+	must.Positive(t, st.GetUsage()[0].GetTotal())
+	node.mu.Lock()
+	delete(node.staged, "victim")
+	node.mu.Unlock()
 
 	// An existing directory that is no target of the volume is not
 	// removed by an unpublish; a missing one is unpublished already.

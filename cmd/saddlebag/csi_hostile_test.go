@@ -143,7 +143,7 @@ func TestCSIHostileInput(t *testing.T) {
 		_, err = node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "victim", TargetPath: p})
 		invalid("NodeUnpublishVolume "+q, err)
 	}
-	for _, p := range []string{staging + "/../victim", "../x", "a/./b", target + "\n"} {
+	for _, p := range []string{staging + "/../victim", "../x", "a/./b", target + "\n", "some/path", "relative"} {
 		_, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "victim", VolumePath: p})
 		invalid("NodeGetVolumeStats "+p, err)
 	}
@@ -160,7 +160,7 @@ func TestCSIHostileInput(t *testing.T) {
 	_, err = node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "victim", StagingTargetPath: stagingLink, VolumeCapability: swCap})
 	invalid("NodeStageVolume at a symlink", err)
 	_, err = node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "victim", VolumePath: targetLink})
-	mustCode(t, codes.NotFound, err) // well-formed, not the volume's path: never looked at
+	invalid("NodeGetVolumeStats through a symlink", err) // not the volume's path: never looked at
 	// Foreign paths: the unstage of another path does not tear the real
 	// staging down; the unpublish of a foreign directory removes nothing.
 	_, err = node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "victim", StagingTargetPath: foreign})
@@ -168,7 +168,7 @@ func TestCSIHostileInput(t *testing.T) {
 	_, err = node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "victim", TargetPath: foreign})
 	invalid("NodeUnpublishVolume of a foreign path", err)
 	_, err = node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: "victim", VolumePath: foreign})
-	mustCode(t, codes.NotFound, err)
+	invalid("NodeGetVolumeStats of a foreign path", err)
 
 	// Nothing outside the plugin's own directories changed.
 	_, err = os.Stat(filepath.Join(foreign, "keep"))

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"flag"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +31,19 @@ var sanitySkipsAllowed = []string{
 	"NodeGetVolumeHealth not supported", "NodeGetStorageHealth not supported",
 	"Service does not have single node multi writer capability", "GroupControllerService not supported",
 	"VolumeGroupSnapshots not supported",
+}
+
+// sanitySpecsExcluded are csi-sanity specs that contradict the CSI spec,
+// and why. They are filtered out (ginkgo's skip) and must be reported
+// skipped, nothing else.
+var sanitySpecsExcluded = map[string]string{
+	// It stages and publishes a volume, then asks for its stats at the
+	// relative "some/path" and wants NotFound; the CSI spec says
+	// volume_path MUST be absolute, so Saddlebag answers InvalidArgument
+	// (issue 16: a relative path is the caller's error, not a missing
+	// volume). "should fail when volume is not found" (an unknown id at
+	// that path) still runs and gets NotFound.
+	"NodeGetVolumeStats should fail when volume does not exist on the specified path": "relative volume_path is InvalidArgument",
 }
 
 var (
@@ -68,6 +83,11 @@ func TestCSISanity(t *testing.T) {
 	cfg.TestVolumeExpandSize = 128 << 20
 	cfg.TestNodeVolumeAttachLimit = true
 	cfg.IdempotentCount = 3
+	var skip []string
+	for name := range sanitySpecsExcluded {
+		skip = append(skip, regexp.QuoteMeta(name))
+	}
+	must.NoError(t, flag.Set("ginkgo.skip", strings.Join(skip, "|")))
 	sanity.Test(t, cfg)
 
 	sanityMu.Lock()
@@ -82,6 +102,9 @@ func TestCSISanity(t *testing.T) {
 		case types.SpecStateSkipped:
 			msg := s.Failure.Message
 			ok := false
+			for name := range sanitySpecsExcluded {
+				ok = ok || strings.HasSuffix(s.FullText(), name)
+			}
 			for _, allowed := range sanitySkipsAllowed {
 				ok = ok || strings.Contains(msg, allowed)
 			}
