@@ -86,7 +86,11 @@ func (c *CrashFS) OpenFile(name string, flag int, _ fs.FileMode) (replication.Fi
 		f = &memFile{cur: map[int64][]byte{}, durable: map[int64][]byte{}}
 		c.files[name] = f
 	}
-	return &memHandle{c: c, f: f, name: name, gen: c.gen}, nil
+	h := &memHandle{c: c, f: f, name: name, gen: c.gen}
+	if ok && flag&os.O_TRUNC != 0 {
+		c.truncateLocked(f, 0) // durable at once, as Truncate
+	}
+	return h, nil
 }
 
 // MkdirAll implements replication.FileSystem: directories are implicit.
@@ -419,16 +423,20 @@ func (h *memHandle) Truncate(size int64) error {
 		return err
 	}
 	defer h.c.mu.Unlock()
-	f := h.f
+	h.c.truncateLocked(h.f, size)
+	return nil
+}
+
+func (c *CrashFS) truncateLocked(f *memFile, size int64) {
 	for b := range f.cur {
 		if b*blockSize >= size {
 			delete(f.cur, b)
 			delete(f.durable, b)
-			h.c.used -= blockSize
+			c.used -= blockSize
 		}
 	}
+	f.pending = slices.DeleteFunc(f.pending, func(w pendingWrite) bool { return w.blk*blockSize >= size })
 	f.size = size
-	return nil
 }
 
 func (h *memHandle) Close() error {
