@@ -358,3 +358,26 @@ func TestEngineSplitsLargeRequests(t *testing.T) {
 	must.Eq(t, sha256.Sum256(p), sha256.Sum256(q))
 	must.Eq(t, 2, e.Status().InSync)
 }
+
+// The last in-sync replica going away while a replica behind has bits
+// to persist: the persister's broadcast waits for the reconnect, and the
+// reconnect must still happen (they once shared a goroutine, and the
+// volume stayed held after the replica came back).
+func TestPersistWaitDoesNotStopReconnect(t *testing.T) {
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a, b := startTestReplica(t, dirA), startTestReplica(t, dirB)
+	e := startTestEngine(t, "vol", 1<<20, 1, nil, a, b)
+	ctx := context.Background()
+	b.stop()
+	must.NoError(t, e.WriteAt(ctx, []byte("dirty for b"), 0, false)) // b dropped, its bitmap has bits
+	must.Eq(t, 1, e.Status().InSync)
+	a.stop()
+	time.Sleep(1500 * time.Millisecond) // a persist tick finds a unreachable and waits
+	a = startTestReplicaAt(t, dirA, a.addr)
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	must.NoError(t, e.WriteAt(wctx, []byte("after"), 8192, false), must.Sprint("the held write never resumed"))
+	buf := make([]byte, 11)
+	must.NoError(t, e.ReadAt(ctx, buf, 0))
+	must.Eq(t, "dirty for b", string(buf))
+}

@@ -46,12 +46,14 @@ type resyncProgress struct {
 }
 
 // background owns the engine's periodic work: reconnecting and resyncing
-// replicas that are behind, and persisting their bitmaps.
+// replicas that are behind, and (on a goroutine of its own) persisting
+// their bitmaps. The two must not share a goroutine: persisting is a
+// broadcast, which waits while the last in-sync replica reconnects, and
+// only this loop reconnects it.
 func (e *Engine) background(ctx context.Context) {
+	e.wg.Go(func() { e.persistLoop(ctx) })
 	reconnect := time.NewTicker(e.cfg.ReconnectInterval)
 	defer reconnect.Stop()
-	persist := time.NewTicker(time.Second)
-	defer persist.Stop()
 	e.startResyncs(ctx)
 	for {
 		select {
@@ -59,8 +61,21 @@ func (e *Engine) background(ctx context.Context) {
 			return
 		case <-reconnect.C:
 			e.startResyncs(ctx)
+		}
+	}
+}
+
+// persistLoop stores the bitmaps of replicas that are behind on the
+// in-sync replicas once a second.
+func (e *Engine) persistLoop(ctx context.Context) {
+	persist := time.NewTicker(time.Second)
+	defer persist.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
 		case <-persist.C:
-			if err := e.persistBitmaps(ctx, false); err != nil && !e.fenced.Load() {
+			if err := e.persistBitmaps(ctx, false); err != nil && !e.fenced.Load() && ctx.Err() == nil {
 				e.log.Warn("persisting replica bitmaps failed", "error", err)
 			}
 		}
