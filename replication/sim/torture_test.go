@@ -1,9 +1,11 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -23,8 +25,10 @@ import (
 // runs schedules until it has passed; -faults [FAULTS] picks the fault
 // classes ("-powerloss,-wipe" disables two, "kill,partition" enables only
 // those, "none" none); -parallel-schedules [PARALLEL] runs that many at
-// once (default 2); -simlog [LOG=1] prints the replicas' and engines'
-// logs; -processes [PROCESSES=1] runs the replicas as real processes on
+// once (default 2; with -seed 1 unless given, so a seed can be repeated
+// under load); -simlog [LOG=1] prints the replicas' and engines' logs;
+// -simlog-failed [LOG=failed] prints them, at trace level, only for the
+// schedules that failed; -processes [PROCESSES=1] runs the replicas as real processes on
 // real files (tmpfs as root: SIGKILL and disk full for real, no power
 // loss); -steps [STEPS] sets the fault steps per schedule (default 14:
 // fewer run faster, and a seed's first n steps are the same whatever the
@@ -38,6 +42,7 @@ var (
 	flagParallel = flag.String("parallel-schedules", os.Getenv("TORTURE_PARALLEL"), "schedules run at once")
 	flagRepeat   = flag.String("repeat", os.Getenv("TORTURE_REPEAT"), "with -seed: run the seed this many times")
 	flagLog      = flag.Bool("simlog", os.Getenv("TORTURE_LOG") == "1", "print the data plane's logs")
+	flagLogFail  = flag.Bool("simlog-failed", os.Getenv("TORTURE_LOG") == "failed", "print the data plane's logs of failed schedules")
 	flagProcs    = flag.Bool("processes", os.Getenv("TORTURE_PROCESSES") == "1", "replicas as real processes on real files")
 	flagSteps    = flag.Int("steps", envInt("TORTURE_STEPS"), "fault steps per schedule (default 14)")
 	flagStrict   = flag.Bool("strict", os.Getenv("TORTURE_STRICT") == "1", "fail the test when a schedule fails")
@@ -71,7 +76,10 @@ func TestTorture(t *testing.T) {
 	case *flagSeed != "":
 		seed, err := strconv.ParseUint(*flagSeed, 10, 64)
 		must.NoError(t, err)
-		seeds, parallel = []uint64{seed}, 1
+		seeds = []uint64{seed}
+		if *flagParallel == "" {
+			parallel = 1
+		}
 		if *flagRepeat != "" {
 			n, err := strconv.Atoi(*flagRepeat)
 			must.NoError(t, err)
@@ -133,9 +141,17 @@ func TestTorture(t *testing.T) {
 				if !ok {
 					return
 				}
-				res := Run(context.Background(), Config{Seed: seed, Faults: faults, Log: log, Processes: *flagProcs,
+				slog, buf := log, (*bytes.Buffer)(nil)
+				if *flagLogFail {
+					buf = new(bytes.Buffer)
+					slog = hclog.New(&hclog.LoggerOptions{Name: "sim", Level: hclog.Trace, Output: &lockedWriter{w: buf}})
+				}
+				res := Run(context.Background(), Config{Seed: seed, Faults: faults, Log: slog, Processes: *flagProcs,
 					Timeout: raceTimeout, Steps: *flagSteps})
 				mu.Lock()
+				if buf != nil && res.Failed() {
+					fmt.Printf("--- log of seed %d\n%s--- end of the log of seed %d\n", seed, buf.String(), seed)
+				}
 				schedules++
 				lost += res.AckedWritesLost
 				if res.Undetectable {
@@ -207,6 +223,18 @@ func report(t *testing.T, res *Result, faults FaultSet, verbose bool) {
 		}
 		fmt.Printf("replay: %s\n", replay)
 	}
+}
+
+// lockedWriter serializes the writes of a schedule's goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func envInt(name string) int {
