@@ -674,13 +674,20 @@ func (e *Engine) markUnflushed(p *peer, off, n int64, isData bool) {
 
 // settleUnflushed decides, for a replica that is back and reported open,
 // whether it lost the writes markUnflushed recorded: when its host
-// rebooted since (or cannot say), they go into its bitmap; a process that
-// only crashed kept them in the page cache. Callers hold stateMu.
+// rebooted since (or cannot say), they go into its bitmap. A process that
+// only crashed kept them in the page cache, but they are still not
+// durable there: they stay recorded (and in its persisted bitmap) until a
+// flush on it completes (rejoin), so that a power loss before that, even
+// during its resync, still resyncs them. Callers hold stateMu.
 func (e *Engine) settleUnflushed(p *peer, open openReply) {
 	if p.unflushed == nil {
 		return
 	}
-	if p.dirty != nil && (open.BootID == "" || p.unflushedBoot == "" || open.BootID != p.unflushedBoot) {
+	rebooted := open.BootID == "" || p.unflushedBoot == "" || open.BootID != p.unflushedBoot
+	if !rebooted && p.dirty != nil {
+		return
+	}
+	if p.dirty != nil {
 		for x := range p.unflushed {
 			p.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
 		}

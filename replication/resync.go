@@ -695,7 +695,10 @@ func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *re
 		e.stateMu.Unlock()
 		return fmt.Errorf("replica %s: writes were missed during resync", p.cfg.Addr)
 	}
+	// The flush above made everything it holds durable, including what
+	// it had unflushed when it was dropped.
 	p.state, p.dirty, p.created = StateInSync, nil, false
+	p.unflushed, p.unflushedBoot = nil, ""
 	prog.elapsed.Store(int64(time.Since(prog.started)))
 	prog.finished.Store(true)
 	e.order.Lock()
