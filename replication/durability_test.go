@@ -455,6 +455,24 @@ func TestFlushFailsAfterLastReplicaLostPower(t *testing.T) {
 	must.ErrorIs(t, e.Flush(ctx), ErrUnflushedLost)
 	must.NoError(t, e.Flush(ctx))
 	must.Eq(t, bytes.Repeat([]byte{1}, 4096), readBack(t, e, 0, 4096))
+
+	// Flushes in flight while it is away (held, then resent once it is
+	// back) all fail: each was asked to make that write durable.
+	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{3}, 4096), 0, false))
+	a.stop()
+	snap = snapshotReplica(t, dir, "vol")
+	powerLoss(t, dir, "vol", snap)
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { errs <- e.Flush(ctx) }()
+	}
+	time.Sleep(100 * time.Millisecond) // all three sent and held
+	a = startTestReplicaBoot(t, dir, a.addr, "after-a-second-power-loss")
+	for range 3 {
+		must.ErrorIs(t, <-errs, ErrUnflushedLost)
+	}
+	must.NoError(t, e.Flush(ctx))
+	must.Eq(t, uint64(2), e.UnflushedLosses())
 }
 
 // A replica whose process crashed (its host did not restart) keeps the

@@ -129,9 +129,10 @@ type Engine struct {
 	holding  atomic.Int32  // requests waiting for a retry of the in-sync record or a reconnect
 	written  bool          // an in-sync replica held data at start (Written)
 	owner    uint64        // names this engine's promises (Volume.PromiseOwned)
-	// unflushedLost is set when the last in-sync replica came back from a
-	// power loss: the next Flush fails (errseq-like).
-	unflushedLost atomic.Bool
+	// lostSeq counts the times the last in-sync replica came back from a
+	// power loss (writes acknowledged since the last flush are gone);
+	// lostSeen is the count the last Flush reported (errseq-like).
+	lostSeq, lostSeen atomic.Uint64
 
 	al     activityLog
 	bmMu   sync.Mutex // serialises bitmap persistence
@@ -357,6 +358,11 @@ func (e *Engine) Epoch() uint64 { return e.cfg.Epoch }
 // frontend must then never format what reads as blank.
 func (e *Engine) Written() bool { return e.written }
 
+// UnflushedLosses reports how many times the last in-sync replica was
+// found back from a power loss, its unflushed writes gone (each time,
+// flushes report ErrUnflushedLost as Flush describes).
+func (e *Engine) UnflushedLosses() uint64 { return e.lostSeq.Load() }
+
 // Fenced reports whether a newer primary has fenced this engine.
 func (e *Engine) Fenced() bool { return e.fenced.Load() }
 
@@ -392,14 +398,17 @@ func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 // Flush implements Device.
 //
 // When the last in-sync replica's host lost power since the previous
-// flush, the writes acknowledged since then are gone everywhere: the next
-// flush reports it (ErrUnflushedLost) once, as Linux reports a writeback
+// flush, the writes acknowledged since then are gone everywhere: every
+// flush in flight when that was found fails (ErrUnflushedLost), and so
+// does the next one started after it, once, as Linux reports a writeback
 // error to the next fsync, instead of claiming them durable.
 func (e *Engine) Flush(ctx context.Context) error {
+	before := e.lostSeq.Load()
 	if err := e.replicate(ctx, Frame{Type: FrameFlush}); err != nil {
 		return err
 	}
-	if e.unflushedLost.Swap(false) {
+	now := e.lostSeq.Load()
+	if seen := e.lostSeen.Swap(now); now != before || seen != now {
 		return fmt.Errorf("volume %s: %w", e.cfg.Volume, ErrUnflushedLost)
 	}
 	return nil

@@ -180,8 +180,8 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 			}
 			q.missed++
 		}
-		e.unflushedLost.Store(true)
-		e.log.Warn("the last in-sync replica's host restarted: it may have lost unflushed writes; the next flush fails, and replicas behind get its activity log's extents again",
+		e.lostSeq.Add(1)
+		e.log.Warn("the last in-sync replica's host restarted: it may have lost unflushed writes; the flushes in flight and the next one fail, and replicas behind get its activity log's extents again",
 			"replica", p.cfg.Addr)
 	}
 	p.client, p.open, p.reason = nc, open, ""

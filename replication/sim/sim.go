@@ -129,8 +129,12 @@ type simulation struct {
 	nodes []*node
 	coord coordinator
 
-	events   atomic.Uint64
-	frontier atomic.Uint64 // issue counter of the newest completed flush
+	events atomic.Uint64
+	// flushedBy maps a count of unflushed-write losses found (see
+	// unflushedLosses) to the issue event of the newest flush that
+	// completed having been issued at that count.
+	flushedMu sync.Mutex
+	flushedBy map[uint64]uint64
 
 	mu        sync.Mutex
 	primaries []*primary
@@ -177,13 +181,44 @@ func (s *simulation) leaveZombie(w int, p *primary) {
 	}
 }
 
-func (s *simulation) flushed(issued uint64) {
-	for {
-		cur := s.frontier.Load()
-		if issued <= cur || s.frontier.CompareAndSwap(cur, issued) {
-			return
-		}
+func (s *simulation) flushed(issued, losses uint64) {
+	s.flushedMu.Lock()
+	defer s.flushedMu.Unlock()
+	if s.flushedBy == nil {
+		s.flushedBy = map[uint64]uint64{}
 	}
+	s.flushedBy[losses] = max(s.flushedBy[losses], issued)
+}
+
+// unflushedLosses counts the times any primary found its last in-sync
+// replica back from a power loss with unflushed writes gone.
+func (s *simulation) unflushedLosses() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n uint64
+	for _, p := range s.primaries {
+		n += p.eng.UnflushedLosses()
+	}
+	return n
+}
+
+// mustSurvive reports whether an acknowledged op must read back. Without
+// a power loss, every one. After one: a FUA write, or an op a completed
+// flush covers: one issued after its acknowledgement with no loss of
+// unflushed writes found in between. A loss found in between was
+// reported (ErrUnflushedLost) to the flushes in flight and to the next
+// one, as Linux reports a writeback error once; the flushes after that
+// succeed without making the lost writes durable.
+func (s *simulation) mustSurvive(op *opRec) bool {
+	s.mu.Lock()
+	powerLost := s.powerLost
+	s.mu.Unlock()
+	if !powerLost || op.fua {
+		return true
+	}
+	s.flushedMu.Lock()
+	defer s.flushedMu.Unlock()
+	return s.flushedBy[op.losses] > op.ackAt
 }
 
 // blipFailed counts an op that failed only because the in-sync record
@@ -954,10 +989,6 @@ func (s *simulation) check(inSync []*node) {
 		s.problem("check: no replica in sync")
 		return
 	}
-	floor := ^uint64(0)
-	if s.powerLost {
-		floor = s.frontier.Load()
-	}
 	var first []byte
 	lost := map[int64]string{}
 	for i, n := range inSync {
@@ -980,7 +1011,7 @@ func (s *simulation) check(inSync []*node) {
 				if _, seen := lost[b]; seen || (i > 0 && first != nil && bytes.Equal(blk, first[b*blockSize:(b+1)*blockSize])) {
 					continue // already reported, or same as a block already checked
 				}
-				if ok, why := w.allowed(b, blk, floor); !ok {
+				if ok, why := w.allowed(b, blk, s.mustSurvive); !ok {
 					lost[b] = fmt.Sprintf("node%d: %s", n.i, why)
 				}
 			}
