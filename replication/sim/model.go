@@ -158,7 +158,7 @@ func (w *writer) step(s *simulation, p *primary) error {
 		issued := s.events.Add(1)
 		err := w.call(s, p, "flush", func(ctx context.Context) error { return p.eng.Flush(ctx) })
 		if err == nil {
-			s.flushed(issued, losses)
+			s.flushed(flushRec{issued: issued, losses: losses, epoch: p.epoch})
 			w.flushes++
 		}
 		return err

@@ -130,11 +130,11 @@ type simulation struct {
 	coord coordinator
 
 	events atomic.Uint64
-	// flushedBy maps a count of unflushed-write losses found (see
-	// unflushedLosses) to the issue event of the newest flush that
-	// completed having been issued at that count.
+	// flushes are the completed flushes, cuts the events of power cuts
+	// (see mustSurvive).
 	flushedMu sync.Mutex
-	flushedBy map[uint64]uint64
+	flushes   []flushRec
+	cuts      []uint64
 
 	mu        sync.Mutex
 	primaries []*primary
@@ -181,13 +181,22 @@ func (s *simulation) leaveZombie(w int, p *primary) {
 	}
 }
 
-func (s *simulation) flushed(issued, losses uint64) {
+// flushRec is a completed flush: the event it was issued at, the count
+// of unflushed-write losses found then, and the primary it went through.
+type flushRec struct{ issued, losses, epoch uint64 }
+
+func (s *simulation) flushed(f flushRec) {
 	s.flushedMu.Lock()
 	defer s.flushedMu.Unlock()
-	if s.flushedBy == nil {
-		s.flushedBy = map[uint64]uint64{}
-	}
-	s.flushedBy[losses] = max(s.flushedBy[losses], issued)
+	s.flushes = append(s.flushes, f)
+}
+
+// powerCut records that a replica lost power now.
+func (s *simulation) powerCut() {
+	at := s.events.Add(1)
+	s.flushedMu.Lock()
+	defer s.flushedMu.Unlock()
+	s.cuts = append(s.cuts, at)
 }
 
 // unflushedLosses counts the times any primary found its last in-sync
@@ -204,11 +213,15 @@ func (s *simulation) unflushedLosses() uint64 {
 
 // mustSurvive reports whether an acknowledged op must read back. Without
 // a power loss, every one. After one: a FUA write, or an op a completed
-// flush covers: one issued after its acknowledgement with no loss of
-// unflushed writes found in between. A loss found in between was
-// reported (ErrUnflushedLost) to the flushes in flight and to the next
-// one, as Linux reports a writeback error once; the flushes after that
-// succeed without making the lost writes durable.
+// flush covers: one issued after its acknowledgement
+//   - with no loss of unflushed writes found in between: one found was
+//     reported (ErrUnflushedLost) to the flushes in flight and to the
+//     next one, as Linux reports a writeback error once; the flushes
+//     after that succeed without making the lost writes durable;
+//   - through the primary that acknowledged it, or with no power cut in
+//     between: a new primary makes durable what the replicas it found
+//     hold; if the only replicas that held a write lost power before it
+//     was flushed, no one can know it existed.
 func (s *simulation) mustSurvive(op *opRec) bool {
 	s.mu.Lock()
 	powerLost := s.powerLost
@@ -218,7 +231,15 @@ func (s *simulation) mustSurvive(op *opRec) bool {
 	}
 	s.flushedMu.Lock()
 	defer s.flushedMu.Unlock()
-	return s.flushedBy[op.losses] > op.ackAt
+	for _, f := range s.flushes {
+		if f.issued <= op.ackAt || f.losses != op.losses {
+			continue
+		}
+		if f.epoch == op.epoch || !slices.ContainsFunc(s.cuts, func(c uint64) bool { return c > op.ackAt && c < f.issued }) {
+			return true
+		}
+	}
+	return false
 }
 
 // blipFailed counts an op that failed only because the in-sync record
@@ -718,6 +739,7 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		r := rand.New(rand.NewPCG(s.cfg.Seed, 1000+uint64(n.i)))
 		n.trapped = true
 		n.fs.ArmPowerLoss(match, nth, r, func(lost int) {
+			s.powerCut()
 			n.boots.Add(1) // it comes back from a new boot
 			n.cutByTrap.Store(true)
 			s.mu.Lock()
@@ -808,6 +830,7 @@ func (s *simulation) wipeAndRestart(n *node) bool {
 // powerCutOrKill power-cuts n (in process, when power is true) or kills it.
 func (s *simulation) powerCutOrKill(n *node, power bool, when string) {
 	if power && n.fs != nil {
+		s.powerCut()
 		lost := n.fs.PowerLoss(s.dead)
 		n.boots.Add(1) // it comes back from a new boot
 		s.stopNode(n)
