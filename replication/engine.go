@@ -716,6 +716,7 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, off, n int64,
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
 	var kept *peer
+	keep := map[*peer]bool{}
 	remaining := 0
 	for _, p := range e.peers {
 		if p.state == StateInSync && failed[p] == nil {
@@ -737,14 +738,31 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, off, n int64,
 				kept = p
 			}
 		}
-		if kept != nil {
+		if kept != nil && kept.client != nil && kept.client.failure() == nil {
+			// One answered (with an error): it stays the copy.
+			keep[kept] = true
 			e.log.Error("every in-sync replica failed the request: keeping one as the volume's copy",
 				"replica", kept.cfg.Addr, "error", failed[kept])
+		} else if kept != nil {
+			// Every connection broke at once: each of them holds every
+			// acknowledged write, and which one comes back intact is not
+			// known yet (one may have been wiped). Keep them all; the
+			// first back with its history is the copy, and the others are
+			// dropped then.
+			var addrs []string
+			for p := range failed {
+				if p.state == StateInSync {
+					keep[p] = true
+					addrs = append(addrs, p.cfg.Addr)
+				}
+			}
+			slices.Sort(addrs)
+			e.log.Error("every in-sync replica's connection broke: keeping them all until one is back", "replicas", addrs)
 		}
 	}
 	changed := false
 	for p, err := range failed {
-		if p == kept {
+		if keep[p] {
 			continue
 		}
 		if p.state != StateInSync {
@@ -875,9 +893,10 @@ func (e *Engine) writeMembershipLocked(set *targetSet, m Membership) (retry bool
 	return true, nil
 }
 
-// waitReconnect waits until every in-sync replica has a working connection
+// waitReconnect waits until an in-sync replica has a working connection
 // again (the background loop reconnects them), the engine is fenced, or
-// ctx ends.
+// ctx ends. The request is then sent again, and the in-sync replicas
+// still unreachable are dropped as for any failure.
 func (e *Engine) waitReconnect(ctx context.Context) error {
 	e.holding.Add(1)
 	defer e.holding.Add(-1)
@@ -889,13 +908,7 @@ func (e *Engine) waitReconnect(ctx context.Context) error {
 		if e.fenced.Load() {
 			return e.fencedErr()
 		}
-		ok := len(set.inSync) > 0
-		for _, t := range set.inSync {
-			if t.c == nil || t.c.failure() != nil {
-				ok = false
-			}
-		}
-		if ok {
+		if _, ok := connected(set); ok {
 			return nil
 		}
 		if !logged {
@@ -965,7 +978,14 @@ func (e *Engine) readAt(ctx context.Context, p []byte, off int64) error {
 		if len(set.inSync) == 0 {
 			return fmt.Errorf("%w: volume %s", ErrNoReplicas, e.cfg.Volume)
 		}
-		src := e.readSource(set)
+		src, ok := e.readSource(set)
+		if !ok {
+			// Every in-sync replica is reconnecting: read once one is back.
+			if werr := e.waitReconnect(ctx); werr != nil {
+				return werr
+			}
+			continue
+		}
 		_, err := src.c.wait(src.c.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(len(p))}, p))
 		if err == nil {
 			return e.passGate(ctx)
@@ -992,13 +1012,32 @@ func (e *Engine) readAt(ctx context.Context, p []byte, off int64) error {
 	}
 }
 
-func (e *Engine) readSource(set *targetSet) target {
-	for _, t := range set.inSync {
+// readSource picks the in-sync replica to read from: the local one, or
+// the next one in turn, among those with a working connection; false if
+// none has one.
+func (e *Engine) readSource(set *targetSet) (target, bool) {
+	up, ok := connected(set)
+	if !ok {
+		return target{}, false
+	}
+	for _, t := range up {
 		if t.p.cfg.Local {
-			return t
+			return t, true
 		}
 	}
-	return set.inSync[int(e.readNext.Add(1))%len(set.inSync)]
+	return up[int(e.readNext.Add(1))%len(up)], true
+}
+
+// connected returns the in-sync targets with a working connection, and
+// whether there is one.
+func connected(set *targetSet) ([]target, bool) {
+	var up []target
+	for _, t := range set.inSync {
+		if t.c != nil && t.c.failure() == nil {
+			up = append(up, t)
+		}
+	}
+	return up, len(up) > 0
 }
 
 // Hold makes the engine stop completing I/O: requests still run, but none
