@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -252,6 +253,10 @@ type frameProxy struct {
 	ln     net.Listener
 	target string
 	before func(Frame)
+	// after, if set before the first connection, runs once a frame was
+	// passed on; true closes the client's connection (it never gets the
+	// reply).
+	after func(Frame) bool
 }
 
 func startFrameProxy(t *testing.T, target string, before func(Frame)) *frameProxy {
@@ -281,6 +286,10 @@ func startFrameProxy(t *testing.T, target string, before func(Frame)) *frameProx
 					}
 					p.before(f)
 					if _, err := s.Write(AppendFrame(nil, &f)); err != nil {
+						return
+					}
+					if p.after != nil && p.after(f) {
+						c.Close()
 						return
 					}
 				}
@@ -542,4 +551,38 @@ func TestPowerLossDuringResyncAfterProcessCrash(t *testing.T) {
 	must.NoError(t, err)
 	defer e2.Close()
 	must.Eq(t, w, readBack(t, e2, 0, len(w)))
+}
+
+// A membership change that failed on one member (it got the new set, its
+// reply was lost) and is then recorded without it must get a new
+// generation: two sets under one generation let a later primary, with the
+// record lost, take the dropped member for a current one.
+func TestFailedMembershipAttemptBurnsItsGeneration(t *testing.T) {
+	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	var cut atomic.Bool
+	proxyB := startFrameProxy(t, b.addr, func(Frame) {})
+	proxyB.after = func(f Frame) bool { return f.Type == FrameMembership && cut.Load() }
+	cfg := engineConfig(t, "vol", 1<<20, 1, a, c)
+	cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: proxyB.ln.Addr().String()})
+	ctx := context.Background()
+	e, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	defer e.Close()
+	waitInSync(t, e, 3)
+	cut.Store(true)
+	c.stop()
+	must.NoError(t, e.WriteAt(ctx, []byte("x"), 0, false)) // drops c, then b
+	must.Eq(t, 1, e.Status().InSync)
+	ma := replicaMembership(t, a, "vol")
+	must.SliceNotContains(t, ma.Replicas, proxyB.ln.Addr().String())
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mb := replicaMembership(t, b, "vol")
+		if slices.Contains(mb.Replicas, proxyB.ln.Addr().String()) && len(mb.Replicas) == 2 {
+			must.Greater(t, mb.Gen, ma.Gen, must.Sprintf("a: %+v, b: %+v", ma, mb))
+			return
+		}
+		must.True(t, time.Now().Before(deadline), must.Sprintf("b never took the attempted set: %+v", mb))
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -126,6 +126,10 @@ type Engine struct {
 	recorded atomic.Uint64 // version of the newest in-sync set the hook recorded
 	gen      uint64        // generation of the newest set the members recorded; guarded by stateMu
 	genSet   uint64        // targets version that gen describes; guarded by stateMu
+	// genTried is the highest generation ever sent to a member (>= gen): an
+	// attempt that failed on some member may still have reached others,
+	// so its number is never given to another set; guarded by stateMu.
+	genTried uint64
 	holding  atomic.Int32  // requests waiting for a retry of the in-sync record or a reconnect
 	written  bool          // an in-sync replica held data at start (Written)
 	owner    uint64        // names this engine's promises (Volume.PromiseOwned)
@@ -298,7 +302,7 @@ func (e *Engine) connectAll(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: volume %s: %w", ErrNoReplicas, cfg.Volume, err)
 	}
-	e.gen = view.Gen
+	e.gen, e.genTried = view.Gen, view.Gen
 	set := &targetSet{version: 1}
 	for i, p := range e.peers {
 		// A replica that holds nothing at all gets a full copy of what is
@@ -812,7 +816,8 @@ func (e *Engine) recordLocked(ctx context.Context) error {
 			addrs[i] = t.p.cfg.Addr
 		}
 		if e.genSet != set.version {
-			m := Membership{Gen: e.gen + 1, Replicas: addrs}
+			m := Membership{Gen: max(e.gen, e.genTried) + 1, Replicas: addrs}
+			e.genTried = m.Gen
 			if retry, err := e.writeMembershipLocked(set, m); err != nil || retry {
 				if err != nil {
 					return err

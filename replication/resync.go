@@ -140,9 +140,11 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 			}
 		}
 	}
-	if open.Incarnation != p.open.Incarnation || open.Membership.Gen != e.gen {
-		reason := fmt.Sprintf("came back without its history (incarnation %x, generation %d; want %x, %d): it is no longer the volume's copy",
-			open.Incarnation, open.Membership.Gen, p.open.Incarnation, e.gen)
+	// Its generation is the last one recorded, or a later one whose
+	// recording was attempted (it may have reached this member).
+	if open.Incarnation != p.open.Incarnation || open.Membership.Gen < e.gen || open.Membership.Gen > e.genTried {
+		reason := fmt.Sprintf("came back without its history (incarnation %x, generation %d; want %x, %d..%d): it is no longer the volume's copy",
+			open.Incarnation, open.Membership.Gen, p.open.Incarnation, e.gen, e.genTried)
 		go nc.close()
 		if len(alive)+len(waiting) == 0 {
 			p.reason = reason
