@@ -97,6 +97,7 @@ type primary struct {
 	eng      *replication.Engine
 	epoch    uint64
 	inc      int    // promotion order
+	began    uint64 // event counter when its promotion began
 	promised uint64 // event counter when StartEngine returned
 	dead     *atomic.Bool
 	session  uint64 // its lock session in the coordinator
@@ -338,6 +339,7 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
+	began := s.events.Add(1)
 	var undetectable bool
 	switch s.presetUndetectable.Load() {
 	case 0:
@@ -360,13 +362,12 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 		s.coord.release(session)
 		return nil, fmt.Errorf("epoch %d: %w", epoch, err)
 	}
+	if undetectable {
+		s.markUndetectable()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if undetectable && !s.res.Undetectable {
-		s.res.Undetectable = true
-		s.res.Schedule = append(s.res.Schedule, "promoted over a rolled-back in-sync record with every holder of the newest generation unreachable (undetectable by design)")
-	}
-	p := &primary{eng: eng, epoch: epoch, inc: len(s.primaries) + 1, promised: s.events.Add(1), dead: dead, session: session}
+	p := &primary{eng: eng, epoch: epoch, inc: len(s.primaries) + 1, began: began, promised: s.events.Add(1), dead: dead, session: session}
 	s.primaries = append(s.primaries, p)
 	return p, nil
 }
@@ -407,6 +408,17 @@ func (s *simulation) soleHolder(n *node) bool {
 		}
 	}
 	return true
+}
+
+// markUndetectable records that a primary was promoted over a rolled-back
+// record no one could tell from a current one.
+func (s *simulation) markUndetectable() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.res.Undetectable {
+		s.res.Undetectable = true
+		s.res.Schedule = append(s.res.Schedule, "promoted over a rolled-back in-sync record with every holder of the newest generation unreachable (undetectable by design)")
+	}
 }
 
 // undetectableRollback reports whether the in-sync record is older than
@@ -706,10 +718,20 @@ func (s *simulation) inject(ctx context.Context, st step) {
 			s.tryPromote(ctx, 2)
 		}()
 		time.Sleep(time.Duration(st.frac * float64(30*time.Millisecond)))
+		faultAt := ^uint64(0)
 		if n.up {
+			faultAt = s.events.Add(1)
 			s.powerCutOrKill(n, st.mask&1 == 1, "during the promotion")
 		}
 		<-done
+		// A promotion attempt begun after the fault (the first failed)
+		// met the nodes as they are now: judge it again.
+		s.mu.Lock()
+		cur := s.current
+		s.mu.Unlock()
+		if cur != nil && cur.began > faultAt && s.undetectableRollback() {
+			s.markUndetectable()
+		}
 	case FaultResyncPowerLoss:
 		target := s.resyncing()
 		if target == nil && n.up {
