@@ -80,10 +80,10 @@ func (r *Result) Failed() bool { return len(r.Problems) > 0 }
 
 const volume = "simvol"
 
-// replicaTimeout is the engines' per-request timeout: short, so faults are
+// replicaTimeout is the engines' per-request timeout (400 ms): short, so faults are
 // noticed quickly, but not so short that a busy machine drops replicas
 // for no fault at all.
-const replicaTimeout = time.Second
+const replicaTimeout = 400 * time.Millisecond
 
 // recoveryWait bounds the wait for every replica to be back in sync. It
 // is generous: a healthy schedule is back in well under a second, and the
