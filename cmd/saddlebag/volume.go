@@ -125,6 +125,9 @@ func describe(s *volspec.Spec) string {
 	if s.Params.Spread != "" {
 		out += ", spread across " + s.Params.Spread
 	}
+	if s.Params.Encrypted {
+		out += ", encrypted (AES-256-XTS, key sealed by secrets." + volspec.SecretPassphrase + ")"
+	}
 	return out
 }
 
