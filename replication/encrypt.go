@@ -2,16 +2,14 @@ package replication
 
 // Encryption at rest (issue #11): a Device wrapper that encrypts every
 // block before the engine replicates it, so replicas, resync and anything
-// reading a replica's data file only ever see ciphertext.
+// reading a replica's data file only ever see ciphertext. The cipher is in
+// xts.go.
 
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
 	"fmt"
 	"sync"
-
-	"golang.org/x/crypto/xts"
 )
 
 // EncryptionKeySize is the size of an EncryptedDevice's key: AES-256-XTS
@@ -48,7 +46,7 @@ const EncryptionKeySize = 64
 // by asking the Device underneath.
 type EncryptedDevice struct {
 	dev   Device
-	c     *xts.Cipher
+	c     *xtsCipher
 	locks blockLocks
 }
 
@@ -63,7 +61,7 @@ func NewEncryptedDevice(dev Device, key []byte) (*EncryptedDevice, error) {
 		return nil, fmt.Errorf("%w: an encrypted device must be a whole number of %d-byte blocks, not %d bytes",
 			ErrInvalid, BlockSize, dev.Size())
 	}
-	c, err := xts.NewCipher(aes.NewCipher, key)
+	c, err := newXTS(key)
 	if err != nil {
 		return nil, fmt.Errorf("%w: encryption key refused by the cipher", ErrInvalid)
 	}
@@ -232,14 +230,14 @@ func (d *EncryptedDevice) decrypt(b []byte, blk int64) {
 		if bytes.Equal(blkb, zeroBlock[:]) {
 			continue
 		}
-		d.c.Decrypt(blkb, blkb, uint64(blk))
+		d.c.decryptSector(blkb, uint64(blk))
 	}
 }
 
 // encrypt encrypts whole blocks in place, b starting at block blk.
 func (d *EncryptedDevice) encrypt(b []byte, blk int64) {
 	for i := 0; i < len(b); i, blk = i+BlockSize, blk+1 {
-		d.c.Encrypt(b[i:i+BlockSize], b[i:i+BlockSize], uint64(blk))
+		d.c.encryptSector(b[i:i+BlockSize], uint64(blk))
 	}
 }
 

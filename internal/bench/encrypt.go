@@ -73,17 +73,29 @@ func runEncryption(ctx context.Context, out io.Writer, o Options, addrs []string
 	}
 	fmt.Fprintf(out, "encrypted_write_throughput_ratio %.3f\n", seqRatio)
 
+	// Write+flush pairs alternate between the two volumes op by op, so
+	// that drift in the machine's load falls on both alike.
 	var plainLat, encLat []time.Duration
-	for r := 0; r < o.Rounds; r++ {
-		p, err := syncWrites(ctx, plain, o.SyncOps)
-		if err != nil {
-			return fmt.Errorf("plain sync writes: %w", err)
+	buf := make([]byte, 4096)
+	for i := 0; i < o.Rounds*o.SyncOps; i++ {
+		buf[0] = byte(i)
+		off := int64(i%1024) * 4096
+		order := []writer{plain, enc}
+		lats := []*[]time.Duration{&plainLat, &encLat}
+		if i%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+			lats[0], lats[1] = lats[1], lats[0]
 		}
-		e, err := syncWrites(ctx, enc, o.SyncOps)
-		if err != nil {
-			return fmt.Errorf("encrypted sync writes: %w", err)
+		for k, w := range order {
+			start := time.Now()
+			if err := w.WriteAt(ctx, buf, off, false); err != nil {
+				return fmt.Errorf("sync writes: %w", err)
+			}
+			if err := w.Flush(ctx); err != nil {
+				return fmt.Errorf("sync writes: %w", err)
+			}
+			*lats[k] = append(*lats[k], time.Since(start))
 		}
-		plainLat, encLat = append(plainLat, p...), append(encLat, e...)
 	}
 	pp, ep := percentile(plainLat, 50), percentile(encLat, 50)
 	fmt.Fprintf(out, "# 4 KiB write+flush, %d ops each, 2 replicas: plain p50 %s p99 %s, encrypted p50 %s p99 %s\n",
