@@ -64,7 +64,7 @@ type VolumeRecord struct {
 	// that is not encrypted.
 	Encryption *volkey.Record `json:"encryption,omitempty"`
 	Created    time.Time      `json:"created"`
-	Updated time.Time         `json:"updated"`
+	Updated    time.Time      `json:"updated"`
 }
 
 // PrimaryHolder says who holds a volume's primary lock.
