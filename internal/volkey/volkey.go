@@ -16,8 +16,10 @@
 // puts a passphrase or key into an error or a String: errors name the
 // field at fault and the rule, never its value.
 //
-// Rotating the passphrase reseals the same data key (Rewrap): the blocks
-// on the replicas do not change.
+// Rotating the passphrase reseals the same data key in a new slot
+// (AddPassphrase), after which the old slot is removed (RemovePassphrase):
+// the blocks on the replicas do not change, and at every moment one of
+// the two passphrases opens the volume.
 //
 // It imports no Saddlebag package: leader (which stores the Record),
 // plugin and the benchmark use it.
@@ -33,6 +35,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"unicode/utf8"
 
 	"golang.org/x/crypto/argon2"
@@ -91,17 +94,28 @@ func (p Params) Check() error {
 }
 
 // Record is an encrypted volume's key record, stored in its volume record
-// in Consul. Nothing in it is secret: the data key is sealed.
+// in Consul. Nothing in it is secret: the data key is sealed, once per
+// passphrase slot (as LUKS key slots): a passphrase opens the volume if it
+// opens any slot, which is what lets a passphrase be rotated without a
+// moment in which neither the old nor the new one works.
 type Record struct {
 	Version int    `json:"version"`
 	Cipher  string `json:"cipher"`
 	KDF     string `json:"kdf"`
+	Wrap    string `json:"wrap"`
+	Slots   []Slot `json:"slots"`
+}
+
+// Slot is the data key sealed under one passphrase.
+type Slot struct {
 	Params
 	Salt   []byte `json:"salt"`
-	Wrap   string `json:"wrap"`
 	Nonce  []byte `json:"nonce"`
 	Sealed []byte `json:"sealed_key"`
 }
+
+// MaxSlots bounds how many passphrases a volume may have at once.
+const MaxSlots = 4
 
 var (
 	// ErrWrongPassphrase means the passphrase does not open the record.
@@ -111,6 +125,9 @@ var (
 	ErrInvalidRecord = errors.New("invalid encryption key record")
 	// ErrBadPassphrase means a passphrase breaks the rules (length, UTF-8).
 	ErrBadPassphrase = errors.New("invalid encryption passphrase")
+	// ErrSlots means a passphrase cannot be added (it opens the volume
+	// already, or every slot is taken) or removed (it is the last one).
+	ErrSlots = errors.New("passphrase slots")
 )
 
 // CheckPassphrase checks a passphrase against the rules without saying
@@ -134,72 +151,110 @@ func New(volume, passphrase string, params Params) (Record, []byte, error) {
 	if _, err := rand.Read(key); err != nil {
 		return Record{}, nil, fmt.Errorf("data key: %w", err)
 	}
-	rec, err := seal(volume, passphrase, params, key)
+	rec := Record{Version: Version, Cipher: CipherXTS, KDF: KDFArgon2, Wrap: WrapGCM}
+	slot, err := rec.seal(volume, passphrase, params, key)
 	if err != nil {
 		clear(key)
 		return Record{}, nil, err
 	}
+	rec.Slots = []Slot{slot}
 	return rec, key, nil
 }
 
 // seal seals key for volume under passphrase, with a fresh salt and nonce.
-func seal(volume, passphrase string, params Params, key []byte) (Record, error) {
+func (r Record) seal(volume, passphrase string, params Params, key []byte) (Slot, error) {
 	if err := CheckPassphrase(passphrase); err != nil {
-		return Record{}, err
+		return Slot{}, err
 	}
 	if err := params.Check(); err != nil {
-		return Record{}, err
+		return Slot{}, err
 	}
 	if len(key) != KeySize {
-		return Record{}, fmt.Errorf("%w: a data key is %d bytes", ErrInvalidRecord, KeySize)
+		return Slot{}, fmt.Errorf("%w: a data key is %d bytes", ErrInvalidRecord, KeySize)
 	}
-	rec := Record{Version: Version, Cipher: CipherXTS, KDF: KDFArgon2, Params: params, Wrap: WrapGCM,
-		Salt: make([]byte, SaltSize), Nonce: make([]byte, NonceSize)}
-	if _, err := rand.Read(rec.Salt); err != nil {
-		return Record{}, fmt.Errorf("salt: %w", err)
+	s := Slot{Params: params, Salt: make([]byte, SaltSize), Nonce: make([]byte, NonceSize)}
+	if _, err := rand.Read(s.Salt); err != nil {
+		return Slot{}, fmt.Errorf("salt: %w", err)
 	}
-	if _, err := rand.Read(rec.Nonce); err != nil {
-		return Record{}, fmt.Errorf("nonce: %w", err)
+	if _, err := rand.Read(s.Nonce); err != nil {
+		return Slot{}, fmt.Errorf("nonce: %w", err)
 	}
-	aead, err := rec.aead(passphrase)
+	aead, err := s.aead(passphrase)
 	if err != nil {
-		return Record{}, err
+		return Slot{}, err
 	}
-	rec.Sealed = aead.Seal(nil, rec.Nonce, key, rec.additionalData(volume))
-	return rec, nil
+	s.Sealed = aead.Seal(nil, s.Nonce, key, r.additionalData(volume, s))
+	return s, nil
 }
 
-// Open checks the record and returns the data key it seals, or
-// ErrWrongPassphrase. The record's parameters are checked (bounded)
-// before anything is derived.
+// Open checks the record and returns the data key, or ErrWrongPassphrase
+// when passphrase opens no slot. The record's parameters are checked
+// (bounded) before anything is derived; each slot tried costs one
+// argon2id derivation.
 func (r Record) Open(volume, passphrase string) ([]byte, error) {
+	key, _, err := r.open(volume, passphrase)
+	return key, err
+}
+
+// open returns the data key and the index of the slot passphrase opens.
+func (r Record) open(volume, passphrase string) ([]byte, int, error) {
 	if err := r.Check(); err != nil {
-		return nil, err
+		return nil, -1, err
 	}
 	if err := CheckPassphrase(passphrase); err != nil {
-		// A passphrase that could never have sealed a record is wrong.
-		return nil, fmt.Errorf("%w (%w)", ErrWrongPassphrase, err)
+		// A passphrase that could never have sealed a slot is wrong.
+		return nil, -1, fmt.Errorf("%w (%w)", ErrWrongPassphrase, err)
 	}
-	aead, err := r.aead(passphrase)
-	if err != nil {
-		return nil, err
+	for i, s := range r.Slots {
+		aead, err := s.aead(passphrase)
+		if err != nil {
+			return nil, -1, err
+		}
+		if key, err := aead.Open(nil, s.Nonce, s.Sealed, r.additionalData(volume, s)); err == nil {
+			return key, i, nil
+		}
 	}
-	key, err := aead.Open(nil, r.Nonce, r.Sealed, r.additionalData(volume))
-	if err != nil {
-		return nil, ErrWrongPassphrase
-	}
-	return key, nil
+	return nil, -1, ErrWrongPassphrase
 }
 
-// Rewrap seals the same data key under a new passphrase (fresh salt and
-// nonce, params): passphrase rotation without touching a block.
-func (r Record) Rewrap(volume, oldPassphrase, newPassphrase string, params Params) (Record, error) {
-	key, err := r.Open(volume, oldPassphrase)
+// AddPassphrase returns the record with one more slot, sealing the data
+// key (opened with existing) under added. The blocks do not change.
+func (r Record) AddPassphrase(volume, existing, added string, params Params) (Record, error) {
+	key, _, err := r.open(volume, existing)
 	if err != nil {
 		return Record{}, err
 	}
 	defer clear(key)
-	return seal(volume, newPassphrase, params, key)
+	if len(r.Slots) >= MaxSlots {
+		return Record{}, fmt.Errorf("%w: all %d slots are taken: remove a passphrase first", ErrSlots, MaxSlots)
+	}
+	if k, _, err := r.open(volume, added); err == nil {
+		clear(k)
+		return Record{}, fmt.Errorf("%w: the new passphrase opens the volume already", ErrSlots)
+	}
+	s, err := r.seal(volume, added, params, key)
+	if err != nil {
+		return Record{}, err
+	}
+	out := r
+	out.Slots = append(slices.Clone(r.Slots), s)
+	return out, nil
+}
+
+// RemovePassphrase returns the record without the slot removed opens; the
+// last slot is never removed (the data would be lost).
+func (r Record) RemovePassphrase(volume, removed string) (Record, error) {
+	key, i, err := r.open(volume, removed)
+	if err != nil {
+		return Record{}, err
+	}
+	clear(key)
+	if len(r.Slots) == 1 {
+		return Record{}, fmt.Errorf("%w: this is the volume's only passphrase: add another first", ErrSlots)
+	}
+	out := r
+	out.Slots = slices.Delete(slices.Clone(r.Slots), i, i+1)
+	return out, nil
 }
 
 // Check says what is wrong with a record's form (not whether a passphrase
@@ -214,14 +269,23 @@ func (r Record) Check() error {
 		return fmt.Errorf("%w: kdf %q, this build knows %q", ErrInvalidRecord, r.KDF, KDFArgon2)
 	case r.Wrap != WrapGCM:
 		return fmt.Errorf("%w: wrap %q, this build knows %q", ErrInvalidRecord, r.Wrap, WrapGCM)
-	case len(r.Salt) != SaltSize:
-		return fmt.Errorf("%w: salt of %d bytes, want %d", ErrInvalidRecord, len(r.Salt), SaltSize)
-	case len(r.Nonce) != NonceSize:
-		return fmt.Errorf("%w: nonce of %d bytes, want %d", ErrInvalidRecord, len(r.Nonce), NonceSize)
-	case len(r.Sealed) != sealedSize:
-		return fmt.Errorf("%w: sealed key of %d bytes, want %d", ErrInvalidRecord, len(r.Sealed), sealedSize)
+	case len(r.Slots) < 1 || len(r.Slots) > MaxSlots:
+		return fmt.Errorf("%w: %d passphrase slots, want 1 to %d", ErrInvalidRecord, len(r.Slots), MaxSlots)
 	}
-	return r.Params.Check()
+	for i, s := range r.Slots {
+		switch {
+		case len(s.Salt) != SaltSize:
+			return fmt.Errorf("%w: slot %d: salt of %d bytes, want %d", ErrInvalidRecord, i, len(s.Salt), SaltSize)
+		case len(s.Nonce) != NonceSize:
+			return fmt.Errorf("%w: slot %d: nonce of %d bytes, want %d", ErrInvalidRecord, i, len(s.Nonce), NonceSize)
+		case len(s.Sealed) != sealedSize:
+			return fmt.Errorf("%w: slot %d: sealed key of %d bytes, want %d", ErrInvalidRecord, i, len(s.Sealed), sealedSize)
+		}
+		if err := s.Params.Check(); err != nil {
+			return fmt.Errorf("slot %d: %w", i, err)
+		}
+	}
+	return nil
 }
 
 // Decode reads a record from its JSON form and checks it. Unknown fields
@@ -242,10 +306,10 @@ func Decode(b []byte) (Record, error) {
 	return r, nil
 }
 
-// aead derives the wrapping key from passphrase and returns AES-256-GCM
-// under it.
-func (r Record) aead(passphrase string) (cipher.AEAD, error) {
-	kek := argon2.IDKey([]byte(passphrase), r.Salt, r.Time, r.MemoryKiB, r.Threads, 32)
+// aead derives the slot's wrapping key from passphrase and returns
+// AES-256-GCM under it.
+func (s Slot) aead(passphrase string) (cipher.AEAD, error) {
+	kek := argon2.IDKey([]byte(passphrase), s.Salt, s.Time, s.MemoryKiB, s.Threads, 32)
 	defer clear(kek)
 	block, err := aes.NewCipher(kek)
 	if err != nil {
@@ -254,23 +318,23 @@ func (r Record) aead(passphrase string) (cipher.AEAD, error) {
 	return cipher.NewGCM(block)
 }
 
-// additionalData binds the sealed key to its volume and to every
-// parameter of the record.
-func (r Record) additionalData(volume string) []byte {
+// additionalData binds a sealed key to its volume, to the record's
+// algorithms and to every parameter of its slot.
+func (r Record) additionalData(volume string, s Slot) []byte {
 	h := sha256.New()
 	h.Write([]byte("saddlebag volume data key\x00"))
-	for _, s := range []string{volume, r.Cipher, r.KDF, r.Wrap} {
+	for _, v := range []string{volume, r.Cipher, r.KDF, r.Wrap} {
 		var n [4]byte
-		binary.BigEndian.PutUint32(n[:], uint32(len(s)))
+		binary.BigEndian.PutUint32(n[:], uint32(len(v)))
 		h.Write(n[:])
-		h.Write([]byte(s))
+		h.Write([]byte(v))
 	}
 	var p [4 + 4 + 4 + 1]byte
 	binary.BigEndian.PutUint32(p[0:], uint32(r.Version))
-	binary.BigEndian.PutUint32(p[4:], r.Time)
-	binary.BigEndian.PutUint32(p[8:], r.MemoryKiB)
-	p[12] = r.Threads
+	binary.BigEndian.PutUint32(p[4:], s.Time)
+	binary.BigEndian.PutUint32(p[8:], s.MemoryKiB)
+	p[12] = s.Threads
 	h.Write(p[:])
-	h.Write(r.Salt)
+	h.Write(s.Salt)
 	return h.Sum(nil)
 }

@@ -6,6 +6,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -39,7 +42,7 @@ func TestNewOpenRoundTrip(t *testing.T) {
 	rec2, key2, err := New("vol1", pass, cheap)
 	must.NoError(t, err)
 	must.NotEq(t, key, key2)
-	must.NotEq(t, rec.Salt, rec2.Salt)
+	must.NotEq(t, rec.Slots[0].Salt, rec2.Slots[0].Salt)
 }
 
 func TestOpenRefuses(t *testing.T) {
@@ -51,20 +54,15 @@ func TestOpenRefuses(t *testing.T) {
 		"empty passphrase": func() ([]byte, error) { return rec.Open("vol1", "") },
 		"other volume":     func() ([]byte, error) { return rec.Open("vol2", pass) },
 		"changed params": func() ([]byte, error) {
-			r := rec
-			r.Time = 2
+			r := editSlot(rec, func(s *Slot) { s.Time = 2 })
 			return r.Open("vol1", pass)
 		},
 		"changed salt": func() ([]byte, error) {
-			r := rec
-			r.Salt = bytes.Clone(r.Salt)
-			r.Salt[0] ^= 1
+			r := editSlot(rec, func(s *Slot) { s.Salt = bytes.Clone(s.Salt); s.Salt[0] ^= 1 })
 			return r.Open("vol1", pass)
 		},
 		"changed sealed key": func() ([]byte, error) {
-			r := rec
-			r.Sealed = bytes.Clone(r.Sealed)
-			r.Sealed[3] ^= 1
+			r := editSlot(rec, func(s *Slot) { s.Sealed = bytes.Clone(s.Sealed); s.Sealed[3] ^= 1 })
 			return r.Open("vol1", pass)
 		},
 	} {
@@ -76,19 +74,58 @@ func TestOpenRefuses(t *testing.T) {
 	}
 }
 
-func TestRewrap(t *testing.T) {
+// editSlot returns rec with its first slot changed by f.
+func editSlot(rec Record, f func(*Slot)) Record {
+	rec.Slots = slices.Clone(rec.Slots)
+	f(&rec.Slots[0])
+	return rec
+}
+
+// Rotation: a second passphrase is added (both open the same key), then
+// the first removed; the last one never is, nor one that opens nothing.
+func TestRotatePassphrase(t *testing.T) {
+	const next = "a new passphrase"
 	rec, key, err := New("vol1", pass, cheap)
 	must.NoError(t, err)
-	_, err = rec.Rewrap("vol1", "not the passphrase", "a new passphrase", cheap)
+	_, err = rec.AddPassphrase("vol1", "not the passphrase", next, cheap)
 	must.ErrorIs(t, err, ErrWrongPassphrase)
-	next, err := rec.Rewrap("vol1", pass, "a new passphrase", cheap)
+	_, err = rec.AddPassphrase("vol1", pass, pass, cheap)
+	must.ErrorIs(t, err, ErrSlots)
+	_, err = rec.RemovePassphrase("vol1", pass)
+	must.ErrorIs(t, err, ErrSlots)
+
+	both, err := rec.AddPassphrase("vol1", pass, next, cheap)
 	must.NoError(t, err)
-	must.NotEq(t, rec.Salt, next.Salt)
-	got, err := next.Open("vol1", "a new passphrase")
+	must.Len(t, 2, both.Slots)
+	must.Len(t, 1, rec.Slots) // the original is not changed
+	for _, p := range []string{pass, next} {
+		got, err := both.Open("vol1", p)
+		must.NoError(t, err)
+		must.Eq(t, key, got, must.Sprint("rotation must keep the data key: the blocks do not change"))
+	}
+	b, err := json.Marshal(both)
 	must.NoError(t, err)
-	must.Eq(t, key, got, must.Sprint("rotation must keep the data key: the blocks do not change"))
-	_, err = next.Open("vol1", pass)
+	both, err = Decode(b)
+	must.NoError(t, err)
+
+	_, err = both.RemovePassphrase("vol1", "not the passphrase")
 	must.ErrorIs(t, err, ErrWrongPassphrase)
+	after, err := both.RemovePassphrase("vol1", pass)
+	must.NoError(t, err)
+	must.Len(t, 1, after.Slots)
+	_, err = after.Open("vol1", pass)
+	must.ErrorIs(t, err, ErrWrongPassphrase)
+	got, err := after.Open("vol1", next)
+	must.NoError(t, err)
+	must.Eq(t, key, got)
+
+	full := rec
+	for i := 1; i < MaxSlots; i++ {
+		full, err = full.AddPassphrase("vol1", pass, fmt.Sprintf("passphrase number %d", i), cheap)
+		must.NoError(t, err)
+	}
+	_, err = full.AddPassphrase("vol1", pass, "one too many", cheap)
+	must.ErrorIs(t, err, ErrSlots)
 }
 
 func TestDefaultParamsValid(t *testing.T) {
@@ -108,20 +145,29 @@ func TestDecodeRefuses(t *testing.T) {
 		must.NoError(t, err)
 		return b
 	}
+	editSlot0 := func(f func(m map[string]any)) []byte {
+		return edit(func(m map[string]any) { f(m["slots"].([]any)[0].(map[string]any)) })
+	}
 	for name, b := range map[string][]byte{
-		"not json":        []byte("{"),
-		"trailing":        append(bytes.Clone(good), []byte(" {}")...),
-		"unknown field":   edit(func(m map[string]any) { m["extra"] = 1 }),
-		"version":         edit(func(m map[string]any) { m["version"] = 2 }),
-		"cipher":          edit(func(m map[string]any) { m["cipher"] = "aes-128-cbc" }),
-		"kdf":             edit(func(m map[string]any) { m["kdf"] = "pbkdf2" }),
-		"huge memory":     edit(func(m map[string]any) { m["memory_kib"] = MaxMemoryKiB + 1 }),
-		"zero time":       edit(func(m map[string]any) { m["time"] = 0 }),
-		"many threads":    edit(func(m map[string]any) { m["threads"] = 200 }),
-		"short salt":      edit(func(m map[string]any) { m["salt"] = "AAAA" }),
-		"short sealed":    edit(func(m map[string]any) { m["sealed_key"] = "AAAA" }),
-		"missing nonce":   edit(func(m map[string]any) { delete(m, "nonce") }),
-		"memory < thread": edit(func(m map[string]any) { m["threads"], m["memory_kib"] = 4, 16 }),
+		"not json":           []byte("{"),
+		"trailing":           append(bytes.Clone(good), []byte(" {}")...),
+		"unknown field":      edit(func(m map[string]any) { m["extra"] = 1 }),
+		"version":            edit(func(m map[string]any) { m["version"] = 2 }),
+		"cipher":             edit(func(m map[string]any) { m["cipher"] = "aes-128-cbc" }),
+		"kdf":                edit(func(m map[string]any) { m["kdf"] = "pbkdf2" }),
+		"huge memory":        editSlot0(func(m map[string]any) { m["memory_kib"] = MaxMemoryKiB + 1 }),
+		"zero time":          editSlot0(func(m map[string]any) { m["time"] = 0 }),
+		"many threads":       editSlot0(func(m map[string]any) { m["threads"] = 200 }),
+		"short salt":         editSlot0(func(m map[string]any) { m["salt"] = "AAAA" }),
+		"short sealed":       editSlot0(func(m map[string]any) { m["sealed_key"] = "AAAA" }),
+		"missing nonce":      editSlot0(func(m map[string]any) { delete(m, "nonce") }),
+		"memory < thread":    editSlot0(func(m map[string]any) { m["threads"], m["memory_kib"] = 4, 16 }),
+		"unknown slot field": editSlot0(func(m map[string]any) { m["x"] = 1 }),
+		"no slots":           edit(func(m map[string]any) { m["slots"] = []any{} }),
+		"too many slots": edit(func(m map[string]any) {
+			s := m["slots"].([]any)
+			m["slots"] = []any{s[0], s[0], s[0], s[0], s[0]}
+		}),
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Decode(b)
@@ -175,7 +221,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	good, _ := json.Marshal(rec)
 	f.Add(good)
 	f.Add([]byte(`{}`))
-	f.Add([]byte(`{"version":1,"cipher":"aes-256-xts-plain64-4k","kdf":"argon2id","time":1,"memory_kib":8,"threads":1}`))
+	f.Add([]byte(`{"version":1,"cipher":"aes-256-xts-plain64-4k","kdf":"argon2id","wrap":"aes-256-gcm","slots":[{"time":1,"memory_kib":8,"threads":1}]}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := Decode(b)
@@ -188,8 +234,15 @@ func FuzzDecodeRecord(f *testing.F) {
 		if err := r.Check(); err != nil {
 			t.Fatalf("Decode accepted a record Check refuses: %v", err)
 		}
-		if r.MemoryKiB > MaxMemoryKiB || r.Time > MaxTime || r.Threads > MaxThreads {
-			t.Fatalf("unbounded params accepted: %+v", r.Params)
+		if len(r.Slots) > MaxSlots {
+			t.Fatalf("%d slots accepted", len(r.Slots))
+		}
+		cheapEnough := true
+		for _, s := range r.Slots {
+			if s.MemoryKiB > MaxMemoryKiB || s.Time > MaxTime || s.Threads > MaxThreads {
+				t.Fatalf("unbounded params accepted: %+v", s.Params)
+			}
+			cheapEnough = cheapEnough && s.MemoryKiB <= 1024 && s.Time <= 2
 		}
 		again, err := json.Marshal(r)
 		if err != nil {
@@ -199,10 +252,10 @@ func FuzzDecodeRecord(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoded record refused: %v", err)
 		}
-		if !bytes.Equal(r.Salt, r2.Salt) || !bytes.Equal(r.Sealed, r2.Sealed) || !bytes.Equal(r.Nonce, r2.Nonce) || r.Params != r2.Params {
+		if !reflect.DeepEqual(r, r2) {
 			t.Fatal("round trip changed the record")
 		}
-		if r.MemoryKiB <= 1024 && r.Time <= 2 {
+		if cheapEnough {
 			if _, err := r.Open("vol1", "a guessed passphrase"); !errors.Is(err, ErrWrongPassphrase) {
 				t.Fatalf("a forged record opened with a guess: %v", err)
 			}
