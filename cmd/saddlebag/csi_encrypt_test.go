@@ -319,3 +319,91 @@ func secretForms(key []byte, passphrases ...string) []string {
 	}
 	return slices.DeleteFunc(out, func(s string) bool { return s == "" })
 }
+
+// Passphrase rotation with `saddlebag volume passphrase`: a new
+// passphrase is added (both stage the volume), the old one removed (it no
+// longer stages, the new one does), the last one is never removed, and
+// the command prints neither.
+func TestVolumePassphraseRotation(t *testing.T) {
+	requireRoot(t)
+	dev := testcluster.Dev(t, testcluster.Options{})
+	dir := t.TempDir()
+	t.Cleanup(func() { assertNothingMountedUnder(t, dir) })
+	recoverOnFailure(t, dir, filepath.Join(dir, "n1", "csi"), "rot")
+	const oldPass, newPass = "the old passphrase 51f0", "the new passphrase c3a9"
+
+	c1, ctlSock := startController(t, dev.HTTPAddr, "c1", dir)
+	c1.waitLine(t, activeControlRE, 30*time.Second)
+	n1 := startCSINode(t, dev.HTTPAddr, "127.0.0.1", "n1", dir, true)
+	c := consulClient(t, dev.HTTPAddr)
+	waitHealthyNodes(t, c, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ctl := csi.NewControllerClient(dialCSI(t, ctlSock))
+	node := csi.NewNodeClient(dialCSI(t, n1.sock))
+	_, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "rot", Parameters: map[string]string{"replicas": "1", "encrypted": "true"},
+		Secrets: map[string]string{"encryption_passphrase": oldPass}, CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20},
+		VolumeCapabilities: []*csi.VolumeCapability{swCap}})
+	must.NoError(t, err)
+	_, err = ctl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: "rot", NodeId: "n1", VolumeCapability: swCap})
+	must.NoError(t, err)
+	staging := filepath.Join(dir, "staging", "rot")
+	stageWith := func(pass string) error {
+		_, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "rot", StagingTargetPath: staging,
+			VolumeCapability: swCap, Secrets: map[string]string{"encryption_passphrase": pass}})
+		if err == nil {
+			unstageOnFailure(t, node, "rot", staging)
+		}
+		return err
+	}
+	unstage := func() {
+		t.Helper()
+		_, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "rot", StagingTargetPath: staging})
+		must.NoError(t, err)
+	}
+	must.NoError(t, stageWith(oldPass))
+	must.NoError(t, os.WriteFile(filepath.Join(staging, "kept.txt"), []byte("kept across rotation"), 0o600))
+	unstage()
+
+	passphrase := func(stdin string, args ...string) (string, string, int) {
+		return runSaddlebag(t, stdin, append([]string{"volume", "passphrase"}, append(args, "--consul-addr", dev.HTTPAddr)...)...)
+	}
+	// The last passphrase is never removed; a wrong one changes nothing.
+	_, stderr, code := passphrase(oldPass+"\n", "remove", "rot")
+	must.Eq(t, 1, code)
+	must.StrContains(t, stderr, "only passphrase")
+	_, stderr, code = passphrase("not it at all\n"+newPass+"\n", "add", "rot")
+	must.Eq(t, 1, code)
+	must.StrContains(t, stderr, "does not open")
+	stdout, stderr, code := passphrase(oldPass+"\n"+newPass+"\n", "add", "rot")
+	must.Eq(t, 0, code, must.Sprintf("stderr: %s", stderr))
+	must.StrContains(t, stdout, "passphrase added (2 in use)")
+	for _, out := range []string{stdout, stderr} {
+		must.StrNotContains(t, out, oldPass)
+		must.StrNotContains(t, out, newPass)
+	}
+	// Both open it now.
+	must.NoError(t, stageWith(newPass))
+	got, err := os.ReadFile(filepath.Join(staging, "kept.txt"))
+	must.NoError(t, err)
+	must.Eq(t, "kept across rotation", string(got))
+	unstage()
+	must.NoError(t, stageWith(oldPass))
+	unstage()
+
+	stdout, stderr, code = passphrase(oldPass+"\n", "remove", "rot")
+	must.Eq(t, 0, code, must.Sprintf("stderr: %s", stderr))
+	must.StrContains(t, stdout, "passphrase removed (1 in use)")
+	st := mustCode(t, codes.InvalidArgument, stageWith(oldPass))
+	must.StrContains(t, st.Message(), "is wrong")
+	must.NoError(t, stageWith(newPass))
+	got, err = os.ReadFile(filepath.Join(staging, "kept.txt"))
+	must.NoError(t, err)
+	must.Eq(t, "kept across rotation", string(got))
+	unstage()
+
+	_, err = ctl.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: "rot", NodeId: "n1"})
+	must.NoError(t, err)
+	_, err = ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "rot"})
+	must.NoError(t, err)
+}
