@@ -7,6 +7,7 @@ require (
 	github.com/hashicorp/consul/api v1.34.5
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/shoenig/test v1.13.2
+	golang.org/x/crypto v0.57.0
 	golang.org/x/sys v0.49.0
 	pgregory.net/rapid v1.3.0
 )

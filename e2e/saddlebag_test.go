@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -25,13 +26,22 @@ import (
 
 const volID = "postgres"
 
+// The passphrase of e2e/testdata/volume-postgres.hcl, and a marker row
+// the replicas' data files must never hold in clear.
+const (
+	passphrase = "e2e passphrase, not a secret in a test"
+	markerRow  = "saddlebag-e2e-plaintext-marker-1b7e40c2"
+)
+
 // TestSaddlebag is issue 7's operator session, one step after another on
 // one cluster: deploy Saddlebag with `nomad job run`, create a 2-replica
 // volume with `nomad volume create`, run Postgres on it, kill the node
 // under it (timed failover), bring that node back (resync), cut the
 // primary's node off (fencing, no divergence), drain the primary's node,
-// and delete the volume. Each step needs the ones before it, so the
-// first failure ends the test.
+// restage with a wrong passphrase (refused) and the right one, and
+// delete the volume. The volume is encrypted at rest (issue 11): the
+// replicas' data files never hold a committed row in clear. Each step
+// needs the ones before it, so the first failure ends the test.
 func TestSaddlebag(t *testing.T) {
 	c := cluster.New(t, cluster.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
@@ -97,6 +107,12 @@ func TestSaddlebag(t *testing.T) {
 		must.NoError(t, err, must.Sprint(out))
 		must.Eq(t, "1000", tail(out, 1))
 		rows = 1000
+		// The volume is encrypted: a committed row (in the WAL, and after
+		// the checkpoint in the table's pages) is on both replicas, never
+		// in clear.
+		out, err = psql(ctx, primary.IP, "CREATE TABLE marker (v text); INSERT INTO marker SELECT '"+markerRow+"' FROM generate_series(1, 100); CHECKPOINT")
+		must.NoError(t, err, must.Sprint(out))
+		noPlaintext(t, c, replicaNodes(t, ctx, capi))
 		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthPassing))
 		holder, err := cluster.PrimaryNode(ctx, capi, volID)
 		must.NoError(t, err)
@@ -154,6 +170,10 @@ func TestSaddlebag(t *testing.T) {
 		ins := inSync(t, ctx, capi)
 		must.SliceContains(t, ins, replicaAddr(dead), must.Sprintf("in-sync record %v", ins))
 		must.SliceContains(t, ins, replicaAddr(primary))
+		// What resync copied to the returning replica is ciphertext too.
+		out, err = psql(ctx, primary.IP, "INSERT INTO marker VALUES ('"+markerRow+"'); CHECKPOINT")
+		must.NoError(t, err, must.Sprint(out))
+		noPlaintext(t, c, []string{dead.Name, primary.Name})
 	})
 
 	step("partition the primary's node: rescheduled, the cut-off side fenced, nothing diverges", func(t *testing.T) {
@@ -232,6 +252,59 @@ func TestSaddlebag(t *testing.T) {
 		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthPassing))
 	})
 
+	step("a wrong passphrase: the stage is refused, clearly and without taking the lease; the right one serves again", func(t *testing.T) {
+		out, err := c.NomadCLI(ctx, "job", "stop", "-purge", "postgres")
+		must.NoError(t, err, must.Sprint(out))
+		must.Wait(t, until(2*time.Minute, func() bool {
+			holder, err := cluster.PrimaryNode(ctx, capi, volID)
+			return err == nil && holder == ""
+		}), must.Sprint("the primary lease is still held after the job stopped"))
+		// Nomad lets a volume's secrets change (nomad volume register).
+		register := func(secret string) {
+			t.Helper()
+			spec := filepath.Join(t.TempDir(), "register.hcl")
+			must.NoError(t, os.WriteFile(spec, []byte(registerSpec(secret)), 0o600))
+			out, err := c.NomadCLI(ctx, "volume", "register", spec)
+			must.NoError(t, err, must.Sprint(out))
+		}
+		register("a wrong passphrase for this volume")
+		out, err = c.NomadCLI(ctx, "job", "run", "-detach", repoPath(t, "jobs/examples/postgres.nomad.hcl"))
+		must.NoError(t, err, must.Sprint(out))
+		var refused string
+		must.Wait(t, until(3*time.Minute, func() bool {
+			allocs, _, err := napi.Jobs().Allocations("postgres", false, (&nomadapi.QueryOptions{}).WithContext(ctx))
+			if err != nil {
+				return false
+			}
+			for _, a := range allocs {
+				st, _ := c.NomadCLI(ctx, "alloc", "status", a.ID)
+				if strings.Contains(st, "secrets.encryption_passphrase is wrong") {
+					refused = st
+					return true
+				}
+			}
+			return false
+		}), must.Sprint("no allocation failed with the wrong-passphrase error"))
+		t.Logf("the allocation with the wrong passphrase:\n%s", refused)
+		must.StrNotContains(t, refused, "a wrong passphrase for this volume")
+		holder, err := cluster.PrimaryNode(ctx, capi, volID)
+		must.NoError(t, err)
+		must.Eq(t, "", holder, must.Sprint("a stage with the wrong passphrase took the primary lease"))
+
+		out, err = c.NomadCLI(ctx, "job", "stop", "-purge", "postgres")
+		must.NoError(t, err, must.Sprint(out))
+		register(passphrase)
+		out, err = c.NomadCLI(ctx, "job", "run", "-detach", repoPath(t, "jobs/examples/postgres.nomad.hcl"))
+		must.NoError(t, err, must.Sprint(out))
+		a := waitRunning(t, ctx, c, napi, "postgres", "postgres")
+		primary = nodeNamed(t, c, a.NodeName)
+		_, err = waitQuery(ctx, primary.IP, 2*time.Minute)
+		must.NoError(t, err)
+		out, err = psql(ctx, primary.IP, "SELECT count(*) FROM t")
+		must.NoError(t, err, must.Sprint(out))
+		must.Eq(t, strconv.Itoa(rows), strings.TrimSpace(out))
+	})
+
 	step("stopped cleanly, the replicas are identical; volume delete removes them and the records", func(t *testing.T) {
 		replicas := replicaNodes(t, ctx, capi)
 		out, err := c.NomadCLI(ctx, "job", "stop", "-purge", "postgres")
@@ -266,6 +339,60 @@ func TestSaddlebag(t *testing.T) {
 			must.NotEq(t, "saddlebag-volume:"+volID, ch.CheckID)
 		}
 	})
+}
+
+// registerSpec is the volume as `nomad volume register` updates it: the
+// same volume (external_id), its secret changed.
+func registerSpec(secret string) string {
+	return `id          = "` + volID + `"
+name        = "` + volID + `"
+type        = "csi"
+plugin_id   = "` + cluster.PluginID + `"
+external_id = "` + volID + `"
+
+capability {
+  access_mode     = "single-node-writer"
+  attachment_mode = "file-system"
+}
+
+mount_options {
+  fs_type     = "ext4"
+  mount_flags = ["noatime"]
+}
+
+secrets {
+  encryption_passphrase = "` + secret + `"
+}
+`
+}
+
+// noPlaintext fails if a replica data file of the volume on any of nodes
+// holds markerRow, or holds no data at all.
+func noPlaintext(t *testing.T, c *cluster.Cluster, nodes []string) {
+	t.Helper()
+	for _, n := range nodes {
+		f, err := os.Open(filepath.Join(nodeNamed(t, c, n).DataDir, volID, "data"))
+		must.NoError(t, err)
+		buf := make([]byte, 4<<20)
+		var carry []byte
+		nonzero := false
+		for {
+			k, err := f.Read(buf)
+			chunk := append(carry, buf[:k]...)
+			if bytes.Contains(chunk, []byte(markerRow)) {
+				f.Close()
+				t.Fatalf("the replica on %s holds a committed row in clear", n)
+			}
+			nonzero = nonzero || bytes.ContainsFunc(buf[:k], func(r rune) bool { return r != 0 })
+			carry = append(carry[:0], chunk[max(0, len(chunk)-len(markerRow)):]...)
+			if err == io.EOF {
+				break
+			}
+			must.NoError(t, err)
+		}
+		f.Close()
+		must.True(t, nonzero, must.Sprintf("the replica on %s holds no data", n))
+	}
 }
 
 // waitQuery polls the Postgres on ip until a query answers, and returns

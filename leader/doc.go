@@ -13,7 +13,9 @@
 //   - the in-sync record <prefix>volumes/<vol>/insync (insync.go), written
 //     with check-and-set in one transaction that also checks the writer
 //     still holds the primary lock; it is the data plane's InSyncHook;
-//   - volume records <prefix>volumes/<vol> with check-and-set (volume.go);
+//   - volume records <prefix>volumes/<vol> with check-and-set (volume.go),
+//     including an encrypted volume's key record (internal/volkey: the
+//     data key sealed under its passphrases; nothing secret);
 //   - per-volume health checks in the Consul UI (health.go).
 //
 // The KV layout lives in keys.go and nowhere else. A name spelled into a

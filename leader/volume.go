@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/saddlebag/saddlebag/internal/volkey"
 )
 
 // VolumeSpec is what the user asked for.
@@ -55,9 +57,14 @@ type VolumeRecord struct {
 	// Fenced maps a node to the primary epoch the controller fenced it at
 	// (ControllerUnpublishVolume): a primary on that node at that epoch
 	// must stop serving and release its lease.
-	Fenced  map[string]uint64 `json:"fenced,omitempty"`
-	Created time.Time         `json:"created"`
-	Updated time.Time         `json:"updated"`
+	Fenced map[string]uint64 `json:"fenced,omitempty"`
+	// Encryption is an encrypted volume's key record: its data key sealed
+	// under a key derived from the volume's passphrase (salt, argon2id
+	// parameters, nonce, sealed key; nothing secret). nil for a volume
+	// that is not encrypted.
+	Encryption *volkey.Record `json:"encryption,omitempty"`
+	Created    time.Time      `json:"created"`
+	Updated    time.Time      `json:"updated"`
 }
 
 // PrimaryHolder says who holds a volume's primary lock.

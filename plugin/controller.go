@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
+	"github.com/saddlebag/saddlebag/internal/volkey"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
@@ -51,6 +52,10 @@ type ControllerConfig struct {
 	Log           hclog.Logger
 	// Now is the clock of the re-replication driver (default time.Now).
 	Now func() time.Time
+	// KDF is the argon2id cost an encrypted volume's passphrase is
+	// stretched with (volkey.DefaultParams when zero). It is stored with
+	// the volume, so changing it affects only volumes created later.
+	KDF volkey.Params
 }
 
 // Controller is the CSI Controller service. Every mutating RPC needs the
@@ -101,6 +106,12 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.KDF == (volkey.Params{}) {
+		cfg.KDF = volkey.DefaultParams
+	}
+	if err := cfg.KDF.Check(); err != nil {
+		return nil, fmt.Errorf("%w: %v", leader.ErrInvalid, err)
 	}
 	log := cfg.Log.Named("controller")
 	return &Controller{cfg: cfg, log: log, fwd: &forwarder{client: cfg.Client, log: log.Named("forward")}}, nil
@@ -210,6 +221,9 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, toStatus(err, "parameters")
 	}
+	if field, msg := volspec.EncryptionProblem(params, req.GetSecrets()); field != "" {
+		return nil, errf(codes.InvalidArgument, "%s: %s", field, msg)
+	}
 	fsType, err := resolveFSType(params.FSType, req.GetVolumeCapabilities())
 	if err != nil {
 		return nil, errf(codes.InvalidArgument, "%v", err)
@@ -232,6 +246,9 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		if why := compatible(rec, name, size, req.GetCapacityRange(), params, fsType); why != "" {
 			return nil, errf(codes.AlreadyExists, "volume %q exists and differs: %s", name, why)
 		}
+		if err := checkPassphrase(rec, req.GetSecrets()); err != nil {
+			return nil, err
+		}
 		switch rec.State {
 		case leader.VolumeReady:
 			return c.createResponse(ctx, rec)
@@ -240,7 +257,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		}
 		log.Info("resuming an interrupted create", "replicas", rec.Replicas)
 	case errors.Is(err, leader.ErrNotFound):
-		rec, index, err = c.place(ctx, lease, id, name, size, params, fsType, req.GetAccessibilityRequirements())
+		rec, index, err = c.place(ctx, lease, id, name, size, params, fsType, req.GetAccessibilityRequirements(), req.GetSecrets())
 		if err != nil {
 			return nil, err
 		}
@@ -299,7 +316,7 @@ func compatible(rec leader.VolumeRecord, name string, size int64, cr *csi.Capaci
 // place chooses the replica nodes and writes the record in state
 // creating. A shortfall is ResourceExhausted and writes nothing.
 func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name string, size int64, p volspec.Params,
-	fsType string, tr *csi.TopologyRequirement) (leader.VolumeRecord, uint64, error) {
+	fsType string, tr *csi.TopologyRequirement, secrets map[string]string) (leader.VolumeRecord, uint64, error) {
 	nodes, vols, err := c.snapshot(ctx)
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "read nodes")
@@ -314,6 +331,16 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 	byName := nodeMap(nodes)
 	rec := leader.VolumeRecord{ID: id, Name: name, State: leader.VolumeCreating,
 		Spec: leader.VolumeSpec{SizeBytes: size, Replicas: p.Replicas, FSType: fsType, Parameters: paramsMap(p, fsType)}}
+	if p.Encrypted {
+		// A random data key, sealed under the passphrase: the record
+		// holds only the sealed key; the data key itself is not kept.
+		kr, key, err := volkey.New(id, secrets[volspec.SecretPassphrase], c.cfg.KDF)
+		clear(key)
+		if err != nil {
+			return rec, 0, errf(codes.InvalidArgument, "secrets.%s: %v", volspec.SecretPassphrase, err)
+		}
+		rec.Encryption = &kr
+	}
 	for _, n := range chosen {
 		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: n, Addr: byName[n].ReplicaAddr, State: ReplicaReady})
 	}
@@ -357,7 +384,34 @@ func paramsMap(p volspec.Params, fsType string) map[string]string {
 	if p.Spread != "" {
 		m[volspec.ParamSpread] = p.Spread
 	}
+	if p.Encrypted {
+		m[volspec.ParamEncrypted] = "true"
+	}
 	return m
+}
+
+// checkPassphrase refuses a request for an encrypted volume whose
+// passphrase secret does not open the volume's key (a CreateVolume
+// repeated with another passphrase would otherwise succeed and leave the
+// operator believing the volume is sealed under the new one).
+func checkPassphrase(rec leader.VolumeRecord, secrets map[string]string) error {
+	if rec.Encryption == nil {
+		return nil
+	}
+	pass, ok := secrets[volspec.SecretPassphrase]
+	if !ok {
+		return errf(codes.InvalidArgument, "volume %s is encrypted: the request needs the secret %s", rec.ID, volspec.SecretPassphrase)
+	}
+	key, err := rec.Encryption.Open(rec.ID, pass)
+	clear(key)
+	switch {
+	case errors.Is(err, volkey.ErrWrongPassphrase):
+		return errf(codes.InvalidArgument, "volume %s: secrets.%s is wrong: it does not open the volume's data key; nothing was done",
+			rec.ID, volspec.SecretPassphrase)
+	case err != nil:
+		return errf(codes.Internal, "volume %s: its key record in Consul is unusable: %v", rec.ID, err)
+	}
+	return nil
 }
 
 // makeReplicas creates the record's replicas on their nodes (idempotent).

@@ -13,8 +13,11 @@
 //     (leadership.go, forward.go: Nomad never retries another instance on
 //     Unavailable); rereplicate.go replaces replicas whose node has been
 //     down longer than a grace period;
-//   - node*.go: the Node service, run by `saddlebag node`: NodeStage takes
-//     the volume's primary lease and starts its engine (internal/primary),
+//   - node*.go: the Node service, run by `saddlebag node`: NodeStage opens
+//     an encrypted volume's data key with the passphrase secret (before
+//     anything else: a wrong one takes no lease), takes the volume's
+//     primary lease and starts its engine (internal/primary), wraps it in
+//     replication.EncryptedDevice when the volume is encrypted,
 //     serves it through FUSE and a loop device and mounts it
 //     (plugin/mount); while staged, it follows the volume record (replicas
 //     the controller added or retired, a fence from

@@ -16,6 +16,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
 	"github.com/saddlebag/saddlebag/internal/primary"
+	"github.com/saddlebag/saddlebag/internal/volkey"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin/mount"
 	"github.com/saddlebag/saddlebag/replication"
@@ -31,6 +32,9 @@ type stagedVolume struct {
 	prim            *primary.Primary
 	fuse            *replication.FUSEMount
 	stateFile       string
+	// keyRec is the key record of an encrypted volume (nil if plain): a
+	// repeated NodeStageVolume must bring the passphrase too.
+	keyRec *volkey.Record
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
@@ -81,6 +85,9 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 			return nil, errf(codes.AlreadyExists, "volume %s is already staged here at %s", id, sv.stagingPath)
 		}
 		if sv.prim.Lease.Err() == nil {
+			if err := checkPassphrase(leader.VolumeRecord{ID: id, Encryption: sv.keyRec}, req.GetSecrets()); err != nil {
+				return nil, err
+			}
 			return &csi.NodeStageVolumeResponse{}, nil
 		}
 		// The lease was lost (fenced): undo and stage again at a new epoch.
@@ -102,8 +109,16 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	if fsType == "" {
 		fsType = volspec.DefaultFSType
 	}
+	// An encrypted volume's key is opened before anything else: a wrong
+	// or missing passphrase takes no lease (a running primary elsewhere
+	// is not fenced) and reads no block.
+	key, err := stageKey(rec, req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
 	sv := &stagedVolume{id: id, stagingPath: staging, block: vc.GetBlock() != nil, size: rec.Spec.SizeBytes,
-		stateFile: filepath.Join(n.cfg.StateDir, "stage", id+".json"), targets: map[string]bool{}}
+		stateFile: filepath.Join(n.cfg.StateDir, "stage", id+".json"), targets: map[string]bool{}, keyRec: rec.Encryption}
 	fuseDir := n.fuseDir(id)
 	backing := filepath.Join(fuseDir, id)
 	if rc, err := mount.Recover(ctx, mount.RecoverRequest{FUSEDir: fuseDir, BackingFile: backing, Force: true, Log: log}); err != nil {
@@ -142,7 +157,14 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	if err := n.writePaths(id, pathRecord{Staging: staging}); err != nil {
 		return nil, toStatus(err, "record the staging path")
 	}
-	sv.fuse, err = replication.MountFUSE(ctx, prim.Engine, replication.FUSEConfig{Dir: fuseDir, Name: id,
+	var dev replication.Device = prim.Engine
+	if key != nil {
+		// Every block is encrypted before the engine replicates it.
+		if dev, err = replication.NewEncryptedDevice(prim.Engine, key); err != nil {
+			return nil, toStatus(err, "encrypt the volume")
+		}
+	}
+	sv.fuse, err = replication.MountFUSE(ctx, dev, replication.FUSEConfig{Dir: fuseDir, Name: id,
 		HungTimeout: n.cfg.FUSEHungTimeout, Log: log})
 	if err != nil {
 		return nil, toStatus(err, "serve the volume file")
@@ -175,6 +197,35 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	n.staged[id] = sv
 	n.mu.Unlock()
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// stageKey returns an encrypted volume's data key, opened with the
+// passphrase among the request's secrets (nil for a plain volume). A
+// missing or wrong passphrase is InvalidArgument, not FailedPrecondition:
+// Nomad rewrites a FailedPrecondition from NodeStageVolume into a message
+// about MULTI_NODE capabilities, and passes InvalidArgument's message to
+// the operator unchanged. Neither message quotes the secret.
+func stageKey(rec leader.VolumeRecord, secrets map[string]string) ([]byte, error) {
+	if rec.Encryption == nil {
+		if p, _ := volspec.ParseParams(rec.Spec.Parameters); p.Encrypted {
+			return nil, errf(codes.Internal, "volume %s is marked encrypted but its record in Consul holds no key record", rec.ID)
+		}
+		return nil, nil
+	}
+	pass, ok := secrets[volspec.SecretPassphrase]
+	if !ok {
+		return nil, errf(codes.InvalidArgument, "volume %s is encrypted: NodeStageVolume needs the secret %s (set it in the volume's secrets block; Nomad passes it at every stage)",
+			rec.ID, volspec.SecretPassphrase)
+	}
+	key, err := rec.Encryption.Open(rec.ID, pass)
+	switch {
+	case errors.Is(err, volkey.ErrWrongPassphrase):
+		return nil, errf(codes.InvalidArgument, "volume %s: secrets.%s is wrong: it does not open the volume's data key; nothing was staged",
+			rec.ID, volspec.SecretPassphrase)
+	case err != nil:
+		return nil, errf(codes.Internal, "volume %s: its key record in Consul is unusable: %v", rec.ID, err)
+	}
+	return key, nil
 }
 
 // replicaConfigs lists a record's replicas for the engine.

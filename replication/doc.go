@@ -42,6 +42,12 @@
 //   - replica administration for the control plane (admin.go): create a
 //     new volume's replica on a node and delete it, without promising an
 //     epoch;
+//   - encryption at rest (encrypt.go, xts.go): EncryptedDevice, a Device
+//     wrapper that encrypts every 4 KiB block with AES-256-XTS (tweak =
+//     block number) before the engine sees it, so replicas and resync only
+//     hold ciphertext; requests of any alignment by read-modify-write
+//     under per-block locks; an all-zero ciphertext block (trimmed, never
+//     written) reads as plaintext zeros;
 //   - frontends that serve the engine as a Device: NBD (nbd.go), and FUSE
 //     (fuse.go), which serves the volume as one file for a loop device,
 //     with a watchdog that aborts the connection when requests stop

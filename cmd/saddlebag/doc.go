@@ -9,6 +9,7 @@
 //	saddlebag controller [-config FILE] --csi-endpoint unix:///PATH --consul-addr ADDR
 //	saddlebag volume validate FILE...
 //	saddlebag volume create FILE [--address NOMAD_ADDR] [--token TOKEN]
+//	saddlebag volume passphrase add|remove VOLUME_ID [--consul-addr ADDR]
 //	saddlebag bench
 //	saddlebag version
 package main

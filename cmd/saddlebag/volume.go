@@ -19,7 +19,7 @@ import (
 )
 
 func init() {
-	register("volume", "validate volume spec files (validate FILE...), or create a volume through Nomad (create FILE)", runVolume)
+	register("volume", "validate volume spec files (validate FILE...), create a volume through Nomad (create FILE), or add and remove an encrypted volume's passphrases (passphrase add|remove VOLUME_ID)", runVolume)
 }
 
 const volumeUsage = `usage:
@@ -27,22 +27,26 @@ const volumeUsage = `usage:
       check volume spec files; prints FILE:LINE,COL: message per problem and exits 1 if any
   saddlebag volume create FILE [--address NOMAD_ADDR] [--token TOKEN]
       validate FILE, then create the volume through Nomad's API (like nomad volume create)
+  saddlebag volume passphrase add|remove VOLUME_ID [--consul-addr ADDR]
+      add or remove an encrypted volume's passphrase (read from standard input)
 FILE "-" reads standard input.`
 
 func runVolume(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return usageError{errors.New("want a subcommand: validate FILE... or create FILE")}
+		return usageError{errors.New("want a subcommand: validate FILE..., create FILE or passphrase add|remove VOLUME_ID")}
 	}
 	switch args[0] {
 	case "validate":
 		return volumeValidate(args[1:], os.Stdin, os.Stdout, os.Stderr)
 	case "create":
 		return volumeCreate(ctx, args[1:], os.Stdin, os.Stdout, os.Stderr)
+	case "passphrase":
+		return volumePassphrase(ctx, args[1:], os.Stdin, os.Stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(os.Stderr, volumeUsage)
 		return flag.ErrHelp
 	}
-	return usageError{fmt.Errorf("unknown subcommand %q: want validate or create", args[0])}
+	return usageError{fmt.Errorf("unknown subcommand %q: want validate, create or passphrase", args[0])}
 }
 
 // problemsError says how many problems were printed; the lines themselves
@@ -124,6 +128,9 @@ func describe(s *volspec.Spec) string {
 		s.Params.Replicas, plural(s.Params.Replicas, "replica"), s.Params.MinInSync, fsType)
 	if s.Params.Spread != "" {
 		out += ", spread across " + s.Params.Spread
+	}
+	if s.Params.Encrypted {
+		out += ", encrypted (AES-256-XTS, key sealed by secrets." + volspec.SecretPassphrase + ")"
 	}
 	return out
 }

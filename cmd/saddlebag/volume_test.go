@@ -121,7 +121,7 @@ func TestVolumeValidateSeveralFiles(t *testing.T) {
 	must.Eq(t, strings.Join([]string{
 		bad + `:1,1: plugin_id is missing; set the ID the Saddlebag plugin jobs register in their csi_plugin block, e.g. plugin_id = "saddlebag"`,
 		bad + `:33,17: replicas must be a whole number from 1 to 5`,
-		warn + `:33,3: warning: unknown parameter "replica" (did you mean "replicas"?); Saddlebag's parameters are replicas, fs_type, spread and min_in_sync; others are passed to the plugin and ignored`,
+		warn + `:33,3: warning: unknown parameter "replica" (did you mean "replicas"?); Saddlebag's parameters are replicas, fs_type, spread, min_in_sync and encrypted; others are passed to the plugin and ignored`,
 		`saddlebag volume: 2 problems in 1 file`,
 	}, "\n")+"\n", stderr)
 
@@ -143,6 +143,35 @@ func TestVolumeValidateExamples(t *testing.T) {
 	stdout, _, code := runSaddlebag(t, string(src), "volume", "validate", "-")
 	must.Eq(t, 0, code)
 	must.StrHasPrefix(t, "<stdin>: ok: ", stdout)
+}
+
+// The encrypted example validates and says so; encrypted = true without
+// the passphrase secret is one error at the parameter naming the secret,
+// and no message ever quotes the passphrase.
+func TestVolumeValidateEncryption(t *testing.T) {
+	src, err := os.ReadFile(examplePath("volume-postgres-encrypted.hcl"))
+	must.NoError(t, err)
+	example := string(src)
+	path := writeFile(t, "enc.hcl", example)
+	stdout, stderr, code := runSaddlebag(t, "", "volume", "validate", path)
+	must.Eq(t, 0, code, must.Sprintf("stderr: %s", stderr))
+	must.StrContains(t, stdout, "encrypted (AES-256-XTS, key sealed by secrets.encryption_passphrase)")
+	must.StrNotContains(t, stdout, "replace with a long random passphrase")
+
+	noSecret := example[:strings.Index(example, "secrets {")]
+	path = writeFile(t, "nosecret.hcl", noSecret)
+	_, stderr, code = runSaddlebag(t, "", "volume", "validate", path)
+	must.Eq(t, 1, code)
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	must.Len(t, 2, lines, must.Sprintf("stderr: %s", stderr))
+	must.Eq(t, path+`:35,15: encrypted = true needs the secret encryption_passphrase: add secrets { encryption_passphrase = "..." } to the volume (Nomad passes it to the plugin at create and at every stage)`, lines[0])
+
+	short := strings.Replace(example, `"replace with a long random passphrase"`, `"hunter2"`, 1)
+	path = writeFile(t, "short.hcl", short)
+	_, stderr, code = runSaddlebag(t, "", "volume", "validate", path)
+	must.Eq(t, 1, code)
+	must.StrContains(t, stderr, path+":39,27: encryption_passphrase must be at least 8 bytes")
+	must.StrNotContains(t, stderr, "hunter2")
 }
 
 func TestVolumeUsage(t *testing.T) {

@@ -1,4 +1,6 @@
-# The end-to-end tests' copy of jobs/examples/volume-postgres.hcl, at 512 MiB.
+# The end-to-end tests' copy of jobs/examples/volume-postgres.hcl, at 512 MiB,
+# and encrypted at rest as jobs/examples/volume-postgres-encrypted.hcl is:
+# every scenario of TestSaddlebag runs on an encrypted volume.
 #
 #   saddlebag volume validate volume-postgres.hcl
 #   nomad volume create volume-postgres.hcl     (or: saddlebag volume create volume-postgres.hcl)
@@ -34,4 +36,9 @@ parameters {
   fs_type     = "ext4" # ext4 or xfs
   spread      = "rack" # node label whose values the replicas are spread across
   min_in_sync = 1      # writes block when fewer replicas than this hold every write
+  encrypted   = true   # AES-256-XTS before replication; needs the secret below
+}
+
+secrets {
+  encryption_passphrase = "e2e passphrase, not a secret in a test"
 }

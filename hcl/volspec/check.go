@@ -77,12 +77,28 @@ func check(raw *rawSpec, missing hcl.Range) (*Spec, hcl.Diagnostics) {
 		s.TopologyRequest = req
 		diags = append(diags, d...)
 	}
+	var secrets map[string]hclutil.Attr
 	if raw.Secrets != nil {
-		secrets, d := hclutil.BodyStringMap(raw.Secrets.Body, hclutil.BoolDigits)
+		var d hcl.Diagnostics
+		secrets, d = hclutil.BodyStringMap(raw.Secrets.Body, hclutil.BoolDigits)
 		diags = append(diags, d...)
 		s.Secrets = values(secrets)
 	}
-	diags = append(diags, checkParameters(s, raw)...)
+	paramDiags := checkParameters(s, raw)
+	diags = append(diags, paramDiags...)
+	if !paramDiags.HasErrors() {
+		if field, msg := EncryptionProblem(s.Params, s.Secrets); field != "" {
+			at := missing
+			switch {
+			case strings.HasPrefix(field, "secrets."):
+				at = secrets[SecretPassphrase].ValueRange
+			case raw.Parameters != nil:
+				at = s.Ranges.Parameters[ParamEncrypted]
+			}
+			// The message names the field, never the secret's value.
+			diags = append(diags, hclutil.Error(at, msg, ""))
+		}
+	}
 	return s, diags
 }
 

@@ -21,8 +21,11 @@
 // it checks what Saddlebag can serve: single-node access modes, a size
 // range holding a whole number of 4 KiB blocks, ext4 or xfs (xfs at least
 // 300 MiB), and Saddlebag's parameters (replicas, fs_type, spread,
-// min_in_sync). ParseParams checks those parameters alone, for the CSI
-// plugin's CreateVolume, with a typed *ParamsError.
+// min_in_sync, encrypted; encrypted = true and the encryption_passphrase
+// secret need each other, and no message quotes the secret).
+// ParseParams checks those parameters alone, for the CSI plugin's
+// CreateVolume, with a typed *ParamsError; EncryptionProblem checks the
+// encryption settings against the secrets.
 //
 // volspec imports none of Saddlebag's packages (hcl/internal/hclutil
 // aside), so the plugin and the CLI can both use it.

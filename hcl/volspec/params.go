@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/saddlebag/saddlebag/hcl/internal/hclutil"
 )
@@ -17,11 +18,23 @@ const (
 	ParamFSType    = "fs_type"
 	ParamSpread    = "spread"
 	ParamMinInSync = "min_in_sync"
+	ParamEncrypted = "encrypted"
+)
+
+// SecretPassphrase is the key, in a volume's secrets, of the passphrase
+// an encrypted volume's data key is sealed under. Nomad passes a volume's
+// secrets to CreateVolume, NodeStageVolume and NodePublishVolume.
+const SecretPassphrase = "encryption_passphrase"
+
+// Passphrase length bounds, in bytes (internal/volkey enforces the same).
+const (
+	MinPassphrase = 8
+	MaxPassphrase = 1024
 )
 
 // KnownParams lists Saddlebag's parameter keys in the order they are
 // documented and reported.
-var KnownParams = []string{ParamReplicas, ParamFSType, ParamSpread, ParamMinInSync}
+var KnownParams = []string{ParamReplicas, ParamFSType, ParamSpread, ParamMinInSync, ParamEncrypted}
 
 // Limits and defaults of the parameters (DESIGN.md §4, §5.3).
 const (
@@ -51,6 +64,11 @@ type Params struct {
 	// block rather than run with less redundancy: 1..Replicas,
 	// DefaultMinInSync when not given.
 	MinInSync int
+	// Encrypted asks for encryption at rest: the primary encrypts every
+	// block (AES-256-XTS) under a data key sealed by the volume's
+	// SecretPassphrase. Written "true" or "false" ("1" and "0", as Nomad
+	// sends an HCL bool); false when not given.
+	Encrypted bool
 }
 
 // ParamProblem is one bad parameter.
@@ -177,7 +195,40 @@ func checkParams(m map[string]string) (Params, []ParamProblem) {
 			p.MinInSync = n
 		}
 	}
+	if v, ok := m[ParamEncrypted]; ok {
+		switch v {
+		case "true", "1":
+			p.Encrypted = true
+		case "false", "0":
+		default:
+			bad(ParamEncrypted, `encrypted must be true or false`)
+		}
+	}
 	return p, problems
+}
+
+// EncryptionProblem says what is wrong with a volume's encryption
+// settings: its encrypted parameter and the SecretPassphrase among its
+// secrets. It returns the field at fault ("parameters.encrypted" or
+// "secrets.encryption_passphrase") and a message that never quotes the
+// secret, or "" and "" when nothing is wrong.
+func EncryptionProblem(p Params, secrets map[string]string) (field, message string) {
+	pass, has := secrets[SecretPassphrase]
+	switch {
+	case p.Encrypted && !has:
+		return "parameters." + ParamEncrypted, "encrypted = true needs the secret " + SecretPassphrase +
+			`: add secrets { ` + SecretPassphrase + ` = "..." } to the volume (Nomad passes it to the plugin at create and at every stage)`
+	case !p.Encrypted && has:
+		return "secrets." + SecretPassphrase, "the secret " + SecretPassphrase + " is set but the parameter encrypted is not true: " +
+			"set encrypted = true to encrypt the volume, or remove the secret"
+	case has && len(pass) < MinPassphrase:
+		return "secrets." + SecretPassphrase, fmt.Sprintf("%s must be at least %d bytes", SecretPassphrase, MinPassphrase)
+	case has && len(pass) > MaxPassphrase:
+		return "secrets." + SecretPassphrase, fmt.Sprintf("%s must be at most %d bytes", SecretPassphrase, MaxPassphrase)
+	case has && !utf8.ValidString(pass):
+		return "secrets." + SecretPassphrase, SecretPassphrase + " must be UTF-8 text"
+	}
+	return "", ""
 }
 
 // wholeNumber parses a decimal number of plain digits: no sign, no

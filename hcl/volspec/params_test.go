@@ -20,6 +20,9 @@ func TestParseParams(t *testing.T) {
 		{"five replicas, all in sync", map[string]string{"replicas": "5", "min_in_sync": "5"}, Params{Replicas: 5, MinInSync: 5}},
 		{"unknown keys ignored", map[string]string{"skuname": "x", "replicas": "4"}, Params{Replicas: 4, MinInSync: 1}},
 		{"label with dash and underscore", map[string]string{"spread": "failure_domain-1"}, Params{Replicas: 2, Spread: "failure_domain-1", MinInSync: 1}},
+		{"encrypted", map[string]string{"encrypted": "true"}, Params{Replicas: 2, MinInSync: 1, Encrypted: true}},
+		{"encrypted as Nomad sends a bool", map[string]string{"encrypted": "1"}, Params{Replicas: 2, MinInSync: 1, Encrypted: true}},
+		{"not encrypted", map[string]string{"encrypted": "0"}, Params{Replicas: 2, MinInSync: 1}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -51,6 +54,8 @@ func TestParseParamsRejects(t *testing.T) {
 		{"min_in_sync", "0", "min_in_sync must be a whole number from 1 to replicas", nil},
 		{"min_in_sync", "3", "min_in_sync must be a whole number from 1 to replicas (2)", nil},
 		{"min_in_sync", "4", "min_in_sync must be a whole number from 1 to replicas (3)", map[string]string{"replicas": "3"}},
+		{"encrypted", "yes", "encrypted must be true or false", nil},
+		{"encrypted", "", "encrypted must be true or false", nil},
 	}
 	for _, c := range cases {
 		t.Run(fmt.Sprintf("%s=%q", c.key, c.value), func(t *testing.T) {

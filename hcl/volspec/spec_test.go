@@ -142,7 +142,7 @@ func TestUnknownParameterWarns(t *testing.T) {
 	must.Eq(t, 16, diags[0].Subject.Start.Line)
 	must.Eq(t, 3, diags[0].Subject.Start.Column)
 	must.StrContains(t, diags[0].Summary, `unknown parameter "replica" (did you mean "replicas"?)`)
-	must.StrContains(t, diags[0].Detail, "replicas, fs_type, spread and min_in_sync")
+	must.StrContains(t, diags[0].Detail, "replicas, fs_type, spread, min_in_sync and encrypted")
 	must.Eq(t, "3", s.Parameters["replica"])
 }
 
@@ -299,4 +299,44 @@ func TestParseFileMissing(t *testing.T) {
 	must.Nil(t, s)
 	must.True(t, diags.HasErrors())
 	must.StrContains(t, diags.Error(), "cannot read volume spec")
+}
+
+// encrypted = true needs the passphrase secret and the secret needs
+// encrypted = true; each problem is one error at the field at fault
+// (line and column), and no message quotes the passphrase.
+func TestEncryptionSettings(t *testing.T) {
+	const secret = "a-passphrase-never-printed"
+	for _, c := range []struct {
+		name, params, secrets string
+		encrypted             bool
+		err                   string
+		line, col             int
+	}{
+		{name: "encrypted with passphrase", params: `encrypted = "true"`, secrets: `encryption_passphrase = "` + secret + `"`, encrypted: true},
+		{name: "HCL bool", params: `encrypted = true`, secrets: `encryption_passphrase = "` + secret + `"`, encrypted: true},
+		{name: "plain", params: `encrypted = false`},
+		{name: "encrypted without secrets", params: `encrypted = true`, err: "encrypted = true needs the secret encryption_passphrase", line: 17, col: 15},
+		{name: "encrypted, other secret", params: `encrypted = "true"`, secrets: `token = "x"`, err: "needs the secret encryption_passphrase", line: 17, col: 15},
+		{name: "secret without encrypted", secrets: `encryption_passphrase = "` + secret + `"`, err: "encrypted is not true", line: 20, col: 27},
+		{name: "secret with encrypted false", params: `encrypted = "false"`, secrets: `encryption_passphrase = "` + secret + `"`, err: "encrypted is not true", line: 20, col: 27},
+		{name: "short passphrase", params: `encrypted = true`, secrets: `encryption_passphrase = "short"`, err: "at least 8 bytes", line: 20, col: 27},
+		{name: "bad value", params: `encrypted = "yes"`, err: "encrypted must be true or false", line: 17, col: 15},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := strings.Replace(valid, `fs_type  = "ext4"`, "fs_type  = \"ext4\"\n  "+c.params, 1)
+			src += "secrets {\n  " + c.secrets + "\n}\n"
+			s, diags := Parse("v.hcl", []byte(src))
+			if c.err == "" {
+				must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
+				must.Eq(t, c.encrypted, s.Params.Encrypted)
+				return
+			}
+			must.Len(t, 1, diags.Errs(), must.Sprintf("%v", diags))
+			must.StrContains(t, diags.Error(), c.err)
+			must.StrNotContains(t, diags.Error(), secret)
+			must.StrNotContains(t, diags.Error(), "short\"")
+			must.Eq(t, c.line, diags[0].Subject.Start.Line, must.Sprintf("%v", diags))
+			must.Eq(t, c.col, diags[0].Subject.Start.Column, must.Sprintf("%v", diags))
+		})
+	}
 }

@@ -44,7 +44,7 @@ type Options struct {
 }
 
 // Sections are the parts of a run, in order; Options.Only picks some.
-var Sections = []string{"device", "resync", "fs", "failover"}
+var Sections = []string{"device", "encryption", "resync", "fs", "failover"}
 
 // Run measures and prints one line per figure to out.
 func Run(ctx context.Context, out io.Writer, o Options) error {
@@ -64,6 +64,11 @@ func Run(ctx context.Context, out io.Writer, o Options) error {
 	if want("device") {
 		if err := runDevice(ctx, out, o, addrs); err != nil {
 			return err
+		}
+	}
+	if want("encryption") {
+		if err := runEncryption(ctx, out, o, addrs); err != nil {
+			return fmt.Errorf("encryption: %w", err)
 		}
 	}
 	if want("resync") {
