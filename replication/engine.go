@@ -99,6 +99,9 @@ type EngineConfig struct {
 	ActivityExtents int
 	// Hook records in-sync set changes. Default: LogHook.
 	Hook InSyncHook
+	// Dial connects to replica servers (mutual TLS in production, see
+	// transport.go). nil: plain TCP.
+	Dial Dialer
 	Log  hclog.Logger
 }
 
@@ -271,7 +274,7 @@ func (e *Engine) connectAll(ctx context.Context) error {
 		p := &peer{cfg: rc}
 		e.peers = append(e.peers, p)
 		wg.Go(func() {
-			p.client, p.open, errs[i] = dialReplica(ctx, rc.Addr, cfg.Volume, cfg.Size, cfg.Epoch, e.owner, true, cfg.Timeout, e.log)
+			p.client, p.open, errs[i] = dialReplica(ctx, cfg.Dial, rc.Addr, cfg.Volume, cfg.Size, cfg.Epoch, e.owner, true, cfg.Timeout, e.log)
 		})
 	}
 	wg.Wait()

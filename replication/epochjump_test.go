@@ -16,7 +16,7 @@ import (
 // gives it, at the epoch it is given: a hostile or broken primary.
 func rawClient(t *testing.T, addr string, epoch uint64) *replicaClient {
 	t.Helper()
-	c, err := dialAdmin(context.Background(), addr, 5*time.Second)
+	c, err := dialAdmin(context.Background(), nil, addr, 5*time.Second)
 	must.NoError(t, err)
 	c.epoch = epoch
 	t.Cleanup(c.close)

@@ -139,7 +139,7 @@ var replicaAddrRE = regexp.MustCompile(`serving replicas: .*addr=(\S+)`)
 // with its address.
 func startReplica(t *testing.T, dataDir string) (*proc, string) {
 	t.Helper()
-	p := startProc(t, "replica", "--data-dir", dataDir, "--listen", "127.0.0.1:0")
+	p := startProc(t, "replica", "--insecure", "--data-dir", dataDir, "--listen", "127.0.0.1:0")
 	return p, p.waitLine(t, replicaAddrRE, 10*time.Second)[1]
 }
 
@@ -150,7 +150,7 @@ var nbdReadyRE = regexp.MustCompile(`serving volume over nbd`)
 func startEngine(t *testing.T, volume, size string, epoch string, replicas ...string) (*proc, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	args := []string{"engine", "--volume", volume, "--size", size, "--epoch", epoch, "--nbd-socket", sock}
+	args := []string{"engine", "--insecure", "--volume", volume, "--size", size, "--epoch", epoch, "--nbd-socket", sock}
 	for _, r := range replicas {
 		args = append(args, "--replica", r)
 	}

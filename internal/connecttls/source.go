@@ -144,6 +144,9 @@ func (s *Source) watch(ctx context.Context, what string, index uint64, fetch fun
 			case <-time.After(backoff):
 			}
 			backoff = min(2*backoff, 10*time.Second)
+			// The agent may have restarted, and its index with it: ask
+			// afresh rather than block on an index it will not reach.
+			index = 0
 			continue
 		}
 		backoff = 250 * time.Millisecond
@@ -155,7 +158,7 @@ func (s *Source) watch(ctx context.Context, what string, index uint64, fetch fun
 }
 
 // blockingWait is how long one blocking query waits for a change.
-const blockingWait = 5 * time.Minute
+const blockingWait = time.Minute
 
 func (s *Source) fetchRoots(ctx context.Context, index uint64) (uint64, error) {
 	list, meta, err := s.api.Agent().ConnectCARoots((&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait}).WithContext(ctx))
