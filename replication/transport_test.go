@@ -1,10 +1,12 @@
 package replication
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -71,4 +73,33 @@ func TestGuardRefusesBeforeAnyFrame(t *testing.T) {
 	err = e.WriteAt(context.Background(), make([]byte, 4096), 0, false)
 	must.NoError(t, err)
 	must.Eq(t, int64(2), dials.Load())
+}
+
+// TestProbeDoesWhatItSays: against a server that lets it in, Probe's
+// promise, write and read take effect, and its delete is refused only
+// because a primary holds the replica open (so a Probe refused elsewhere
+// is refused by the transport, not by a broken probe); ReadMeta reads
+// the promise from disk while the store has the replica open.
+func TestProbeDoesWhatItSays(t *testing.T) {
+	dir := t.TempDir()
+	r := startTestReplica(t, dir)
+	ctx := context.Background()
+	holder := rawClient(t, r.addr, 9)
+	rawOpen(t, holder, "v", 1<<20)
+	data := bytes.Repeat([]byte{0xee}, 4096)
+	res := Probe(ctx, nil, r.addr, "v", 1<<20, 9, 8192, data, 5*time.Second)
+	must.NoError(t, res.Promise)
+	must.NoError(t, res.Write)
+	must.NoError(t, res.Read)
+	must.ErrorIs(t, res.Delete, ErrReplicaBusy)
+	m, err := ReadMeta(dir, "v")
+	must.NoError(t, err)
+	must.Eq(t, uint64(9), m.Epoch)
+	got := make([]byte, 4096)
+	f, err := os.Open(r.store.DataPath("v"))
+	must.NoError(t, err)
+	defer f.Close()
+	_, err = f.ReadAt(got, 8192)
+	must.NoError(t, err)
+	must.Eq(t, data, got)
 }
