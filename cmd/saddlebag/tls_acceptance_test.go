@@ -25,8 +25,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/hashicorp/consul/api"
 	"github.com/shoenig/test/must"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/testcluster"
@@ -363,4 +368,54 @@ func TestCertificateRotationUnderWrites(t *testing.T) {
 	must.NoError(t, err)
 	v.waitAcked(t, 300)
 	v.stopWriter()
+}
+
+// TestForwardChannelRefusesOtherIdentities: the active controller's
+// forward channel (where standbys send mutating CSI calls) is mutual TLS
+// and answers only saddlebag-controller identities: another controller
+// identity is served, a saddlebag-node identity (which intentions do
+// not allow there) gets PermissionDenied naming it and is logged, and a
+// client without a certificate or with a forged one gets nothing.
+func TestForwardChannelRefusesOtherIdentities(t *testing.T) {
+	dev := testcluster.Dev(t, testcluster.Options{})
+	out, err := exec.Command(saddlebagBin, "setup-intentions", "--consul-addr", dev.HTTPAddr).CombinedOutput()
+	must.NoError(t, err, must.Sprint(string(out)))
+	dir := t.TempDir()
+	p, _ := startController(t, dev.HTTPAddr, "c1", dir)
+	p.waitLine(t, activeControlRE, 30*time.Second)
+	c := consulClient(t, dev.HTTPAddr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	lead, err := c.ReadLeader(ctx)
+	must.NoError(t, err)
+
+	call := func(creds credentials.TransportCredentials) error {
+		conn, err := grpc.NewClient("passthrough:///"+lead.ForwardAddr, grpc.WithTransportCredentials(creds))
+		must.NoError(t, err)
+		defer conn.Close()
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_, err = csi.NewControllerClient(conn).ListVolumes(cctx, &csi.ListVolumesRequest{})
+		return err
+	}
+	ctl := connectSource(t, dev.HTTPAddr, connecttls.ControllerService)
+	must.NoError(t, call(credentials.NewTLS(ctl.ClientConfig(connecttls.ControllerService))))
+
+	node := connectSource(t, dev.HTTPAddr, connecttls.NodeService)
+	err = call(credentials.NewTLS(node.ClientConfig(connecttls.ControllerService)))
+	st := mustCode(t, codes.PermissionDenied, err)
+	must.StrContains(t, st.Message(), "/svc/saddlebag-node may not reach saddlebag-controller")
+	p.waitLine(t, regexpMust(`refused call: peer not authorized: .*identity=spiffe://\S+/svc/saddlebag-node`), 10*time.Second)
+
+	forged, err := connecttls.ForgeLeaf(ctl.TrustDomain(), connecttls.ControllerService)
+	must.NoError(t, err)
+	for name, cfg := range map[string]*tls.Config{
+		"no certificate": {InsecureSkipVerify: true},
+		"forged":         {InsecureSkipVerify: true, Certificates: []tls.Certificate{forged}},
+	} {
+		err := call(credentials.NewTLS(cfg))
+		must.Error(t, err, must.Sprint(name))
+		must.Eq(t, codes.Unavailable, status.Code(err), must.Sprintf("%s: %v", name, err))
+		t.Logf("%s: %v", name, err)
+	}
 }

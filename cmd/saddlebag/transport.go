@@ -180,6 +180,12 @@ func (t *transport) statusListener(ln net.Listener) (net.Listener, func(*http.Re
 	if t.src == nil || isLoopback(ln.Addr().String()) {
 		return ln, nil
 	}
+	return t.secureStatusListener(ln)
+}
+
+// secureStatusListener is statusListener's HTTPS with client
+// certificates and intentions, on any address.
+func (t *transport) secureStatusListener(ln net.Listener) (net.Listener, func(*http.Request) error) {
 	az := &connecttls.Authorizer{Source: t.src, API: t.api, Target: connecttls.NodeService}
 	return tls.NewListener(ln, t.src.ServerConfig()), func(r *http.Request) error {
 		if r.TLS == nil {

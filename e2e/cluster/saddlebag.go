@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -58,10 +59,17 @@ func (c *Cluster) ControllerJobVars(bin string) []string {
 	return []string{"-var", "binary=" + bin, "-var", fmt.Sprintf("count=%d", ControllerCount)}
 }
 
-// DeploySaddlebag runs both Saddlebag jobs from repoRoot/jobs with `nomad
-// job run`, as an operator would, and waits until the plugin is healthy
-// on every node and in ControllerCount controllers.
+// DeploySaddlebag installs the intentions Saddlebag's mutual TLS needs
+// (`saddlebag setup-intentions`) and runs both Saddlebag jobs from
+// repoRoot/jobs with `nomad job run`, as an operator would, and waits
+// until the plugin is healthy on every node and in ControllerCount
+// controllers.
 func (c *Cluster) DeploySaddlebag(ctx context.Context, repoRoot, bin string) error {
+	out, err := c.SetupIntentions(ctx, bin)
+	if err != nil {
+		return err
+	}
+	c.logf("%s", strings.TrimSpace(out))
 	jobs := filepath.Join(repoRoot, "jobs")
 	if out, err := c.NomadCLI(ctx, append(append([]string{"job", "run", "-detach"}, c.NodeJobVars(bin)...),
 		filepath.Join(jobs, "saddlebag-node.nomad.hcl"))...); err != nil {
@@ -72,6 +80,17 @@ func (c *Cluster) DeploySaddlebag(ctx context.Context, repoRoot, bin string) err
 		return fmt.Errorf("%w\n%s", err, out)
 	}
 	return c.WaitPlugin(ctx, ControllerCount, len(c.Nodes))
+}
+
+// SetupIntentions runs `saddlebag setup-intentions` against the
+// cluster's Consul and returns its output.
+func (c *Cluster) SetupIntentions(ctx context.Context, bin string) (string, error) {
+	cmd := exec.CommandContext(ctx, bin, "setup-intentions", "--consul-addr", c.ConsulAddr)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("saddlebag setup-intentions: %w: %s", err, out)
+	}
+	return string(out), nil
 }
 
 // WaitPlugin waits until Nomad reports the Saddlebag plugin healthy in

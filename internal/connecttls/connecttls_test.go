@@ -232,3 +232,21 @@ func RotateRootForTest(t *testing.T, c *api.Client) {
 	_, err = c.Connect().CASetConfig(&api.CAConfig{Provider: "consul", Config: map[string]any{"PrivateKey": string(keyPEM)}}, nil)
 	must.NoError(t, err)
 }
+
+// TestLeafFromClientAgent: in a cluster of a server and a client agent
+// (the e2e layout, not -dev), the client agent hands out leaves and roots,
+// and a server on one identity verifies a client on another.
+func TestLeafFromClientAgent(t *testing.T) {
+	cl := testcluster.NewCluster(t, 1, testcluster.Options{})
+	c, err := api.NewClient(&api.Config{Address: cl.Clients[0].HTTPAddr})
+	must.NoError(t, err)
+	node := newSource(t, c, NodeService)
+	ctl := newSource(t, c, ControllerService)
+	addr := echoServer(t, node, &Authorizer{Source: node, API: c, Target: NodeService})
+	conn, err := ctl.Dial(context.Background(), addr, NodeService, 5*time.Second)
+	must.NoError(t, err)
+	defer conn.Close()
+	line, err := readLine(t, conn)
+	must.NoError(t, err)
+	must.Eq(t, "ok", line)
+}
