@@ -250,3 +250,36 @@ func TestLeafFromClientAgent(t *testing.T) {
 	must.NoError(t, err)
 	must.Eq(t, "ok", line)
 }
+
+// TestNewSourceFailsFastWithoutPermission: with ACLs on, a token without
+// service:write on the service gets no leaf, and NewSource says so at
+// once instead of waiting for an agent that will never say yes.
+func TestNewSourceFailsFastWithoutPermission(t *testing.T) {
+	const mgmt = "5addb1e9-0000-4000-8000-00000000acl1"
+	dev := testcluster.Dev(t, testcluster.Options{Token: mgmt, HCL: `acl {
+  enabled = true
+  default_policy = "deny"
+  tokens {
+    initial_management = "` + mgmt + `"
+    agent = "` + mgmt + `"
+  }
+}`})
+	admin, err := api.NewClient(&api.Config{Address: dev.HTTPAddr, Token: mgmt})
+	must.NoError(t, err)
+	p, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{Name: "other", Rules: `service "other" { policy = "write" }`}, nil)
+	must.NoError(t, err)
+	tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+	must.NoError(t, err)
+	c, err := api.NewClient(&api.Config{Address: dev.HTTPAddr, Token: tok.SecretID})
+	must.NoError(t, err)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = NewSource(ctx, c, NodeService, testLog(t))
+	must.ErrorContains(t, err, "403")
+	must.ErrorContains(t, err, "needs service:write on saddlebag-node")
+	must.Less(t, 10*time.Second, time.Since(start))
+	// Its own service it gets.
+	s := newSource(t, c, "other")
+	must.StrContains(t, s.Leaf().URIs[0].String(), "/svc/other")
+}

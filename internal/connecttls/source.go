@@ -62,6 +62,11 @@ func NewSource(ctx context.Context, c *api.Client, service string, log hclog.Log
 				break
 			}
 		}
+		var se api.StatusError
+		if errors.As(err, &se) && (se.Code == 401 || se.Code == 403) {
+			// Waiting will not help: the token lacks the permission.
+			return nil, fmt.Errorf("connect certificate for %s: %w (the Consul token needs service:write on %s)", service, err, service)
+		}
 		if attempt%10 == 0 {
 			s.log.Warn("cannot get a Connect certificate from the local Consul agent yet; retrying", "service", service, "error", err)
 		}
