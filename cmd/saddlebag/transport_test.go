@@ -70,3 +70,24 @@ func TestStatusEndpointOffLoopbackIsMutualTLS(t *testing.T) {
 	_, err = statusapi.Fetch(ctx, addr, nil)
 	must.Error(t, err)
 }
+
+// TestSecureIsTheDefault: without --insecure a process needs its Connect
+// certificate, and without a Consul agent to get it from it does not
+// start, saying what it needs and that --insecure is the dev-only way out.
+func TestSecureIsTheDefault(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	c, err := api.NewClient(&api.Config{Address: addr})
+	must.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = newTransport(ctx, false, c, connecttls.NodeService, hclog.NewNullLogger())
+	must.ErrorContains(t, err, "needs a local Consul agent with Connect enabled")
+	must.ErrorContains(t, err, "--insecure, for a dev setup only")
+	tr, err := newTransport(ctx, true, nil, connecttls.NodeService, hclog.NewNullLogger())
+	must.NoError(t, err)
+	must.Nil(t, tr.replicaDialer())
+	must.Nil(t, tr.replicaGuard())
+}
