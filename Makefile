@@ -68,9 +68,11 @@ fuzz:
 # Crash-and-fault schedules (replication/sim, issue #10). SEED replays one
 # (REPEAT times), SEEDS runs that many (from FIRST), else it runs for
 # DURATION; FAULTS picks fault classes; STEPS the faults per schedule
-# (default 14); PROCESSES=1 runs replicas as real
-# processes; STRICT=1 fails on a failing schedule; SIMLOG=1 prints the data
-# plane's logs.
+# (default 14); PARALLEL schedules at once (default 8); PROCESSES=1 runs
+# replicas as real processes. It fails on any lost write, divergence or
+# fenced write; STRICT=1 also on a schedule that did not recover in time.
+# SIMLOG=1 prints the data plane's logs, SIMLOG=failed those of failed
+# schedules only.
 torture:
 	TORTURE_DURATION=$(DURATION) TORTURE_SEED=$(SEED) TORTURE_SEEDS=$(SEEDS) TORTURE_FIRST=$(FIRST) \
 	TORTURE_FAULTS=$(FAULTS) TORTURE_REPEAT=$(REPEAT) TORTURE_PARALLEL=$(PARALLEL) TORTURE_STRICT=$(STRICT) \

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -454,4 +455,91 @@ func TestFlushFailsAfterLastReplicaLostPower(t *testing.T) {
 	must.ErrorIs(t, e.Flush(ctx), ErrUnflushedLost)
 	must.NoError(t, e.Flush(ctx))
 	must.Eq(t, bytes.Repeat([]byte{1}, 4096), readBack(t, e, 0, 4096))
+
+	// Flushes in flight while it is away (held, then resent once it is
+	// back) all fail: each was asked to make that write durable.
+	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{3}, 4096), 0, false))
+	a.stop()
+	snap = snapshotReplica(t, dir, "vol")
+	powerLoss(t, dir, "vol", snap)
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { errs <- e.Flush(ctx) }()
+	}
+	time.Sleep(100 * time.Millisecond) // all three sent and held
+	a = startTestReplicaBoot(t, dir, a.addr, "after-a-second-power-loss")
+	for range 3 {
+		must.ErrorIs(t, <-errs, ErrUnflushedLost)
+	}
+	must.NoError(t, e.Flush(ctx))
+	must.Eq(t, uint64(2), e.UnflushedLosses())
+}
+
+// A replica whose process crashed (its host did not restart) keeps the
+// writes it had not flushed in the page cache, but they are not durable
+// there until a flush on it completes. If its host loses power while it
+// is being resynced, before that flush, those writes must still be
+// resynced, even after their extents left the activity log.
+func TestPowerLossDuringResyncAfterProcessCrash(t *testing.T) {
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a, b := startTestReplica(t, dirA), startTestReplica(t, dirB)
+	var holdFlush atomic.Bool
+	release := make(chan struct{})
+	proxyB := startFrameProxy(t, b.addr, func(f Frame) {
+		if f.Type == FrameFlush && holdFlush.Load() {
+			<-release
+		}
+	})
+	const size = 16 << 20
+	cfg := engineConfig(t, "vol", size, 1, a)
+	cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: proxyB.ln.Addr().String()})
+	cfg.ActivityExtents = 2
+	ctx := context.Background()
+	e, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	defer e.Close()
+	waitInSync(t, e, 2)
+
+	w := bytes.Repeat([]byte{7}, 8192)
+	must.NoError(t, e.WriteAt(ctx, w, 0, false)) // W: on both, in page caches only
+	b.stop()                                     // B's process crashes; its host keeps running
+	must.NoError(t, e.WriteAt(ctx, []byte("x"), 1*ExtentSize, false))
+	must.Eq(t, 1, e.Status().InSync)
+	must.NoError(t, e.WriteAt(ctx, []byte("y"), 2*ExtentSize, false)) // W's extent leaves the log
+	holdFlush.Store(true)
+	b = startTestReplicaAt(t, dirB, b.addr) // same host, same boot: W still in its page cache
+	deadline := time.Now().Add(10 * time.Second)
+	for e.Status().Replicas[1].State != StateResyncing {
+		must.True(t, time.Now().Before(deadline), must.Sprint("resync of B never started"))
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // its copies done, the rejoin's flush held
+	// B's host loses power before that flush: W never reached its disk.
+	b.stop()
+	data, err := os.ReadFile(b.store.DataPath("vol"))
+	must.NoError(t, err)
+	copy(data[:len(w)], make([]byte, len(w)))
+	must.NoError(t, os.WriteFile(b.store.DataPath("vol"), data, 0o600))
+	mf, err := openMeta(osFS{}, filepath.Join(dirB, "vol", "meta"))
+	must.NoError(t, err)
+	m := mf.cur
+	m.Clean = false
+	must.NoError(t, mf.store(m))
+	must.NoError(t, mf.close())
+	holdFlush.Store(false)
+	close(release)
+	b = startTestReplicaBoot(t, dirB, b.addr, "after-power-loss")
+	waitInSync(t, e, 2)
+	must.NoError(t, e.Shutdown(ctx))
+
+	// A is lost for good: B alone must hold W.
+	a.stop()
+	cfg2 := engineConfig(t, "vol", size, 2)
+	cfg2.Replicas = []ReplicaConfig{{Addr: proxyB.ln.Addr().String()}}
+	rec := replicaMembership(t, b, "vol")
+	cfg2.Recorded = &rec
+	e2, err := StartEngine(ctx, cfg2)
+	must.NoError(t, err)
+	defer e2.Close()
+	must.Eq(t, w, readBack(t, e2, 0, len(w)))
 }

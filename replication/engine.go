@@ -132,9 +132,10 @@ type Engine struct {
 	holding  atomic.Int32  // requests waiting for a retry of the in-sync record or a reconnect
 	written  bool          // an in-sync replica held data at start (Written)
 	owner    uint64        // names this engine's promises (Volume.PromiseOwned)
-	// unflushedLost is set when the last in-sync replica came back from a
-	// power loss: the next Flush fails (errseq-like).
-	unflushedLost atomic.Bool
+	// lostSeq counts the times the last in-sync replica came back from a
+	// power loss (writes acknowledged since the last flush are gone);
+	// lostSeen is the count the last Flush reported (errseq-like).
+	lostSeq, lostSeen atomic.Uint64
 
 	al     activityLog
 	bmMu   sync.Mutex // serialises bitmap persistence
@@ -360,6 +361,11 @@ func (e *Engine) Epoch() uint64 { return e.cfg.Epoch }
 // frontend must then never format what reads as blank.
 func (e *Engine) Written() bool { return e.written }
 
+// UnflushedLosses reports how many times the last in-sync replica was
+// found back from a power loss, its unflushed writes gone (each time,
+// flushes report ErrUnflushedLost as Flush describes).
+func (e *Engine) UnflushedLosses() uint64 { return e.lostSeq.Load() }
+
 // Fenced reports whether a newer primary has fenced this engine.
 func (e *Engine) Fenced() bool { return e.fenced.Load() }
 
@@ -395,14 +401,17 @@ func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 // Flush implements Device.
 //
 // When the last in-sync replica's host lost power since the previous
-// flush, the writes acknowledged since then are gone everywhere: the next
-// flush reports it (ErrUnflushedLost) once, as Linux reports a writeback
+// flush, the writes acknowledged since then are gone everywhere: every
+// flush in flight when that was found fails (ErrUnflushedLost), and so
+// does the next one started after it, once, as Linux reports a writeback
 // error to the next fsync, instead of claiming them durable.
 func (e *Engine) Flush(ctx context.Context) error {
+	before := e.lostSeq.Load()
 	if err := e.replicate(ctx, Frame{Type: FrameFlush}); err != nil {
 		return err
 	}
-	if e.unflushedLost.Swap(false) {
+	now := e.lostSeq.Load()
+	if seen := e.lostSeen.Swap(now); now != before || seen != now {
 		return fmt.Errorf("volume %s: %w", e.cfg.Volume, ErrUnflushedLost)
 	}
 	return nil
@@ -677,13 +686,20 @@ func (e *Engine) markUnflushed(p *peer, off, n int64, isData bool) {
 
 // settleUnflushed decides, for a replica that is back and reported open,
 // whether it lost the writes markUnflushed recorded: when its host
-// rebooted since (or cannot say), they go into its bitmap; a process that
-// only crashed kept them in the page cache. Callers hold stateMu.
+// rebooted since (or cannot say), they go into its bitmap. A process that
+// only crashed kept them in the page cache, but they are still not
+// durable there: they stay recorded (and in its persisted bitmap) until a
+// flush on it completes (rejoin), so that a power loss before that, even
+// during its resync, still resyncs them. Callers hold stateMu.
 func (e *Engine) settleUnflushed(p *peer, open openReply) {
 	if p.unflushed == nil {
 		return
 	}
-	if p.dirty != nil && (open.BootID == "" || p.unflushedBoot == "" || open.BootID != p.unflushedBoot) {
+	rebooted := open.BootID == "" || p.unflushedBoot == "" || open.BootID != p.unflushedBoot
+	if !rebooted && p.dirty != nil {
+		return
+	}
+	if p.dirty != nil {
 		for x := range p.unflushed {
 			p.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
 		}
@@ -703,6 +719,7 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, off, n int64,
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
 	var kept *peer
+	keep := map[*peer]bool{}
 	remaining := 0
 	for _, p := range e.peers {
 		if p.state == StateInSync && failed[p] == nil {
@@ -724,14 +741,31 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, off, n int64,
 				kept = p
 			}
 		}
-		if kept != nil {
+		if kept != nil && kept.client != nil && kept.client.failure() == nil {
+			// One answered (with an error): it stays the copy.
+			keep[kept] = true
 			e.log.Error("every in-sync replica failed the request: keeping one as the volume's copy",
 				"replica", kept.cfg.Addr, "error", failed[kept])
+		} else if kept != nil {
+			// Every connection broke at once: each of them holds every
+			// acknowledged write, and which one comes back intact is not
+			// known yet (one may have been wiped). Keep them all; the
+			// first back with its history is the copy, and the others are
+			// dropped then.
+			var addrs []string
+			for p := range failed {
+				if p.state == StateInSync {
+					keep[p] = true
+					addrs = append(addrs, p.cfg.Addr)
+				}
+			}
+			slices.Sort(addrs)
+			e.log.Error("every in-sync replica's connection broke: keeping them all until one is back", "replicas", addrs)
 		}
 	}
 	changed := false
 	for p, err := range failed {
-		if p == kept {
+		if keep[p] {
 			continue
 		}
 		if p.state != StateInSync {
@@ -862,9 +896,10 @@ func (e *Engine) writeMembershipLocked(set *targetSet, m Membership) (retry bool
 	return true, nil
 }
 
-// waitReconnect waits until every in-sync replica has a working connection
+// waitReconnect waits until an in-sync replica has a working connection
 // again (the background loop reconnects them), the engine is fenced, or
-// ctx ends.
+// ctx ends. The request is then sent again, and the in-sync replicas
+// still unreachable are dropped as for any failure.
 func (e *Engine) waitReconnect(ctx context.Context) error {
 	e.holding.Add(1)
 	defer e.holding.Add(-1)
@@ -876,13 +911,7 @@ func (e *Engine) waitReconnect(ctx context.Context) error {
 		if e.fenced.Load() {
 			return e.fencedErr()
 		}
-		ok := len(set.inSync) > 0
-		for _, t := range set.inSync {
-			if t.c == nil || t.c.failure() != nil {
-				ok = false
-			}
-		}
-		if ok {
+		if _, ok := connected(set); ok {
 			return nil
 		}
 		if !logged {
@@ -952,7 +981,14 @@ func (e *Engine) readAt(ctx context.Context, p []byte, off int64) error {
 		if len(set.inSync) == 0 {
 			return fmt.Errorf("%w: volume %s", ErrNoReplicas, e.cfg.Volume)
 		}
-		src := e.readSource(set)
+		src, ok := e.readSource(set)
+		if !ok {
+			// Every in-sync replica is reconnecting: read once one is back.
+			if werr := e.waitReconnect(ctx); werr != nil {
+				return werr
+			}
+			continue
+		}
 		_, err := src.c.wait(src.c.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(len(p))}, p))
 		if err == nil {
 			return e.passGate(ctx)
@@ -979,13 +1015,32 @@ func (e *Engine) readAt(ctx context.Context, p []byte, off int64) error {
 	}
 }
 
-func (e *Engine) readSource(set *targetSet) target {
-	for _, t := range set.inSync {
+// readSource picks the in-sync replica to read from: the local one, or
+// the next one in turn, among those with a working connection; false if
+// none has one.
+func (e *Engine) readSource(set *targetSet) (target, bool) {
+	up, ok := connected(set)
+	if !ok {
+		return target{}, false
+	}
+	for _, t := range up {
 		if t.p.cfg.Local {
-			return t
+			return t, true
 		}
 	}
-	return set.inSync[int(e.readNext.Add(1))%len(set.inSync)]
+	return up[int(e.readNext.Add(1))%len(up)], true
+}
+
+// connected returns the in-sync targets with a working connection, and
+// whether there is one.
+func connected(set *targetSet) ([]target, bool) {
+	var up []target
+	for _, t := range set.inSync {
+		if t.c != nil && t.c.failure() == nil {
+			up = append(up, t)
+		}
+	}
+	return up, len(up) > 0
 }
 
 // Hold makes the engine stop completing I/O: requests still run, but none

@@ -11,6 +11,7 @@ import (
 	"hash/crc32"
 	mrand "math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -357,4 +358,62 @@ func TestEngineSplitsLargeRequests(t *testing.T) {
 	must.NoError(t, e.ReadAt(ctx, q, 4096))
 	must.Eq(t, sha256.Sum256(p), sha256.Sum256(q))
 	must.Eq(t, 2, e.Status().InSync)
+}
+
+// The last in-sync replica going away while a replica behind has bits
+// to persist: the persister's broadcast waits for the reconnect, and the
+// reconnect must still happen (they once shared a goroutine, and the
+// volume stayed held after the replica came back).
+func TestPersistWaitDoesNotStopReconnect(t *testing.T) {
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a, b := startTestReplica(t, dirA), startTestReplica(t, dirB)
+	e := startTestEngine(t, "vol", 1<<20, 1, nil, a, b)
+	ctx := context.Background()
+	b.stop()
+	must.NoError(t, e.WriteAt(ctx, []byte("dirty for b"), 0, false)) // b dropped, its bitmap has bits
+	must.Eq(t, 1, e.Status().InSync)
+	a.stop()
+	time.Sleep(1500 * time.Millisecond) // a persist tick finds a unreachable and waits
+	a = startTestReplicaAt(t, dirA, a.addr)
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	must.NoError(t, e.WriteAt(wctx, []byte("after"), 8192, false), must.Sprint("the held write never resumed"))
+	buf := make([]byte, 11)
+	must.NoError(t, e.ReadAt(ctx, buf, 0))
+	must.Eq(t, "dirty for b", string(buf))
+}
+
+// Every in-sync replica's connection breaks at once, and the first to
+// come back was wiped: the engine must not have settled on it as the
+// volume's copy. It waits for another, which holds every acknowledged
+// write, and resyncs the wiped one from it.
+func TestAllConnectionsBrokenKeepsEveryCandidate(t *testing.T) {
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a, b := startTestReplica(t, dirA), startTestReplica(t, dirB)
+	e := startTestEngine(t, "vol", 1<<20, 1, nil, a, b)
+	ctx := context.Background()
+	must.NoError(t, e.WriteAt(ctx, []byte("acknowledged"), 0, true))
+	a.stop()
+	b.stop()
+	done := make(chan error, 1)
+	go func() { done <- e.WriteAt(ctx, []byte("held"), 8192, false) }()
+	time.Sleep(300 * time.Millisecond) // failed on both, held
+	must.NoError(t, os.RemoveAll(filepath.Join(dirA, "vol")))
+	a = startTestReplicaAt(t, dirA, a.addr) // back first, empty
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("the write completed on the wiped replica alone: %v", err)
+	default:
+	}
+	b = startTestReplicaAt(t, dirB, b.addr)
+	select {
+	case err := <-done:
+		must.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the held write never completed after the intact replica came back")
+	}
+	must.Eq(t, "acknowledged", string(readBack(t, e, 0, 12)))
+	waitInSync(t, e, 2)
+	must.Eq(t, fileSum(t, a.store.DataPath("vol")), fileSum(t, b.store.DataPath("vol")))
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
+	"io/fs"
 	"os"
 )
 
@@ -72,6 +74,21 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // ErrMetaCorrupt means neither slot of a slot file holds a valid version.
 var ErrMetaCorrupt = errors.New("replica metadata corrupt: no valid slot")
 
+// errSlotFileUnborn means a slot file's creation never completed (a crash
+// between its creation and its first fsync). It is reported as
+// fs.ErrNotExist too: such a file holds nothing, and its creator creates
+// it again over it.
+var errSlotFileUnborn = errors.New("slot file creation never completed")
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // slotFile is a crash-safe two-slot file. It is not safe for concurrent
 // use; its owner serialises access.
 type slotFile struct {
@@ -82,7 +99,7 @@ type slotFile struct {
 }
 
 func createSlotFile(fsys FileSystem, path string, slotSize int, payload []byte) (*slotFile, error) {
-	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600) // over an unborn one, see errSlotFileUnborn
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +122,7 @@ func openSlotFile(fsys FileSystem, path string, slotSize int) (*slotFile, error)
 	}
 	buf := make([]byte, 2*slotSize)
 	n, err := f.ReadAt(buf, 0)
-	if err != nil && n == 0 {
+	if err != nil && !errors.Is(err, io.EOF) {
 		f.Close()
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
@@ -124,6 +141,13 @@ func openSlotFile(fsys FileSystem, path string, slotSize int) (*slotFile, error)
 	}
 	if !found {
 		f.Close()
+		// The first store writes slot 1 and syncs; slot 0 is written only
+		// after that store completed. So a file without a valid slot
+		// whose slot 0 was never written (zeros, or not even sized) is a
+		// creation that never completed: nothing was ever stored in it.
+		if len(buf) < 2*slotSize || allZero(buf[:slotSize]) {
+			return nil, fmt.Errorf("%s: %w (%w)", path, errSlotFileUnborn, fs.ErrNotExist)
+		}
 		return nil, fmt.Errorf("%s: %w", path, ErrMetaCorrupt)
 	}
 	return sf, nil

@@ -46,12 +46,14 @@ type resyncProgress struct {
 }
 
 // background owns the engine's periodic work: reconnecting and resyncing
-// replicas that are behind, and persisting their bitmaps.
+// replicas that are behind, and (on a goroutine of its own) persisting
+// their bitmaps. The two must not share a goroutine: persisting is a
+// broadcast, which waits while the last in-sync replica reconnects, and
+// only this loop reconnects it.
 func (e *Engine) background(ctx context.Context) {
+	e.wg.Go(func() { e.persistLoop(ctx) })
 	reconnect := time.NewTicker(e.cfg.ReconnectInterval)
 	defer reconnect.Stop()
-	persist := time.NewTicker(time.Second)
-	defer persist.Stop()
 	e.startResyncs(ctx)
 	for {
 		select {
@@ -59,8 +61,21 @@ func (e *Engine) background(ctx context.Context) {
 			return
 		case <-reconnect.C:
 			e.startResyncs(ctx)
+		}
+	}
+}
+
+// persistLoop stores the bitmaps of replicas that are behind on the
+// in-sync replicas once a second.
+func (e *Engine) persistLoop(ctx context.Context) {
+	persist := time.NewTicker(time.Second)
+	defer persist.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
 		case <-persist.C:
-			if err := e.persistBitmaps(ctx, false); err != nil && !e.fenced.Load() {
+			if err := e.persistBitmaps(ctx, false); err != nil && !e.fenced.Load() && ctx.Err() == nil {
 				e.log.Warn("persisting replica bitmaps failed", "error", err)
 			}
 		}
@@ -115,21 +130,39 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 	}
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
-	if open.Incarnation != p.open.Incarnation || open.Membership.Gen != e.gen {
-		p.reason = fmt.Sprintf("came back without its history (incarnation %x, generation %d; want %x, %d): it is no longer the volume's copy",
-			open.Incarnation, open.Membership.Gen, p.open.Incarnation, e.gen)
-		e.log.Error("the last in-sync replica came back without its data: I/O stays held", "replica", p.cfg.Addr, "reason", p.reason)
-		go nc.close()
-		return
-	}
-	others := 0
+	var alive, waiting []*peer // the other in-sync replicas, connected or not
 	for _, q := range e.peers {
 		if q != p && q.state == StateInSync {
-			others++
+			if q.client != nil && q.client.failure() == nil {
+				alive = append(alive, q)
+			} else {
+				waiting = append(waiting, q)
+			}
 		}
 	}
+	if open.Incarnation != p.open.Incarnation || open.Membership.Gen != e.gen {
+		reason := fmt.Sprintf("came back without its history (incarnation %x, generation %d; want %x, %d): it is no longer the volume's copy",
+			open.Incarnation, open.Membership.Gen, p.open.Incarnation, e.gen)
+		go nc.close()
+		if len(alive)+len(waiting) == 0 {
+			p.reason = reason
+			e.log.Error("the last in-sync replica came back without its data: I/O stays held", "replica", p.cfg.Addr, "reason", reason)
+			return
+		}
+		// Other in-sync replicas hold the data: it is behind, and they
+		// are waited for instead.
+		p.state, p.reason, p.dirty, p.client = StateDropped, reason, nil, nil
+		e.order.Lock()
+		e.setTargetsLocked(e.rebuildLocked())
+		e.order.Unlock()
+		e.log.Error("an in-sync replica came back without its data: dropped", "replica", p.cfg.Addr, "reason", reason)
+		if err := e.recordLocked(ctx); err != nil {
+			e.log.Warn("recording the drop failed; retried with the next write", "error", err)
+		}
+		return
+	}
 	rebooted := open.BootID == "" || open.BootID != p.open.BootID
-	if !open.Clean && rebooted && others > 0 {
+	if !open.Clean && rebooted && len(alive) > 0 {
 		// Its host restarted without a clean shutdown (it lost power): it
 		// may have lost writes it acknowledged but had not flushed. Others
 		// hold them: resync it like a dropped replica.
@@ -153,7 +186,16 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		// not flushed, which the activity log covers, and stays the
 		// volume's copy. Replicas behind it may still hold those writes:
 		// they must get the log's extents from it again, or they would
-		// keep blocks it no longer has.
+		// keep blocks it no longer has. So must the in-sync replicas
+		// still away (every connection broke at once): they are dropped
+		// now, with those extents.
+		for _, q := range waiting {
+			q.state, q.reason = StateDropped, "an in-sync replica that lost power came back first and is the volume's copy"
+			q.dirty, q.dirtyInc, q.persisted = NewBitmap(e.cfg.Size), q.open.Incarnation, ^uint64(0)
+			if q.client != nil {
+				go q.client.close()
+			}
+		}
 		for _, q := range e.peers {
 			if q == p {
 				continue
@@ -165,8 +207,8 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 			}
 			q.missed++
 		}
-		e.unflushedLost.Store(true)
-		e.log.Warn("the last in-sync replica's host restarted: it may have lost unflushed writes; the next flush fails, and replicas behind get its activity log's extents again",
+		e.lostSeq.Add(1)
+		e.log.Warn("the last in-sync replica's host restarted: it may have lost unflushed writes; the flushes in flight and the next one fail, and replicas behind get its activity log's extents again",
 			"replica", p.cfg.Addr)
 	}
 	p.client, p.open, p.reason = nc, open, ""
@@ -680,7 +722,10 @@ func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *re
 		e.stateMu.Unlock()
 		return fmt.Errorf("replica %s: writes were missed during resync", p.cfg.Addr)
 	}
+	// The flush above made everything it holds durable, including what
+	// it had unflushed when it was dropped.
 	p.state, p.dirty, p.created = StateInSync, nil, false
+	p.unflushed, p.unflushedBoot = nil, ""
 	prog.elapsed.Store(int64(time.Since(prog.started)))
 	prog.finished.Store(true)
 	e.order.Lock()

@@ -150,3 +150,36 @@ func TestTrimPunchesHoles(t *testing.T) {
 	must.Eq(t, make([]byte, 128<<10), buf[64<<10:192<<10])
 	must.Eq(t, byte(7), buf[192<<10])
 }
+
+// A crash between a replica's creation and its metadata's first fsync
+// leaves a metadata file that never held anything (zeros, or not even
+// sized): the replica is absent, and the next create makes it again,
+// instead of a replica that reports corrupt metadata forever.
+func TestInterruptedCreateIsAbsent(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir, testLogger(t))
+	must.NoError(t, err)
+	for _, content := range [][]byte{nil, make([]byte, 2*metaSlotSize), append(make([]byte, metaSlotSize), []byte(slotMagic+"torn")...)} {
+		must.NoError(t, os.RemoveAll(filepath.Join(dir, "v")))
+		must.NoError(t, os.MkdirAll(filepath.Join(dir, "v"), 0o700))
+		must.NoError(t, os.WriteFile(s.DataPath("v"), nil, 0o600))
+		must.NoError(t, os.WriteFile(s.metaPath("v"), content, 0o600))
+		_, _, err := s.Open("v", 1<<20, false)
+		must.ErrorIs(t, err, ErrVolumeNotFound)
+		v, created, err := s.Open("v", 1<<20, true)
+		must.NoError(t, err)
+		must.True(t, created)
+		must.NoError(t, v.Close())
+		v, created, err = s.Open("v", 1<<20, false)
+		must.NoError(t, err)
+		must.False(t, created)
+		must.NoError(t, v.Close())
+	}
+	// A metadata file whose slot 0 was written once is not unborn: with
+	// no valid slot it is corrupt, and nothing recreates it.
+	bad := make([]byte, 2*metaSlotSize)
+	copy(bad, slotMagic+"garbage")
+	must.NoError(t, os.WriteFile(s.metaPath("v"), bad, 0o600))
+	_, _, err = s.Open("v", 1<<20, true)
+	must.ErrorIs(t, err, ErrMetaCorrupt)
+}

@@ -43,6 +43,7 @@ type CrashFS struct {
 	quota int64  // allocated bytes allowed; 0: unlimited
 	used  int64  // allocated bytes, over every file
 	trap  *trap  // a power cut armed on a write
+	down  bool   // a trap cut the power: nothing opens until Up
 }
 
 // trap cuts the power right after the nth write to a file whose name
@@ -78,6 +79,8 @@ func (c *CrashFS) OpenFile(name string, flag int, _ fs.FileMode) (replication.Fi
 	defer c.mu.Unlock()
 	f, ok := c.files[name]
 	switch {
+	case c.down:
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fmt.Errorf("%w: %w", ErrKilled, syscall.EIO)}
 	case ok && flag&os.O_CREATE != 0 && flag&os.O_EXCL != 0:
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrExist}
 	case !ok && flag&os.O_CREATE == 0:
@@ -86,7 +89,20 @@ func (c *CrashFS) OpenFile(name string, flag int, _ fs.FileMode) (replication.Fi
 		f = &memFile{cur: map[int64][]byte{}, durable: map[int64][]byte{}}
 		c.files[name] = f
 	}
-	return &memHandle{c: c, f: f, name: name, gen: c.gen}, nil
+	h := &memHandle{c: c, f: f, name: name, gen: c.gen}
+	if ok && flag&os.O_TRUNC != 0 {
+		c.truncateLocked(f, 0) // durable at once, as Truncate
+	}
+	return h, nil
+}
+
+// Up turns the host back on after a power cut a trap fired: until then
+// no file opens, as its replica server, still running in this process,
+// must not serve what the cut left as if the host were up.
+func (c *CrashFS) Up() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.down = false
 }
 
 // MkdirAll implements replication.FileSystem: directories are implicit.
@@ -332,6 +348,7 @@ func (h *memHandle) WriteAt(p []byte, off int64) (int, error) {
 	if t := h.c.trap; t != nil && strings.Contains(h.name, t.match) {
 		if t.n--; t.n <= 0 {
 			h.c.trap = nil
+			h.c.down = true // the host is off until the node restarts (Up)
 			lost := h.c.powerLossLocked(t.r)
 			go t.onFire(lost)
 			return len(p), &fs.PathError{Op: "write", Path: h.name, Err: fmt.Errorf("%w: %w", ErrKilled, syscall.EIO)}
@@ -419,16 +436,20 @@ func (h *memHandle) Truncate(size int64) error {
 		return err
 	}
 	defer h.c.mu.Unlock()
-	f := h.f
+	h.c.truncateLocked(h.f, size)
+	return nil
+}
+
+func (c *CrashFS) truncateLocked(f *memFile, size int64) {
 	for b := range f.cur {
 		if b*blockSize >= size {
 			delete(f.cur, b)
 			delete(f.durable, b)
-			h.c.used -= blockSize
+			c.used -= blockSize
 		}
 	}
+	f.pending = slices.DeleteFunc(f.pending, func(w pendingWrite) bool { return w.blk*blockSize >= size })
 	f.size = size
-	return nil
 }
 
 func (h *memHandle) Close() error {

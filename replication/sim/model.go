@@ -21,6 +21,7 @@ type opRec struct {
 	trim   bool
 	fua    bool
 	issued uint64 // event counter when issued
+	losses uint64 // unflushed-write losses the engines had found when it was issued
 	acked  bool
 	ackAt  uint64        // event counter when acknowledged
 	epoch  uint64        // the primary that acknowledged it
@@ -153,10 +154,11 @@ func (w *writer) step(s *simulation, p *primary) error {
 	n := w.hi - w.lo
 	r := w.rng.IntN(100)
 	if r >= 88 {
+		losses := s.unflushedLosses()
 		issued := s.events.Add(1)
 		err := w.call(s, p, "flush", func(ctx context.Context) error { return p.eng.Flush(ctx) })
 		if err == nil {
-			s.flushed(issued)
+			s.flushed(flushRec{issued: issued, losses: losses, epoch: p.epoch})
 			w.flushes++
 		}
 		return err
@@ -179,6 +181,7 @@ func (w *writer) step(s *simulation, p *primary) error {
 		w.hist[b-w.lo] = append(w.hist[b-w.lo], rec)
 	}
 	w.issued++
+	rec.losses = s.unflushedLosses()
 	rec.issued = s.events.Add(1)
 	var err error
 	if rec.trim {
@@ -205,14 +208,14 @@ func (w *writer) step(s *simulation, p *primary) error {
 }
 
 // allowed reports whether a block of this writer may read back as the
-// given version, and describes what it should hold otherwise. floor is
-// the event counter before which acknowledged writes must be durable:
-// the newest completed flush's issue (after a power loss), or infinity.
-func (w *writer) allowed(blk int64, data []byte, floor uint64) (bool, string) {
+// given version, and describes what it should hold otherwise. durable
+// says whether an acknowledged op must have survived (see
+// simulation.mustSurvive).
+func (w *writer) allowed(blk int64, data []byte, durable func(*opRec) bool) (bool, string) {
 	ops := w.hist[blk-w.lo]
 	k := -1 // the newest op that must have survived
 	for i, op := range ops {
-		if op.acked && (op.ackAt < floor || op.fua) {
+		if op.acked && durable(op) {
 			k = i
 		}
 	}

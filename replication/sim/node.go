@@ -83,6 +83,7 @@ func (s *simulation) startNode(n *node) error {
 	if n.fs == nil {
 		return s.startProcess(n)
 	}
+	n.fs.Up()
 	store, err := replication.OpenStoreWith(n.dir, s.log, replication.StoreOptions{Files: n.fs,
 		BootID: fmt.Sprintf("sim-node%d-boot%d", n.i, n.boots.Load())})
 	if err != nil {

@@ -1,9 +1,11 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -23,8 +25,10 @@ import (
 // runs schedules until it has passed; -faults [FAULTS] picks the fault
 // classes ("-powerloss,-wipe" disables two, "kill,partition" enables only
 // those, "none" none); -parallel-schedules [PARALLEL] runs that many at
-// once (default 2); -simlog [LOG=1] prints the replicas' and engines'
-// logs; -processes [PROCESSES=1] runs the replicas as real processes on
+// once (default 8, 2 under the race detector; with -seed 1 unless given, so a seed can be repeated
+// under load); -simlog [LOG=1] prints the replicas' and engines' logs;
+// -simlog-failed [LOG=failed] prints them, at trace level, only for the
+// schedules that failed; -processes [PROCESSES=1] runs the replicas as real processes on
 // real files (tmpfs as root: SIGKILL and disk full for real, no power
 // loss); -steps [STEPS] sets the fault steps per schedule (default 14:
 // fewer run faster, and a seed's first n steps are the same whatever the
@@ -38,15 +42,18 @@ var (
 	flagParallel = flag.String("parallel-schedules", os.Getenv("TORTURE_PARALLEL"), "schedules run at once")
 	flagRepeat   = flag.String("repeat", os.Getenv("TORTURE_REPEAT"), "with -seed: run the seed this many times")
 	flagLog      = flag.Bool("simlog", os.Getenv("TORTURE_LOG") == "1", "print the data plane's logs")
+	flagLogFail  = flag.Bool("simlog-failed", os.Getenv("TORTURE_LOG") == "failed", "print the data plane's logs of failed schedules")
 	flagProcs    = flag.Bool("processes", os.Getenv("TORTURE_PROCESSES") == "1", "replicas as real processes on real files")
 	flagSteps    = flag.Int("steps", envInt("TORTURE_STEPS"), "fault steps per schedule (default 14)")
 	flagStrict   = flag.Bool("strict", os.Getenv("TORTURE_STRICT") == "1", "fail the test when a schedule fails")
 )
 
 // TestTorture runs crash-and-fault schedules and prints what they found.
-// By default (make test) it runs for about a minute and, since the current
-// data plane is known to fail some schedules (issue #10), reports failures
-// without failing unless -strict; a replay (-seed) always fails on a
+// By default (make test) it runs for about a minute. Any safety violation
+// (an acknowledged write lost, replicas different, a fenced primary's
+// write accepted, a write failed by a Consul blip) fails it; a schedule
+// that only did not recover in time is reported, and fails it only with
+// -strict (timing on a shared machine); a replay (-seed) fails on any
 // failing schedule.
 func TestTorture(t *testing.T) {
 	spec := *flagFaults
@@ -60,7 +67,13 @@ func TestTorture(t *testing.T) {
 	if *flagLog {
 		log = hclog.New(&hclog.LoggerOptions{Name: "sim", Level: hclog.Debug, Output: os.Stderr})
 	}
-	parallel := 2
+	// Schedules mostly wait (timeouts, back-off, sleeps between steps):
+	// 8 at once use about half of this 2-core machine; under the race
+	// detector each costs several times more CPU.
+	parallel := 8
+	if raceDetector {
+		parallel = 2
+	}
 	if *flagParallel != "" {
 		parallel, err = strconv.Atoi(*flagParallel)
 		must.NoError(t, err)
@@ -71,7 +84,10 @@ func TestTorture(t *testing.T) {
 	case *flagSeed != "":
 		seed, err := strconv.ParseUint(*flagSeed, 10, 64)
 		must.NoError(t, err)
-		seeds, parallel = []uint64{seed}, 1
+		seeds = []uint64{seed}
+		if *flagParallel == "" {
+			parallel = 1
+		}
 		if *flagRepeat != "" {
 			n, err := strconv.Atoi(*flagRepeat)
 			must.NoError(t, err)
@@ -133,9 +149,17 @@ func TestTorture(t *testing.T) {
 				if !ok {
 					return
 				}
-				res := Run(context.Background(), Config{Seed: seed, Faults: faults, Log: log, Processes: *flagProcs,
+				slog, buf := log, (*bytes.Buffer)(nil)
+				if *flagLogFail {
+					buf = new(bytes.Buffer)
+					slog = hclog.New(&hclog.LoggerOptions{Name: "sim", Level: hclog.Trace, Output: &lockedWriter{w: buf}})
+				}
+				res := Run(context.Background(), Config{Seed: seed, Faults: faults, Log: slog, Processes: *flagProcs,
 					Timeout: raceTimeout, Steps: *flagSteps})
 				mu.Lock()
+				if buf != nil && res.Failed() {
+					fmt.Printf("--- log of seed %d\n%s--- end of the log of seed %d\n", seed, buf.String(), seed)
+				}
 				schedules++
 				lost += res.AckedWritesLost
 				if res.Undetectable {
@@ -168,11 +192,15 @@ func TestTorture(t *testing.T) {
 	fmt.Printf("torture_ops issued=%d acked=%d\n", issued, acked)
 	must.Positive(t, schedules)
 	must.Positive(t, acked) // the workload did run
+	if lost+divergent+fenced+blip > 0 {
+		t.Fatalf("safety violated: %d acknowledged writes lost, %d divergent replicas, %d fenced writes accepted, %d writes failed by a Consul blip",
+			lost, divergent, fenced, blip)
+	}
 	if failed > 0 && (*flagStrict || replay) {
 		t.Fatalf("%d of %d schedules failed", failed, schedules)
 	}
 	if failed > 0 {
-		t.Logf("%d of %d schedules failed (known bugs of issue #10; -strict makes that a test failure)", failed, schedules)
+		t.Logf("%d of %d schedules failed on liveness only (recovery too slow on this machine?); -strict makes that a test failure", failed, schedules)
 	}
 }
 
@@ -207,6 +235,18 @@ func report(t *testing.T, res *Result, faults FaultSet, verbose bool) {
 		}
 		fmt.Printf("replay: %s\n", replay)
 	}
+}
+
+// lockedWriter serializes the writes of a schedule's goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func envInt(name string) int {
