@@ -33,6 +33,12 @@ variable "consul_addr" {
   default     = "127.0.0.1:8500"
 }
 
+variable "consul_token" {
+  description = "Consul ACL token of the controllers, holding the policy jobs/acl/saddlebag-controller.policy.hcl (empty: Consul without ACLs). It reaches the task as CONSUL_HTTP_TOKEN; anyone who may read this job sees it, so in production prefer a Nomad Variable rendered by a template."
+  type        = string
+  default     = ""
+}
+
 variable "count" {
   description = "Controller instances (one active, the rest standing by), each on its own host."
   type        = number
@@ -70,6 +76,12 @@ job "saddlebag-controller" {
 
     task "controller" {
       driver = "raw_exec"
+
+      # Its Consul token (see var.consul_token); TLS needs nothing more:
+      # the process fetches its Connect certificate from the local agent.
+      env {
+        CONSUL_HTTP_TOKEN = var.consul_token
+      }
 
       config {
         command = var.binary

@@ -35,6 +35,12 @@ variable "consul_addr" {
   default     = "127.0.0.1:8500"
 }
 
+variable "consul_token" {
+  description = "Consul ACL token of the nodes, holding the policy jobs/acl/saddlebag-node.policy.hcl (empty: Consul without ACLs). It reaches the task as CONSUL_HTTP_TOKEN; anyone who may read this job sees it, so in production prefer a Nomad Variable rendered by a template."
+  type        = string
+  default     = ""
+}
+
 variable "data_dir" {
   description = "Where each host keeps its replicas. Runtime interpolation such as $${node.unique.name} is allowed."
   type        = string
@@ -88,6 +94,12 @@ job "saddlebag-node" {
 
     task "node" {
       driver = "raw_exec"
+
+      # Its Consul token (see var.consul_token); TLS needs nothing more:
+      # the process fetches its Connect certificate from the local agent.
+      env {
+        CONSUL_HTTP_TOKEN = var.consul_token
+      }
 
       config {
         command = var.binary

@@ -11,6 +11,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
 	"github.com/saddlebag/saddlebag/internal/volkey"
@@ -33,9 +35,16 @@ type ControllerConfig struct {
 	// the leadership lock while this instance is active. "" publishes
 	// none, and standbys then cannot forward to this instance.
 	ForwardAddr string
+	// ForwardCreds secure the calls this instance forwards, while a
+	// standby, to the active one: mutual TLS as saddlebag-controller.
+	// Default (nil): plain gRPC, for --insecure and tests.
+	ForwardCreds credentials.TransportCredentials
 	// ReplicaTimeout bounds each request to a replica server (create,
 	// delete). Default 10s.
 	ReplicaTimeout time.Duration
+	// Dial connects to replica servers (mutual TLS; nil: plain TCP, for
+	// --insecure and tests).
+	Dial replication.Dialer
 	// Grace is how long a replica's node may be down before the replica
 	// is replaced on another node. Default 5m.
 	Grace time.Duration
@@ -113,8 +122,11 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	if err := cfg.KDF.Check(); err != nil {
 		return nil, fmt.Errorf("%w: %v", leader.ErrInvalid, err)
 	}
+	if cfg.ForwardCreds == nil {
+		cfg.ForwardCreds = insecure.NewCredentials()
+	}
 	log := cfg.Log.Named("controller")
-	return &Controller{cfg: cfg, log: log, fwd: &forwarder{client: cfg.Client, log: log.Named("forward")}}, nil
+	return &Controller{cfg: cfg, log: log, fwd: &forwarder{client: cfg.Client, log: log.Named("forward"), creds: cfg.ForwardCreds}}, nil
 }
 
 // Close ends the connection to the active controller a standby keeps for
@@ -418,7 +430,7 @@ func checkPassphrase(rec leader.VolumeRecord, secrets map[string]string) error {
 func (c *Controller) makeReplicas(ctx context.Context, rec leader.VolumeRecord) error {
 	var errs []error
 	for _, r := range rec.Replicas {
-		if _, err := replication.CreateReplica(ctx, r.Addr, rec.ID, rec.Spec.SizeBytes, c.cfg.ReplicaTimeout); err != nil {
+		if _, err := replication.CreateReplica(ctx, c.cfg.Dial, r.Addr, rec.ID, rec.Spec.SizeBytes, c.cfg.ReplicaTimeout); err != nil {
 			errs = append(errs, fmt.Errorf("node %s: %w", r.Node, err))
 		}
 	}
@@ -438,7 +450,7 @@ func (c *Controller) undoCreate(ctx context.Context, lease *leader.Lease, rec le
 func (c *Controller) deleteReplicas(ctx context.Context, rec leader.VolumeRecord) error {
 	var errs []error
 	for _, r := range rec.Replicas {
-		if err := replication.DeleteReplica(ctx, r.Addr, rec.ID, c.cfg.ReplicaTimeout); err != nil {
+		if err := replication.DeleteReplica(ctx, c.cfg.Dial, r.Addr, rec.ID, c.cfg.ReplicaTimeout); err != nil {
 			errs = append(errs, fmt.Errorf("node %s: %w", r.Node, err))
 		}
 	}

@@ -23,8 +23,13 @@
 //     the controller added or retired, a fence from
 //     ControllerUnpublishVolume);
 //   - serve.go: gRPC on a unix socket (and the controller's forward
-//     channel on TCP) with a logging interceptor that strips secrets; paths.go: the raw_exec path translation of
-//     DESIGN.md §7.
+//     channel on TCP, secured by the server options and transport
+//     credentials cmd/saddlebag hands in: mutual TLS between
+//     saddlebag-controller identities, internal/connecttls) with a
+//     logging interceptor that strips secrets; paths.go: the raw_exec
+//     path translation of DESIGN.md §7. Replica connections (create,
+//     delete, the engines of staged volumes) go through the
+//     replication.Dialer in ControllerConfig.Dial and NodeConfig.Dial.
 //
 // Every field of every request is untrusted (validate.go): volume and
 // node ids must be exactly the ids the plugin issues

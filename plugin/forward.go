@@ -9,7 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -49,6 +49,7 @@ func forwardedBy(ctx context.Context) string {
 type forwarder struct {
 	client *leader.Client
 	log    hclog.Logger
+	creds  credentials.TransportCredentials // mutual TLS; insecure for --insecure and tests
 
 	mu   sync.Mutex
 	addr string
@@ -78,7 +79,7 @@ func (f *forwarder) target(ctx context.Context, self leader.LeaderRecord, refres
 	if f.conn != nil && f.addr == active.ForwardAddr {
 		return csi.NewControllerClient(f.conn), f.addr, nil
 	}
-	conn, err := grpc.NewClient("passthrough:///"+active.ForwardAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("passthrough:///"+active.ForwardAddr, grpc.WithTransportCredentials(f.creds))
 	if err != nil {
 		return nil, "", errf(codes.Unavailable, "dial the active controller %s at %s: %v", active.Node, active.ForwardAddr, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/replication"
 )
 
 // NodeConfig configures the Node service of a `saddlebag node` agent.
@@ -37,6 +38,9 @@ type NodeConfig struct {
 	StageTimeout time.Duration
 	// ReplicaTimeout is the engine's per-request replica timeout.
 	ReplicaTimeout time.Duration
+	// Dial connects the engine to replica servers (mutual TLS; nil: plain
+	// TCP, for --insecure and tests).
+	Dial replication.Dialer
 	// FUSEHungTimeout is the FUSE watchdog's bound (0: default).
 	FUSEHungTimeout time.Duration
 	Log             hclog.Logger

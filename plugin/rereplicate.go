@@ -107,7 +107,7 @@ func (d *driver) replace(ctx context.Context, lease *leader.Lease, r scheduler.R
 	rec.Replicas[i].State = ReplicaLost
 	if r.New != "" {
 		addr := nodes[r.New].ReplicaAddr
-		if _, err := replication.CreateReplica(ctx, addr, rec.ID, rec.Spec.SizeBytes, c.cfg.ReplicaTimeout); err != nil {
+		if _, err := replication.CreateReplica(ctx, c.cfg.Dial, addr, rec.ID, rec.Spec.SizeBytes, c.cfg.ReplicaTimeout); err != nil {
 			return err
 		}
 		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: r.New, Addr: addr, State: ReplicaAdding})
@@ -157,7 +157,7 @@ func (d *driver) finish(ctx context.Context, lease *leader.Lease, id string) err
 	}
 	c.log.Info("replacement replicas in sync: lost replicas dropped", "volume_id", id, "replicas", rec.Replicas, "dropped", lost)
 	for _, r := range lost {
-		if err := replication.DeleteReplica(ctx, r.Addr, id, time.Second); err != nil {
+		if err := replication.DeleteReplica(ctx, c.cfg.Dial, r.Addr, id, time.Second); err != nil {
 			c.log.Info("lost replica's data left on its node (unreachable)", "volume_id", id, "node", r.Node, "error", err)
 		}
 	}

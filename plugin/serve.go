@@ -66,16 +66,17 @@ func Serve(ctx context.Context, endpoint string, log hclog.Logger, register func
 // ServeForward serves the services register adds on ln, a TCP listener,
 // until ctx ends: the channel standbys forward mutating Controller calls
 // on (ForwardedKey). Calls are logged like on the CSI socket, secrets
-// stripped. It is plain gRPC without TLS: bind it to an address only the
-// controller hosts reach.
-func ServeForward(ctx context.Context, ln net.Listener, log hclog.Logger, register func(*grpc.Server)) error {
+// stripped. opts secure it (mutual TLS and an authorizing interceptor,
+// which runs after the logging one, so refused calls are logged too);
+// without them it is plain gRPC.
+func ServeForward(ctx context.Context, ln net.Listener, log hclog.Logger, register func(*grpc.Server), opts ...grpc.ServerOption) error {
 	log = log.Named("forward")
-	log.Info("serving forwarded controller calls", "addr", ln.Addr().String())
-	return serveOn(ctx, ln, log, register)
+	log.Info("serving forwarded controller calls", "addr", ln.Addr().String(), "tls", len(opts) > 0)
+	return serveOn(ctx, ln, log, register, opts...)
 }
 
-func serveOn(ctx context.Context, ln net.Listener, log hclog.Logger, register func(*grpc.Server)) error {
-	srv := grpc.NewServer(grpc.UnaryInterceptor(LoggingInterceptor(log)))
+func serveOn(ctx context.Context, ln net.Listener, log hclog.Logger, register func(*grpc.Server), opts ...grpc.ServerOption) error {
+	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.UnaryInterceptor(LoggingInterceptor(log))}, opts...)...)
 	register(srv)
 	stop := context.AfterFunc(ctx, srv.GracefulStop)
 	defer stop()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -18,15 +17,16 @@ import (
 // CreateReplica makes sure the replica server at addr holds an (empty,
 // sparse) replica of volume with size bytes: created if absent, opened and
 // checked if present (a replica of another size fails with ErrInvalid).
-// It reports whether this call created it. Idempotent.
-func CreateReplica(ctx context.Context, addr, volume string, size int64, timeout time.Duration) (bool, error) {
+// It reports whether this call created it. Idempotent. dial connects
+// (nil: plain TCP).
+func CreateReplica(ctx context.Context, dial Dialer, addr, volume string, size int64, timeout time.Duration) (bool, error) {
 	if err := ValidateVolumeID(volume); err != nil {
 		return false, err
 	}
 	if err := ValidateSize(size); err != nil {
 		return false, err
 	}
-	c, err := dialAdmin(ctx, addr, timeout)
+	c, err := dialAdmin(ctx, dial, addr, timeout)
 	if err != nil {
 		return false, err
 	}
@@ -45,12 +45,13 @@ func CreateReplica(ctx context.Context, addr, volume string, size int64, timeout
 
 // DeleteReplica removes volume's replica from the replica server at addr.
 // An absent replica is deleted already (nil); an open one (a primary is
-// connected) fails with ErrReplicaBusy. Idempotent.
-func DeleteReplica(ctx context.Context, addr, volume string, timeout time.Duration) error {
+// connected) fails with ErrReplicaBusy. Idempotent. dial connects (nil:
+// plain TCP).
+func DeleteReplica(ctx context.Context, dial Dialer, addr, volume string, timeout time.Duration) error {
 	if err := ValidateVolumeID(volume); err != nil {
 		return err
 	}
-	c, err := dialAdmin(ctx, addr, timeout)
+	c, err := dialAdmin(ctx, dial, addr, timeout)
 	if err != nil {
 		return err
 	}
@@ -59,12 +60,11 @@ func DeleteReplica(ctx context.Context, addr, volume string, timeout time.Durati
 	return err
 }
 
-func dialAdmin(ctx context.Context, addr string, timeout time.Duration) (*replicaClient, error) {
+func dialAdmin(ctx context.Context, dial Dialer, addr string, timeout time.Duration) (*replicaClient, error) {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	d := net.Dialer{Timeout: timeout}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := dial.dial(ctx, addr, timeout)
 	if err != nil {
 		return nil, fmt.Errorf("replica %s: %w", addr, err)
 	}

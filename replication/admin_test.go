@@ -19,24 +19,24 @@ func TestCreateAndDeleteReplica(t *testing.T) {
 	ctx := context.Background()
 	const size = 1 << 20
 
-	created, err := CreateReplica(ctx, r.addr, "adm", size, time.Second)
+	created, err := CreateReplica(ctx, nil, r.addr, "adm", size, time.Second)
 	must.NoError(t, err)
 	must.True(t, created)
 	must.FileExists(t, filepath.Join(dir, "adm", "data"))
-	created, err = CreateReplica(ctx, r.addr, "adm", size, time.Second)
+	created, err = CreateReplica(ctx, nil, r.addr, "adm", size, time.Second)
 	must.NoError(t, err)
 	must.False(t, created)
-	_, err = CreateReplica(ctx, r.addr, "adm", 2*size, time.Second)
+	_, err = CreateReplica(ctx, nil, r.addr, "adm", 2*size, time.Second)
 	must.ErrorIs(t, err, ErrInvalid)
 
 	e := startTestEngine(t, "adm", size, 1, nil, r)
-	err = DeleteReplica(ctx, r.addr, "adm", time.Second)
+	err = DeleteReplica(ctx, nil, r.addr, "adm", time.Second)
 	must.ErrorIs(t, err, ErrReplicaBusy)
 	e.Close()
 
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		err = DeleteReplica(ctx, r.addr, "adm", time.Second)
+		err = DeleteReplica(ctx, nil, r.addr, "adm", time.Second)
 		if !errors.Is(err, ErrReplicaBusy) || time.Now().After(deadline) {
 			break
 		}
@@ -45,6 +45,6 @@ func TestCreateAndDeleteReplica(t *testing.T) {
 	must.NoError(t, err)
 	_, err = os.Stat(filepath.Join(dir, "adm"))
 	must.True(t, errors.Is(err, os.ErrNotExist))
-	must.NoError(t, DeleteReplica(ctx, r.addr, "adm", time.Second))
-	must.ErrorIs(t, DeleteReplica(ctx, r.addr, "../x", time.Second), ErrInvalid)
+	must.NoError(t, DeleteReplica(ctx, nil, r.addr, "adm", time.Second))
+	must.ErrorIs(t, DeleteReplica(ctx, nil, r.addr, "../x", time.Second), ErrInvalid)
 }

@@ -58,11 +58,10 @@ type call struct {
 // only Created comes from the open. When the replica has promised a
 // higher epoch, the error wraps ErrStaleEpoch and the returned state's
 // Epoch is that promise.
-func dialReplica(ctx context.Context, addr, volume string, size int64, epoch, owner uint64, create bool,
+func dialReplica(ctx context.Context, dial Dialer, addr, volume string, size int64, epoch, owner uint64, create bool,
 	timeout time.Duration, log hclog.Logger) (*replicaClient, openReply, error) {
 	var open openReply
-	d := net.Dialer{Timeout: timeout, KeepAlive: 5 * time.Second}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := dial.dial(ctx, addr, timeout)
 	if err != nil {
 		return nil, open, fmt.Errorf("replica %s: %w", addr, err)
 	}

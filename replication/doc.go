@@ -18,7 +18,9 @@
 //   - the replica server (server.go) that applies a connection's frames in
 //     arrival order and refuses any frame with an epoch below the promised
 //     one (and the promised epoch itself from another engine: promises
-//     name their owner);
+//     name their owner), and any promise, explicit or implicit, more than
+//     MaxEpochJump (2^32) above it (ErrEpochJump: no honest primary jumps
+//     that far, and one frame at 2^64-1 would fence every future primary);
 //   - the primary engine (engine.go, client.go): fans writes out to every
 //     in-sync replica and completes them when all have them; FLUSH and FUA
 //     become an fsync on each; failed replicas are dropped (the activity
@@ -48,6 +50,14 @@
 //     hold ciphertext; requests of any alignment by read-modify-write
 //     under per-block locks; an all-zero ciphertext block (trimmed, never
 //     written) reads as plaintext zeros;
+//   - the transport (transport.go): a Dialer for every connection a
+//     primary or the control plane makes, and a Guard the server runs on
+//     every accepted connection before reading a frame (mutual TLS and
+//     Consul intentions in production, wired by cmd/saddlebag; nil for
+//     both is plain TCP); a peer the Guard denies has its first request
+//     answered StatusDenied with the reason, and nothing it sends is
+//     applied. Probe (probe.go) sends a hostile peer's requests, for
+//     drills and the acceptance test;
 //   - frontends that serve the engine as a Device: NBD (nbd.go), and FUSE
 //     (fuse.go), which serves the volume as one file for a loop device,
 //     with a watchdog that aborts the connection when requests stop

@@ -426,7 +426,7 @@ func TestFullResyncClearsStaleDataInSourceHoles(t *testing.T) {
 	e := startTestEngine(t, "vol", size, 1, nil, a)
 	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
 
-	_, err := CreateReplica(ctx, b.addr, "vol", size, time.Second)
+	_, err := CreateReplica(ctx, nil, b.addr, "vol", size, time.Second)
 	must.NoError(t, err)
 	f, err := os.OpenFile(b.store.DataPath("vol"), os.O_RDWR, 0)
 	must.NoError(t, err)

@@ -99,6 +99,9 @@ type EngineConfig struct {
 	ActivityExtents int
 	// Hook records in-sync set changes. Default: LogHook.
 	Hook InSyncHook
+	// Dial connects to replica servers (mutual TLS in production, see
+	// transport.go). nil: plain TCP.
+	Dial Dialer
 	Log  hclog.Logger
 }
 
@@ -130,9 +133,9 @@ type Engine struct {
 	// attempt that failed on some member may still have reached others,
 	// so its number is never given to another set; guarded by stateMu.
 	genTried uint64
-	holding  atomic.Int32  // requests waiting for a retry of the in-sync record or a reconnect
-	written  bool          // an in-sync replica held data at start (Written)
-	owner    uint64        // names this engine's promises (Volume.PromiseOwned)
+	holding  atomic.Int32 // requests waiting for a retry of the in-sync record or a reconnect
+	written  bool         // an in-sync replica held data at start (Written)
+	owner    uint64       // names this engine's promises (Volume.PromiseOwned)
 	// lostSeq counts the times the last in-sync replica came back from a
 	// power loss (writes acknowledged since the last flush are gone);
 	// lostSeen is the count the last Flush reported (errseq-like).
@@ -276,7 +279,7 @@ func (e *Engine) connectAll(ctx context.Context) error {
 		p := &peer{cfg: rc}
 		e.peers = append(e.peers, p)
 		wg.Go(func() {
-			p.client, p.open, errs[i] = dialReplica(ctx, rc.Addr, cfg.Volume, cfg.Size, cfg.Epoch, e.owner, true, cfg.Timeout, e.log)
+			p.client, p.open, errs[i] = dialReplica(ctx, cfg.Dial, rc.Addr, cfg.Volume, cfg.Size, cfg.Epoch, e.owner, true, cfg.Timeout, e.log)
 		})
 	}
 	wg.Wait()

@@ -1,6 +1,9 @@
 package replication
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
 	// ErrFenced means a primary with a higher epoch has taken over the
@@ -16,4 +19,16 @@ var (
 	ErrUnflushedLost = errors.New("the last in-sync replica lost power: writes since the last flush are lost")
 	// ErrNoReplicas means no in-sync replica is left to serve the request.
 	ErrNoReplicas = errors.New("no in-sync replica")
+	// ErrEpochJump means a frame's epoch is more than MaxEpochJump above
+	// the highest epoch the replica has promised. Epochs are Consul lock
+	// indexes (plus a floor raised just above a promise): they grow by
+	// one per acquisition, so no honest primary ever jumps that far. A
+	// huge epoch is an attack (one frame with epoch 2^64-1 would fence
+	// every future primary for good) or corruption, and is refused.
+	// It wraps ErrInvalid (StatusInvalid on the wire).
+	ErrEpochJump = fmt.Errorf("%w: implausible epoch jump", ErrInvalid)
 )
+
+// MaxEpochJump is how far above its highest promised epoch a replica
+// accepts a promise (explicit, or implicit in a request at a higher epoch).
+const MaxEpochJump = 1 << 32

@@ -119,7 +119,7 @@ func (e *Engine) startResyncs(ctx context.Context) {
 // anew, same incarnation, same generation; otherwise it is no longer the
 // copy and I/O stays held (the volume is offline until an operator acts).
 func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
-	nc, open, err := dialReplica(ctx, p.cfg.Addr, e.cfg.Volume, e.cfg.Size, e.cfg.Epoch, e.owner, false, e.cfg.Timeout, e.log)
+	nc, open, err := dialReplica(ctx, e.cfg.Dial, p.cfg.Addr, e.cfg.Volume, e.cfg.Size, e.cfg.Epoch, e.owner, false, e.cfg.Timeout, e.log)
 	if err != nil {
 		if errors.Is(err, ErrStaleEpoch) {
 			e.Fence(err)
@@ -226,7 +226,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 	c, wasState := p.client, p.state
 	e.stateMu.Unlock()
 	if c == nil || c.failure() != nil {
-		nc, open, err := dialReplica(ctx, p.cfg.Addr, e.cfg.Volume, e.cfg.Size, e.cfg.Epoch, e.owner, true, e.cfg.Timeout, e.log)
+		nc, open, err := dialReplica(ctx, e.cfg.Dial, p.cfg.Addr, e.cfg.Volume, e.cfg.Size, e.cfg.Epoch, e.owner, true, e.cfg.Timeout, e.log)
 		if err != nil {
 			if errors.Is(err, ErrStaleEpoch) {
 				e.Fence(err)

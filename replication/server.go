@@ -54,6 +54,7 @@ type ServerStats struct {
 	Applied    atomic.Int64 // writes, trims and flushes applied
 	StaleEpoch atomic.Int64 // frames refused for a stale epoch
 	BadFrames  atomic.Int64 // connections closed for a malformed frame
+	Refused    atomic.Int64 // connections its Guard refused
 }
 
 // Server serves the replicas of a Store to primaries over the wire protocol.
@@ -63,6 +64,7 @@ type ServerStats struct {
 type Server struct {
 	store *Store
 	log   hclog.Logger
+	guard Guard // nil: plain TCP, every peer admitted
 	Stats ServerStats
 
 	mu    sync.Mutex
@@ -107,7 +109,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
-			s.serveConn(c)
+			s.serveConn(ctx, c)
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
@@ -119,9 +121,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // answers each. It works inline, with no hand-offs between goroutines: the
 // kernel's socket buffer keeps receiving while a frame is applied, and
 // replies are batched while more requests are already buffered.
-func (s *Server) serveConn(c net.Conn) {
+func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	log := s.log.With("peer", c.RemoteAddr().String())
+	c, identity, ok := s.admit(ctx, c)
+	if !ok {
+		return
+	}
+	defer c.Close()
+	if identity != "" {
+		log = log.With("identity", identity)
+	}
 	var vol *Volume
 	defer func() {
 		if vol != nil {

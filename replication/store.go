@@ -275,6 +275,10 @@ func (v *Volume) promiseOwnedLocked(epoch, owner uint64) error {
 	if epoch < m.Epoch {
 		return fmt.Errorf("%w: epoch %d is below promised epoch %d", ErrStaleEpoch, epoch, m.Epoch)
 	}
+	if epoch-m.Epoch > MaxEpochJump {
+		return fmt.Errorf("%w: volume %s: epoch %d jumps more than 2^32 beyond the highest promised epoch %d; refused, nothing changed",
+			ErrEpochJump, v.id, epoch, m.Epoch)
+	}
 	if epoch == m.Epoch {
 		switch {
 		case owner == 0 || m.EpochOwner == owner:

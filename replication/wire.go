@@ -119,6 +119,9 @@ const (
 	StatusOutOfRange
 	StatusNotOpen
 	StatusBusy
+	// StatusDenied: the replica server does not let this peer in (see
+	// Guard); the payload says who the peer is and why.
+	StatusDenied
 )
 
 // statusErrors maps statuses to the sentinel each wraps on the primary side.
@@ -129,6 +132,7 @@ var statusErrors = map[Status]error{
 	StatusNotFound:   ErrVolumeNotFound,
 	StatusOutOfRange: ErrOutOfRange,
 	StatusBusy:       ErrReplicaBusy,
+	StatusDenied:     ErrPermissionDenied,
 }
 
 func statusOf(err error) Status {

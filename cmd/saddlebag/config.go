@@ -140,11 +140,17 @@ func formatDiag(d *hcl.Diagnostic) string {
 // addConsulFlags adds the Consul connection flags the node agent and the
 // controller share (address, ACL token, TLS, KV prefix).
 func addConsulFlags(fs *flag.FlagSet, c *leader.ConsulConfig) {
+	addConsulAPIFlags(fs, c)
+	fs.StringVar(&c.Prefix, "kv-prefix", leader.DefaultPrefix, "Consul KV prefix of every Saddlebag key")
+}
+
+// addConsulAPIFlags adds the flags to reach the local Consul agent, for
+// commands that use it only for their Connect certificates.
+func addConsulAPIFlags(fs *flag.FlagSet, c *leader.ConsulConfig) {
 	fs.StringVar(&c.Address, "consul-addr", "", "Consul HTTP address (default: $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	fs.StringVar(&c.Token, "consul-token", "", "Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
 	fs.StringVar(&c.CAFile, "consul-ca-file", "", "CA certificate verifying Consul's HTTPS certificate (default: $CONSUL_CACERT)")
 	fs.StringVar(&c.CertFile, "consul-client-cert", "", "client certificate for Consul (default: $CONSUL_CLIENT_CERT)")
 	fs.StringVar(&c.KeyFile, "consul-client-key", "", "client key for Consul (default: $CONSUL_CLIENT_KEY)")
 	fs.StringVar(&c.TLSServerName, "consul-tls-server-name", "", "name to verify Consul's certificate against (default: $CONSUL_TLS_SERVER_NAME)")
-	fs.StringVar(&c.Prefix, "kv-prefix", leader.DefaultPrefix, "Consul KV prefix of every Saddlebag key")
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 
+	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/ctxutil"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin"
@@ -31,6 +32,7 @@ type controllerFlags struct {
 	grace, scanEvery         time.Duration
 	createTimeout            time.Duration
 	replicaTimeout           time.Duration
+	insecure                 bool
 }
 
 func parseControllerFlags(args []string) (*controllerFlags, error) {
@@ -39,7 +41,7 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	fs.StringVar(&f.name, "name", "", "this controller instance's name (default: the host name)")
 	fs.StringVar(&f.endpoint, "csi-endpoint", os.Getenv(plugin.EndpointEnv), "serve CSI on this unix socket (unix:///path; default $CSI_ENDPOINT, which Nomad sets)")
 	fs.StringVar(&f.forwardAddr, "forward-addr", ":"+defaultForwardPort, "host:port where this controller serves, while active, the mutating calls standbys forward to it "+
-		"(published in the leadership lock; plain gRPC, no TLS); an empty host is the address the local Consul agent advertises")
+		"(published in the leadership lock; mutual TLS between saddlebag-controller identities); an empty host is the address the local Consul agent advertises")
 	addConsulFlags(fs, &f.consul)
 	fs.DurationVar(&f.lockDelay, "lock-delay", 5*time.Second, "session lock-delay of the leadership lock")
 	fs.DurationVar(&f.ttl, "ttl", 10*time.Second, "TTL of the controller's Consul check (fed every ttl/3)")
@@ -48,6 +50,7 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	fs.DurationVar(&f.scanEvery, "replica-scan", 5*time.Second, "how often the active controller looks for replicas to replace")
 	fs.DurationVar(&f.replicaTimeout, "replica-timeout", 10*time.Second, "bound on each request to a node's replica server (create, delete)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	addInsecureFlag(fs, &f.insecure)
 	if err := parseFlagsWithConfig(fs, args, controllerConfigFlags); err != nil {
 		return nil, err
 	}
@@ -114,6 +117,11 @@ func runController(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	tr, err := newTransport(ctx, f.insecure, client.API(), connecttls.ControllerService, log)
+	if err != nil {
+		return err
+	}
+	defer tr.close()
 	agent, err := leader.NewAgent(leader.AgentConfig{Client: client, Node: f.name, Service: leader.ControllerService,
 		TTL: f.ttl, LockDelay: f.lockDelay, Log: log})
 	if err != nil {
@@ -125,7 +133,8 @@ func runController(ctx context.Context, args []string) error {
 	}
 	defer fwdLn.Close()
 	ctl, err := plugin.NewController(plugin.ControllerConfig{Client: client, Agent: agent, Grace: f.grace, CreateTimeout: f.createTimeout,
-		ScanEvery: f.scanEvery, ReplicaTimeout: f.replicaTimeout, ForwardAddr: fwdLn.Addr().String(), Log: log})
+		ScanEvery: f.scanEvery, ReplicaTimeout: f.replicaTimeout, ForwardAddr: fwdLn.Addr().String(),
+		Dial: tr.replicaDialer(), ForwardCreds: tr.grpcCredentials(connecttls.ControllerService), Log: log})
 	if err != nil {
 		return err
 	}
@@ -140,7 +149,8 @@ func runController(ctx context.Context, args []string) error {
 	wg.Go(func() { _ = ctl.Run(ctx) })
 	var fwdErr error
 	wg.Go(func() {
-		fwdErr = plugin.ServeForward(ctx, fwdLn, log, func(s *grpc.Server) { csi.RegisterControllerServer(s, ctl) })
+		fwdErr = plugin.ServeForward(ctx, fwdLn, log, func(s *grpc.Server) { csi.RegisterControllerServer(s, ctl) },
+			tr.grpcServerOptions(connecttls.ControllerService)...)
 		cancel() // without its forward channel a controller is of no use as the active one
 	})
 	id := &plugin.Identity{Version: version, Ready: func() bool { return agent.SessionID() != "" }}

@@ -11,6 +11,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/shoenig/test/must"
 
+	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/testcluster"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin"
@@ -33,7 +34,7 @@ func TestInterruptedCreateRemoved(t *testing.T) {
 
 	// What the crashed controller left.
 	const size = 16 << 20
-	_, err := replication.CreateReplica(ctx, n1.addr, "half", size, 5*time.Second)
+	_, err := replication.CreateReplica(ctx, secureDialer(t, dev.HTTPAddr, connecttls.ControllerService), n1.addr, "half", size, 5*time.Second)
 	must.NoError(t, err)
 	_, err = c.PutVolume(ctx, leader.VolumeRecord{ID: "half", Name: "half", State: leader.VolumeCreating,
 		Spec:     leader.VolumeSpec{SizeBytes: size, Replicas: 2, FSType: "ext4"},

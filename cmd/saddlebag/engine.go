@@ -11,8 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/statusapi"
 	"github.com/saddlebag/saddlebag/internal/units"
+	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
 )
 
@@ -57,6 +59,10 @@ func runEngine(ctx context.Context, args []string) error {
 	progress := fs.Duration("progress-interval", 5*time.Second, "how often resync progress is logged")
 	statusAddr := fs.String("status-addr", "", "host:port to serve the engine status on (GET /v1/status; read it with saddlebag status)")
 	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+	var consul leader.ConsulConfig
+	addConsulAPIFlags(fs, &consul)
+	var insecure bool
+	addInsecureFlag(fs, &insecure)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -106,6 +112,13 @@ func runEngine(ctx context.Context, args []string) error {
 	cfg.Log = log
 	cfg.Hook = replication.LogHook{Log: log.Named("in-sync")}
 
+	tr, err := dialTransport(ctx, insecure, consul, connecttls.NodeService, log)
+	if err != nil {
+		return err
+	}
+	defer tr.close()
+	cfg.Dial = tr.replicaDialer()
+
 	if mnt.path != "" {
 		if err := mnt.clearLeftovers(ctx, *volume, log); err != nil {
 			return err
@@ -121,8 +134,9 @@ func runEngine(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("listen for status: %w", err)
 		}
-		log.Info("serving status", "addr", sl.Addr().String())
-		go statusapi.Serve(ctx, sl, eng, log)
+		sl, authorize := tr.statusListener(sl)
+		log.Info("serving status", "addr", sl.Addr().String(), "tls", authorize != nil)
+		go statusapi.Serve(ctx, sl, eng, authorize, log)
 	}
 
 	if mnt.path != "" {

@@ -62,7 +62,7 @@ var volumeMountedRE = regexpMust(`volume mounted`)
 // until the file system is mounted.
 func startMountedEngine(t *testing.T, n node, volume, size, epoch, fsType string, replicas ...string) *proc {
 	t.Helper()
-	args := []string{"engine", "--volume", volume, "--size", size, "--epoch", epoch,
+	args := []string{"engine", "--insecure", "--volume", volume, "--size", size, "--epoch", epoch,
 		"--mount", n.mount, "--fuse-dir", n.fuseDir, "--fs-type", fsType, "--mount-flags", "noatime"}
 	for _, r := range replicas {
 		args = append(args, "--replica", r)

@@ -92,7 +92,7 @@ func TestMountedVolumeMovesToAnotherNode(t *testing.T) {
 			assertNodeClean(t, node2, vol)
 
 			// The other file system type is refused, and nothing changes.
-			wrong := startProc(t, "engine", "--volume", vol, "--size", "512MiB", "--epoch", "4", "--mount", node2.mount,
+			wrong := startProc(t, "engine", "--insecure", "--volume", vol, "--size", "512MiB", "--epoch", "4", "--mount", node2.mount,
 				"--fuse-dir", node2.fuseDir, "--fs-type", c.other, "--replica", addrs[0], "--replica", addrs[1], "--replica", addrs[2])
 			<-wrong.done
 			must.Eq(t, 1, wrong.cmd.ProcessState.ExitCode())
@@ -244,7 +244,7 @@ func TestSecondEngineOnSameNodeRefusedWithoutFencing(t *testing.T) {
 	replicas := startReplicas(t, 2)
 	n := newNode(t, "v")
 	first := startMountedEngine(t, n, "v", "64MiB", "1", "ext4", replicas...)
-	args := []string{"engine", "--volume", "v", "--size", "64MiB", "--epoch", "2", "--mount", n.mount + "2", "--fuse-dir", n.fuseDir}
+	args := []string{"engine", "--insecure", "--volume", "v", "--size", "64MiB", "--epoch", "2", "--mount", n.mount + "2", "--fuse-dir", n.fuseDir}
 	for _, r := range replicas {
 		args = append(args, "--replica", r)
 	}

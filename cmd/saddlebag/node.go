@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/ctxutil"
 	"github.com/saddlebag/saddlebag/internal/primary"
 	"github.com/saddlebag/saddlebag/leader"
@@ -34,6 +35,7 @@ type nodeFlags struct {
 	serveSize                                  sizeFlag
 	serveReplicas                              stringList
 	csi                                        csiNodeFlags
+	insecure                                   bool
 }
 
 func parseNodeFlags(args []string) (*nodeFlags, error) {
@@ -53,6 +55,7 @@ func parseNodeFlags(args []string) (*nodeFlags, error) {
 	fs.StringVar(&f.nbdSocket, "nbd-socket", "", "unix socket to serve --serve-volume over NBD while primary (optional)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	addCSINodeFlags(fs, &f.csi)
+	addInsecureFlag(fs, &f.insecure)
 	if err := parseFlagsWithConfig(fs, args, nodeConfigFlags); err != nil {
 		return nil, err
 	}
@@ -119,6 +122,12 @@ func runNode(ctx context.Context, args []string) error {
 		ln.Close()
 		return err
 	}
+	tr, err := newTransport(ctx, f.insecure, client.API(), connecttls.NodeService, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer tr.close()
 	labels := map[string]string{}
 	for _, l := range f.labels {
 		k, v, _ := strings.Cut(l, "=")
@@ -145,15 +154,15 @@ func runNode(ctx context.Context, args []string) error {
 	agentWG.Go(func() { _ = agent.Run(agentCtx) })
 	var serveErr error
 	wg.Go(func() {
-		log.Info("serving replicas", "data_dir", f.dataDir, "addr", ln.Addr().String(), "advertise", advertise)
-		serveErr = replication.NewServer(store, log).Serve(ctx, ln)
+		log.Info("serving replicas", "data_dir", f.dataDir, "addr", ln.Addr().String(), "advertise", advertise, "tls", !f.insecure)
+		serveErr = replication.NewServer(store, log).WithGuard(tr.replicaGuard()).Serve(ctx, ln)
 	})
 	if f.serveVolume != "" {
-		wg.Go(func() { candidate(ctx, f, agent, client, log) })
+		wg.Go(func() { candidate(ctx, f, agent, client, tr.replicaDialer(), log) })
 	}
 	var csiErr error
 	if f.csi.endpoint != "" {
-		wg.Go(func() { csiErr = serveCSINode(ctx, f, agent, client, labels, log) })
+		wg.Go(func() { csiErr = serveCSINode(ctx, f, agent, client, labels, tr.replicaDialer(), log) })
 	}
 	wg.Wait()
 	stopAgent()
@@ -165,9 +174,9 @@ func runNode(ctx context.Context, args []string) error {
 // when the lease is free, serves until the lease is lost, and stands
 // again. A lost lease is reported and never assumed back: a new lease
 // means a new epoch and a new engine.
-func candidate(ctx context.Context, f *nodeFlags, agent *leader.Agent, client *leader.Client, log hclog.Logger) {
+func candidate(ctx context.Context, f *nodeFlags, agent *leader.Agent, client *leader.Client, dial replication.Dialer, log hclog.Logger) {
 	log = log.Named("candidate").With("volume_id", f.serveVolume)
-	cfg := primary.Config{Agent: agent, Client: client, Volume: f.serveVolume, Size: int64(f.serveSize), Log: log}
+	cfg := primary.Config{Agent: agent, Client: client, Volume: f.serveVolume, Size: int64(f.serveSize), Dial: dial, Log: log}
 	for _, r := range f.serveReplicas {
 		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: r})
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin"
+	"github.com/saddlebag/saddlebag/replication"
 )
 
 // csiNodeFlags are `saddlebag node`'s CSI settings.
@@ -51,11 +52,12 @@ func (f *csiNodeFlags) check(node string) error {
 
 // serveCSINode serves the CSI Identity and Node services until ctx ends,
 // then unstages whatever is still staged (releasing the leases).
-func serveCSINode(ctx context.Context, f *nodeFlags, agent *leader.Agent, client *leader.Client, labels map[string]string, log hclog.Logger) error {
+func serveCSINode(ctx context.Context, f *nodeFlags, agent *leader.Agent, client *leader.Client, labels map[string]string,
+	dial replication.Dialer, log hclog.Logger) error {
 	node, err := plugin.NewNode(plugin.NodeConfig{
 		Agent: agent, Client: client, NodeID: f.node, Labels: labels, MaxVolumes: f.csi.maxVolumes,
 		StateDir: f.csi.stateDir, Paths: plugin.PathMapper{HostDir: f.csi.hostDir, PluginMount: f.csi.pluginMount},
-		StageTimeout: f.csi.stageTimeout, Log: log,
+		StageTimeout: f.csi.stageTimeout, Dial: dial, Log: log,
 	})
 	if err != nil {
 		return err

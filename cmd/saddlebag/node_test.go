@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
 
+	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/testcluster"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
@@ -59,7 +60,7 @@ var (
 func TestNodeAgentSurvivesConsulRestart(t *testing.T) {
 	dev := testcluster.Dev(t, testcluster.Options{})
 	work := t.TempDir()
-	_, volReplica := startReplica(t, filepath.Join(work, "vol-replica"))
+	_, volReplica := startSecureReplica(t, filepath.Join(work, "vol-replica"), dev.HTTPAddr)
 	node := startProc(t, "node", "--data-dir", filepath.Join(work, "node"), "--listen", "127.0.0.1:0",
 		"--node", "n1", "--consul-addr", dev.HTTPAddr, "--label", "rack=r1", "--ttl", "1500ms", "--lock-delay", "1s",
 		"--serve-volume", "vol1", "--serve-size", "16MiB", "--serve-replica", volReplica)
@@ -101,10 +102,18 @@ func TestNodeAgentSurvivesConsulRestart(t *testing.T) {
 	// It stands again and is primary under the new session.
 	node.waitCount(t, nodePrimaryRE, 2, 30*time.Second)
 
-	// Its replica server kept serving throughout.
-	eng, err := replication.StartEngine(ctx, replication.EngineConfig{Volume: "probe", Size: 1 << 20, Epoch: 1,
-		Replicas: []replication.ReplicaConfig{{Addr: addr}}})
-	must.NoError(t, err)
+	// Its replica server kept serving throughout, over mutual TLS with the
+	// certificates of the restarted (dev: new) CA.
+	dial := secureDialer(t, dev.HTTPAddr, connecttls.NodeService)
+	var eng *replication.Engine
+	waitForCond(t, 30*time.Second, "a primary reaching the replica server with the new CA's certificate", func() bool {
+		eng, err = replication.StartEngine(ctx, replication.EngineConfig{Volume: "probe", Size: 1 << 20, Epoch: 1,
+			Replicas: []replication.ReplicaConfig{{Addr: addr}}, Dial: dial})
+		if err != nil {
+			t.Logf("probe: %v", err)
+		}
+		return err == nil
+	})
 	defer eng.Close()
 	must.NoError(t, eng.WriteAt(ctx, make([]byte, 4096), 0, true))
 }

@@ -133,13 +133,17 @@ func (p *proc) waitLine(t *testing.T, re *regexp.Regexp, timeout time.Duration) 
 	}
 }
 
-var replicaAddrRE = regexp.MustCompile(`serving replicas: .*addr=(\S+)`)
+var (
+	replicaAddrRE = regexp.MustCompile(`serving replicas: .*addr=(\S+)`)
+	insecureRE    = regexp.MustCompile(`\[WARN\] .*!!! INSECURE MODE \(--insecure, dev only\)`)
+)
 
 // startReplica runs `saddlebag replica` on a loopback port and returns it
 // with its address.
 func startReplica(t *testing.T, dataDir string) (*proc, string) {
 	t.Helper()
-	p := startProc(t, "replica", "--data-dir", dataDir, "--listen", "127.0.0.1:0")
+	p := startProc(t, "replica", "--insecure", "--data-dir", dataDir, "--listen", "127.0.0.1:0")
+	p.waitLine(t, insecureRE, 10*time.Second) // said loudly, at every start
 	return p, p.waitLine(t, replicaAddrRE, 10*time.Second)[1]
 }
 
@@ -150,7 +154,7 @@ var nbdReadyRE = regexp.MustCompile(`serving volume over nbd`)
 func startEngine(t *testing.T, volume, size string, epoch string, replicas ...string) (*proc, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	args := []string{"engine", "--volume", volume, "--size", size, "--epoch", epoch, "--nbd-socket", sock}
+	args := []string{"engine", "--insecure", "--volume", volume, "--size", size, "--epoch", epoch, "--nbd-socket", sock}
 	for _, r := range replicas {
 		args = append(args, "--replica", r)
 	}

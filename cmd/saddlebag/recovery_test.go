@@ -43,7 +43,7 @@ func startReplicaSet(t *testing.T, n int) *replicaSet {
 // restart starts replica i again, on its old address and data dir.
 func (rs *replicaSet) restart(t *testing.T, i int) {
 	t.Helper()
-	p := startProc(t, "replica", "--data-dir", rs.dirs[i], "--listen", rs.addrs[i])
+	p := startProc(t, "replica", "--insecure", "--data-dir", rs.dirs[i], "--listen", rs.addrs[i])
 	p.waitLine(t, replicaAddrRE, 10*time.Second)
 	rs.procs[i] = p
 }
@@ -321,7 +321,7 @@ func TestResyncProgressAndStatus(t *testing.T) {
 	// A new, empty replica beside the full one: a full copy at 8 MiB/s.
 	_, addr := startReplica(t, filepath.Join(work, "fresh"))
 	status := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	p := startProc(t, "engine", "--volume", "v", "--size", "32MiB", "--epoch", "2", "--replica", rs.addrs[0],
+	p := startProc(t, "engine", "--insecure", "--volume", "v", "--size", "32MiB", "--epoch", "2", "--replica", rs.addrs[0],
 		"--replica", addr, "--nbd-socket", filepath.Join(work, "nbd2.sock"), "--resync-rate", "8MiB",
 		"--progress-interval", "500ms", "--status-addr", status)
 	m := p.waitLine(t, regexpMust(`resync progress: .*mode=full percent=(\S+) .*eta=(\S+)`), 30*time.Second)

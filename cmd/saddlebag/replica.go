@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/saddlebag/saddlebag/internal/connecttls"
+	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
 )
 
@@ -18,6 +20,10 @@ func runReplica(ctx context.Context, args []string) error {
 	dataDir := fs.String("data-dir", "", "directory holding the replicas (required)")
 	listen := fs.String("listen", "", "host:port to serve replicas on (required)")
 	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+	var consul leader.ConsulConfig
+	addConsulAPIFlags(fs, &consul)
+	var insecure bool
+	addInsecureFlag(fs, &insecure)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -29,10 +35,15 @@ func runReplica(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	tr, err := dialTransport(ctx, insecure, consul, connecttls.NodeService, log)
+	if err != nil {
+		return err
+	}
+	defer tr.close()
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	log.Info("serving replicas", "data_dir", *dataDir, "addr", ln.Addr().String())
-	return replication.NewServer(store, log).Serve(ctx, ln)
+	log.Info("serving replicas", "data_dir", *dataDir, "addr", ln.Addr().String(), "tls", !insecure)
+	return replication.NewServer(store, log).WithGuard(tr.replicaGuard()).Serve(ctx, ln)
 }

@@ -54,9 +54,10 @@ type Cluster struct {
 	NomadServer *Process
 	Nodes       []*Node
 
-	logf  func(string, ...any)
-	mu    sync.Mutex // guards state
-	state *State
+	logf   func(string, ...any)
+	mu     sync.Mutex // guards state and tokens
+	state  *State
+	tokens map[string]string // SaddlebagTokens
 }
 
 // Node is one simulated node: a network namespace with its own address,
@@ -185,9 +186,9 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := os.MkdirAll(consulDir, 0o755); err != nil {
 		return c, err
 	}
-	copts := testcluster.Options{Dir: consulDir, Binary: consulBin, Detach: o.Detach}
+	copts := testcluster.Options{Dir: consulDir, Binary: consulBin, Detach: o.Detach, HCL: consulACLHCL, Token: ConsulManagementToken}
 	if o.ConsulUI {
-		copts.HCL = "ui_config { enabled = true }"
+		copts.HCL += "\nui_config { enabled = true }"
 	}
 	c.Consul, err = testcluster.StartLayout(ctx, layout, copts)
 	// StartLayout stops what it started when it fails; until then the
@@ -330,15 +331,36 @@ func (c *Cluster) Nomad() (*nomadapi.Client, error) {
 	return nomadapi.NewClient(&nomadapi.Config{Address: "http://" + c.NomadAddr})
 }
 
-// ConsulClient returns an API client for the Consul server.
+// ConsulManagementToken is the clusters' Consul bootstrap token: the
+// harness, the Consul agents and Nomad use it. Saddlebag's jobs get
+// tokens of the policies in jobs/acl (DeploySaddlebag). A fixed value,
+// for a test or demo cluster on one machine only.
+const ConsulManagementToken = "5addb1e9-e2e0-4000-8000-000000000001"
+
+// consulACLHCL turns Consul's ACLs on in default-deny mode, as in
+// production.
+const consulACLHCL = `acl {
+  enabled        = true
+  default_policy = "deny"
+  down_policy    = "extend-cache"
+  tokens {
+    initial_management = "` + ConsulManagementToken + `"
+    agent              = "` + ConsulManagementToken + `"
+  }
+}
+`
+
+// ConsulClient returns an API client for the Consul server, with the
+// management token.
 func (c *Cluster) ConsulClient() (*consulapi.Client, error) {
-	return consulapi.NewClient(&consulapi.Config{Address: c.ConsulAddr})
+	return consulapi.NewClient(&consulapi.Config{Address: c.ConsulAddr, Token: ConsulManagementToken})
 }
 
 // Env is what a user's shell needs to drive this cluster with the nomad
 // and consul CLIs.
 func (c *Cluster) Env() []string {
-	return []string{"NOMAD_ADDR=http://" + c.NomadAddr, "CONSUL_HTTP_ADDR=http://" + c.ConsulAddr}
+	return []string{"NOMAD_ADDR=http://" + c.NomadAddr, "CONSUL_HTTP_ADDR=http://" + c.ConsulAddr,
+		"CONSUL_HTTP_TOKEN=" + ConsulManagementToken}
 }
 
 // NomadCLI runs the nomad CLI against the cluster, as a user would, and

@@ -25,6 +25,14 @@
 // inside the node's own namespace (they cannot touch anything else, and
 // die with the namespace); healing deletes them.
 //
+// Security as in production: Consul runs with ACLs in default-deny mode
+// (ConsulManagementToken is the harness's, Nomad's and the agents'
+// token), Connect on; DeploySaddlebag creates tokens of the policies
+// shipped in jobs/acl, installs the intentions with `saddlebag
+// setup-intentions` (operator policy) and passes the node's and the
+// controller's tokens to the jobs, so every Saddlebag connection is
+// mutual TLS with Connect certificates under those policies.
+//
 // Nothing probes outside the machine: every agent runs with
 // disable_update_check, Nomad clients with the cloud fingerprinters
 // denied and AWS_CA_BUNDLE unset (DESIGN.md §7), and no network but the

@@ -67,7 +67,7 @@ const deniedDrivers = "docker,podman,java,qemu,mock_driver"
 // nomadServerHCL is the Nomad server's agent configuration.
 func nomadServerHCL(ip, dataDir, consulHTTP string, t Timing) string {
 	return render(serverTmpl, map[string]string{
-		"DataDir": dataDir, "IP": ip, "Consul": consulHTTP,
+		"DataDir": dataDir, "IP": ip, "Consul": consulHTTP, "ConsulToken": ConsulManagementToken,
 		"MinHeartbeatTTL": dur(t.MinHeartbeatTTL), "HeartbeatGrace": dur(t.HeartbeatGrace),
 		"ClaimGCInterval": dur(t.CSIVolumeClaimGCInterval), "ClaimGCThreshold": dur(t.CSIVolumeClaimGCThreshold),
 	})
@@ -102,6 +102,7 @@ client {
 
 consul {
   address = {{printf "%q" .Consul}}
+  token   = {{printf "%q" .ConsulToken}}
 }
 `))
 
@@ -114,7 +115,7 @@ func nomadClientHCL(name, ip, dataDir, serverRPC, consulHTTP, cgParent string) s
 	return render(clientTmpl, map[string]string{
 		"Name": name, "DataDir": dataDir, "IP": ip, "Server": serverRPC, "Iface": nodeIface,
 		"CgroupParent": cgParent, "DeniedFingerprinters": deniedFingerprinters,
-		"DeniedDrivers": deniedDrivers, "Consul": consulHTTP,
+		"DeniedDrivers": deniedDrivers, "Consul": consulHTTP, "ConsulToken": ConsulManagementToken,
 	})
 }
 
@@ -158,6 +159,7 @@ plugin "raw_exec" {
 
 consul {
   address = {{printf "%q" .Consul}}
+  token   = {{printf "%q" .ConsulToken}}
 }
 `))
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -43,7 +44,11 @@ func (c *Cluster) BuildSaddlebag(ctx context.Context, repoRoot string) (string, 
 // place.
 func (c *Cluster) NodeJobVars(bin string) []string {
 	node := filepath.Join(c.Dir, "${node.unique.name}")
+	c.mu.Lock()
+	token := c.tokens["saddlebag-node"]
+	c.mu.Unlock()
 	return []string{
+		"-var", "consul_token=" + token,
 		"-var", "binary=" + bin,
 		"-var", "data_dir=" + filepath.Join(node, "saddlebag"),
 		"-var", "run_dir=" + filepath.Join(node, "run"),
@@ -55,13 +60,68 @@ func (c *Cluster) NodeJobVars(bin string) []string {
 // ControllerJobVars are the -var arguments for
 // jobs/saddlebag-controller.nomad.hcl on this cluster.
 func (c *Cluster) ControllerJobVars(bin string) []string {
-	return []string{"-var", "binary=" + bin, "-var", fmt.Sprintf("count=%d", ControllerCount)}
+	c.mu.Lock()
+	token := c.tokens["saddlebag-controller"]
+	c.mu.Unlock()
+	return []string{"-var", "binary=" + bin, "-var", fmt.Sprintf("count=%d", ControllerCount), "-var", "consul_token=" + token}
 }
 
-// DeploySaddlebag runs both Saddlebag jobs from repoRoot/jobs with `nomad
-// job run`, as an operator would, and waits until the plugin is healthy
-// on every node and in ControllerCount controllers.
+// SaddlebagTokens creates, once, a Consul token of each policy shipped in
+// repoRoot/jobs/acl (saddlebag-node, saddlebag-controller,
+// saddlebag-operator), as an operator would, and returns them by policy
+// name; the job vars pass the first two to the jobs.
+func (c *Cluster) SaddlebagTokens(repoRoot string) (map[string]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tokens != nil {
+		return c.tokens, nil
+	}
+	capi, err := c.ConsulClient()
+	if err != nil {
+		return nil, err
+	}
+	tokens := map[string]string{}
+	for _, name := range []string{"saddlebag-node", "saddlebag-controller", "saddlebag-operator"} {
+		rules, err := os.ReadFile(filepath.Join(repoRoot, "jobs", "acl", name+".policy.hcl"))
+		if err != nil {
+			return nil, err
+		}
+		p, _, err := capi.ACL().PolicyReadByName(name, nil)
+		if err != nil {
+			return nil, fmt.Errorf("read policy %s: %w", name, err)
+		}
+		if p == nil {
+			if p, _, err = capi.ACL().PolicyCreate(&consulapi.ACLPolicy{Name: name, Rules: string(rules)}, nil); err != nil {
+				return nil, fmt.Errorf("create policy %s: %w", name, err)
+			}
+		}
+		tok, _, err := capi.ACL().TokenCreate(&consulapi.ACLToken{Description: name, Policies: []*consulapi.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+		if err != nil {
+			return nil, fmt.Errorf("create token of %s: %w", name, err)
+		}
+		tokens[name] = tok.SecretID
+	}
+	c.tokens = tokens
+	return tokens, nil
+}
+
+// DeploySaddlebag creates Consul tokens of the policies shipped in
+// jobs/acl, installs the intentions Saddlebag's mutual TLS needs
+// (`saddlebag setup-intentions`, with the operator policy's token) and
+// runs both Saddlebag jobs (with the node's and controller's tokens) from
+// repoRoot/jobs with `nomad job run`, as an operator would, and waits
+// until the plugin is healthy on every node and in ControllerCount
+// controllers.
 func (c *Cluster) DeploySaddlebag(ctx context.Context, repoRoot, bin string) error {
+	tokens, err := c.SaddlebagTokens(repoRoot)
+	if err != nil {
+		return err
+	}
+	out, err := c.SetupIntentions(ctx, bin, tokens["saddlebag-operator"])
+	if err != nil {
+		return err
+	}
+	c.logf("%s", strings.TrimSpace(out))
 	jobs := filepath.Join(repoRoot, "jobs")
 	if out, err := c.NomadCLI(ctx, append(append([]string{"job", "run", "-detach"}, c.NodeJobVars(bin)...),
 		filepath.Join(jobs, "saddlebag-node.nomad.hcl"))...); err != nil {
@@ -72,6 +132,17 @@ func (c *Cluster) DeploySaddlebag(ctx context.Context, repoRoot, bin string) err
 		return fmt.Errorf("%w\n%s", err, out)
 	}
 	return c.WaitPlugin(ctx, ControllerCount, len(c.Nodes))
+}
+
+// SetupIntentions runs `saddlebag setup-intentions` against the
+// cluster's Consul with token and returns its output.
+func (c *Cluster) SetupIntentions(ctx context.Context, bin, token string) (string, error) {
+	cmd := exec.CommandContext(ctx, bin, "setup-intentions", "--consul-addr", c.ConsulAddr, "--consul-token", token)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("saddlebag setup-intentions: %w: %s", err, out)
+	}
+	return string(out), nil
 }
 
 // WaitPlugin waits until Nomad reports the Saddlebag plugin healthy in

@@ -257,7 +257,7 @@ func startReplica(binary, dir string) (string, func(), error) {
 
 // startReplicaAt is startReplica on a given listen address.
 func startReplicaAt(binary, dir, listen string) (string, func(), error) {
-	cmd := exec.Command(binary, "replica", "--data-dir", dir, "--listen", listen)
+	cmd := exec.Command(binary, "replica", "--insecure", "--data-dir", dir, "--listen", listen)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return "", nil, err

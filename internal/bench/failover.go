@@ -70,7 +70,7 @@ func runFailover(ctx context.Context, out io.Writer, o Options) error {
 		return err
 	}
 	addrB := lnB.Addr().String()
-	a := exec.Command(o.Binary, "node", "--node", "a", "--data-dir", filepath.Join(dir, "a"), "--listen", addrA,
+	a := exec.Command(o.Binary, "node", "--insecure", "--node", "a", "--data-dir", filepath.Join(dir, "a"), "--listen", addrA,
 		"--consul-addr", nodeA.HTTPAddr, "--lock-delay", FailoverLockDelay.String(), "--ttl", failoverTTL.String(),
 		"--serve-volume", "failover", "--serve-size", "64MiB", "--serve-replica", addrA, "--serve-replica", addrB)
 	stderr, err := a.StderrPipe()

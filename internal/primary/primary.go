@@ -43,7 +43,9 @@ type Config struct {
 	MinInSync int
 	// Timeout is the engine's per-request replica timeout (default 5s).
 	Timeout time.Duration
-	Log     hclog.Logger
+	// Dial connects the engine to replica servers (nil: plain TCP).
+	Dial replication.Dialer
+	Log  hclog.Logger
 }
 
 // Primary is a running primary: a lease and the engine it guards.
@@ -104,7 +106,7 @@ func Promote(ctx context.Context, cfg Config) (*Primary, error) {
 		want: cfg.Want, replicas: addrs, log: log}
 	ecfg := replication.EngineConfig{
 		Volume: cfg.Volume, Size: cfg.Size, Epoch: lease.Epoch(), Replicas: cfg.Replicas,
-		Recorded: recorded, MinInSync: cfg.MinInSync, Timeout: cfg.Timeout, Hook: hook, Log: cfg.Log,
+		Recorded: recorded, MinInSync: cfg.MinInSync, Timeout: cfg.Timeout, Hook: hook, Dial: cfg.Dial, Log: cfg.Log,
 	}
 	eng, err := replication.StartEngine(ctx, ecfg)
 	var stale *replication.StaleEpochError

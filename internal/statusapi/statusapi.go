@@ -2,6 +2,7 @@ package statusapi
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,10 +23,17 @@ type Source interface {
 	Status() replication.EngineStatus
 }
 
-// Serve answers GET /v1/status on ln until ctx is done.
-func Serve(ctx context.Context, ln net.Listener, src Source, log hclog.Logger) error {
+// Serve answers GET /v1/status on ln until ctx is done. With
+// authorize (not nil), a request it refuses gets 403 and its error.
+func Serve(ctx context.Context, ln net.Listener, src Source, authorize func(*http.Request) error, log hclog.Logger) error {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		if authorize != nil {
+			if err := authorize(r); err != nil {
+				http.Error(w, err.Error(), http.StatusForbidden)
+				return
+			}
+		}
 		w.Header().Set("Content-Type", "application/json")
 		if err := json.NewEncoder(w).Encode(src.Status()); err != nil {
 			log.Debug("write status", "error", err)
@@ -44,14 +52,21 @@ func Serve(ctx context.Context, ln net.Listener, src Source, log hclog.Logger) e
 	return nil
 }
 
-// Fetch reads the status from a server at addr (host:port).
-func Fetch(ctx context.Context, addr string) (replication.EngineStatus, error) {
+// Fetch reads the status from a server at addr (host:port), over HTTPS
+// with tlsCfg when it is not nil.
+func Fetch(ctx context.Context, addr string, tlsCfg *tls.Config) (replication.EngineStatus, error) {
 	var st replication.EngineStatus
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/status", nil)
+	scheme, client := "http", http.DefaultClient
+	if tlsCfg != nil {
+		scheme = "https"
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}}
+		defer client.CloseIdleConnections()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+addr+"/v1/status", nil)
 	if err != nil {
 		return st, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return st, fmt.Errorf("status from %s: %w", addr, err)
 	}

@@ -28,8 +28,8 @@ func TestServeFetchFormat(t *testing.T) {
 	must.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, fixed(want), hclog.NewNullLogger()) }()
-	got, err := Fetch(context.Background(), ln.Addr().String())
+	go func() { done <- Serve(ctx, ln, fixed(want), nil, hclog.NewNullLogger()) }()
+	got, err := Fetch(context.Background(), ln.Addr().String(), nil)
 	must.NoError(t, err)
 	must.Eq(t, want, got)
 	cancel()
@@ -43,6 +43,6 @@ func TestServeFetchFormat(t *testing.T) {
 	must.StrContains(t, out, "missing 8MiB")
 	must.StrContains(t, out, "(receive: EOF)")
 
-	_, err = Fetch(context.Background(), ln.Addr().String())
+	_, err = Fetch(context.Background(), ln.Addr().String(), nil)
 	must.Error(t, err) // the server is gone: a clear error, not a hang
 }

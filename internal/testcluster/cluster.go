@@ -23,6 +23,12 @@ const fastGossip = `gossip_lan {
 performance { raft_multiplier = 1 }
 `
 
+// connect turns Consul Connect on: its CA issues the certificates every
+// Saddlebag connection is secured with (internal/connecttls). Dev agents
+// have it on already.
+const connect = `connect { enabled = true }
+`
+
 // quiet keeps every agent from calling out to HashiCorp's update-check
 // service: test and demo clusters talk to nothing but each other.
 const quiet = `disable_update_check = true
@@ -221,7 +227,7 @@ func StartLayout(ctx context.Context, l Layout, o Options) (*Cluster, error) {
 		"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
 		"-serf-wan-port", strconv.Itoa(ports[2]), "-server-port", strconv.Itoa(ports[3]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
-		"-hcl", "ports { grpc_tls = -1 }", "-hcl", fastGossip, "-hcl", quiet}
+		"-hcl", "ports { grpc_tls = -1 }", "-hcl", fastGossip, "-hcl", quiet, "-hcl", connect}
 	if o.HCL != "" {
 		c.Server.args = append(c.Server.args, "-hcl", o.HCL)
 	}

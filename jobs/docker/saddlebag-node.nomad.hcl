@@ -35,6 +35,12 @@ variable "consul_addr" {
   default     = "127.0.0.1:8500"
 }
 
+variable "consul_token" {
+  description = "Consul ACL token of the nodes, holding the policy jobs/acl/saddlebag-node.policy.hcl (empty: Consul without ACLs). It reaches the task as CONSUL_HTTP_TOKEN; anyone who may read this job sees it, so in production prefer a Nomad Variable rendered by a template."
+  type        = string
+  default     = ""
+}
+
 variable "data_dir" {
   description = "Where each host keeps its replicas (bind-mounted at the same path)."
   type        = string
@@ -75,6 +81,12 @@ job "saddlebag-node" {
 
     task "node" {
       driver = "docker"
+
+      # Its Consul token (see var.consul_token); TLS needs nothing more:
+      # the process fetches its Connect certificate from the local agent.
+      env {
+        CONSUL_HTTP_TOKEN = var.consul_token
+      }
 
       config {
         image        = "${var.image}:${var.version}"

@@ -114,7 +114,7 @@ func failover() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	capi, err := consulapi.NewClient(&consulapi.Config{Address: s.ConsulAddr})
+	capi, err := consulapi.NewClient(&consulapi.Config{Address: s.ConsulAddr, Token: cluster.ConsulManagementToken})
 	if err != nil {
 		return err
 	}

@@ -105,14 +105,18 @@ func describe(s *cluster.State) {
 Saddlebag demo cluster (instance %d): 1 Consul server, 1 Nomad server, 3 nodes,
 Saddlebag deployed (jobs saddlebag-node, saddlebag-controller), a 2-replica
 volume "postgres" and the job "postgres" on it.
-  Consul UI:  http://%s/ui
+  Consul UI:  http://%s/ui   (ACLs on, default deny: log in with the
+              management token %s)
+  Security:   every Saddlebag connection is mutual TLS with Consul Connect
+              certificates; intentions by saddlebag setup-intentions; the
+              jobs run with tokens of the policies in jobs/acl
   Nomad API:  http://%s   (this Nomad is built from source without its web UI;
                                   use the CLI)
   nodes:      %s
   logs, data: %s
 
 Try:
-  export NOMAD_ADDR=http://%s CONSUL_HTTP_ADDR=http://%s
+  export NOMAD_ADDR=http://%s CONSUL_HTTP_ADDR=http://%s CONSUL_HTTP_TOKEN=%s
   alias nomad=$(e2e/tools/build.sh -n nomad) consul=$(e2e/tools/build.sh -n consul)
   nomad plugin status saddlebag
   nomad volume status postgres
@@ -122,7 +126,8 @@ Try:
   make dev-failover       # SIGKILL the node running Postgres; time it back on the other replica
 
 Tear down: make dev-down
-`, s.Instance, s.ConsulAddr, s.NomadAddr, nodeList(s, host), s.Dir, s.NomadAddr, s.ConsulAddr)
+`, s.Instance, s.ConsulAddr, cluster.ConsulManagementToken, s.NomadAddr, nodeList(s, host), s.Dir, s.NomadAddr, s.ConsulAddr,
+		cluster.ConsulManagementToken)
 }
 
 func nodeList(s *cluster.State, serverIP string) string {

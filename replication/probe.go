@@ -1,0 +1,86 @@
+package replication
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+)
+
+// ProbeResult is what each request of a Probe got back (nil: accepted).
+type ProbeResult struct {
+	Promise, Write, Read, Delete error
+}
+
+// Probe sends, each on a connection of its own made with dial, the
+// requests a hostile peer would use against volume's replica at addr: a
+// PROMISE of epoch (fencing the current primary if accepted), a WRITE of
+// data at off, a READ of len(data) bytes at off (each after the OPEN its
+// connection needs, pipelined behind it, at epoch), and a DELETE. It is
+// a security drill for the transport (see Guard): every request of a peer
+// that is not let in must fail and change nothing. A peer that is let in
+// really does all of it.
+func Probe(ctx context.Context, dial Dialer, addr, volume string, size int64, epoch uint64, off int64, data []byte,
+	timeout time.Duration) ProbeResult {
+	open, _ := json.Marshal(openRequest{Volume: volume, Size: size})
+	run := func(frames ...Frame) error {
+		c, err := dialAdmin(ctx, dial, addr, timeout)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		c.epoch = epoch
+		calls := make([]*call, len(frames))
+		for i, f := range frames {
+			var rbuf []byte
+			if f.Type == FrameRead {
+				rbuf = make([]byte, f.Length)
+			}
+			calls[i] = c.start(f, rbuf)
+		}
+		for i, cl := range calls {
+			if _, err := c.wait(cl); err != nil {
+				return fmt.Errorf("%s: %w", frames[i].Type, err)
+			}
+		}
+		return nil
+	}
+	var r ProbeResult
+	r.Promise = run(Frame{Type: FrameOpen, Payload: open}, Frame{Type: FramePromise, Payload: binary.BigEndian.AppendUint64(nil, 1)})
+	r.Write = run(Frame{Type: FrameOpen, Payload: open}, Frame{Type: FrameWrite, Offset: uint64(off), Payload: data})
+	r.Read = run(Frame{Type: FrameOpen, Payload: open}, Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(len(data))})
+	r.Delete = run(Frame{Type: FrameDelete, Payload: []byte(volume)})
+	return r
+}
+
+// ReadMeta reads the metadata of volume's replica under a store
+// directory without opening the replica (read-only; the replica may be
+// in use): for operators and tests that inspect what a replica promised.
+func ReadMeta(dir, volume string) (Meta, error) {
+	var m Meta
+	if err := ValidateVolumeID(volume); err != nil {
+		return m, err
+	}
+	path := (&Store{dir: dir}).metaPath(volume)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return m, err
+	}
+	var best []byte
+	var bestSeq uint64
+	for slot := 0; (slot+1)*metaSlotSize <= len(b); slot++ {
+		seq, payload, ok := decodeSlot(b[slot*metaSlotSize : (slot+1)*metaSlotSize])
+		if ok && (best == nil || seq > bestSeq) {
+			best, bestSeq = payload, seq
+		}
+	}
+	if best == nil {
+		return m, fmt.Errorf("%s: %w", path, ErrMetaCorrupt)
+	}
+	if err := json.Unmarshal(best, &m); err != nil {
+		return m, fmt.Errorf("%s: %w: %w", path, ErrMetaCorrupt, err)
+	}
+	return m, nil
+}
