@@ -52,6 +52,7 @@ type trap struct {
 	match  string
 	n      int
 	r      *rand.Rand
+	atCut  func()         // called at the cut, under the CrashFS's lock
 	onFire func(lost int) // called on its own goroutine
 }
 
@@ -166,10 +167,12 @@ func (c *CrashFS) Kill() {
 // contains match cut the power (PowerLoss with draws from r) once it has
 // reached the page cache; that write fails, as its process dies. onFire
 // then runs on a goroutine of its own with the number of block writes
-// lost. A new ArmPowerLoss replaces an unfired one.
-func (c *CrashFS) ArmPowerLoss(match string, n int, r *rand.Rand, onFire func(lost int)) {
+// lost; atCut, if not nil, runs at the cut itself, before the write
+// returns (it must not use the CrashFS). A new ArmPowerLoss replaces an
+// unfired one.
+func (c *CrashFS) ArmPowerLoss(match string, n int, r *rand.Rand, atCut func(), onFire func(lost int)) {
 	c.mu.Lock()
-	c.trap = &trap{match: match, n: n, r: r, onFire: onFire}
+	c.trap = &trap{match: match, n: n, r: r, atCut: atCut, onFire: onFire}
 	c.mu.Unlock()
 }
 
@@ -349,6 +352,9 @@ func (h *memHandle) WriteAt(p []byte, off int64) (int, error) {
 		if t.n--; t.n <= 0 {
 			h.c.trap = nil
 			h.c.down = true // the host is off until the node restarts (Up)
+			if t.atCut != nil {
+				t.atCut()
+			}
 			lost := h.c.powerLossLocked(t.r)
 			go t.onFire(lost)
 			return len(p), &fs.PathError{Op: "write", Path: h.name, Err: fmt.Errorf("%w: %w", ErrKilled, syscall.EIO)}

@@ -118,7 +118,7 @@ func TestCrashFSArmedPowerLossFiresOnTheNthMatchingWrite(t *testing.T) {
 	meta, err := c.OpenFile("/d/meta", os.O_RDWR|os.O_CREATE, 0)
 	must.NoError(t, err)
 	fired := make(chan int, 1)
-	c.ArmPowerLoss("meta", 2, rand.New(rand.NewPCG(1, 2)), func(lost int) { fired <- lost })
+	c.ArmPowerLoss("meta", 2, rand.New(rand.NewPCG(1, 2)), nil, func(lost int) { fired <- lost })
 	_, err = data.WriteAt(fill(1), 0) // not matching
 	must.NoError(t, err)
 	_, err = meta.WriteAt(fill(2), 0) // first match

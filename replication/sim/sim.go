@@ -764,8 +764,9 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		nth := 1 + st.mask>>1&3
 		r := rand.New(rand.NewPCG(s.cfg.Seed, 1000+uint64(n.i)))
 		n.trapped = true
-		n.fs.ArmPowerLoss(match, nth, r, func(lost int) {
-			s.powerCut()
+		// The cut's event is taken at the cut: a flush issued after it
+		// but before onFire runs must not count as covering what it lost.
+		n.fs.ArmPowerLoss(match, nth, r, s.powerCut, func(lost int) {
 			n.boots.Add(1) // it comes back from a new boot
 			n.cutByTrap.Store(true)
 			s.mu.Lock()
