@@ -253,16 +253,21 @@ type frameProxy struct {
 	ln     net.Listener
 	target string
 	before func(Frame)
-	// after, if set before the first connection, runs once a frame was
-	// passed on; true closes the client's connection (it never gets the
-	// reply).
+	// after, if not nil, runs once a frame was passed on; true closes the
+	// client's connection (it never gets the reply).
 	after func(Frame) bool
 }
 
 func startFrameProxy(t *testing.T, target string, before func(Frame)) *frameProxy {
+	return startFrameProxyAfter(t, target, before, nil)
+}
+
+// startFrameProxyAfter is startFrameProxy with an after hook (see
+// frameProxy.after).
+func startFrameProxyAfter(t *testing.T, target string, before func(Frame), after func(Frame) bool) *frameProxy {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must.NoError(t, err)
-	p := &frameProxy{ln: ln, target: target, before: before}
+	p := &frameProxy{ln: ln, target: target, before: before, after: after}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Go(func() {
@@ -560,8 +565,7 @@ func TestPowerLossDuringResyncAfterProcessCrash(t *testing.T) {
 func TestFailedMembershipAttemptBurnsItsGeneration(t *testing.T) {
 	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
 	var cut atomic.Bool
-	proxyB := startFrameProxy(t, b.addr, func(Frame) {})
-	proxyB.after = func(f Frame) bool { return f.Type == FrameMembership && cut.Load() }
+	proxyB := startFrameProxyAfter(t, b.addr, func(Frame) {}, func(f Frame) bool { return f.Type == FrameMembership && cut.Load() })
 	cfg := engineConfig(t, "vol", 1<<20, 1, a, c)
 	cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: proxyB.ln.Addr().String()})
 	ctx := context.Background()
