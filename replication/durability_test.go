@@ -590,3 +590,44 @@ func TestFailedMembershipAttemptBurnsItsGeneration(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A primary that found some replicas unreachable cannot know which
+// generations an older primary wrote to them. Its own sets must still
+// outrank those: a later primary that sees both must take its set, which
+// holds the writes it acknowledged.
+func TestNewerPrimaryOutranksGenerationsItCouldNotSee(t *testing.T) {
+	dirB := t.TempDir()
+	a, b := startTestReplica(t, t.TempDir()), startTestReplica(t, dirB)
+	const size = 1 << 20
+	ctx := context.Background()
+	e1, err := StartEngine(ctx, engineConfig(t, "vol", size, 1, a, b))
+	must.NoError(t, err)
+	must.NoError(t, e1.WriteAt(ctx, []byte("old"), 0, true))
+	e1.Close()
+	// An older primary (epoch 2) wrote generations to b alone that never
+	// reached Consul (nothing it acknowledged depended on them).
+	v, _, err := b.store.Open("vol", size, false)
+	must.NoError(t, err)
+	must.NoError(t, v.SetMembership(2, Membership{Gen: epochGenBase(2) + 7, Replicas: []string{b.addr}}))
+	must.NoError(t, v.Close())
+	b.stop()
+	// Epoch 3 sees only a, uses the record (epoch 1's: both replicas),
+	// and acknowledges a write.
+	rec := replicaMembership(t, a, "vol")
+	cfg := engineConfig(t, "vol", size, 3, a, b)
+	cfg.Recorded = &rec
+	e3, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	must.NoError(t, e3.WriteAt(ctx, []byte("new"), 0, true))
+	e3.Close()
+	// Epoch 4 sees both: a's set (epoch 3's) is the newer one.
+	b = startTestReplicaAt(t, dirB, b.addr)
+	rec3 := replicaMembership(t, a, "vol")
+	must.Greater(t, replicaMembership(t, b, "vol").Gen, rec3.Gen)
+	cfg = engineConfig(t, "vol", size, 4, a, b)
+	cfg.Recorded = &rec3
+	e4, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	defer e4.Close()
+	must.Eq(t, "new", string(readBack(t, e4, 0, 3)))
+}

@@ -819,7 +819,7 @@ func (e *Engine) recordLocked(ctx context.Context) error {
 			addrs[i] = t.p.cfg.Addr
 		}
 		if e.genSet != set.version {
-			m := Membership{Gen: max(e.gen, e.genTried) + 1, Replicas: addrs}
+			m := Membership{Gen: max(e.genTried+1, epochGenBase(e.cfg.Epoch)), Replicas: addrs} // genTried >= gen
 			e.genTried = m.Gen
 			if retry, err := e.writeMembershipLocked(set, m); err != nil || retry {
 				if err != nil {
@@ -853,6 +853,19 @@ func (e *Engine) recordLocked(ctx context.Context) error {
 			return fmt.Errorf("volume %s: record in-sync set %v: %w (last error: %w)", e.cfg.Volume, addrs, werr, err)
 		}
 	}
+}
+
+// epochGenBase is the lowest generation an engine at epoch may write: the
+// epoch in the high 32 bits. Generations are so ordered by (epoch, count)
+// and a newer primary's sets always outrank an older one's, even those it
+// could not see: a primary that found some replicas unreachable cannot
+// know which numbers the previous one wrote to them, and a plain counter
+// let an old set written to an unreachable replica outrank the newer
+// primary's (simulator seed 69156776: acknowledged writes discarded).
+// Epochs beyond 2^31 (never in practice: a replica refuses jumps over
+// 2^32) get the largest base.
+func epochGenBase(epoch uint64) uint64 {
+	return min(epoch, 1<<31-1) << 32
 }
 
 // writeMembershipLocked writes m to every member of set. A member that
