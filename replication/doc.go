@@ -12,7 +12,10 @@
 //   - the volume's history (history.go): which replicas a new primary may
 //     trust, decided from the recorded in-sync set and the membership the
 //     replicas carry themselves, so that a wiped replica, a lost or
-//     rolled-back record never makes a stale copy current;
+//     rolled-back record never makes a stale copy current; membership
+//     generations are never reused and carry the writing primary's epoch
+//     in their high 32 bits (epochGenBase), so a newer primary's sets
+//     outrank an older one's;
 //   - the wire protocol (wire.go): versioned, framed, checksummed, bounded
 //     frames that carry the sender's epoch and a request id;
 //   - the replica server (server.go) that applies a connection's frames in
