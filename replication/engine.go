@@ -699,11 +699,10 @@ func (e *Engine) settleUnflushed(p *peer, open openReply) {
 	if p.unflushed == nil {
 		return
 	}
-	rebooted := open.BootID == "" || p.unflushedBoot == "" || open.BootID != p.unflushedBoot
-	if !rebooted && p.dirty != nil {
-		return
-	}
 	if p.dirty != nil {
+		if rebooted := open.BootID == "" || p.unflushedBoot == "" || open.BootID != p.unflushedBoot; !rebooted {
+			return
+		}
 		for x := range p.unflushed {
 			p.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
 		}
@@ -929,7 +928,7 @@ func (e *Engine) waitReconnect(ctx context.Context) error {
 		if e.fenced.Load() {
 			return e.fencedErr()
 		}
-		if _, ok := connected(set); ok {
+		if len(connected(set)) > 0 {
 			return nil
 		}
 		if !logged {
@@ -1037,8 +1036,8 @@ func (e *Engine) readAt(ctx context.Context, p []byte, off int64) error {
 // the next one in turn, among those with a working connection; false if
 // none has one.
 func (e *Engine) readSource(set *targetSet) (target, bool) {
-	up, ok := connected(set)
-	if !ok {
+	up := connected(set)
+	if len(up) == 0 {
 		return target{}, false
 	}
 	for _, t := range up {
@@ -1049,16 +1048,15 @@ func (e *Engine) readSource(set *targetSet) (target, bool) {
 	return up[int(e.readNext.Add(1))%len(up)], true
 }
 
-// connected returns the in-sync targets with a working connection, and
-// whether there is one.
-func connected(set *targetSet) ([]target, bool) {
+// connected returns the in-sync targets with a working connection.
+func connected(set *targetSet) []target {
 	var up []target
 	for _, t := range set.inSync {
 		if t.c != nil && t.c.failure() == nil {
 			up = append(up, t)
 		}
 	}
-	return up, len(up) > 0
+	return up
 }
 
 // Hold makes the engine stop completing I/O: requests still run, but none
