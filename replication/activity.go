@@ -296,7 +296,16 @@ func (e *Engine) persistBitmapsLocked(ctx context.Context, force bool) error {
 	var todo []pending
 	e.stateMu.Lock()
 	for _, p := range e.peers {
-		if p.state == StateInSync || p.dirty == nil {
+		if p.state == StateInSync {
+			continue
+		}
+		if p.dirty == nil {
+			// Its history is unknown (it is compared whole): a bitmap
+			// persisted for it earlier no longer names all it misses, and
+			// a later primary must not trust it.
+			if p.persisted != 0 {
+				todo = append(todo, pending{p, nil, 0})
+			}
 			continue
 		}
 		if ch := p.dirty.Changes(); force || ch != p.persisted {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/shoenig/test/must"
+	"golang.org/x/sys/unix"
 )
 
 // snapshotReplica copies a stopped replica's files (data and metadata):
@@ -256,6 +258,14 @@ type frameProxy struct {
 	// after, if not nil, runs once a frame was passed on; true closes the
 	// client's connection (it never gets the reply).
 	after func(Frame) bool
+	// reply, if not nil, runs once a reply frame was passed back to the
+	// client.
+	reply func(Frame)
+	// refuse closes every new connection at once (the replica looks down).
+	refuse atomic.Bool
+
+	mu    sync.Mutex
+	conns []net.Conn
 }
 
 func startFrameProxy(t *testing.T, target string, before func(Frame)) *frameProxy {
@@ -265,23 +275,52 @@ func startFrameProxy(t *testing.T, target string, before func(Frame)) *frameProx
 // startFrameProxyAfter is startFrameProxy with an after hook (see
 // frameProxy.after).
 func startFrameProxyAfter(t *testing.T, target string, before func(Frame), after func(Frame) bool) *frameProxy {
+	return startFrameProxyFull(t, target, before, after, nil)
+}
+
+// startFrameProxyFull is startFrameProxyAfter with a reply hook (see
+// frameProxy.reply).
+func startFrameProxyFull(t *testing.T, target string, before func(Frame), after func(Frame) bool, reply func(Frame)) *frameProxy {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must.NoError(t, err)
-	p := &frameProxy{ln: ln, target: target, before: before, after: after}
+	p := &frameProxy{ln: ln, target: target, before: before, after: after, reply: reply}
 	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	t.Cleanup(func() { ln.Close(); p.cut(); wg.Wait() })
 	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			if p.refuse.Load() {
+				c.Close()
+				continue
+			}
 			s, err := net.Dial("tcp", target)
 			if err != nil {
 				c.Close()
 				continue
 			}
-			wg.Go(func() { io.Copy(c, s); c.Close() })
+			p.mu.Lock()
+			p.conns = append(p.conns, c)
+			p.mu.Unlock()
+			wg.Go(func() {
+				defer c.Close()
+				if p.reply == nil {
+					io.Copy(c, s)
+					return
+				}
+				for {
+					f, err := ReadFrame(s, nil)
+					if err != nil {
+						return
+					}
+					if _, err := c.Write(AppendFrame(nil, &f)); err != nil {
+						return
+					}
+					p.reply(f)
+				}
+			})
 			wg.Go(func() {
 				defer s.Close()
 				for {
@@ -302,6 +341,16 @@ func startFrameProxyAfter(t *testing.T, target string, before func(Frame), after
 		}
 	})
 	return p
+}
+
+// cut closes every client connection the proxy has accepted.
+func (p *frameProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
 }
 
 // Scenario 6: the new primary OPENs both replicas; then the old primary
@@ -630,4 +679,200 @@ func TestNewerPrimaryOutranksGenerationsItCouldNotSee(t *testing.T) {
 	must.NoError(t, err)
 	defer e4.Close()
 	must.Eq(t, "new", string(readBack(t, e4, 0, 3)))
+}
+
+// fullFS is the real file system on which volume data files refuse writes
+// with ENOSPC while full is set: a replica whose disk filled up.
+type fullFS struct {
+	osFS
+	full *atomic.Bool
+}
+
+func (f fullFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+	file, err := f.osFS.OpenFile(name, flag, perm)
+	if err != nil || filepath.Base(name) != "data" {
+		return file, err
+	}
+	return fullFile{File: file, name: name, full: f.full}, nil
+}
+
+type fullFile struct {
+	File
+	name string
+	full *atomic.Bool
+}
+
+func (f fullFile) WriteAt(p []byte, off int64) (int, error) {
+	if f.full.Load() {
+		return 0, &fs.PathError{Op: "write", Path: f.name, Err: unix.ENOSPC}
+	}
+	return f.File.WriteAt(p, off)
+}
+
+// A write that fails on the last in-sync replica (its disk is full) may
+// have been applied by a replica being resynced. That replica must get
+// the range back from the copy even when its resync ended (aborted by a
+// broken connection) between its reply and the failure: else its next
+// bitmap resync skips the range and it rejoins different from the copy.
+func TestFailedWriteRepairedOnAbortedResyncTarget(t *testing.T) {
+	var full atomic.Bool
+	a := startTestReplicaWith(t, t.TempDir(), "127.0.0.1:0", StoreOptions{Files: fullFS{full: &full}})
+	b := startTestReplica(t, t.TempDir())
+	const size = 16 << 20
+	const w2off = 12 << 20
+	var armed atomic.Bool
+	var onceA sync.Once
+	atA, releaseA := make(chan struct{}), make(chan struct{})
+	proxyA := startFrameProxy(t, a.addr, func(f Frame) {
+		if f.Type == FrameWrite && f.Offset == w2off && armed.Load() {
+			onceA.Do(func() { close(atA) })
+			<-releaseA
+		}
+	})
+	// B's proxy reports B's replies to the resync's copy of its one
+	// missed chunk and to W2.
+	var chunkID, w2ID atomic.Uint64
+	chunkDone, bReplied := make(chan struct{}), make(chan struct{})
+	var onceChunk, onceW2 sync.Once
+	proxyB := startFrameProxyFull(t, b.addr, func(f Frame) {
+		if f.Type == FrameWrite && armed.Load() {
+			switch f.Offset {
+			case 0:
+				chunkID.CompareAndSwap(0, f.ID)
+			case w2off:
+				w2ID.Store(f.ID)
+			}
+		}
+	}, nil, func(f Frame) {
+		if id := chunkID.Load(); id != 0 && f.ID == id {
+			onceChunk.Do(func() { close(chunkDone) })
+		}
+		if id := w2ID.Load(); id != 0 && f.ID == id {
+			onceW2.Do(func() { close(bReplied) })
+		}
+	})
+	cfg := engineConfig(t, "vol", size, 1)
+	cfg.Replicas = []ReplicaConfig{{Addr: proxyA.ln.Addr().String()}, {Addr: proxyB.ln.Addr().String()}}
+	cfg.Timeout = 10 * time.Second
+	// After copying B's one missed chunk (1 MiB) the resync waits ~2 s
+	// before it rejoins: the window in which W2 is sent to B.
+	cfg.ResyncRate = 512 << 10
+	ctx := context.Background()
+	e, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	defer e.Close()
+	waitInSync(t, e, 2)
+	old := bytes.Repeat([]byte{'o'}, 4096)
+	must.NoError(t, e.WriteAt(ctx, old, w2off, true))
+
+	// B falls behind by one chunk, then comes back and is resynced.
+	proxyB.refuse.Store(true)
+	proxyB.cut()
+	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{1}, resyncChunk), 0, false))
+	must.Eq(t, 1, e.Status().InSync)
+	armed.Store(true)
+	proxyB.refuse.Store(false)
+	<-chunkDone
+
+	// A's disk is full: W2 fails there, while B (being resynced) applies it.
+	full.Store(true)
+	errW2 := make(chan error, 1)
+	go func() { errW2 <- e.WriteAt(ctx, bytes.Repeat([]byte{'n'}, 4096), w2off, false) }()
+	<-atA
+	<-bReplied
+	// B's resync ends (its connection breaks) before A's answer is known.
+	proxyB.refuse.Store(true)
+	proxyB.cut()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.Status().Replicas[1].State == StateResyncing {
+		must.True(t, time.Now().Before(deadline), must.Sprint("B's resync never ended"))
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(releaseA)
+	must.Error(t, <-errW2)
+
+	// The disk is freed and B comes back: it must end equal to A.
+	full.Store(false)
+	proxyB.refuse.Store(false)
+	waitInSync(t, e, 2)
+	must.NoError(t, e.Shutdown(ctx))
+	da, err := os.ReadFile(a.store.DataPath("vol"))
+	must.NoError(t, err)
+	db, err := os.ReadFile(b.store.DataPath("vol"))
+	must.NoError(t, err)
+	must.Eq(t, old, da[w2off:w2off+4096])
+	must.True(t, bytes.Equal(da, db), must.Sprintf("B differs from A at %d: %q", w2off, db[w2off:w2off+8]))
+}
+
+// The reconnect of an in-sync replica whose connection broke can race
+// with a write that fails on it and drops it (with a bitmap of what it
+// misses). The reconnect must then leave it alone, not take it for an
+// in-sync replica come back without its history: that threw the bitmap
+// away, later writes were recorded nowhere, and the next primary resynced
+// it from the bitmap persisted before, without them.
+func TestReconnectRacingADropKeepsTheBitmap(t *testing.T) {
+	a, b := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	var holdOpen atomic.Bool
+	var once sync.Once
+	atOpen, releaseOpen := make(chan struct{}), make(chan struct{})
+	proxyB := startFrameProxy(t, b.addr, func(f Frame) {
+		if f.Type == FrameOpen && holdOpen.Load() {
+			once.Do(func() { close(atOpen) })
+			<-releaseOpen
+		}
+	})
+	const size = 16 << 20
+	cfg := engineConfig(t, "vol", size, 1, a)
+	cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: proxyB.ln.Addr().String()})
+	ctx := context.Background()
+	e, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	defer e.Close()
+	waitInSync(t, e, 2)
+
+	// B's connection breaks with nothing in flight: the engine reconnects
+	// it, and its OPEN is held.
+	holdOpen.Store(true)
+	proxyB.cut()
+	<-atOpen
+	// Meanwhile a write fails on B and drops it; its bitmap is persisted.
+	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, false))
+	must.Eq(t, 1, e.Status().InSync)
+	must.NoError(t, e.persistBitmaps(ctx, true))
+	// The reconnect goes on (B then stays away).
+	proxyB.refuse.Store(true)
+	close(releaseOpen)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		e.stateMu.Lock()
+		busy := e.peers[1].busy
+		e.stateMu.Unlock()
+		if !busy {
+			break
+		}
+		must.True(t, time.Now().Before(deadline), must.Sprint("the reconnect never ended"))
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A write B misses, then a clean handover to the next primary.
+	w := bytes.Repeat([]byte{2}, 4096)
+	must.NoError(t, e.WriteAt(ctx, w, 8<<20, true))
+	must.NoError(t, e.Shutdown(ctx))
+
+	holdOpen.Store(false)
+	proxyB.refuse.Store(false)
+	cfg2 := engineConfig(t, "vol", size, 2, a)
+	cfg2.Replicas = append(cfg2.Replicas, ReplicaConfig{Addr: proxyB.ln.Addr().String()})
+	rec := replicaMembership(t, a, "vol")
+	cfg2.Recorded = &rec
+	e2, err := StartEngine(ctx, cfg2)
+	must.NoError(t, err)
+	defer e2.Close()
+	waitInSync(t, e2, 2)
+	must.NoError(t, e2.Shutdown(ctx))
+	da, err := os.ReadFile(a.store.DataPath("vol"))
+	must.NoError(t, err)
+	db, err := os.ReadFile(b.store.DataPath("vol"))
+	must.NoError(t, err)
+	must.Eq(t, w, da[8<<20:8<<20+4096])
+	must.True(t, bytes.Equal(da, db), must.Sprintf("B differs from A: %q at 8 MiB", db[8<<20:8<<20+8]))
 }

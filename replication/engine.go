@@ -577,7 +577,7 @@ func (e *Engine) settle(ctx context.Context, set *targetSet, calls []*call, what
 	if len(failed) == 0 && e.recorded.Load() >= set.version {
 		return nil
 	}
-	kept, err := e.drop(ctx, failed, off, n, isData)
+	kept, err := e.drop(ctx, failed, set.resyncing, off, n, isData)
 	if err != nil {
 		return err
 	}
@@ -587,19 +587,6 @@ func (e *Engine) settle(ctx context.Context, set *targetSet, calls []*call, what
 	// It failed everywhere; kept is the copy the volume keeps.
 	e.stateMu.Lock()
 	alive := kept != nil && kept.client != nil && kept.client.failure() == nil
-	if alive && isData {
-		// The request fails, but replicas being resynced may have applied
-		// it: they now differ from the copy there, so their resync must
-		// not end on what it copied before.
-		for _, p := range e.peers {
-			if p.state == StateResyncing {
-				if p.dirty != nil {
-					p.dirty.SetRange(off, n)
-				}
-				p.missed++
-			}
-		}
-	}
 	e.stateMu.Unlock()
 	if alive {
 		return fmt.Errorf("volume %s: %s failed on its last in-sync replica: %w", e.cfg.Volume, what, failed[kept])
@@ -718,7 +705,7 @@ func (e *Engine) settleUnflushed(p *peer, open openReply) {
 // (one that answered with an error before one whose connection broke, the
 // local one before a remote one) stays the volume's copy and is returned.
 // drop returns only when the set every caller relied on is recorded.
-func (e *Engine) drop(ctx context.Context, failed map[*peer]error, off, n int64, isData bool) (*peer, error) {
+func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []target, off, n int64, isData bool) (*peer, error) {
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
 	var kept *peer
@@ -727,6 +714,22 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, off, n int64,
 	for _, p := range e.peers {
 		if p.state == StateInSync && failed[p] == nil {
 			remaining++
+		}
+	}
+	if remaining == 0 && len(failed) > 0 && isData {
+		// The request failed on every in-sync replica, but the replicas
+		// it was sent to as resync targets may have applied it: they now
+		// differ from the copy there. Whatever became of their resync
+		// since (it may have ended, aborted, between their reply and
+		// now), they get the range back from the copy, and a resync still
+		// running must not end on what it copied before. Done under
+		// stateMu with the in-sync check above, so that none of them can
+		// have rejoined in between.
+		for _, t := range resyncing {
+			if t.p.dirty != nil {
+				t.p.dirty.SetRange(off, n)
+			}
+			t.p.missed++
 		}
 	}
 	if remaining == 0 && len(failed) > 0 {
@@ -1014,7 +1017,7 @@ func (e *Engine) readAt(ctx context.Context, p []byte, off int64) error {
 			e.fence(err)
 			return e.fencedErr()
 		}
-		kept, derr := e.drop(ctx, map[*peer]error{src.p: err}, 0, 0, false)
+		kept, derr := e.drop(ctx, map[*peer]error{src.p: err}, nil, 0, 0, false)
 		if errors.Is(derr, errReconnecting) || (derr == nil && kept == src.p && src.c.failure() != nil) {
 			// The last in-sync replica's connection broke: read again
 			// once it is back.

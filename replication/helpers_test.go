@@ -47,11 +47,14 @@ func startTestReplicaAt(t testing.TB, dir, addr string) *testReplica {
 // restarted (after a power loss).
 func startTestReplicaBoot(t testing.TB, dir, addr, boot string) *testReplica {
 	t.Helper()
-	store, err := OpenStore(dir, testLogger(t))
+	return startTestReplicaWith(t, dir, addr, StoreOptions{BootID: boot})
+}
+
+// startTestReplicaWith starts a replica server whose store has opts.
+func startTestReplicaWith(t testing.TB, dir, addr string, opts StoreOptions) *testReplica {
+	t.Helper()
+	store, err := OpenStoreWith(dir, testLogger(t), opts)
 	must.NoError(t, err)
-	if boot != "" {
-		store.bootID = boot
-	}
 	ln, err := net.Listen("tcp", addr)
 	must.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -130,6 +130,13 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 	}
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
+	if p.state != StateInSync {
+		// It was dropped while this dial was under way (a request failed
+		// on it): it has a bitmap of what it misses since, and is resynced
+		// like any replica behind.
+		go nc.close()
+		return
+	}
 	var alive, waiting []*peer // the other in-sync replicas, connected or not
 	for _, q := range e.peers {
 		if q != p && q.state == StateInSync {
@@ -154,6 +161,7 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		// Other in-sync replicas hold the data: it is behind, and they
 		// are waited for instead.
 		p.state, p.reason, p.dirty, p.client = StateDropped, reason, nil, nil
+		p.persisted = ^uint64(0) // a bitmap persisted for it is stale: deleted
 		e.order.Lock()
 		e.setTargetsLocked(e.rebuildLocked())
 		e.order.Unlock()
