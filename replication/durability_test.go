@@ -876,3 +876,91 @@ func TestReconnectRacingADropKeepsTheBitmap(t *testing.T) {
 	must.Eq(t, w, da[8<<20:8<<20+4096])
 	must.True(t, bytes.Equal(da, db), must.Sprintf("B differs from A: %q at 8 MiB", db[8<<20:8<<20+8]))
 }
+
+// A replica being resynced acknowledges writes from its page cache like
+// any other. When its resync ends because it failed (its host lost
+// power), what it had not flushed must be marked as possibly lost, as for
+// an in-sync replica that is dropped: else, once those writes' extents
+// leave the activity log, no bitmap names them and the replica rejoins
+// without them.
+func TestResyncTargetLosingPowerGetsUnflushedWritesBack(t *testing.T) {
+	dirB := t.TempDir()
+	a, b := startTestReplica(t, t.TempDir()), startTestReplica(t, dirB)
+	var armed atomic.Bool
+	var chunkID atomic.Uint64
+	chunkDone := make(chan struct{})
+	var once sync.Once
+	proxyB := startFrameProxyFull(t, b.addr, func(f Frame) {
+		if f.Type == FrameWrite && f.Offset == 0 && armed.Load() {
+			chunkID.CompareAndSwap(0, f.ID)
+		}
+	}, nil, func(f Frame) {
+		if id := chunkID.Load(); id != 0 && f.ID == id {
+			once.Do(func() { close(chunkDone) })
+		}
+	})
+	const size = 16 << 20
+	cfg := engineConfig(t, "vol", size, 1, a)
+	cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: proxyB.ln.Addr().String()})
+	cfg.ActivityExtents = 2
+	// After copying B's one missed chunk the resync waits ~2 s before it
+	// rejoins: the window in which W reaches B's page cache only.
+	cfg.ResyncRate = 512 << 10
+	ctx := context.Background()
+	e, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	defer e.Close()
+	waitInSync(t, e, 2)
+
+	// B falls behind by one chunk, then comes back and is resynced.
+	proxyB.refuse.Store(true)
+	proxyB.cut()
+	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{1}, resyncChunk), 0, false))
+	must.Eq(t, 1, e.Status().InSync)
+	armed.Store(true)
+	proxyB.refuse.Store(false)
+	<-chunkDone
+
+	// W reaches both; B's host then loses power before flushing it.
+	const woff = 2 * ExtentSize
+	w := bytes.Repeat([]byte{2}, 4096)
+	must.NoError(t, e.WriteAt(ctx, w, woff, false))
+	proxyB.refuse.Store(true)
+	b.stop()
+	data, err := os.ReadFile(b.store.DataPath("vol"))
+	must.NoError(t, err)
+	copy(data[woff:woff+4096], make([]byte, 4096))
+	must.NoError(t, os.WriteFile(b.store.DataPath("vol"), data, 0o600))
+	mf, err := openMeta(osFS{}, filepath.Join(dirB, "vol", "meta"))
+	must.NoError(t, err)
+	m := mf.cur
+	m.Clean = false
+	must.NoError(t, mf.store(m))
+	must.NoError(t, mf.close())
+	deadline := time.Now().Add(10 * time.Second)
+	for e.Status().Replicas[1].State == StateResyncing {
+		must.True(t, time.Now().Before(deadline), must.Sprint("B's resync never ended"))
+		time.Sleep(5 * time.Millisecond)
+	}
+	// W's extent leaves the activity log, then the primary crashes.
+	must.NoError(t, e.WriteAt(ctx, []byte("x"), 1*ExtentSize, true))
+	must.NoError(t, e.WriteAt(ctx, []byte("y"), 3*ExtentSize, true))
+	must.SliceNotContains(t, e.al.all(), uint64(woff/ExtentSize))
+	e.Close()
+
+	// A is lost next: B, back and resynced by the next primary, must hold W.
+	b = startTestReplicaBoot(t, dirB, b.addr, "after-power-loss")
+	proxyB.refuse.Store(false)
+	cfg2 := engineConfig(t, "vol", size, 2, a)
+	cfg2.Replicas = append(cfg2.Replicas, ReplicaConfig{Addr: proxyB.ln.Addr().String()})
+	rec := replicaMembership(t, a, "vol")
+	cfg2.Recorded = &rec
+	e2, err := StartEngine(ctx, cfg2)
+	must.NoError(t, err)
+	defer e2.Close()
+	waitInSync(t, e2, 2)
+	must.NoError(t, e2.Shutdown(ctx))
+	db, err := os.ReadFile(b.store.DataPath("vol"))
+	must.NoError(t, err)
+	must.Eq(t, w, db[woff:woff+4096])
+}

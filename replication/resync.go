@@ -306,6 +306,13 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 	close(logDone)
 	if err != nil {
 		e.stateMu.Lock()
+		if p.dirty != nil {
+			// It acknowledged writes (and copies) from its page cache
+			// since its last flush, like an in-sync replica that is
+			// dropped: if its host lost power they are gone, and once
+			// their extents leave the activity log only this names them.
+			e.markUnflushed(p, 0, 0, false)
+		}
 		if p.state == StateResyncing {
 			p.state, p.reason = StateDropped, fmt.Sprintf("resync aborted: %v", err)
 			e.order.Lock()
