@@ -158,7 +158,7 @@ func (w *writer) step(s *simulation, p *primary) error {
 		issued := s.events.Add(1)
 		err := w.call(s, p, "flush", func(ctx context.Context) error { return p.eng.Flush(ctx) })
 		if err == nil {
-			s.flushed(flushRec{issued: issued, losses: losses, epoch: p.epoch})
+			s.flushed(flushRec{issued: issued, losses: losses, epoch: p.epoch, at: time.Since(s.began)})
 			w.flushes++
 		}
 		return err
@@ -211,7 +211,7 @@ func (w *writer) step(s *simulation, p *primary) error {
 // given version, and describes what it should hold otherwise. durable
 // says whether an acknowledged op must have survived (see
 // simulation.mustSurvive).
-func (w *writer) allowed(blk int64, data []byte, durable func(*opRec) bool) (bool, string) {
+func (w *writer) allowed(blk int64, data []byte, durable func(*opRec) bool, why func(*opRec) string) (bool, string) {
 	ops := w.hist[blk-w.lo]
 	k := -1 // the newest op that must have survived
 	for i, op := range ops {
@@ -227,7 +227,7 @@ func (w *writer) allowed(blk int64, data []byte, durable func(*opRec) bool) (boo
 		if k < 0 {
 			return "nothing acknowledged"
 		}
-		return fmt.Sprintf("%s or newer", ops[k])
+		return fmt.Sprintf("%s or newer%s", ops[k], why(ops[k]))
 	}
 	if zero {
 		if k < 0 {

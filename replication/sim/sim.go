@@ -188,7 +188,10 @@ func (s *simulation) leaveZombie(w int, p *primary) {
 
 // flushRec is a completed flush: the event it was issued at, the count
 // of unflushed-write losses found then, and the primary it went through.
-type flushRec struct{ issued, losses, epoch uint64 }
+type flushRec struct {
+	issued, losses, epoch uint64
+	at                    time.Duration // when it completed, since the schedule began
+}
 
 func (s *simulation) flushed(f flushRec) {
 	s.flushedMu.Lock()
@@ -223,16 +226,29 @@ func (s *simulation) unflushedLosses() uint64 {
 //     reported (ErrUnflushedLost) to the flushes in flight and to the
 //     next one, as Linux reports a writeback error once; the flushes
 //     after that succeed without making the lost writes durable;
-//   - through the primary that acknowledged it, or with no power cut in
-//     between: a new primary makes durable what the replicas it found
-//     hold; if the only replicas that held a write lost power before it
-//     was flushed, no one can know it existed.
+//   - through the primary that acknowledged it, or with no power cut
+//     between the op's issue and the flush: a new primary makes durable
+//     what the replicas it found hold; if the only replicas that held a
+//     write lost power before it was flushed, no one can know it existed.
+//     The op's issue, not its acknowledgement, bounds the window: a
+//     replica may apply it (and reply) any time after its issue, and a
+//     cut right after that reply may be counted before the writer counts
+//     the acknowledgement (seed 510350150).
 func (s *simulation) mustSurvive(op *opRec) bool {
+	ok, _ := s.survival(op)
+	return ok
+}
+
+// survival is mustSurvive with the reason, for a report.
+func (s *simulation) survival(op *opRec) (bool, string) {
 	s.mu.Lock()
 	powerLost := s.powerLost
 	s.mu.Unlock()
-	if !powerLost || op.fua {
-		return true
+	if !powerLost {
+		return true, " (no power was lost)"
+	}
+	if op.fua {
+		return true, " (FUA)"
 	}
 	s.flushedMu.Lock()
 	defer s.flushedMu.Unlock()
@@ -240,11 +256,18 @@ func (s *simulation) mustSurvive(op *opRec) bool {
 		if f.issued <= op.ackAt || f.losses != op.losses {
 			continue
 		}
-		if f.epoch == op.epoch || !slices.ContainsFunc(s.cuts, func(c uint64) bool { return c > op.ackAt && c < f.issued }) {
-			return true
+		if f.epoch == op.epoch || !slices.ContainsFunc(s.cuts, func(c uint64) bool { return c > op.issued && c < f.issued }) {
+			return true, fmt.Sprintf(" (a flush at epoch %d completed at %.3fs, issued at event %d after its ack at event %d)",
+				f.epoch, f.at.Seconds(), f.issued, op.ackAt)
 		}
 	}
-	return false
+	return false, ""
+}
+
+// survivalWhy is survival's reason alone.
+func (s *simulation) survivalWhy(op *opRec) string {
+	_, why := s.survival(op)
+	return why
 }
 
 // blipFailed counts an op that failed only because the in-sync record
@@ -1061,7 +1084,7 @@ func (s *simulation) check(inSync []*node) {
 				if _, seen := lost[b]; seen || (i > 0 && first != nil && bytes.Equal(blk, first[b*blockSize:(b+1)*blockSize])) {
 					continue // already reported, or same as a block already checked
 				}
-				if ok, why := w.allowed(b, blk, s.mustSurvive); !ok {
+				if ok, why := w.allowed(b, blk, s.mustSurvive, s.survivalWhy); !ok {
 					lost[b] = fmt.Sprintf("node%d: %s", n.i, why)
 				}
 			}
