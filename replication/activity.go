@@ -277,6 +277,25 @@ func decodePeerBitmap(p []byte, size int64) (uint64, *Bitmap, error) {
 	return binary.BigEndian.Uint64(p[1:9]), b, nil
 }
 
+// persistedFormLocked is what the in-sync replicas store for p: its
+// bitmap with the extents it may have lost unflushed (a later primary
+// cannot tell whether they were lost), or nil (nothing stored) when it is
+// in sync or its history is unknown. Callers hold stateMu.
+func (e *Engine) persistedFormLocked(p *peer) []byte {
+	if p.state == StateInSync || p.dirty == nil {
+		return nil
+	}
+	b := p.dirty
+	if len(p.unflushed) > 0 {
+		b = NewBitmap(e.cfg.Size)
+		b.MergeEncoded(p.dirty.Encode(maxControlPayload))
+		for x := range p.unflushed {
+			b.SetRange(int64(x)*ExtentSize, ExtentSize)
+		}
+	}
+	return encodePeerBitmap(p.dirtyInc, b)
+}
+
 // persistBitmaps stores the bitmap of every replica that is behind on the
 // in-sync replicas, when it changed since it was last stored (or always,
 // with force), so a new primary can resync them without a full compare.
@@ -309,17 +328,7 @@ func (e *Engine) persistBitmapsLocked(ctx context.Context, force bool) error {
 			continue
 		}
 		if ch := p.dirty.Changes(); force || ch != p.persisted {
-			b := p.dirty
-			if len(p.unflushed) > 0 {
-				// A later primary cannot tell whether they were lost.
-				b = NewBitmap(e.cfg.Size)
-				b.MergeEncoded(p.dirty.Encode(maxControlPayload))
-				for x := range p.unflushed {
-					b.SetRange(int64(x)*ExtentSize, ExtentSize)
-				}
-			}
-			enc := encodePeerBitmap(p.dirtyInc, b)
-			todo = append(todo, pending{p, enc, ch})
+			todo = append(todo, pending{p, e.persistedFormLocked(p), ch})
 		}
 	}
 	e.stateMu.Unlock()

@@ -964,3 +964,68 @@ func TestResyncTargetLosingPowerGetsUnflushedWritesBack(t *testing.T) {
 	must.NoError(t, err)
 	must.Eq(t, w, db[woff:woff+4096])
 }
+
+// A replica that rejoins becomes one a later primary asks what the others
+// miss. The bitmaps it held before (stored by an earlier primary, or
+// before it fell behind) no longer say that: rejoining must replace each
+// with the engine's, and delete those of replicas whose history the
+// engine does not know. Else a later primary resyncs such a replica from
+// the stale bitmap and it rejoins without writes it missed (seed
+// 140997034).
+func TestRejoinedReplicaHoldsNoStaleBitmaps(t *testing.T) {
+	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	proxyB := startFrameProxy(t, b.addr, func(Frame) {})
+	proxyC := startFrameProxy(t, c.addr, func(Frame) {})
+	addrB, addrC := proxyB.ln.Addr().String(), proxyC.ln.Addr().String()
+	const size = 16 << 20
+	ctx := context.Background()
+	cfg := engineConfig(t, "vol", size, 1, a)
+	cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: addrB}, ReplicaConfig{Addr: addrC})
+	e1, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	waitInSync(t, e1, 3)
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
+	e1.stateMu.Lock()
+	incC := e1.peers[2].open.Incarnation
+	e1.stateMu.Unlock()
+	must.NoError(t, e1.Shutdown(ctx))
+	// A bitmap for C an earlier primary left on B: C misses block 0 only.
+	v, _, err := b.store.Open("vol", size, false)
+	must.NoError(t, err)
+	old := NewBitmap(size)
+	old.SetRange(0, 4096)
+	must.NoError(t, v.PutPeerBitmap(1, addrC, encodePeerBitmap(incC, old)))
+
+	// The next primary starts with A alone: it knows nothing of what B
+	// and C miss. It writes W; B comes back and rejoins; C stays away.
+	proxyB.refuse.Store(true)
+	proxyC.refuse.Store(true)
+	cfg2 := engineConfig(t, "vol", size, 2, a)
+	cfg2.Replicas = append(cfg2.Replicas, ReplicaConfig{Addr: addrB}, ReplicaConfig{Addr: addrC})
+	rec := replicaMembership(t, a, "vol")
+	cfg2.Recorded = &rec
+	e2, err := StartEngine(ctx, cfg2)
+	must.NoError(t, err)
+	const woff = 8 << 20
+	w := bytes.Repeat([]byte{2}, 4096)
+	must.NoError(t, e2.WriteAt(ctx, w, woff, true))
+	proxyB.refuse.Store(false)
+	waitInSync(t, e2, 2)
+	must.NoError(t, e2.Shutdown(ctx)) // W's extent leaves the activity log
+
+	// A is lost; the primary after that has B, and C comes back.
+	a.stop()
+	proxyC.refuse.Store(false)
+	cfg3 := engineConfig(t, "vol", size, 3)
+	cfg3.Replicas = []ReplicaConfig{{Addr: addrB}, {Addr: addrC}}
+	rec3 := replicaMembership(t, b, "vol")
+	cfg3.Recorded = &rec3
+	e3, err := StartEngine(ctx, cfg3)
+	must.NoError(t, err)
+	defer e3.Close()
+	waitInSync(t, e3, 2)
+	must.NoError(t, e3.Shutdown(ctx))
+	dc, err := os.ReadFile(c.store.DataPath("vol"))
+	must.NoError(t, err)
+	must.Eq(t, w, dc[woff:woff+4096])
+}

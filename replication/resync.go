@@ -730,6 +730,26 @@ func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *re
 	}
 	e.bmMu.Lock()
 	defer e.bmMu.Unlock()
+	// The bitmaps it holds for the other replicas were stored by earlier
+	// primaries, or before it fell behind, and no longer say what they
+	// miss; as an in-sync replica it is what a later primary asks. Each is
+	// replaced by this engine's (none for a replica in sync or of unknown
+	// history) before it becomes a member. A write meanwhile is in a hot
+	// extent (the log cannot change while update is held) and the
+	// persister stores its bitmap change on every in-sync replica.
+	e.stateMu.Lock()
+	var held [][]byte
+	for _, q := range e.peers {
+		if q != p {
+			held = append(held, peerPayload(q.cfg.Addr, e.persistedFormLocked(q)))
+		}
+	}
+	e.stateMu.Unlock()
+	for _, pl := range held {
+		if _, err := c.wait(c.start(Frame{Type: FramePutBitmap, Payload: pl}, nil)); err != nil {
+			return err
+		}
+	}
 	e.stateMu.Lock()
 	if p.state != StateResyncing {
 		e.stateMu.Unlock()
