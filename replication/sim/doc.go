@@ -100,7 +100,10 @@
 //     rolled back to an older generation while every replica holding the
 //     newest one was unreachable cannot tell that record from a current
 //     one (replication/history.go); such schedules are counted, with the
-//     blocks that read older versions, apart from acked_writes_lost.
+//     blocks that read older versions, apart from acked_writes_lost. So
+//     are the writes an older primary acknowledged after only such
+//     primaries promised: they could reach none of its replicas to fence
+//     it (the README says what operators restoring Consul do).
 //   - liveness: recovery must promote a primary and bring every replica
 //     back in sync; no engine call may panic or stay blocked past
 //     opDeadline (the engine is then reported, abandoned without Close,

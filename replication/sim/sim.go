@@ -68,6 +68,10 @@ type Result struct {
 	// is counted apart and does not fail the schedule.
 	UndetectableLost int
 	Undetectable     bool
+	// UndetectableFenced counts writes an older primary acknowledged after
+	// only primaries promoted over such a record promised: they could
+	// reach none of its replicas to fence it. Counted apart, likewise.
+	UndetectableFenced int
 	// Problems holds one line per failed check (including liveness:
 	// recovery that could not promote or bring every replica in sync).
 	Problems             []string
@@ -103,6 +107,10 @@ type primary struct {
 	session  uint64 // its lock session in the coordinator
 	// abandoned: its engine panicked and may hold its locks; never closed.
 	abandoned bool
+	// overRollback: promoted over a rolled-back in-sync record with every
+	// holder of the newest generation unreachable; it could promise (and
+	// so fence) none of the replicas the primaries before it wrote to.
+	overRollback bool
 }
 
 // crash stops p as a process crash would: from this instant it records
@@ -287,15 +295,31 @@ func (s *simulation) blipFailed(p *primary, op *opRec, err error) {
 func (s *simulation) checkFenced(p *primary, op *opRec) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var by *primary // the first later primary that should have fenced p
+	excused := true
 	for _, q := range s.primaries {
 		if q.inc > p.inc && q.promised < op.issued {
-			s.res.FencedWritesAccepted++
-			if s.res.FencedWritesAccepted <= 3 {
-				s.res.Problems = append(s.res.Problems, fmt.Sprintf(
-					"fenced primary (epoch %d) acknowledged op %d issued after the primary of epoch %d promised",
-					p.epoch, op.seq, q.epoch))
+			if by == nil {
+				by = q
 			}
-			return
+			excused = excused && q.overRollback
+		}
+	}
+	switch {
+	case by == nil:
+	case excused:
+		s.res.UndetectableFenced++
+		if s.res.UndetectableFenced == 1 {
+			s.res.Schedule = append(s.res.Schedule, fmt.Sprintf(
+				"the primary of epoch %d acknowledged op %d after the primary of epoch %d, promoted over the rolled-back record, promised (undetectable by design)",
+				p.epoch, op.seq, by.epoch))
+		}
+	default:
+		s.res.FencedWritesAccepted++
+		if s.res.FencedWritesAccepted <= 3 {
+			s.res.Problems = append(s.res.Problems, fmt.Sprintf(
+				"fenced primary (epoch %d) acknowledged op %d issued after the primary of epoch %d promised",
+				p.epoch, op.seq, by.epoch))
 		}
 	}
 }
@@ -390,7 +414,8 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := &primary{eng: eng, epoch: epoch, inc: len(s.primaries) + 1, began: began, promised: s.events.Add(1), dead: dead, session: session}
+	p := &primary{eng: eng, epoch: epoch, inc: len(s.primaries) + 1, began: began, promised: s.events.Add(1), dead: dead, session: session,
+		overRollback: undetectable}
 	s.primaries = append(s.primaries, p)
 	return p, nil
 }
@@ -754,6 +779,9 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		s.mu.Unlock()
 		if cur != nil && cur.began > faultAt && s.undetectableRollback() {
 			s.markUndetectable()
+			s.mu.Lock()
+			cur.overRollback = true
+			s.mu.Unlock()
 		}
 	case FaultResyncPowerLoss:
 		target := s.resyncing()

@@ -126,7 +126,7 @@ func TestTorture(t *testing.T) {
 		mu                                   sync.Mutex
 		schedules, lost, divergent           int
 		fenced, failed, issued, acked        int
-		blip, undetectable, undetectableLost int
+		blip, undetectable, undetectableLost, undetectableFenced int
 		next                                 atomic.Uint64
 		wg                                   sync.WaitGroup
 	)
@@ -165,6 +165,7 @@ func TestTorture(t *testing.T) {
 				if res.Undetectable {
 					undetectable++
 					undetectableLost += res.UndetectableLost
+					undetectableFenced += res.UndetectableFenced
 				}
 				divergent += res.DivergentReplicas
 				fenced += res.FencedWritesAccepted
@@ -188,7 +189,7 @@ func TestTorture(t *testing.T) {
 	fmt.Printf("divergent_replicas %d\n", divergent)
 	fmt.Printf("fenced_writes_accepted %d\n", fenced)
 	fmt.Printf("blip_write_errors %d\n", blip)
-	fmt.Printf("rollback_undetectable_schedules %d (blocks read older: %d)\n", undetectable, undetectableLost)
+	fmt.Printf("rollback_undetectable_schedules %d (blocks read older: %d, writes of a primary left unfenced: %d)\n", undetectable, undetectableLost, undetectableFenced)
 	fmt.Printf("torture_ops issued=%d acked=%d\n", issued, acked)
 	must.Positive(t, schedules)
 	must.Positive(t, acked) // the workload did run
