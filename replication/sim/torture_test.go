@@ -123,12 +123,12 @@ func TestTorture(t *testing.T) {
 	}
 
 	var (
-		mu                                   sync.Mutex
-		schedules, lost, divergent           int
-		fenced, failed, issued, acked        int
+		mu                                                       sync.Mutex
+		schedules, lost, divergent                               int
+		fenced, failed, issued, acked                            int
 		blip, undetectable, undetectableLost, undetectableFenced int
-		next                                 atomic.Uint64
-		wg                                   sync.WaitGroup
+		next                                                     atomic.Uint64
+		wg                                                       sync.WaitGroup
 	)
 	replay := *flagSeed != ""
 	end := time.Now().Add(duration)
