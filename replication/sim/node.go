@@ -111,6 +111,7 @@ func (s *simulation) stopNode(n *node) {
 	if !n.up || n.fs == nil {
 		return
 	}
+	n.proxy.setTarget("")
 	n.cancel()
 	<-n.done
 	n.up = false
@@ -125,6 +126,7 @@ func (s *simulation) killNode(n *node) {
 		return
 	}
 	if n.up {
+		n.proxy.setTarget("")
 		_ = n.cmd.Process.Kill()
 		_ = n.cmd.Wait()
 		n.up = false

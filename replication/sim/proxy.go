@@ -38,6 +38,10 @@ func newFaultProxy(seed uint64) (*faultProxy, error) {
 
 func (p *faultProxy) addr() string { return p.ln.Addr().String() }
 
+// setTarget names the replica's current address; "" while it is down,
+// when connections are refused: its old port may be reused by any
+// process, another simulation's replica included (seed 420912562 wrote
+// another schedule's blocks that way).
 func (p *faultProxy) setTarget(target string) {
 	p.mu.Lock()
 	p.target = target
@@ -110,10 +114,13 @@ func (p *faultProxy) forward(ctx context.Context, c net.Conn, target string, del
 		return
 	}
 	p.mu.Lock()
-	if p.cut {
+	if p.cut || p.target != target {
+		// Partitioned, or the replica stopped meanwhile: its old port may
+		// already serve another simulation's replica.
 		p.mu.Unlock()
 		c.Close()
 		up.Close()
+		p.forget(c)
 		return
 	}
 	p.conns[up] = struct{}{}
