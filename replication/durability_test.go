@@ -1029,3 +1029,39 @@ func TestRejoinedReplicaHoldsNoStaleBitmaps(t *testing.T) {
 	must.NoError(t, err)
 	must.Eq(t, w, dc[woff:woff+4096])
 }
+
+// A primary that redials a replica (its connection timed out, say) may
+// still have frames of the old connection in flight: in socket buffers,
+// or in a proxy, the replica reads them after the new connection's
+// promise, and a late write overwrites what the new connection's resync
+// copied since (seed 420912478: 7 blocks different). The replica must
+// refuse every request of a connection its primary has replaced.
+func TestReplacedConnectionIsRefused(t *testing.T) {
+	r := startTestReplica(t, t.TempDir())
+	ctx := context.Background()
+	log := testLogger(t)
+	const owner = 42
+	c1, _, err := dialReplica(ctx, nil, r.addr, "vol", 1<<20, 1, owner, true, 2*time.Second, log)
+	must.NoError(t, err)
+	defer c1.close()
+	_, err = c1.do(Frame{Type: FrameWrite, Offset: 0, Payload: bytes.Repeat([]byte{1}, 4096)})
+	must.NoError(t, err)
+	c2, _, err := dialReplica(ctx, nil, r.addr, "vol", 1<<20, 1, owner, false, 2*time.Second, log)
+	must.NoError(t, err)
+	defer c2.close()
+	_, err = c2.do(Frame{Type: FrameWrite, Offset: 0, Payload: bytes.Repeat([]byte{2}, 4096)})
+	must.NoError(t, err)
+
+	// The old connection's late write, trim and bitmap are refused.
+	for _, f := range []Frame{
+		{Type: FrameWrite, Offset: 0, Payload: bytes.Repeat([]byte{3}, 4096)},
+		{Type: FrameTrim, Offset: 0, Length: 4096},
+		{Type: FramePutBitmap, Payload: peerPayload("x", nil)},
+	} {
+		_, err = c1.do(f)
+		must.ErrorIs(t, err, ErrSuperseded, must.Sprintf("%s", f.Type))
+	}
+	reply, err := c2.do(Frame{Type: FrameRead, Offset: 0, Length: 4096})
+	must.NoError(t, err)
+	must.Eq(t, bytes.Repeat([]byte{2}, 4096), reply.Payload)
+}

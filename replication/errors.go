@@ -27,6 +27,11 @@ var (
 	// every future primary for good) or corruption, and is refused.
 	// It wraps ErrInvalid (StatusInvalid on the wire).
 	ErrEpochJump = fmt.Errorf("%w: implausible epoch jump", ErrInvalid)
+	// ErrSuperseded means a request came on a connection whose primary
+	// has since promised the replica on a newer connection: the old one
+	// is abandoned, and a late frame of it (still in a socket buffer when
+	// the primary redialled) must not overwrite what the new one did.
+	ErrSuperseded = errors.New("connection replaced by a newer one of its primary")
 )
 
 // MaxEpochJump is how far above its highest promised epoch a replica

@@ -133,6 +133,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		log = log.With("identity", identity)
 	}
 	var vol *Volume
+	var session uint64 // of this connection's promise (Volume.enter)
 	defer func() {
 		if vol != nil {
 			if err := vol.Close(); err != nil {
@@ -166,7 +167,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			log.Error("closing connection after a bad frame", "error", fmt.Errorf("%w: unexpected %s", ErrBadFrame, f.Type))
 			return
 		}
-		reply := s.apply(&vol, &f, &out, log)
+		reply := s.apply(&vol, &session, &f, &out, log)
 		putHeader(h[:], &reply, payloadSum(reply.Payload))
 		_, err = w.Write(h[:])
 		if err == nil {
@@ -191,9 +192,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 
 // apply performs one request frame and returns its reply.
 // A read's data goes into *buf, which grows as needed.
-func (s *Server) apply(vol **Volume, f *Frame, buf *[]byte, log hclog.Logger) Frame {
+func (s *Server) apply(vol **Volume, session *uint64, f *Frame, buf *[]byte, log hclog.Logger) Frame {
 	reply := Frame{Type: f.Type | replyBit, Epoch: f.Epoch, ID: f.ID}
-	err := s.applyErr(vol, f, buf, &reply)
+	err := s.applyErr(vol, session, f, buf, &reply)
 	if err != nil {
 		reply.Status = statusOf(err)
 		reply.Payload = []byte(err.Error())
@@ -207,7 +208,7 @@ func (s *Server) apply(vol **Volume, f *Frame, buf *[]byte, log hclog.Logger) Fr
 	return reply
 }
 
-func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) error {
+func (s *Server) applyErr(vol **Volume, session *uint64, f *Frame, buf *[]byte, reply *Frame) error {
 	if f.Type == FrameOpen {
 		if *vol != nil {
 			return fmt.Errorf("%w: connection already bound to volume %s", ErrInvalid, (*vol).ID())
@@ -234,6 +235,13 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 	if v == nil {
 		return fmt.Errorf("%w: %s before open", ErrInvalid, f.Type)
 	}
+	if f.Type != FramePromise {
+		done, err := v.enter(*session, f.Epoch)
+		if err != nil {
+			return err
+		}
+		defer done()
+	}
 	var err error
 	switch f.Type {
 	case FramePromise:
@@ -241,9 +249,11 @@ func (s *Server) applyErr(vol **Volume, f *Frame, buf *[]byte, reply *Frame) err
 		if len(f.Payload) == 8 {
 			owner = binary.BigEndian.Uint64(f.Payload)
 		}
-		if err := v.PromiseOwned(f.Epoch, owner); err != nil {
+		sess, err := v.PromiseSession(f.Epoch, owner)
+		if err != nil {
 			return err
 		}
+		*session = sess
 		// The state after the promise: what the new primary recovers from.
 		reply.Payload, _ = json.Marshal(stateReply(v, false))
 		return nil

@@ -234,6 +234,47 @@ type Volume struct {
 	meta   *metaFile
 	peerMu sync.Mutex // serialises peer bitmap files
 	refs   int        // guarded by store.mu
+
+	// connMu is held shared while a connection's request is applied and
+	// exclusively by a promise, which makes session the number of the
+	// newest promising connection (see Server: a request of an older one
+	// is refused with ErrSuperseded).
+	connMu  sync.RWMutex
+	session uint64
+}
+
+// PromiseSession is PromiseOwned for a connection: it returns the
+// connection's session number, newer than every earlier connection's,
+// which enter then checks.
+func (v *Volume) PromiseSession(epoch, owner uint64) (uint64, error) {
+	v.connMu.Lock()
+	defer v.connMu.Unlock()
+	if err := v.PromiseOwned(epoch, owner); err != nil {
+		return 0, err
+	}
+	v.session++
+	return v.session, nil
+}
+
+// enter admits one request at epoch of the connection with session
+// number session (0: a connection that never promised, checked by epoch
+// alone) and returns the function that ends it. Once a newer connection
+// has promised, requests of older ones fail: with ErrStaleEpoch when
+// their epoch is below the promise (a newer primary fences them), else
+// with ErrSuperseded.
+func (v *Volume) enter(session, epoch uint64) (func(), error) {
+	v.connMu.RLock()
+	if session == 0 || session == v.session {
+		return v.connMu.RUnlock, nil
+	}
+	v.connMu.RUnlock()
+	v.mu.RLock()
+	promised := v.meta.cur.Epoch
+	v.mu.RUnlock()
+	if epoch < promised {
+		return nil, fmt.Errorf("%w: epoch %d is below promised epoch %d", ErrStaleEpoch, epoch, promised)
+	}
+	return nil, fmt.Errorf("%w: volume %s", ErrSuperseded, v.id)
 }
 
 // ID returns the volume id.

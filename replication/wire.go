@@ -122,6 +122,9 @@ const (
 	// StatusDenied: the replica server does not let this peer in (see
 	// Guard); the payload says who the peer is and why.
 	StatusDenied
+	// StatusSuperseded: the connection was replaced by a newer one of the
+	// same primary (ErrSuperseded).
+	StatusSuperseded
 )
 
 // statusErrors maps statuses to the sentinel each wraps on the primary side.
@@ -133,6 +136,7 @@ var statusErrors = map[Status]error{
 	StatusOutOfRange: ErrOutOfRange,
 	StatusBusy:       ErrReplicaBusy,
 	StatusDenied:     ErrPermissionDenied,
+	StatusSuperseded: ErrSuperseded,
 }
 
 func statusOf(err error) Status {
