@@ -723,13 +723,27 @@ func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *re
 	if _, err := c.wait(c.start(Frame{Type: FrameFlush}, nil)); err != nil {
 		return err
 	}
+	// The log and the persisted bitmaps stay as they are until it is a
+	// member; neither lock is held past that (a write waiting for the log
+	// cannot give up on its context while update is held).
+	var alHeld, bmHeld bool
+	unlock := func() {
+		if bmHeld {
+			e.bmMu.Unlock()
+		}
+		if alHeld {
+			e.al.update.Unlock()
+		}
+		alHeld, bmHeld = false, false
+	}
+	defer unlock()
 	e.al.update.Lock()
-	defer e.al.update.Unlock()
+	alHeld = true
 	if _, err := c.wait(c.start(activityFrame(e.al.list()), nil)); err != nil {
 		return err
 	}
 	e.bmMu.Lock()
-	defer e.bmMu.Unlock()
+	bmHeld = true
 	// The bitmaps it holds for the other replicas were stored by earlier
 	// primaries, or before it fell behind, and no longer say what they
 	// miss; as an in-sync replica it is what a later primary asks. Each is
@@ -770,17 +784,17 @@ func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *re
 	e.order.Unlock()
 	err := e.recordLocked(ctx)
 	e.stateMu.Unlock()
+	unlock()
 	if err != nil {
 		e.log.Error("recording the rejoined replica failed; retried with the next write", "replica", p.cfg.Addr, "error", err)
 	}
-	// It no longer misses anything; and it now keeps the bitmaps of the
-	// replicas still behind, like every in-sync replica.
+	// It no longer misses anything: its bitmap goes. This may wait for
+	// the last in-sync replica (and a drop of it meanwhile may see its
+	// new bitmap deleted: it is then compared by checksums, slower but
+	// whole).
 	err = e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(p.cfg.Addr, nil)})
-	if err == nil {
-		err = e.persistBitmapsLocked(ctx, true)
-	}
 	if err != nil {
-		e.log.Warn("updating persisted bitmaps after the rejoin failed", "replica", p.cfg.Addr, "error", err)
+		e.log.Warn("deleting the rejoined replica's persisted bitmap failed", "replica", p.cfg.Addr, "error", err)
 	}
 	st := prog.status()
 	e.log.Info("resync complete: replica back in sync", "replica", p.cfg.Addr, "mode", prog.mode,
