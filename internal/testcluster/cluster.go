@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -109,25 +110,42 @@ func StartDev(ctx context.Context, ip, name string, o Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(ip, 4)
-	if err != nil {
-		return nil, err
+	return startOnFreePorts(ctx, ip, 4, func(ports []int) *Agent {
+		a := &Agent{
+			Name: name, IP: ip, Server: true, bin: bin, token: o.Token, detach: o.Detach,
+			HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
+			SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
+			logPath:     filepath.Join(o.Dir, name+".log"),
+		}
+		a.args = []string{"agent", "-dev", "-node", name, "-disable-host-node-id", "-bind", ip, "-client", ip,
+			"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
+			"-serf-wan-port", strconv.Itoa(ports[2]), "-server-port", strconv.Itoa(ports[3]),
+			"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
+			"-hcl", "ports { grpc_tls = -1 }", "-hcl", quiet}
+		if o.HCL != "" {
+			a.args = append(a.args, "-hcl", o.HCL)
+		}
+		return a
+	})
+}
+
+// startOnFreePorts starts the agent mk makes for n ports picked free on
+// ip and waits until it is ready. A port another process takes between
+// the pick and the agent's bind makes the agent exit ("address already in
+// use"): the ports are then picked again, up to three times.
+func startOnFreePorts(ctx context.Context, ip string, n int, mk func(ports []int) *Agent) (*Agent, error) {
+	var err error
+	for range 3 {
+		var ports []int
+		if ports, err = freePorts(ip, n); err != nil {
+			return nil, err
+		}
+		a := mk(ports)
+		if err = startReady(ctx, a); err == nil || !strings.Contains(a.LogTail(40), "address already in use") {
+			return a, err
+		}
 	}
-	a := &Agent{
-		Name: name, IP: ip, Server: true, bin: bin, token: o.Token, detach: o.Detach,
-		HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
-		SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
-		logPath:     filepath.Join(o.Dir, name+".log"),
-	}
-	a.args = []string{"agent", "-dev", "-node", name, "-disable-host-node-id", "-bind", ip, "-client", ip,
-		"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
-		"-serf-wan-port", strconv.Itoa(ports[2]), "-server-port", strconv.Itoa(ports[3]),
-		"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
-		"-hcl", "ports { grpc_tls = -1 }", "-hcl", quiet}
-	if o.HCL != "" {
-		a.args = append(a.args, "-hcl", o.HCL)
-	}
-	return a, startReady(ctx, a)
+	return nil, err
 }
 
 func startReady(ctx context.Context, a *Agent) error {
@@ -206,32 +224,36 @@ func StartLayout(ctx context.Context, l Layout, o Options) (*Cluster, error) {
 	if ip == "" {
 		ip = "127.0.0.1"
 	}
-	ports := []int{8500, 8301, 8302, 8300}
-	if len(l.ServerWrap) == 0 {
-		if ports, err = freePorts(ip, 4); err != nil {
-			return nil, err
-		}
-	}
 	data := filepath.Join(o.Dir, "server-data")
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return nil, err
 	}
-	c.Server = &Agent{
-		Name: "server", IP: ip, Server: true, bin: bin, token: o.Token, detach: o.Detach, wrap: l.ServerWrap,
-		HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
-		SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
-		logPath:     filepath.Join(o.Dir, "server.log"),
+	server := func(ports []int) *Agent {
+		a := &Agent{
+			Name: "server", IP: ip, Server: true, bin: bin, token: o.Token, detach: o.Detach, wrap: l.ServerWrap,
+			HTTPAddr:    net.JoinHostPort(ip, strconv.Itoa(ports[0])),
+			SerfLANAddr: net.JoinHostPort(ip, strconv.Itoa(ports[1])),
+			logPath:     filepath.Join(o.Dir, "server.log"),
+		}
+		a.args = []string{"agent", "-server", "-bootstrap-expect", "1", "-node", "server", "-disable-host-node-id",
+			"-bind", ip, "-client", ip, "-data-dir", data,
+			"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
+			"-serf-wan-port", strconv.Itoa(ports[2]), "-server-port", strconv.Itoa(ports[3]),
+			"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
+			"-hcl", "ports { grpc_tls = -1 }", "-hcl", fastGossip, "-hcl", quiet, "-hcl", connect}
+		if o.HCL != "" {
+			a.args = append(a.args, "-hcl", o.HCL)
+		}
+		return a
 	}
-	c.Server.args = []string{"agent", "-server", "-bootstrap-expect", "1", "-node", "server", "-disable-host-node-id",
-		"-bind", ip, "-client", ip, "-data-dir", data,
-		"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
-		"-serf-wan-port", strconv.Itoa(ports[2]), "-server-port", strconv.Itoa(ports[3]),
-		"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
-		"-hcl", "ports { grpc_tls = -1 }", "-hcl", fastGossip, "-hcl", quiet, "-hcl", connect}
-	if o.HCL != "" {
-		c.Server.args = append(c.Server.args, "-hcl", o.HCL)
+	if len(l.ServerWrap) == 0 {
+		c.Server, err = startOnFreePorts(ctx, ip, 4, server)
+	} else {
+		// In its own network namespace: the default ports are its own.
+		c.Server = server([]int{8500, 8301, 8302, 8300})
+		err = startReady(ctx, c.Server)
 	}
-	if err := startReady(ctx, c.Server); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	for i, spec := range l.Clients {
