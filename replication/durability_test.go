@@ -1065,3 +1065,40 @@ func TestReplacedConnectionIsRefused(t *testing.T) {
 	must.NoError(t, err)
 	must.Eq(t, bytes.Repeat([]byte{2}, 4096), reply.Payload)
 }
+
+// A replica that crashed reports itself unclean (it may have lost writes
+// it had not flushed) to the first connection that opens it. A connection
+// that never gets to use it (a fenced primary, refused at its promise; an
+// operator's tool) must not clear that when it closes: the primary that
+// needs to know would then be told the replica was shut down cleanly
+// (seed 408810906: a block lost at a power cut kept on an in-sync replica).
+func TestUncleanReplicaStaysUncleanUntilAPrimaryUsedIt(t *testing.T) {
+	dir := t.TempDir()
+	const size = 1 << 20
+	s1, err := OpenStore(dir, testLogger(t))
+	must.NoError(t, err)
+	_, _, err = s1.Open("vol", size, true)
+	must.NoError(t, err) // never closed: the process crashes
+
+	s2, err := OpenStore(dir, testLogger(t))
+	must.NoError(t, err)
+	v, _, err := s2.Open("vol", size, false)
+	must.NoError(t, err)
+	must.False(t, v.WasClean())
+	must.NoError(t, v.Close()) // a connection that only looked
+
+	v, _, err = s2.Open("vol", size, false)
+	must.NoError(t, err)
+	must.False(t, v.WasClean(), must.Sprint("the crash was forgotten by a connection that did not use the replica"))
+	sess, err := v.PromiseSession(1, 7)
+	must.NoError(t, err)
+	done, err := v.enter(sess, 1) // a request after the promise: its primary read the state
+	must.NoError(t, err)
+	done()
+	must.NoError(t, v.Close())
+
+	v, _, err = s2.Open("vol", size, false)
+	must.NoError(t, err)
+	must.True(t, v.WasClean())
+	must.NoError(t, v.Close())
+}

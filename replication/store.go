@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -241,6 +242,10 @@ type Volume struct {
 	// is refused with ErrSuperseded).
 	connMu  sync.RWMutex
 	session uint64
+	// used: a connection sent a request after its promise, so its primary
+	// read the state (Clean among it) the promise replied. Only then may
+	// Close mark a replica that was opened unclean as clean again.
+	used atomic.Bool
 }
 
 // PromiseSession is PromiseOwned for a connection: it returns the
@@ -265,6 +270,9 @@ func (v *Volume) PromiseSession(epoch, owner uint64) (uint64, error) {
 func (v *Volume) enter(session, epoch uint64) (func(), error) {
 	v.connMu.RLock()
 	if session == 0 || session == v.session {
+		if session != 0 {
+			v.used.Store(true)
+		}
 		return v.connMu.RUnlock, nil
 	}
 	v.connMu.RUnlock()
@@ -460,7 +468,11 @@ func (v *Volume) Trim(epoch uint64, off, n int64) error {
 }
 
 // Close releases this user's hold. The last user's Close syncs the data,
-// marks the replica clean and closes its files.
+// marks the replica clean and closes its files. A replica opened unclean
+// (it crashed, and may have lost writes it had not flushed) stays unclean
+// unless a primary used it meanwhile: one that only opened it (refused at
+// its promise, or an operator's tool) must not hide the crash from the
+// primary that needs to know.
 func (v *Volume) Close() error {
 	s := v.store
 	s.mu.Lock()
@@ -475,7 +487,7 @@ func (v *Volume) Close() error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	err := v.data.Sync()
-	if err == nil {
+	if err == nil && (v.wasClean || v.used.Load()) {
 		m := v.meta.cur
 		m.Clean = true
 		err = v.meta.store(m)

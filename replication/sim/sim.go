@@ -409,6 +409,9 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 		s.coord.release(session)
 		return nil, fmt.Errorf("epoch %d: %w", epoch, err)
 	}
+	if !undetectable && s.promotedWithoutHolders(recorded, eng) {
+		undetectable = true
+	}
 	if undetectable {
 		s.markUndetectable()
 	}
@@ -482,6 +485,34 @@ func (s *simulation) undetectableRollback() bool {
 	for _, n := range s.nodes {
 		if slices.Contains(newest.Replicas, n.addr()) && !n.impaired() && n.wipedAt.Load() <= int64(newest.Gen) {
 			return false // a holder of the newest generation answers
+		}
+	}
+	return true
+}
+
+// promotedWithoutHolders reports whether eng started from a record older
+// than the newest one a primary wrote (or from none: the record was lost)
+// with none of the newest set's replicas (not wiped since) among those it
+// took as in sync: it could not tell its record from a current one. The
+// judgement before a promotion misses a holder that fails while the
+// promotion runs (seed 408810055).
+func (s *simulation) promotedWithoutHolders(rec *replication.Membership, eng *replication.Engine) bool {
+	newest := s.coord.newestRecord()
+	var recGen uint64
+	if rec != nil {
+		recGen = rec.Gen
+	}
+	if newest == nil || recGen >= newest.Gen {
+		return false
+	}
+	for _, r := range eng.Status().Replicas {
+		if r.State != replication.StateInSync || !slices.Contains(newest.Replicas, r.Addr) {
+			continue
+		}
+		for _, n := range s.nodes {
+			if n.addr() == r.Addr && n.wipedAt.Load() <= int64(newest.Gen) {
+				return false
+			}
 		}
 	}
 	return true
