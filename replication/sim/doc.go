@@ -103,7 +103,9 @@
 //     blocks that read older versions, apart from acked_writes_lost. So
 //     are the writes an older primary acknowledged after only such
 //     primaries promised: they could reach none of its replicas to fence
-//     it (the README says what operators restoring Consul do).
+//     it (the README says what operators restoring Consul do), and the
+//     replicas left different there (the stale copy's bitmaps describe a
+//     history it no longer holds; still open, see FINDINGS.md).
 //   - liveness: recovery must promote a primary and bring every replica
 //     back in sync; no engine call may panic or stay blocked past
 //     opDeadline (the engine is then reported, abandoned without Close,
