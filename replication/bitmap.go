@@ -105,6 +105,13 @@ func (b *Bitmap) NextRun(from, max int64) (off, n int64, ok bool) {
 	return start * BlockSize, (i - start) * BlockSize, true
 }
 
+// Merge sets every block o has set (o describes a volume of the same size).
+func (b *Bitmap) Merge(o *Bitmap) {
+	for _, r := range o.runs() {
+		b.SetRange(r.Start*BlockSize, r.Len*BlockSize)
+	}
+}
+
 // blockRun is a run of blocks [Start, Start+Len).
 type blockRun struct{ Start, Len int64 }
 

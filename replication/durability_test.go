@@ -1102,3 +1102,67 @@ func TestUncleanReplicaStaysUncleanUntilAPrimaryUsedIt(t *testing.T) {
 	must.True(t, v.WasClean())
 	must.NoError(t, v.Close())
 }
+
+// A write in flight when every in-sync replica's connection breaks may
+// reach some of them and not others; when it is then abandoned (its
+// caller gives up while I/O is held), the replicas that come back must
+// not differ there: the first back is the volume's copy, and the others
+// get the abandoned write's range from it (seed 92122460).
+func TestAbandonedWriteLeavesNoDifferenceBetweenReplicas(t *testing.T) {
+	a, b := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	const woff = 4 << 20
+	var armed atomic.Bool
+	proxyA := startFrameProxyAfter(t, a.addr, func(Frame) {}, func(f Frame) bool {
+		// A applies W, and its reply is lost with its connection.
+		return armed.Load() && f.Type == FrameWrite && f.Offset == woff
+	})
+	proxyB := startFrameProxy(t, b.addr, func(Frame) {})
+	const size = 16 << 20
+	cfg := engineConfig(t, "vol", size, 1)
+	cfg.Replicas = []ReplicaConfig{{Addr: proxyA.ln.Addr().String()}, {Addr: proxyB.ln.Addr().String()}}
+	ctx := context.Background()
+	e, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	defer e.Close()
+	waitInSync(t, e, 2)
+	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), woff, true))
+
+	// B's connection is gone before W; A's goes with W's reply.
+	proxyA.refuse.Store(true)
+	proxyB.refuse.Store(true)
+	proxyB.cut()
+	armed.Store(true)
+	wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	err = e.WriteAt(wctx, bytes.Repeat([]byte{2}, 4096), woff, false)
+	cancel()
+	must.Error(t, err) // abandoned while every in-sync replica was away
+	armed.Store(false)
+
+	// A comes back first, then B.
+	proxyA.refuse.Store(false)
+	waitConnected := func(addr string) {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			e.stateMu.Lock()
+			ok := slices.ContainsFunc(e.peers, func(p *peer) bool {
+				return p.cfg.Addr == addr && p.state == StateInSync && p.client != nil && p.client.failure() == nil
+			})
+			e.stateMu.Unlock()
+			if ok {
+				return
+			}
+			must.True(t, time.Now().Before(deadline), must.Sprintf("%s never reconnected: %+v", addr, e.Status()))
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitConnected(proxyA.ln.Addr().String())
+	proxyB.refuse.Store(false)
+	waitConnected(proxyB.ln.Addr().String())
+	must.NoError(t, e.Shutdown(ctx))
+	da, err := os.ReadFile(a.store.DataPath("vol"))
+	must.NoError(t, err)
+	db, err := os.ReadFile(b.store.DataPath("vol"))
+	must.NoError(t, err)
+	must.Eq(t, bytes.Repeat([]byte{2}, 4096), da[woff:woff+4096]) // A applied it
+	must.True(t, bytes.Equal(da, db), must.Sprintf("B differs from A at %d: %v", woff, db[woff:woff+4]))
+}

@@ -172,11 +172,26 @@ type peer struct {
 	unflushed     map[uint64]bool
 	unflushedBoot string
 	missed        uint64 // writes known missed while not in sync (a resync that began before must not rejoin)
+	// uncertain are the ranges of requests abandoned while every in-sync
+	// connection was broken: they may have reached some in-sync replicas
+	// and not others. Set on the in-sync replicas they were sent to; the
+	// first of them back is the volume's copy, the others get these
+	// ranges from it (reconnectInSync).
+	uncertain *Bitmap
 	persisted     uint64 // dirty.Changes() when last persisted; ^0 forces
 	resync        *resyncProgress
 	busy          bool      // a resync goroutine owns the peer
 	failures      int       // resync attempts failed in a row
 	retryAt       time.Time // no resync attempt before this
+}
+
+// takeUncertain moves the peer's uncertain ranges into its bitmap (not
+// nil): it is behind now, and gets them from the copy with the rest.
+func (p *peer) takeUncertain() {
+	if p.uncertain != nil {
+		p.dirty.Merge(p.uncertain)
+		p.uncertain = nil
+	}
 }
 
 // target pairs a peer with the client a snapshot sends to.
@@ -518,11 +533,31 @@ func (e *Engine) apply(ctx context.Context, req Frame) error {
 		err := e.settle(ctx, set, calls, req.Type, off, n, isData)
 		if errors.Is(err, errReconnecting) {
 			if err := e.waitReconnect(ctx); err != nil {
+				if isData {
+					e.markUncertain(set, off, n)
+				}
 				return err
 			}
 			continue
 		}
 		return err
+	}
+}
+
+// markUncertain records that a data request sent to set.inSync was
+// abandoned while every one of their connections was broken: any of them
+// may hold it.
+func (e *Engine) markUncertain(set *targetSet, off, n int64) {
+	e.stateMu.Lock()
+	defer e.stateMu.Unlock()
+	for _, t := range set.inSync {
+		if t.p.state != StateInSync {
+			continue // dropped since, with a bitmap of its own
+		}
+		if t.p.uncertain == nil {
+			t.p.uncertain = NewBitmap(e.cfg.Size)
+		}
+		t.p.uncertain.SetRange(off, n)
 	}
 }
 
@@ -784,6 +819,7 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []t
 		p.state, p.reason = StateDropped, err.Error()
 		p.dirty, p.dirtyInc = NewBitmap(e.cfg.Size), p.open.Incarnation
 		p.persisted = ^uint64(0)
+		p.takeUncertain()
 		e.markUnflushed(p, off, n, isData)
 		changed = true
 		e.log.Error("dropping replica from the in-sync set", "replica", p.cfg.Addr, "error", err)

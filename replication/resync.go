@@ -172,6 +172,30 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		return
 	}
 	rebooted := open.BootID == "" || open.BootID != p.open.BootID
+	if p.uncertain != nil && len(alive) > 0 {
+		// Requests abandoned while every in-sync connection was broken
+		// may have reached it and not the copy (the first back), or the
+		// reverse: it gets their ranges from the copy.
+		p.state, p.reason = StateDropped, "requests abandoned while it was away may differ from the copy"
+		p.dirty, p.dirtyInc, p.persisted = NewBitmap(e.cfg.Size), open.Incarnation, ^uint64(0)
+		p.takeUncertain()
+		if !open.Clean && rebooted {
+			for _, x := range e.al.all() {
+				p.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
+			}
+		}
+		e.order.Lock()
+		e.setTargetsLocked(e.rebuildLocked())
+		e.order.Unlock()
+		e.log.Warn("in-sync replica back after requests were abandoned: dropping it for resync from the copy", "replica", p.cfg.Addr)
+		go nc.close()
+		if err := e.recordLocked(ctx); err != nil {
+			e.log.Warn("recording the drop failed; retried with the next write", "error", err)
+		}
+		return
+	}
+	// The first back is the copy: what it holds is the volume.
+	p.uncertain = nil
 	if !open.Clean && rebooted && len(alive) > 0 {
 		// Its host restarted without a clean shutdown (it lost power): it
 		// may have lost writes it acknowledged but had not flushed. Others
@@ -202,6 +226,7 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		for _, q := range waiting {
 			q.state, q.reason = StateDropped, "an in-sync replica that lost power came back first and is the volume's copy"
 			q.dirty, q.dirtyInc, q.persisted = NewBitmap(e.cfg.Size), q.open.Incarnation, ^uint64(0)
+			q.takeUncertain()
 			if q.client != nil {
 				go q.client.close()
 			}
