@@ -178,11 +178,11 @@ type peer struct {
 	// first of them back is the volume's copy, the others get these
 	// ranges from it (reconnectInSync).
 	uncertain *Bitmap
-	persisted     uint64 // dirty.Changes() when last persisted; ^0 forces
-	resync        *resyncProgress
-	busy          bool      // a resync goroutine owns the peer
-	failures      int       // resync attempts failed in a row
-	retryAt       time.Time // no resync attempt before this
+	persisted uint64 // dirty.Changes() when last persisted; ^0 forces
+	resync    *resyncProgress
+	busy      bool      // a resync goroutine owns the peer
+	failures  int       // resync attempts failed in a row
+	retryAt   time.Time // no resync attempt before this
 }
 
 // takeUncertain moves the peer's uncertain ranges into its bitmap (not
