@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 )
 
 // Meta is a replica's persistent metadata. It is small and rewritten whole.
@@ -223,6 +224,20 @@ func openMeta(fsys FileSystem, path string) (*metaFile, error) {
 		return nil, fmt.Errorf("%s: %w: %w", path, ErrMetaCorrupt, err)
 	}
 	return mf, nil
+}
+
+// ReadMetaOn is ReadMeta through fsys (nil: the real file system), such
+// as the simulator's crash-recording one.
+func ReadMetaOn(fsys FileSystem, dir, volume string) (Meta, error) {
+	if fsys == nil {
+		fsys = osFS{}
+	}
+	mf, err := openMeta(fsys, filepath.Join(dir, volume, "meta"))
+	if err != nil {
+		return Meta{}, err
+	}
+	defer mf.close()
+	return mf.cur, nil
 }
 
 // store durably replaces the metadata with m.

@@ -453,6 +453,29 @@ func (s *simulation) soleHolder(n *node) bool {
 			return true
 		}
 	}
+	// The replicas' own view: the newest generation any of them holds is
+	// the current in-sync set's (a record may lag it, or be lost).
+	var best uint64
+	var holders []*node
+	for _, m := range s.nodes {
+		var fsys replication.FileSystem
+		if m.fs != nil {
+			fsys = m.fs
+		}
+		meta, err := replication.ReadMetaOn(fsys, m.dir, volume)
+		if err != nil {
+			continue
+		}
+		switch g := meta.Membership.Gen; {
+		case g > best:
+			best, holders = g, []*node{m}
+		case g == best:
+			holders = append(holders, m)
+		}
+	}
+	if best > 0 && len(holders) == 1 && holders[0] == n {
+		return true
+	}
 	newest := s.coord.newestRecord()
 	if newest == nil || !slices.Contains(newest.Replicas, n.addr()) {
 		return false
