@@ -39,12 +39,6 @@ variable "consul_token" {
   default     = ""
 }
 
-variable "nomad_addr" {
-  description = "HTTP address of Nomad's API as the controller reaches it (the local Nomad agent by default). The active controller follows Nomad's event stream and frees the volume claims of allocations lost on down nodes at once instead of after Nomad's claim GC (minutes). With Nomad ACLs, give the task a NOMAD_TOKEN with the policy jobs/acl/saddlebag-controller.nomad-policy.hcl. Empty: off."
-  type        = string
-  default     = "http://$${attr.unique.network.ip-address}:4646"
-}
-
 variable "count" {
   description = "Controller instances (one active, the rest standing by), each on its own host."
   type        = number
@@ -87,7 +81,6 @@ job "saddlebag-controller" {
       # the process fetches its Connect certificate from the local agent.
       env {
         CONSUL_HTTP_TOKEN = var.consul_token
-        NOMAD_ADDR        = var.nomad_addr
       }
 
       config {

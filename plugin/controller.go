@@ -55,12 +55,6 @@ type ControllerConfig struct {
 	// fenced node that Consul reports healthy to release the volume
 	// (a node Consul reports failed is not waited for). Default 20s.
 	FenceWait time.Duration
-	// Claims, when set, lets the active controller free the Nomad claims
-	// of lost allocations on down nodes as soon as Nomad allows (claims.go).
-	Claims ClaimReleaser
-	// ClaimScanEvery is how often the active controller looks for such
-	// claims besides when Nomad reports a change. Default 5s.
-	ClaimScanEvery time.Duration
 	// CreateTimeout is how long a volume may stay "creating" (a
 	// CreateVolume interrupted by a crash and never repeated) before the
 	// active controller removes its replicas and record. Default 5m.
@@ -113,9 +107,6 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	}
 	if cfg.FenceWait == 0 {
 		cfg.FenceWait = 20 * time.Second
-	}
-	if cfg.ClaimScanEvery == 0 {
-		cfg.ClaimScanEvery = 5 * time.Second
 	}
 	if cfg.CreateTimeout == 0 {
 		cfg.CreateTimeout = 5 * time.Minute

@@ -41,19 +41,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	return nil
 }
 
-// driveWhileActive runs the re-replication driver, and the release of
-// dead nodes' claims (ControllerConfig.Claims), until lost closes or ctx
-// ends.
+// driveWhileActive runs the re-replication driver until lost closes or
+// ctx ends.
 func (c *Controller) driveWhileActive(ctx context.Context, lost <-chan struct{}) {
-	if c.cfg.Claims != nil {
-		cctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			c.releaseClaims(cctx, c.cfg.ClaimScanEvery)
-		}()
-		defer func() { cancel(); <-done }()
-	}
 	d := &driver{c: c, downSince: map[string]time.Time{}}
 	t := time.NewTicker(c.cfg.ScanEvery)
 	defer t.Stop()

@@ -11,12 +11,10 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/hashicorp/go-hclog"
-	nomadapi "github.com/hashicorp/nomad/api"
 	"google.golang.org/grpc"
 
 	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/ctxutil"
-	"github.com/saddlebag/saddlebag/internal/nomadclaims"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin"
 )
@@ -35,8 +33,6 @@ type controllerFlags struct {
 	createTimeout            time.Duration
 	replicaTimeout           time.Duration
 	insecure                 bool
-	nomadAddr                string
-	claimScan                time.Duration
 }
 
 func parseControllerFlags(args []string) (*controllerFlags, error) {
@@ -53,9 +49,6 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	fs.DurationVar(&f.createTimeout, "create-timeout", 5*time.Minute, "how long a volume whose create was interrupted (a controller crash) stays before the active controller removes its replicas and record; ListVolumes shows it meanwhile")
 	fs.DurationVar(&f.scanEvery, "replica-scan", 5*time.Second, "how often the active controller looks for replicas to replace")
 	fs.DurationVar(&f.replicaTimeout, "replica-timeout", 10*time.Second, "bound on each request to a node's replica server (create, delete)")
-	fs.StringVar(&f.nomadAddr, "nomad-addr", os.Getenv("NOMAD_ADDR"), "Nomad HTTP API address (default $NOMAD_ADDR; token and TLS from NOMAD_TOKEN, NOMAD_CACERT, ... as for the nomad CLI): "+
-		"the active controller follows Nomad's event stream and frees the volume claims of allocations lost on down nodes at once (empty: Nomad's claim GC frees them, minutes later)")
-	fs.DurationVar(&f.claimScan, "claim-scan", 5*time.Second, "how often the active controller looks for lost allocations' claims besides on Nomad's events (with --nomad-addr)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	addInsecureFlag(fs, &f.insecure)
 	if err := parseFlagsWithConfig(fs, args, controllerConfigFlags); err != nil {
@@ -72,8 +65,8 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	} else if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 		return nil, usageError{fmt.Errorf("--forward-addr %s: standbys dial the published address, so it needs a host they can reach, not a wildcard", f.forwardAddr)}
 	}
-	if f.grace <= 0 || f.scanEvery <= 0 || f.createTimeout <= 0 || f.claimScan <= 0 {
-		return nil, usageError{errors.New("--replica-grace, --replica-scan, --create-timeout and --claim-scan must be positive")}
+	if f.grace <= 0 || f.scanEvery <= 0 || f.createTimeout <= 0 {
+		return nil, usageError{errors.New("--replica-grace, --replica-scan and --create-timeout must be positive")}
 	}
 	if f.name == "" {
 		h, err := os.Hostname()
@@ -139,24 +132,9 @@ func runController(ctx context.Context, args []string) error {
 		return err
 	}
 	defer fwdLn.Close()
-	var claims plugin.ClaimReleaser
-	if f.nomadAddr != "" {
-		ncfg := nomadapi.DefaultConfig()
-		ncfg.Address = f.nomadAddr
-		nlog := log.Named("nomad")
-		r, err := nomadclaims.New(ncfg, func(err error) { nlog.Debug("event stream", "error", err) })
-		if err != nil {
-			return usageError{fmt.Errorf("--nomad-addr: %w", err)}
-		}
-		claims = r
-		log.Info("freeing lost allocations' volume claims through nomad", "nomad_addr", f.nomadAddr)
-	} else {
-		log.Warn("no --nomad-addr: a dead node's volume claims wait for nomad's claim GC, which delays failover")
-	}
 	ctl, err := plugin.NewController(plugin.ControllerConfig{Client: client, Agent: agent, Grace: f.grace, CreateTimeout: f.createTimeout,
 		ScanEvery: f.scanEvery, ReplicaTimeout: f.replicaTimeout, ForwardAddr: fwdLn.Addr().String(),
-		Dial: tr.replicaDialer(), ForwardCreds: tr.grpcCredentials(connecttls.ControllerService),
-		Claims: claims, ClaimScanEvery: f.claimScan, Log: log})
+		Dial: tr.replicaDialer(), ForwardCreds: tr.grpcCredentials(connecttls.ControllerService), Log: log})
 	if err != nil {
 		return err
 	}

@@ -273,7 +273,6 @@ func (tl *Timeline) addAllocEvents(ctx context.Context) {
 // logMarks are the Saddlebag log messages that mark failover steps.
 var logMarks = []string{
 	"node is down",
-	"released the claim of a lost allocation",
 	"fenced a failed node",
 	"fencing node",
 	"fencing the volume's unhealthy primary",

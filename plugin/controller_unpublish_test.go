@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -15,49 +14,6 @@ import (
 	"github.com/saddlebag/saddlebag/leader"
 )
 
-// fakeClaims is a Nomad whose dead claims the test sets; Detach fails
-// while failDetach is set, and otherwise drops the claim.
-type fakeClaims struct {
-	changes chan struct{}
-
-	mu         sync.Mutex
-	dead       []DeadClaim
-	failDetach bool
-	detached   []DeadClaim
-	detachTry  int
-}
-
-func (f *fakeClaims) Changes(context.Context) <-chan struct{} { return f.changes }
-
-func (f *fakeClaims) DeadClaims(context.Context) ([]DeadClaim, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]DeadClaim(nil), f.dead...), nil
-}
-
-func (f *fakeClaims) Detach(_ context.Context, dc DeadClaim) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.detachTry++
-	if f.failDetach {
-		return errors.New("nomad said no")
-	}
-	for i, d := range f.dead {
-		if d == dc {
-			f.detached = append(f.detached, d)
-			f.dead = append(f.dead[:i], f.dead[i+1:]...)
-			break
-		}
-	}
-	return nil
-}
-
-func (f *fakeClaims) state() (detached []DeadClaim, tries int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]DeadClaim(nil), f.detached...), f.detachTry
-}
-
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -67,39 +23,6 @@ func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() boo
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// A dead claim Nomad reports is detached on the next change Nomad
-// reports, not on the (long) periodic pass; a failed detach is retried.
-func TestReleaseClaimsOnChange(t *testing.T) {
-	ctrl, _ := testServices(t)
-	f := &fakeClaims{changes: make(chan struct{})}
-	ctrl.cfg.Claims = f
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		ctrl.releaseClaims(ctx, time.Hour)
-	}()
-	defer func() { cancel(); <-done }()
-
-	// The first pass runs at once and finds nothing.
-	dc := DeadClaim{Volume: "v1", NodeID: "node-a", Alloc: "alloc-1"}
-	f.mu.Lock()
-	f.dead, f.failDetach = []DeadClaim{dc}, true
-	f.mu.Unlock()
-	f.changes <- struct{}{}
-	waitUntil(t, 5*time.Second, "a detach attempt", func() bool { _, n := f.state(); return n >= 1 })
-	detached, _ := f.state()
-	must.SliceEmpty(t, detached)
-
-	f.mu.Lock()
-	f.failDetach = false
-	f.mu.Unlock()
-	f.changes <- struct{}{}
-	waitUntil(t, 5*time.Second, "the claim detached", func() bool { d, _ := f.state(); return len(d) == 1 })
-	detached, _ = f.state()
-	must.Eq(t, []DeadClaim{dc}, detached)
 }
 
 // ControllerUnpublishVolume of the primary's node, when Consul reports
