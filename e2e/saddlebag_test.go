@@ -142,6 +142,10 @@ func TestSaddlebag(t *testing.T) {
 			downCh <- down
 		}()
 		ready, err := waitQuery(ctx, other.IP, 2*time.Minute)
+		if err != nil {
+			tl.Stop(ctx)
+			tl.Print(os.Stdout, "failover_timeline")
+		}
 		must.NoError(t, err)
 		tl.Add(ready, "first query answered on "+other.Name)
 		tl.Stop(ctx)
@@ -209,6 +213,16 @@ func TestSaddlebag(t *testing.T) {
 		}()
 
 		ready, err := waitQuery(ctx, other.IP, 2*time.Minute)
+		if err != nil {
+			tl.Stop(ctx)
+			tl.Print(os.Stdout, "failover_timeline_partition")
+			vol, _, verr := napi.CSIVolumes().Info(volID, nil)
+			if verr == nil {
+				for _, a := range vol.Allocations {
+					fmt.Printf("failover_timeline_partition claim held by alloc %s on %s (%s/%s)\n", a.ID[:8], a.NodeName, a.DesiredStatus, a.ClientStatus)
+				}
+			}
+		}
 		must.NoError(t, err)
 		tl.Add(ready, "first query answered on "+other.Name)
 		fmt.Printf("failover_seconds_partition %.2f\n", ready.Sub(t0).Seconds())
