@@ -163,12 +163,14 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 	if !fenced {
 		return &csi.ControllerUnpublishVolumeResponse{}, nil
 	}
-	// A node Consul reports failed is not waited for: its session, tied
-	// to the failing checks, is being invalidated, and nobody can take
-	// the lease sooner than lock-delay after that; the next primary's
-	// NodeStageVolume waits for the lease. Waiting here only held
-	// Nomad's claim, which Nomad's client retries with a doubling
-	// back-off (issue 12).
+	// A node Consul reports failed is not waited for. If the failing
+	// check is one its session is tied to (serfHealth, its TTL check)
+	// Consul has invalidated the session already; otherwise the node, if
+	// alive, follows the fence and releases the lease. Either way nobody
+	// serves until the lease is free (and lock-delay has passed after an
+	// invalidation), and the next primary's NodeStageVolume waits for
+	// that. Waiting here only held Nomad's claim, which Nomad's client
+	// retries with a doubling back-off (issue 12).
 	if nodes, err := c.cfg.Client.ListNodes(ctx); err == nil {
 		for _, n := range nodes {
 			if n.Node == holder.Node && !n.Healthy {
