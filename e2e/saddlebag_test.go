@@ -133,6 +133,8 @@ func TestSaddlebag(t *testing.T) {
 		downCh := make(chan time.Time, 1)
 		t0, err := dead.Kill()
 		must.NoError(t, err)
+		tl := cluster.WatchFailover(t0, cluster.TimelineConfig{Nomad: napi, Consul: capi, Volume: volID, Job: "postgres",
+			Node: dead.Name, NodeID: id, Dir: c.Dir})
 		go func() {
 			wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 			defer cancel()
@@ -140,12 +142,19 @@ func TestSaddlebag(t *testing.T) {
 			downCh <- down
 		}()
 		ready, err := waitQuery(ctx, other.IP, 2*time.Minute)
+		if err != nil {
+			tl.Stop(ctx)
+			tl.Print(os.Stdout, "failover_timeline")
+		}
 		must.NoError(t, err)
+		tl.Add(ready, "first query answered on "+other.Name)
+		tl.Stop(ctx)
 		down := <-downCh
 		must.False(t, down.IsZero(), must.Sprint("nomad never marked the killed node down"))
 		fmt.Printf("failover_seconds %.2f\n", ready.Sub(t0).Seconds())
 		fmt.Printf("nomad_node_down_seconds %.2f\n", down.Sub(t0).Seconds())
-		printTimeline(t, ctx, napi, t0, other.Name)
+		printFigures(tl, "")
+		tl.Print(os.Stdout, "failover_timeline")
 
 		out, err = psql(ctx, other.IP, "SELECT count(*), max(id) FROM t")
 		must.NoError(t, err, must.Sprint(out))
@@ -180,9 +189,13 @@ func TestSaddlebag(t *testing.T) {
 		cut := primary
 		other := otherReplica(t, ctx, c, capi, cut.Name)
 		nodeAllocLogs := saddlebagNodeLogs(t, ctx, napi, cut)
+		cutID, err := cut.NodeID(ctx)
+		must.NoError(t, err)
 		t0 := time.Now()
 		must.NoError(t, cut.Partition(ctx))
 		t.Cleanup(func() { _ = cut.Heal(context.Background()) })
+		tl := cluster.WatchFailover(t0, cluster.TimelineConfig{Nomad: napi, Consul: capi, Volume: volID, Job: "postgres",
+			Node: cut.Name, NodeID: cutID, Dir: c.Dir})
 
 		// A client on the cut-off node itself still reaches its Postgres;
 		// the write it sends must never be acknowledged.
@@ -200,9 +213,35 @@ func TestSaddlebag(t *testing.T) {
 		}()
 
 		ready, err := waitQuery(ctx, other.IP, 2*time.Minute)
+		if err != nil {
+			tl.Stop(ctx)
+			tl.Print(os.Stdout, "failover_timeline_partition")
+			vol, _, verr := napi.CSIVolumes().Info(volID, nil)
+			if verr == nil {
+				for _, a := range vol.Allocations {
+					fmt.Printf("failover_timeline_partition claim held by alloc %s on %s (%s/%s)\n", a.ID[:8], a.NodeName, a.DesiredStatus, a.ClientStatus)
+				}
+			}
+		}
 		must.NoError(t, err)
+		tl.Add(ready, "first query answered on "+other.Name)
 		fmt.Printf("failover_seconds_partition %.2f\n", ready.Sub(t0).Seconds())
 		must.NoError(t, <-cutWrite, must.Sprint("the cut-off primary acknowledged a write"))
+		tl.Stop(ctx)
+		printFigures(tl, "_partition")
+		tl.Print(os.Stdout, "failover_timeline_partition")
+		// The guarantee, in the cut-off node's own log against the new
+		// primary's (one host, one clock): the old primary stopped
+		// completing I/O (held it, or was fenced) before the new one
+		// served.
+		stopped, ok := firstOf(tl, "saddlebag node on "+cut.Name+": ", "holding I/O", "lease lost", "fenced by the controller")
+		must.True(t, ok, must.Sprintf("%s's log never says it held or fenced its I/O", cut.Name))
+		serving, ok := firstOf(tl, "saddlebag node on "+other.Name+": ", "serving as primary")
+		must.True(t, ok, must.Sprintf("%s's log never says it serves", other.Name))
+		fmt.Printf("partition_old_primary_stopped_seconds %.2f\npartition_new_primary_serving_seconds %.2f\n",
+			stopped.At.Sub(t0).Seconds(), serving.At.Sub(t0).Seconds())
+		must.True(t, stopped.At.Before(serving.At), must.Sprintf("the cut-off primary stopped I/O at %s, after the new one served at %s",
+			stopped.At.Format(time.StampMilli), serving.At.Format(time.StampMilli)))
 		out, err := psql(ctx, other.IP, "SELECT count(*), count(*) FILTER (WHERE id = 999999) FROM t")
 		must.NoError(t, err, must.Sprint(out))
 		must.Eq(t, fmt.Sprintf("%d|0", rows), strings.TrimSpace(out))
@@ -417,34 +456,43 @@ func waitQuery(ctx context.Context, ip string, timeout time.Duration) (time.Time
 	}
 }
 
-// printTimeline prints, relative to the kill at t0, when Nomad created
-// each replacement allocation on any node and the task events of the one
-// on node: what the failover time is made of.
-func printTimeline(t *testing.T, ctx context.Context, napi *nomadapi.Client, t0 time.Time, node string) {
-	t.Helper()
-	allocs, _, err := napi.Jobs().Allocations("postgres", true, (&nomadapi.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		t.Logf("timeline: %v", err)
-		return
+// printFigures prints the named figures a failover timeline gives:
+// when Consul saw the node fail and freed the primary lock (session
+// invalidation), when Nomad released the old claim and granted the new
+// one, when the new primary took the lease and served.
+func printFigures(tl *cluster.Timeline, suffix string) {
+	for _, f := range []struct{ name, step string }{
+		{"consul_serf_failed_seconds", "serfHealth critical"},
+		{"consul_session_invalidated_seconds", "primary lock free"},
+		{"nomad_old_claim_released_seconds", "old claim released"},
+		{"nomad_new_claim_granted_seconds", "new claim granted"},
+		{"primary_lease_taken_seconds", "primary lease taken"},
+		{"engine_serving_seconds", "serving as primary"},
+		{"fs_mounted_seconds", "volume staged"},
+		{"task_started_seconds", "Started: Task started"},
+	} {
+		if e, ok := tl.First(f.step); ok {
+			fmt.Printf("%s%s %.2f\n", f.name, suffix, e.At.Sub(tl.T0).Seconds())
+		} else {
+			fmt.Printf("%s%s missing\n", f.name, suffix)
+		}
 	}
-	slices.SortFunc(allocs, func(a, b *nomadapi.AllocationListStub) int { return int(a.CreateTime - b.CreateTime) })
-	for _, a := range allocs {
-		created := time.Unix(0, a.CreateTime)
-		if created.Before(t0) {
+}
+
+// firstOf returns the first step whose text starts with prefix and
+// contains any of subs.
+func firstOf(tl *cluster.Timeline, prefix string, subs ...string) (cluster.TimelineEvent, bool) {
+	for _, e := range tl.Events() {
+		if !strings.HasPrefix(e.What, prefix) {
 			continue
 		}
-		fmt.Printf("failover_timeline %+6.2fs alloc %s created on %s (now %s)\n", created.Sub(t0).Seconds(), a.ID[:8], a.NodeName, a.ClientStatus)
-		for task, ts := range a.TaskStates {
-			for _, ev := range ts.Events {
-				at := time.Unix(0, ev.Time)
-				msg := ev.DisplayMessage
-				if len(msg) > 100 {
-					msg = msg[:100]
-				}
-				fmt.Printf("failover_timeline %+6.2fs   %s %s: %s\n", at.Sub(t0).Seconds(), task, ev.Type, msg)
+		for _, s := range subs {
+			if strings.Contains(e.What, s) {
+				return e, true
 			}
 		}
 	}
+	return cluster.TimelineEvent{}, false
 }
 
 type volRecord struct {

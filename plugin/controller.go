@@ -52,7 +52,8 @@ type ControllerConfig struct {
 	// replace. Default 5s.
 	ScanEvery time.Duration
 	// FenceWait bounds how long ControllerUnpublishVolume waits for a
-	// fenced node to release the volume. Default 20s.
+	// fenced node that Consul reports healthy to release the volume
+	// (a node Consul reports failed is not waited for). Default 20s.
 	FenceWait time.Duration
 	// CreateTimeout is how long a volume may stay "creating" (a
 	// CreateVolume interrupted by a crash and never repeated) before the

@@ -113,7 +113,9 @@ func fence(m map[string]uint64, node string, epoch uint64) map[string]uint64 {
 // it is fenced: the record names the node and its epoch, and the node
 // agent, which follows the record, fences its engine and releases the
 // lease. The call returns when the node no longer holds the lease (a node
-// that is down lost it with its session), or Unavailable after FenceWait.
+// that is down lost it with its session), at once when Consul reports
+// the node failed (the fence is recorded; NodeStageVolume on the next
+// node waits for the lease), or Unavailable after FenceWait.
 func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
 	id, node := req.GetVolumeId(), req.GetNodeId()
 	if err := checkVolumeID("volume_id", id); err != nil {
@@ -160,6 +162,23 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 	}
 	if !fenced {
 		return &csi.ControllerUnpublishVolumeResponse{}, nil
+	}
+	// A node Consul reports failed is not waited for. If the failing
+	// check is one its session is tied to (serfHealth, its TTL check)
+	// Consul has invalidated the session already; otherwise the node, if
+	// alive, follows the fence and releases the lease. Either way nobody
+	// serves until the lease is free (and lock-delay has passed after an
+	// invalidation), and the next primary's NodeStageVolume waits for
+	// that. Waiting here only held Nomad's claim, which Nomad's client
+	// retries with a doubling back-off (issue 12).
+	if nodes, err := c.cfg.Client.ListNodes(ctx); err == nil {
+		for _, n := range nodes {
+			if n.Node == holder.Node && !n.Healthy {
+				c.log.Info("fenced a failed node: the next primary waits for its lease", "volume_id", id, "node", holder.Node,
+					"epoch", holder.Epoch, "why", n.Why)
+				return &csi.ControllerUnpublishVolumeResponse{}, nil
+			}
+		}
 	}
 	c.log.Info("fencing node: waiting for it to release the volume", "volume_id", id, "node", holder.Node, "epoch", holder.Epoch)
 	deadline := time.Now().Add(c.cfg.FenceWait)

@@ -12,7 +12,10 @@
 //     active instance at the address published in the leadership lock
 //     (leadership.go, forward.go: Nomad never retries another instance on
 //     Unavailable); rereplicate.go replaces replicas whose node has been
-//     down longer than a grace period;
+//     down longer than a grace period; ControllerUnpublishVolume fences
+//     the volume's primary node in the record and waits for a healthy
+//     node to let the lease go, but not for one Consul reports failed
+//     (the next NodeStageVolume waits for the lease; issue 12);
 //   - node*.go: the Node service, run by `saddlebag node`: NodeStage opens
 //     an encrypted volume's data key with the passphrase secret (before
 //     anything else: a wrong one takes no lease), takes the volume's

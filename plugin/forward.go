@@ -41,8 +41,8 @@ func forwardedBy(ctx context.Context) string {
 }
 
 // forwarder holds the connection to the active controller's forward
-// address, resolved from the leadership lock and cached until a call on
-// it fails with Unavailable.
+// address, resolved from the leadership lock at every call and kept while
+// the lock names the same address.
 //
 // Contract: safe for concurrent use; close ends the cached connection
 // (calls in flight on it fail).
@@ -56,15 +56,13 @@ type forwarder struct {
 	conn *grpc.ClientConn
 }
 
-// target returns a client for the active controller (re-reading the lock
-// when refresh or nothing is cached), its name and address. With no
-// active controller, or one that publishes no address, it is Unavailable.
-func (f *forwarder) target(ctx context.Context, self leader.LeaderRecord, refresh bool) (csi.ControllerClient, string, error) {
+// target reads the lock and returns a client for the active controller
+// (on the kept connection when its address is the same) and its address.
+// With no active controller, or one that publishes no address, it is
+// Unavailable.
+func (f *forwarder) target(ctx context.Context, self leader.LeaderRecord) (csi.ControllerClient, string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.conn != nil && !refresh {
-		return csi.NewControllerClient(f.conn), f.addr, nil
-	}
 	active, err := f.client.ReadLeader(ctx)
 	switch {
 	case errors.Is(err, leader.ErrNotFound):
@@ -115,7 +113,12 @@ func forward[Req, Resp any](ctx context.Context, c *Controller, method string, r
 	}
 	out := metadata.AppendToOutgoingContext(ctx, ForwardedKey, c.cfg.Agent.Node())
 	self := leader.LeaderRecord{Node: c.cfg.Agent.Node(), ForwardAddr: c.cfg.ForwardAddr}
-	client, addr, err := c.fwd.target(ctx, self, false)
+	// The lock is read for every call (the connection to an address it
+	// still names is reused): a cached connection to an active
+	// controller that has since been cut off would take the call and
+	// answer nothing until the caller's deadline, and Nomad's volume
+	// watcher waits minutes on it (issue 12).
+	client, addr, err := c.fwd.target(ctx, self)
 	if err != nil {
 		return zero, err
 	}
@@ -126,7 +129,7 @@ func forward[Req, Resp any](ctx context.Context, c *Controller, method string, r
 	}
 	// The active controller's own Unavailable, or it is gone: read the
 	// lock again and retry once only if the leadership moved elsewhere.
-	next, nextAddr, rerr := c.fwd.target(ctx, self, true)
+	next, nextAddr, rerr := c.fwd.target(ctx, self)
 	switch {
 	case rerr != nil:
 		return zero, rerr // the active controller is gone: say so

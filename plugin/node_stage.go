@@ -95,6 +95,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 			return nil, toStatus(err, "clear a fenced stage")
 		}
 	}
+	log.Info("staging volume: opening its key, then taking the primary lease", "staging", staging)
 	rec, _, err := n.cfg.Client.GetVolume(ctx, id)
 	if err != nil {
 		return nil, toStatus(err, "read volume")
@@ -117,6 +118,9 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return nil, err
 	}
 	defer clear(key)
+	if key != nil {
+		log.Info("volume key opened (argon2id): taking the primary lease")
+	}
 	sv := &stagedVolume{id: id, stagingPath: staging, block: vc.GetBlock() != nil, size: rec.Spec.SizeBytes,
 		stateFile: filepath.Join(n.cfg.StateDir, "stage", id+".json"), targets: map[string]bool{}, keyRec: rec.Encryption}
 	fuseDir := n.fuseDir(id)
@@ -402,6 +406,7 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	sv.mu.Lock()
 	sv.targets[target] = true
 	sv.mu.Unlock()
+	n.log.Info("volume published", "volume_id", id, "target", target, "read_only", readOnly)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 

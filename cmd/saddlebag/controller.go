@@ -43,7 +43,8 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	fs.StringVar(&f.forwardAddr, "forward-addr", ":"+defaultForwardPort, "host:port where this controller serves, while active, the mutating calls standbys forward to it "+
 		"(published in the leadership lock; mutual TLS between saddlebag-controller identities); an empty host is the address the local Consul agent advertises")
 	addConsulFlags(fs, &f.consul)
-	fs.DurationVar(&f.lockDelay, "lock-delay", 5*time.Second, "session lock-delay of the leadership lock")
+	fs.DurationVar(&f.lockDelay, "lock-delay", time.Second, "session lock-delay of the leadership lock: how long a standby waits, after the active controller's session died, before it takes over "+
+		"(every record write is checked against the leadership session in the same Consul transaction, so this delay guards nothing else; a failover whose node also ran the active controller waits for it, issue 12)")
 	fs.DurationVar(&f.ttl, "ttl", 10*time.Second, "TTL of the controller's Consul check (fed every ttl/3)")
 	fs.DurationVar(&f.grace, "replica-grace", 5*time.Minute, "how long a replica's node may be down before the replica is re-created on another node")
 	fs.DurationVar(&f.createTimeout, "create-timeout", 5*time.Minute, "how long a volume whose create was interrupted (a controller crash) stays before the active controller removes its replicas and record; ListVolumes shows it meanwhile")

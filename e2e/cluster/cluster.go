@@ -30,6 +30,10 @@ type Options struct {
 	// Timing is the Nomad server's failure-detection settings (zero
 	// fields: DefaultTiming).
 	Timing Timing
+	// ConsulDefaultGossip runs Consul with its own gossip and Raft
+	// timing instead of the harness's fast failure detection (to
+	// measure failover on defaults).
+	ConsulDefaultGossip bool
 	// Detach starts every process in its own session and records no
 	// owner, so the cluster outlives the process that started it until
 	// an explicit Destroy (the demo cluster).
@@ -186,7 +190,8 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := os.MkdirAll(consulDir, 0o755); err != nil {
 		return c, err
 	}
-	copts := testcluster.Options{Dir: consulDir, Binary: consulBin, Detach: o.Detach, HCL: consulACLHCL, Token: ConsulManagementToken}
+	copts := testcluster.Options{Dir: consulDir, Binary: consulBin, Detach: o.Detach, HCL: consulACLHCL, Token: ConsulManagementToken,
+		DefaultGossip: o.ConsulDefaultGossip}
 	if o.ConsulUI {
 		copts.HCL += "\nui_config { enabled = true }"
 	}

@@ -51,6 +51,18 @@ type Options struct {
 	// outlives the process that started it and no terminal signal reaches
 	// it: for a demo cluster that a later command tears down by PID.
 	Detach bool
+	// DefaultGossip runs the agents with Consul's own LAN gossip and
+	// Raft timing instead of fastGossip: to measure what a cluster on
+	// Consul's defaults takes to notice a dead node.
+	DefaultGossip bool
+}
+
+// gossip is the gossip configuration the agents run with.
+func (o Options) gossip() string {
+	if o.DefaultGossip {
+		return "# Consul's default gossip timing\n"
+	}
+	return fastGossip
 }
 
 // Layout places a cluster's agents. The zero Layout is StartCluster's:
@@ -240,7 +252,7 @@ func StartLayout(ctx context.Context, l Layout, o Options) (*Cluster, error) {
 			"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
 			"-serf-wan-port", strconv.Itoa(ports[2]), "-server-port", strconv.Itoa(ports[3]),
 			"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
-			"-hcl", "ports { grpc_tls = -1 }", "-hcl", fastGossip, "-hcl", quiet, "-hcl", connect}
+			"-hcl", "ports { grpc_tls = -1 }", "-hcl", o.gossip(), "-hcl", quiet, "-hcl", connect}
 		if o.HCL != "" {
 			a.args = append(a.args, "-hcl", o.HCL)
 		}
@@ -286,7 +298,7 @@ func StartLayout(ctx context.Context, l Layout, o Options) (*Cluster, error) {
 			"-http-port", strconv.Itoa(ports[0]), "-serf-lan-port", strconv.Itoa(ports[1]),
 			"-retry-join", c.Server.SerfLANAddr, "-retry-interval", "200ms",
 			"-dns-port", "-1", "-grpc-port", "-1", "-log-level", "info",
-			"-hcl", "ports { grpc_tls = -1\n serf_wan = -1 }", "-hcl", fastGossip, "-hcl", quiet}
+			"-hcl", "ports { grpc_tls = -1\n serf_wan = -1 }", "-hcl", o.gossip(), "-hcl", quiet}
 		if o.HCL != "" {
 			a.args = append(a.args, "-hcl", o.HCL)
 		}

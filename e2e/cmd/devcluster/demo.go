@@ -174,6 +174,8 @@ func failover() error {
 	if err != nil {
 		return err
 	}
+	tl := cluster.WatchFailover(t0, cluster.TimelineConfig{Nomad: napi, Consul: capi, Volume: "postgres", Job: "postgres",
+		Node: primary, NodeID: primaryID, Dir: s.Dir})
 	downCh := make(chan time.Duration, 1)
 	go func() {
 		for ctx.Err() == nil {
@@ -199,10 +201,25 @@ func failover() error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	ready := time.Since(t0)
+	readyAt := time.Now()
+	ready := readyAt.Sub(t0)
 	down := <-downCh
 	fmt.Printf("  %5.1fs Postgres answers on %s with %s rows (%s committed before the kill)\n\n", ready.Seconds(), other, lastLine(out), before)
-	fmt.Printf("failover_seconds %.2f\nnomad_node_down_seconds %.2f\n\n", ready.Seconds(), down.Seconds())
+	tl.Add(readyAt, "first query answered on "+other)
+	tl.Stop(ctx)
+	fmt.Println("Every step, with its time from the kill and from the step before:")
+	tl.Print(os.Stdout, "failover_timeline")
+	fmt.Printf("\nfailover_seconds %.2f\nnomad_node_down_seconds %.2f\n", ready.Seconds(), down.Seconds())
+	if e, ok := tl.First("primary lock free"); ok {
+		fmt.Printf("consul_session_invalidated_seconds %.2f\n", e.At.Sub(t0).Seconds())
+	}
+	if e, ok := tl.First("old claim released"); ok {
+		fmt.Printf("nomad_old_claim_released_seconds %.2f\n", e.At.Sub(t0).Seconds())
+	}
+	fmt.Println()
+	if before != lastLine(out) {
+		return fmt.Errorf("postgres on %s has %s rows, %s were committed before the kill", other, lastLine(out), before)
+	}
 	fmt.Printf("%s stays dead (its replica is missing: nomad volume status postgres, consul checks show the volume degraded).\n", primary)
 	fmt.Println("make dev-down tears everything down; make dev starts afresh.")
 	return nil
