@@ -391,6 +391,9 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	began := s.events.Add(1)
+	// The newest set written before it starts (StartEngine may record
+	// its own, which must not count as a holder).
+	newest := s.coord.newestRecord()
 	var undetectable bool
 	switch s.presetUndetectable.Load() {
 	case 0:
@@ -413,7 +416,7 @@ func (s *simulation) promote(ctx context.Context) (*primary, error) {
 		s.coord.release(session)
 		return nil, fmt.Errorf("epoch %d: %w", epoch, err)
 	}
-	if !undetectable && s.promotedWithoutHolders(recorded, eng) {
+	if !undetectable && s.promotedWithoutHolders(recorded, newest, eng) {
 		undetectable = true
 	}
 	if undetectable {
@@ -518,13 +521,13 @@ func (s *simulation) undetectableRollback() bool {
 }
 
 // promotedWithoutHolders reports whether eng started from a record older
-// than the newest one a primary wrote (or from none: the record was lost)
+// than newest, the newest one a primary had written when it began (or
+// from none: the record was lost)
 // with none of the newest set's replicas (not wiped since) among those it
 // took as in sync: it could not tell its record from a current one. The
 // judgement before a promotion misses a holder that fails while the
 // promotion runs (seed 408810055).
-func (s *simulation) promotedWithoutHolders(rec *replication.Membership, eng *replication.Engine) bool {
-	newest := s.coord.newestRecord()
+func (s *simulation) promotedWithoutHolders(rec *replication.Membership, newest *inSyncRecord, eng *replication.Engine) bool {
 	var recGen uint64
 	if rec != nil {
 		recGen = rec.Gen
