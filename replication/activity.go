@@ -288,7 +288,7 @@ func (e *Engine) persistedFormLocked(p *peer) []byte {
 	b := p.dirty
 	if len(p.unflushed) > 0 {
 		b = NewBitmap(e.cfg.Size)
-		b.MergeEncoded(p.dirty.Encode(maxControlPayload))
+		b.Merge(p.dirty)
 		for x := range p.unflushed {
 			b.SetRange(int64(x)*ExtentSize, ExtentSize)
 		}

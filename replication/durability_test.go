@@ -681,6 +681,31 @@ func TestNewerPrimaryOutranksGenerationsItCouldNotSee(t *testing.T) {
 	must.Eq(t, "new", string(readBack(t, e4, 0, 3)))
 }
 
+// nextPrimary starts the engine of the primary at epoch over the replicas
+// at addrs, from the in-sync record replica rec holds (as Consul would),
+// and closes it when the test ends.
+func nextPrimary(t *testing.T, epoch uint64, rec *testReplica, size int64, addrs ...string) *Engine {
+	t.Helper()
+	cfg := engineConfig(t, "vol", size, epoch)
+	for _, a := range addrs {
+		cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: a})
+	}
+	m := replicaMembership(t, rec, "vol")
+	cfg.Recorded = &m
+	e, err := StartEngine(context.Background(), cfg)
+	must.NoError(t, err)
+	t.Cleanup(e.Close)
+	return e
+}
+
+// replicaData reads replica r's data file.
+func replicaData(t *testing.T, r *testReplica) []byte {
+	t.Helper()
+	b, err := os.ReadFile(r.store.DataPath("vol"))
+	must.NoError(t, err)
+	return b
+}
+
 // fullFS is the real file system on which volume data files refuse writes
 // with ENOSPC while full is set: a replica whose disk filled up.
 type fullFS struct {
@@ -796,10 +821,7 @@ func TestFailedWriteRepairedOnAbortedResyncTarget(t *testing.T) {
 	proxyB.refuse.Store(false)
 	waitInSync(t, e, 2)
 	must.NoError(t, e.Shutdown(ctx))
-	da, err := os.ReadFile(a.store.DataPath("vol"))
-	must.NoError(t, err)
-	db, err := os.ReadFile(b.store.DataPath("vol"))
-	must.NoError(t, err)
+	da, db := replicaData(t, a), replicaData(t, b)
 	must.Eq(t, old, da[w2off:w2off+4096])
 	must.True(t, bytes.Equal(da, db), must.Sprintf("B differs from A at %d: %q", w2off, db[w2off:w2off+8]))
 }
@@ -860,19 +882,10 @@ func TestReconnectRacingADropKeepsTheBitmap(t *testing.T) {
 
 	holdOpen.Store(false)
 	proxyB.refuse.Store(false)
-	cfg2 := engineConfig(t, "vol", size, 2, a)
-	cfg2.Replicas = append(cfg2.Replicas, ReplicaConfig{Addr: proxyB.ln.Addr().String()})
-	rec := replicaMembership(t, a, "vol")
-	cfg2.Recorded = &rec
-	e2, err := StartEngine(ctx, cfg2)
-	must.NoError(t, err)
-	defer e2.Close()
+	e2 := nextPrimary(t, 2, a, size, a.addr, proxyB.ln.Addr().String())
 	waitInSync(t, e2, 2)
 	must.NoError(t, e2.Shutdown(ctx))
-	da, err := os.ReadFile(a.store.DataPath("vol"))
-	must.NoError(t, err)
-	db, err := os.ReadFile(b.store.DataPath("vol"))
-	must.NoError(t, err)
+	da, db := replicaData(t, a), replicaData(t, b)
 	must.Eq(t, w, da[8<<20:8<<20+4096])
 	must.True(t, bytes.Equal(da, db), must.Sprintf("B differs from A: %q at 8 MiB", db[8<<20:8<<20+8]))
 }
@@ -951,18 +964,10 @@ func TestResyncTargetLosingPowerGetsUnflushedWritesBack(t *testing.T) {
 	// A is lost next: B, back and resynced by the next primary, must hold W.
 	b = startTestReplicaBoot(t, dirB, b.addr, "after-power-loss")
 	proxyB.refuse.Store(false)
-	cfg2 := engineConfig(t, "vol", size, 2, a)
-	cfg2.Replicas = append(cfg2.Replicas, ReplicaConfig{Addr: proxyB.ln.Addr().String()})
-	rec := replicaMembership(t, a, "vol")
-	cfg2.Recorded = &rec
-	e2, err := StartEngine(ctx, cfg2)
-	must.NoError(t, err)
-	defer e2.Close()
+	e2 := nextPrimary(t, 2, a, size, a.addr, proxyB.ln.Addr().String())
 	waitInSync(t, e2, 2)
 	must.NoError(t, e2.Shutdown(ctx))
-	db, err := os.ReadFile(b.store.DataPath("vol"))
-	must.NoError(t, err)
-	must.Eq(t, w, db[woff:woff+4096])
+	must.Eq(t, w, replicaData(t, b)[woff:woff+4096])
 }
 
 // A replica that rejoins becomes one a later primary asks what the others
@@ -1000,12 +1005,7 @@ func TestRejoinedReplicaHoldsNoStaleBitmaps(t *testing.T) {
 	// and C miss. It writes W; B comes back and rejoins; C stays away.
 	proxyB.refuse.Store(true)
 	proxyC.refuse.Store(true)
-	cfg2 := engineConfig(t, "vol", size, 2, a)
-	cfg2.Replicas = append(cfg2.Replicas, ReplicaConfig{Addr: addrB}, ReplicaConfig{Addr: addrC})
-	rec := replicaMembership(t, a, "vol")
-	cfg2.Recorded = &rec
-	e2, err := StartEngine(ctx, cfg2)
-	must.NoError(t, err)
+	e2 := nextPrimary(t, 2, a, size, a.addr, addrB, addrC)
 	const woff = 8 << 20
 	w := bytes.Repeat([]byte{2}, 4096)
 	must.NoError(t, e2.WriteAt(ctx, w, woff, true))
@@ -1016,18 +1016,10 @@ func TestRejoinedReplicaHoldsNoStaleBitmaps(t *testing.T) {
 	// A is lost; the primary after that has B, and C comes back.
 	a.stop()
 	proxyC.refuse.Store(false)
-	cfg3 := engineConfig(t, "vol", size, 3)
-	cfg3.Replicas = []ReplicaConfig{{Addr: addrB}, {Addr: addrC}}
-	rec3 := replicaMembership(t, b, "vol")
-	cfg3.Recorded = &rec3
-	e3, err := StartEngine(ctx, cfg3)
-	must.NoError(t, err)
-	defer e3.Close()
+	e3 := nextPrimary(t, 3, b, size, addrB, addrC)
 	waitInSync(t, e3, 2)
 	must.NoError(t, e3.Shutdown(ctx))
-	dc, err := os.ReadFile(c.store.DataPath("vol"))
-	must.NoError(t, err)
-	must.Eq(t, w, dc[woff:woff+4096])
+	must.Eq(t, w, replicaData(t, c)[woff:woff+4096])
 }
 
 // A primary that redials a replica (its connection timed out, say) may
@@ -1159,10 +1151,7 @@ func TestAbandonedWriteLeavesNoDifferenceBetweenReplicas(t *testing.T) {
 	proxyB.refuse.Store(false)
 	waitConnected(proxyB.ln.Addr().String())
 	must.NoError(t, e.Shutdown(ctx))
-	da, err := os.ReadFile(a.store.DataPath("vol"))
-	must.NoError(t, err)
-	db, err := os.ReadFile(b.store.DataPath("vol"))
-	must.NoError(t, err)
+	da, db := replicaData(t, a), replicaData(t, b)
 	must.Eq(t, bytes.Repeat([]byte{2}, 4096), da[woff:woff+4096]) // A applied it
 	must.True(t, bytes.Equal(da, db), must.Sprintf("B differs from A at %d: %v", woff, db[woff:woff+4]))
 }

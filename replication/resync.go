@@ -172,14 +172,21 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		return
 	}
 	rebooted := open.BootID == "" || open.BootID != p.open.BootID
-	if p.uncertain != nil && len(alive) > 0 {
-		// Requests abandoned while every in-sync connection was broken
-		// may have reached it and not the copy (the first back), or the
-		// reverse: it gets their ranges from the copy.
+	lostUnflushed := !open.Clean && rebooted
+	if len(alive) > 0 && (p.uncertain != nil || lostUnflushed) {
+		// Others hold every acknowledged write: resync it like a dropped
+		// replica. Requests abandoned while every in-sync connection was
+		// broken may have reached it and not the copy (the first back),
+		// or the reverse: it gets their ranges. Its host restarted without
+		// a clean shutdown (it lost power): it may have lost writes it
+		// acknowledged but had not flushed, which the activity log covers.
 		p.state, p.reason = StateDropped, "requests abandoned while it was away may differ from the copy"
+		if lostUnflushed {
+			p.reason = "its host restarted: may have lost unflushed writes"
+		}
 		p.dirty, p.dirtyInc, p.persisted = NewBitmap(e.cfg.Size), open.Incarnation, ^uint64(0)
 		p.takeUncertain()
-		if !open.Clean && rebooted {
+		if lostUnflushed {
 			for _, x := range e.al.all() {
 				p.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
 			}
@@ -187,7 +194,7 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		e.order.Lock()
 		e.setTargetsLocked(e.rebuildLocked())
 		e.order.Unlock()
-		e.log.Warn("in-sync replica back after requests were abandoned: dropping it for resync from the copy", "replica", p.cfg.Addr)
+		e.log.Warn("in-sync replica back: dropping it for resync from the copy", "replica", p.cfg.Addr, "reason", p.reason)
 		go nc.close()
 		if err := e.recordLocked(ctx); err != nil {
 			e.log.Warn("recording the drop failed; retried with the next write", "error", err)
@@ -196,26 +203,7 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 	}
 	// The first back is the copy: what it holds is the volume.
 	p.uncertain = nil
-	if !open.Clean && rebooted && len(alive) > 0 {
-		// Its host restarted without a clean shutdown (it lost power): it
-		// may have lost writes it acknowledged but had not flushed. Others
-		// hold them: resync it like a dropped replica.
-		p.state, p.reason = StateDropped, "its host restarted: may have lost unflushed writes"
-		p.dirty, p.dirtyInc, p.persisted = NewBitmap(e.cfg.Size), open.Incarnation, ^uint64(0)
-		for _, x := range e.al.all() {
-			p.dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
-		}
-		e.order.Lock()
-		e.setTargetsLocked(e.rebuildLocked())
-		e.order.Unlock()
-		e.log.Warn("in-sync replica restarted after a crash: dropping it for resync", "replica", p.cfg.Addr)
-		go nc.close()
-		if err := e.recordLocked(ctx); err != nil {
-			e.log.Warn("recording the drop failed; retried with the next write", "error", err)
-		}
-		return
-	}
-	if !open.Clean && rebooted {
+	if lostUnflushed {
 		// The last in-sync replica's host restarted: it lost what it had
 		// not flushed, which the activity log covers, and stays the
 		// volume's copy. Replicas behind it may still hold those writes:
@@ -736,9 +724,8 @@ func (e *Engine) allocated(ctx context.Context, off, n int64) ([][2]int64, error
 	return runs, nil
 }
 
-// rejoin makes a resynced replica in sync: it flushes it, hands it the
-// activity log, moves it into the in-sync set (recorded through the hook)
-// and deletes its persisted bitmap.
+// rejoin makes a resynced replica in sync: it flushes it, makes it a
+// member (join) and deletes its persisted bitmap.
 //
 // dirtyChanges and missed are the bitmap's change count and the peer's
 // missed-write count when the pass began: if either moved, a write the
@@ -748,34 +735,43 @@ func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *re
 	if _, err := c.wait(c.start(Frame{Type: FrameFlush}, nil)); err != nil {
 		return err
 	}
-	// The log and the persisted bitmaps stay as they are until it is a
-	// member; neither lock is held past that (a write waiting for the log
-	// cannot give up on its context while update is held).
-	var alHeld, bmHeld bool
-	unlock := func() {
-		if bmHeld {
-			e.bmMu.Unlock()
-		}
-		if alHeld {
-			e.al.update.Unlock()
-		}
-		alHeld, bmHeld = false, false
+	if err := e.join(ctx, p, c, prog, dirtyChanges, missed); err != nil {
+		return err
 	}
-	defer unlock()
+	// It no longer misses anything: its bitmap goes. This may wait for
+	// the last in-sync replica, so no lock is held (a drop of it meanwhile
+	// may see its new bitmap deleted: it is then compared by checksums,
+	// slower but whole).
+	if err := e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(p.cfg.Addr, nil)}); err != nil {
+		e.log.Warn("deleting the rejoined replica's persisted bitmap failed", "replica", p.cfg.Addr, "error", err)
+	}
+	st := prog.status()
+	e.log.Info("resync complete: replica back in sync", "replica", p.cfg.Addr, "mode", prog.mode,
+		"sent_bytes", st.SentBytes, "examined_bytes", st.DoneBytes, "repaired_extents", st.RepairedExtents,
+		"duration", time.Since(prog.started).Round(time.Millisecond))
+	return nil
+}
+
+// join hands a resynced (and flushed) replica the activity log and the
+// bitmaps an in-sync replica holds, then moves it into the in-sync set
+// (recorded through the hook). The log and the persisted bitmaps cannot
+// change meanwhile (update and bmMu are held); neither lock is held past
+// it, as a write waiting for the log cannot give up on its context.
+func (e *Engine) join(ctx context.Context, p *peer, c *replicaClient, prog *resyncProgress, dirtyChanges, missed uint64) error {
 	e.al.update.Lock()
-	alHeld = true
+	defer e.al.update.Unlock()
 	if _, err := c.wait(c.start(activityFrame(e.al.list()), nil)); err != nil {
 		return err
 	}
 	e.bmMu.Lock()
-	bmHeld = true
+	defer e.bmMu.Unlock()
 	// The bitmaps it holds for the other replicas were stored by earlier
 	// primaries, or before it fell behind, and no longer say what they
 	// miss; as an in-sync replica it is what a later primary asks. Each is
 	// replaced by this engine's (none for a replica in sync or of unknown
 	// history) before it becomes a member. A write meanwhile is in a hot
-	// extent (the log cannot change while update is held) and the
-	// persister stores its bitmap change on every in-sync replica.
+	// extent and the persister stores its bitmap change on every in-sync
+	// replica.
 	e.stateMu.Lock()
 	var held [][]byte
 	for _, q := range e.peers {
@@ -790,15 +786,14 @@ func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *re
 		}
 	}
 	e.stateMu.Lock()
+	defer e.stateMu.Unlock()
 	if p.state != StateResyncing {
-		e.stateMu.Unlock()
 		return fmt.Errorf("replica %s left resync: %s", p.cfg.Addr, p.reason)
 	}
 	if (p.dirty != nil && p.dirty.Changes() != dirtyChanges) || p.missed != missed {
-		e.stateMu.Unlock()
 		return fmt.Errorf("replica %s: writes were missed during resync", p.cfg.Addr)
 	}
-	// The flush above made everything it holds durable, including what
+	// The flush before made everything it holds durable, including what
 	// it had unflushed when it was dropped.
 	p.state, p.dirty, p.created = StateInSync, nil, false
 	p.unflushed, p.unflushedBoot = nil, ""
@@ -807,24 +802,9 @@ func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *re
 	e.order.Lock()
 	e.setTargetsLocked(e.rebuildLocked())
 	e.order.Unlock()
-	err := e.recordLocked(ctx)
-	e.stateMu.Unlock()
-	unlock()
-	if err != nil {
+	if err := e.recordLocked(ctx); err != nil {
 		e.log.Error("recording the rejoined replica failed; retried with the next write", "replica", p.cfg.Addr, "error", err)
 	}
-	// It no longer misses anything: its bitmap goes. This may wait for
-	// the last in-sync replica (and a drop of it meanwhile may see its
-	// new bitmap deleted: it is then compared by checksums, slower but
-	// whole).
-	err = e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(p.cfg.Addr, nil)})
-	if err != nil {
-		e.log.Warn("deleting the rejoined replica's persisted bitmap failed", "replica", p.cfg.Addr, "error", err)
-	}
-	st := prog.status()
-	e.log.Info("resync complete: replica back in sync", "replica", p.cfg.Addr, "mode", prog.mode,
-		"sent_bytes", st.SentBytes, "examined_bytes", st.DoneBytes, "repaired_extents", st.RepairedExtents,
-		"duration", time.Since(prog.started).Round(time.Millisecond))
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -103,6 +104,12 @@ func (s *simulation) startNode(n *node) error {
 	n.proxy.setTarget(ln.Addr().String())
 	n.cancel, n.done, n.up = cancel, done, true
 	return nil
+}
+
+// holds reports whether n is a member of rec's set and was not wiped
+// since rec's generation was recorded: it holds that generation's data.
+func (n *node) holds(rec *inSyncRecord) bool {
+	return slices.Contains(rec.Replicas, n.addr()) && n.wipedAt.Load() <= int64(rec.Gen)
 }
 
 // stopNode ends n's in-process server; the caller has already killed its

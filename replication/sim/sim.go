@@ -484,7 +484,7 @@ func (s *simulation) soleHolder(n *node) bool {
 		return false
 	}
 	for _, m := range s.nodes {
-		if m != n && slices.Contains(newest.Replicas, m.addr()) && m.wipedAt.Load() < int64(newest.Gen) {
+		if m != n && m.holds(newest) {
 			return false
 		}
 	}
@@ -513,7 +513,7 @@ func (s *simulation) undetectableRollback() bool {
 		return false
 	}
 	for _, n := range s.nodes {
-		if slices.Contains(newest.Replicas, n.addr()) && !n.impaired() && n.wipedAt.Load() <= int64(newest.Gen) {
+		if n.holds(newest) && !n.impaired() {
 			return false // a holder of the newest generation answers
 		}
 	}
@@ -536,11 +536,8 @@ func (s *simulation) promotedWithoutHolders(rec *replication.Membership, newest 
 		return false
 	}
 	for _, r := range eng.Status().Replicas {
-		if r.State != replication.StateInSync || !slices.Contains(newest.Replicas, r.Addr) {
-			continue
-		}
 		for _, n := range s.nodes {
-			if n.addr() == r.Addr && n.wipedAt.Load() <= int64(newest.Gen) {
+			if r.State == replication.StateInSync && n.addr() == r.Addr && n.holds(newest) {
 				return false
 			}
 		}
