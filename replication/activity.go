@@ -199,14 +199,26 @@ func (e *Engine) alTryUpdate(ctx context.Context, first, last uint64) (bool, err
 			err = e.persistBitmaps(ctx, false)
 		}
 	}
-	if err == nil {
+	sent := err == nil
+	if sent {
 		err = e.broadcast(ctx, activityFrame(next))
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
 		for _, x := range evict {
-			a.hot[x].evicting = false
+			if sent {
+				// The new log may have reached replicas although its
+				// outcome failed (a replica dropped on it, its record not
+				// written before ctx ended): their log may no longer name
+				// the evicted extents, so neither may ours, or a later
+				// write there would find them hot and go out uncovered.
+				// They were flushed everywhere, and their bitmaps
+				// persisted, as for an eviction that succeeded.
+				delete(a.hot, x)
+			} else {
+				a.hot[x].evicting = false
+			}
 		}
 		return false, err
 	}

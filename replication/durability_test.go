@@ -1155,3 +1155,57 @@ func TestAbandonedWriteLeavesNoDifferenceBetweenReplicas(t *testing.T) {
 	must.Eq(t, bytes.Repeat([]byte{2}, 4096), da[woff:woff+4096]) // A applied it
 	must.True(t, bytes.Equal(da, db), must.Sprintf("B differs from A at %d: %v", woff, db[woff:woff+4]))
 }
+
+// A change of the activity log that reached the replicas but failed to
+// settle (a replica dropped on it while the in-sync record could not be
+// written, and the writer gave up) must not leave the primary believing
+// the extents it evicted are still hot: the replicas' log no longer names
+// them, and a later write there, which a crash leaves on some replicas
+// only, would fall outside what the next primary reconciles (simulator
+// seeds 634034123 and 634035708: replicas different forever in a cold
+// extent).
+func TestFailedActivityUpdateLeavesNoExtentUncovered(t *testing.T) {
+	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	var armed atomic.Bool
+	proxyC := startFrameProxyAfter(t, c.addr, func(Frame) {}, func(f Frame) bool {
+		// C applies the new log, and its reply is lost with its connection.
+		return armed.Load() && f.Type == FrameActivity
+	})
+	hook := &recordingHook{}
+	const size = 16 << 20
+	cfg := engineConfig(t, "vol", size, 1, a, b)
+	cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: proxyC.ln.Addr().String()})
+	cfg.ActivityExtents, cfg.Hook = 2, hook
+	ctx := context.Background()
+	e, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	defer e.Close()
+	waitInSync(t, e, 3)
+	block := bytes.Repeat([]byte{1}, 4096)
+	must.NoError(t, e.WriteAt(ctx, block, 1*ExtentSize, false))
+	must.NoError(t, e.WriteAt(ctx, block, 3*ExtentSize, false))
+
+	// Extent 0 evicts extent 1 (the least recently used) on every
+	// replica, C's reply is lost, and the drop cannot be recorded before
+	// the writer gives up.
+	hook.mu.Lock()
+	hook.fail = errors.New("consul unreachable")
+	hook.mu.Unlock()
+	proxyC.refuse.Store(true)
+	armed.Store(true)
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	err = e.WriteAt(wctx, block, 0, false)
+	cancel()
+	must.Error(t, err)
+	hook.mu.Lock()
+	hook.fail = nil
+	hook.mu.Unlock()
+
+	// A write to extent 1 must find it in every in-sync replica's log.
+	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 1*ExtentSize, false))
+	for _, r := range []*testReplica{a, b} {
+		m, err := ReadMetaOn(nil, r.store.dir, "vol")
+		must.NoError(t, err)
+		must.SliceContains(t, m.ActivityLog, uint64(1), must.Sprintf("%s's activity log %v misses the extent just written", r.addr, m.ActivityLog))
+	}
+}

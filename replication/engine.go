@@ -509,6 +509,12 @@ func (e *Engine) apply(ctx context.Context, req Frame) error {
 		for isData && e.lockedLocked(off, n) {
 			e.orderCond.Wait()
 		}
+		if e.fenced.Load() {
+			// Fenced while it waited (for a resync's lock, for room in the
+			// activity log): a fenced primary sends nothing more.
+			e.order.Unlock()
+			return e.fencedErr()
+		}
 		set := e.targets
 		if isData {
 			for _, b := range set.behind {

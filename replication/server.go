@@ -195,6 +195,26 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 func (s *Server) apply(vol **Volume, session *uint64, f *Frame, buf *[]byte, log hclog.Logger) Frame {
 	reply := Frame{Type: f.Type | replyBit, Epoch: f.Epoch, ID: f.ID}
 	err := s.applyErr(vol, session, f, buf, &reply)
+	if err == nil && f.Type != FrameRead && log.IsTrace() {
+		// Every change a replica applies, for reading a failure's history
+		// beside the primary's (the simulator's logs).
+		length := f.Length
+		if f.Type == FrameWrite {
+			length = uint64(len(f.Payload))
+		}
+		args := []any{"type", f.Type, "epoch", f.Epoch, "offset", f.Offset, "length", length, "session", *session}
+		switch f.Type {
+		case FrameMembership:
+			args = append(args, "membership", string(f.Payload))
+		case FrameActivity:
+			extents := make([]uint64, len(f.Payload)/8)
+			for i := range extents {
+				extents[i] = binary.BigEndian.Uint64(f.Payload[8*i:])
+			}
+			args = append(args, "extents", extents)
+		}
+		log.Trace("applied", args...)
+	}
 	if err != nil {
 		reply.Status = statusOf(err)
 		reply.Payload = []byte(err.Error())

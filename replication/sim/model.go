@@ -21,6 +21,10 @@ type opRec struct {
 	trim   bool
 	fua    bool
 	issued uint64 // event counter when issued
+	// issuedAt and by: when, since the schedule began, and to which
+	// primary's epoch it was issued (diagnostics).
+	issuedAt time.Duration
+	by       uint64
 	losses uint64 // unflushed-write losses the engines had found when it was issued
 	acked  bool
 	ackAt  uint64        // event counter when acknowledged
@@ -37,9 +41,9 @@ func (op *opRec) String() string {
 		kind = "FUA write"
 	}
 	if !op.acked {
-		return fmt.Sprintf("op %d (%s, unacknowledged)", op.seq, kind)
+		return fmt.Sprintf("op %d (%s issued to epoch %d at %.3fs, unacknowledged)", op.seq, kind, op.by, op.issuedAt.Seconds())
 	}
-	return fmt.Sprintf("op %d (%s acked at epoch %d, %.3fs)", op.seq, kind, op.epoch, op.at.Seconds())
+	return fmt.Sprintf("op %d (%s issued at %.3fs, acked at epoch %d, %.3fs)", op.seq, kind, op.issuedAt.Seconds(), op.epoch, op.at.Seconds())
 }
 
 // writer issues ops on its own block range, one at a time, so that per
@@ -183,6 +187,7 @@ func (w *writer) step(s *simulation, p *primary) error {
 	w.issued++
 	rec.losses = s.unflushedLosses()
 	rec.issued = s.events.Add(1)
+	rec.issuedAt, rec.by = time.Since(s.began), p.epoch
 	var err error
 	if rec.trim {
 		err = w.call(s, p, "trim", func(ctx context.Context) error {

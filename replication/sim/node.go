@@ -95,7 +95,7 @@ func (s *simulation) startNode(n *node) error {
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := replication.NewServer(store, s.log)
+	srv := replication.NewServer(store, s.log.Named(fmt.Sprintf("node%d", n.i)))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

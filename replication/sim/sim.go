@@ -1171,7 +1171,8 @@ func (s *simulation) check(inSync []*node) {
 				s.note("node%d differs from node%d in %s after a promotion over a rolled-back record (undetectable by design)",
 					n.i, inSync[0].i, diffSummary(first, data))
 			} else {
-				s.problem("divergent: node%d differs from node%d in %s", n.i, inSync[0].i, diffSummary(first, data))
+				s.problem("divergent: node%d differs from node%d in %s%s", n.i, inSync[0].i, diffSummary(first, data),
+					s.describeDiff(inSync[0].i, first, n.i, data))
 			}
 		}
 		for _, w := range s.writers {
@@ -1213,6 +1214,42 @@ func (s *simulation) check(inSync []*node) {
 }
 
 // diffSummary says how many blocks differ and where the first one is.
+// describeDiff names, for the first few blocks where node ia's data a and
+// node ib's data b differ, the version each holds and the block's history
+// of ops: what reached which replica, to read beside the schedule's log.
+func (s *simulation) describeDiff(ia int, a []byte, ib int, b []byte) string {
+	var sb strings.Builder
+	shown := 0
+	for blk := int64(0); (blk+1)*blockSize <= int64(min(len(a), len(b))) && shown < 4; blk++ {
+		x, y := a[blk*blockSize:(blk+1)*blockSize], b[blk*blockSize:(blk+1)*blockSize]
+		if bytes.Equal(x, y) {
+			continue
+		}
+		shown++
+		fmt.Fprintf(&sb, "\n    block %d: node%d holds %s, node%d holds %s", blk, ia, describeVersion(x, blk), ib, describeVersion(y, blk))
+		for _, w := range s.writers {
+			if blk >= w.lo && blk < w.hi {
+				for _, op := range w.hist[blk-w.lo] {
+					fmt.Fprintf(&sb, "\n      writer %d %s", w.id, op)
+				}
+			}
+		}
+	}
+	return sb.String()
+}
+
+// describeVersion names the version a block holds.
+func describeVersion(b []byte, blk int64) string {
+	zero, w, seq, ok := version(b, blk)
+	switch {
+	case !ok:
+		return "content no write put there"
+	case zero:
+		return "zeroes"
+	}
+	return fmt.Sprintf("writer %d op %d", w, seq)
+}
+
 func diffSummary(a, b []byte) string {
 	n, firstBlk := 0, int64(-1)
 	for i := 0; i+blockSize <= len(a) && i+blockSize <= len(b); i += blockSize {
