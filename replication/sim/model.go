@@ -25,11 +25,11 @@ type opRec struct {
 	// primary's epoch it was issued (diagnostics).
 	issuedAt time.Duration
 	by       uint64
-	losses uint64 // unflushed-write losses the engines had found when it was issued
-	acked  bool
-	ackAt  uint64        // event counter when acknowledged
-	epoch  uint64        // the primary that acknowledged it
-	at     time.Duration // when it was acknowledged, since the schedule began
+	losses   uint64 // unflushed-write losses the engines had found when it was issued
+	acked    bool
+	ackAt    uint64        // event counter when acknowledged
+	epoch    uint64        // the primary that acknowledged it
+	at       time.Duration // when it was acknowledged, since the schedule began
 }
 
 func (op *opRec) String() string {
