@@ -1209,3 +1209,75 @@ func TestFailedActivityUpdateLeavesNoExtentUncovered(t *testing.T) {
 		must.SliceContains(t, m.ActivityLog, uint64(1), must.Sprintf("%s's activity log %v misses the extent just written", r.addr, m.ActivityLog))
 	}
 }
+
+// A replica that is behind keeps the bitmaps it held for others from when
+// it was in sync; once a resync writes to it, they describe a volume it
+// no longer holds. If a rolled-back in-sync record then makes it the copy
+// (undetectable by design, see history.go), a replica resynced from one
+// of them ends different from it (simulator seed 408810085): a resync
+// target must hold no bitmap for others before its first copy.
+func TestResyncTargetHoldsNoBitmapsForOthers(t *testing.T) {
+	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	const x3 = 8 << 20
+	hit := make(chan struct{})
+	var armed atomic.Bool
+	proxyB := startFrameProxyAfter(t, b.addr, func(Frame) {}, func(f Frame) bool {
+		// B's resync copies X3, and then B's connection is gone.
+		if armed.Load() && f.Type == FrameWrite && f.Offset == x3 {
+			armed.Store(false)
+			close(hit)
+			return true
+		}
+		return false
+	})
+	proxyC := startFrameProxy(t, c.addr, func(Frame) {})
+	addrB, addrC := proxyB.ln.Addr().String(), proxyC.ln.Addr().String()
+	const size = 16 << 20
+	ctx := context.Background()
+	cfg := engineConfig(t, "vol", size, 1, a)
+	cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: addrB}, ReplicaConfig{Addr: addrC})
+	e1, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	defer e1.Close()
+	waitInSync(t, e1, 3)
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
+
+	// C falls behind by X2; A and B hold its bitmap.
+	proxyC.refuse.Store(true)
+	proxyC.cut()
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 4<<20, true))
+	must.NoError(t, e1.persistBitmaps(ctx, false))
+	rolledBack := replicaMembership(t, b, "vol") // {A, B}
+
+	// B falls behind by X3, comes back, and its resync copies X3 before
+	// its connection breaks.
+	proxyB.refuse.Store(true)
+	proxyB.cut()
+	x3data := bytes.Repeat([]byte{3}, 4096)
+	must.NoError(t, e1.WriteAt(ctx, x3data, x3, true))
+	armed.Store(true)
+	proxyB.refuse.Store(false)
+	select {
+	case <-hit:
+	case <-time.After(10 * time.Second):
+		t.Fatal("B's resync never copied X3")
+	}
+	e1.Close()
+	a.stop()
+
+	// The record rolled back to {A, B} with A lost: B is the copy, C
+	// comes back behind it. Stale, as the rollback makes it, but the two
+	// must end identical.
+	proxyC.refuse.Store(false)
+	cfg2 := engineConfig(t, "vol", size, 2)
+	cfg2.Replicas = []ReplicaConfig{{Addr: addrB}, {Addr: addrC}}
+	cfg2.Recorded = &rolledBack
+	e2, err := StartEngine(ctx, cfg2)
+	must.NoError(t, err)
+	defer e2.Close()
+	waitInSync(t, e2, 2)
+	must.NoError(t, e2.Shutdown(ctx))
+	db, dc := replicaData(t, b), replicaData(t, c)
+	must.Eq(t, x3data, db[x3:x3+4096]) // B's resync copied it
+	must.True(t, bytes.Equal(db, dc), must.Sprintf("C differs from B at X3: %v", dc[x3:x3+4]))
+}

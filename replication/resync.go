@@ -277,6 +277,21 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		e.log.Info("replica reachable again", "replica", p.cfg.Addr, "was", wasState, "clean", open.Clean)
 	}
 
+	// Bitmaps it held for others from when it was in sync describe a
+	// volume it stops holding with its first copy; a later primary that
+	// took it for the copy (over a rolled-back record) must not trust
+	// them. It gets the engine's own when it rejoins.
+	if err := e.forgetHeldBitmaps(c, p); err != nil {
+		e.stateMu.Lock()
+		e.backOffLocked(p)
+		e.stateMu.Unlock()
+		c.close()
+		if ctx.Err() == nil {
+			e.log.Warn("resync not started: deleting the bitmaps the replica holds for others failed", "replica", p.cfg.Addr, "error", err)
+		}
+		return
+	}
+
 	e.stateMu.Lock()
 	mode := "checksum"
 	switch {
@@ -332,10 +347,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 			e.setTargetsLocked(e.rebuildLocked())
 			e.order.Unlock()
 		}
-		// Back off: a replica that fails every attempt (a full disk, say)
-		// is retried ever less often, up to once a minute.
-		p.failures++
-		p.retryAt = time.Now().Add(min(time.Minute, e.cfg.ReconnectInterval<<min(p.failures, 6)))
+		e.backOffLocked(p)
 		e.stateMu.Unlock()
 		c.close()
 		if ctx.Err() == nil {
@@ -346,6 +358,32 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 	e.stateMu.Lock()
 	p.failures, p.reason = 0, ""
 	e.stateMu.Unlock()
+}
+
+// backOffLocked delays p's next resync attempt: a replica that fails
+// every attempt (a full disk, say) is retried ever less often, up to once
+// a minute. Callers hold stateMu.
+func (e *Engine) backOffLocked(p *peer) {
+	p.failures++
+	p.retryAt = time.Now().Add(min(time.Minute, e.cfg.ReconnectInterval<<min(p.failures, 6)))
+}
+
+// forgetHeldBitmaps deletes, on the replica behind c, every bitmap it
+// holds for the volume's other replicas.
+func (e *Engine) forgetHeldBitmaps(c *replicaClient, p *peer) error {
+	var calls []*call
+	for _, q := range e.peers {
+		if q != p {
+			calls = append(calls, c.start(Frame{Type: FramePutBitmap, Payload: peerPayload(q.cfg.Addr, nil)}, nil))
+		}
+	}
+	var errs []error
+	for _, cl := range calls {
+		if _, err := c.wait(cl); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (e *Engine) logProgress(addr string, prog *resyncProgress, done <-chan struct{}) {

@@ -103,9 +103,9 @@
 //     blocks that read older versions, apart from acked_writes_lost. So
 //     are the writes an older primary acknowledged after only such
 //     primaries promised: they could reach none of its replicas to fence
-//     it (the README says what operators restoring Consul do), and the
-//     replicas left different there (the stale copy's bitmaps describe a
-//     history it no longer holds; still open, see FINDINGS.md).
+//     it (the README says what operators restoring Consul do). Replicas
+//     left different are divergent_replicas there too: stale data must
+//     still be the same on every in-sync replica.
 //   - liveness: recovery must promote a primary and bring every replica
 //     back in sync; no engine call may panic or stay blocked past
 //     opDeadline (the engine is then reported, abandoned without Close,

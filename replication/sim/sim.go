@@ -72,10 +72,6 @@ type Result struct {
 	// only primaries promoted over such a record promised: they could
 	// reach none of its replicas to fence it. Counted apart, likewise.
 	UndetectableFenced int
-	// UndetectableDivergent counts replicas left different in such a
-	// schedule: the stale copy's bitmaps for the others describe a history
-	// it no longer holds (FINDINGS.md, still open).
-	UndetectableDivergent int
 	// Problems holds one line per failed check (including liveness:
 	// recovery that could not promote or bring every replica in sync).
 	Problems             []string
@@ -1159,21 +1155,13 @@ func (s *simulation) check(inSync []*node) {
 		if i == 0 {
 			first = data
 		} else if first != nil && !bytes.Equal(first, data) {
+			// Even after a promotion over a rolled-back record, which may
+			// serve stale data, the in-sync replicas must be identical.
 			s.mu.Lock() // an abandoned engine's goroutines may still report
-			undetectable := s.res.Undetectable
-			if undetectable {
-				s.res.UndetectableDivergent++
-			} else {
-				s.res.DivergentReplicas++
-			}
+			s.res.DivergentReplicas++
 			s.mu.Unlock()
-			if undetectable {
-				s.note("node%d differs from node%d in %s after a promotion over a rolled-back record (undetectable by design)",
-					n.i, inSync[0].i, diffSummary(first, data))
-			} else {
-				s.problem("divergent: node%d differs from node%d in %s%s", n.i, inSync[0].i, diffSummary(first, data),
-					s.describeDiff(inSync[0].i, first, n.i, data))
-			}
+			s.problem("divergent: node%d differs from node%d in %s%s", n.i, inSync[0].i, diffSummary(first, data),
+				s.describeDiff(inSync[0].i, first, n.i, data))
 		}
 		for _, w := range s.writers {
 			for b := w.lo; b < w.hi; b++ {
