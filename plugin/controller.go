@@ -21,9 +21,6 @@ import (
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
-// DefaultVolumeSize is the size of a volume created with no capacity range.
-const DefaultVolumeSize = 1 << 30
-
 // ControllerConfig configures the Controller service.
 type ControllerConfig struct {
 	Client *leader.Client
@@ -180,29 +177,36 @@ func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-// volumeSize picks the size for a capacity range: required_bytes rounded
-// up to 4 KiB, DefaultVolumeSize (capped by limit_bytes) when none is
-// required.
-func volumeSize(cr *csi.CapacityRange) (int64, error) {
+// volumeSize picks the size for a capacity range by the rule the spec
+// checks use (volspec.Size): required_bytes rounded up to 4 KiB,
+// volspec.DefaultSize (capped by limit_bytes) when none is required, and
+// at least what the volume's file system needs (fsType; "" when every
+// capability is a raw block device).
+func volumeSize(cr *csi.CapacityRange, fsType string) (int64, error) {
 	req, limit := cr.GetRequiredBytes(), cr.GetLimitBytes()
 	if req < 0 || limit < 0 {
 		return 0, errf(codes.InvalidArgument, "capacity range has a negative bound")
 	}
-	if limit > 0 && req > limit {
-		return 0, errf(codes.InvalidArgument, "required_bytes %d exceeds limit_bytes %d", req, limit)
-	}
-	size := req
-	if size == 0 {
-		size = DefaultVolumeSize
-		if limit > 0 && limit < size {
-			size = limit / replication.BlockSize * replication.BlockSize
-		}
-	}
-	size = (size + replication.BlockSize - 1) / replication.BlockSize * replication.BlockSize
-	if limit > 0 && size > limit || size == 0 {
-		return 0, errf(codes.OutOfRange, "no multiple of %d bytes fits the capacity range [%d, %d]", replication.BlockSize, req, limit)
+	size, err := volspec.Size(req, limit, fsType)
+	var se *volspec.SizeError
+	switch {
+	case errors.As(err, &se) && se.Problem == volspec.RangeInverted:
+		return 0, errf(codes.InvalidArgument, "capacity range [required_bytes %d, limit_bytes %d]: %v", req, limit, err)
+	case err != nil:
+		return 0, errf(codes.OutOfRange, "capacity range [required_bytes %d, limit_bytes %d]: %v", req, limit, err)
 	}
 	return size, nil
+}
+
+// mountedFS is the file system a volume with capabilities caps holds:
+// fsType when one of them mounts it, "" when all are raw block devices.
+func mountedFS(fsType string, caps []*csi.VolumeCapability) string {
+	for _, c := range caps {
+		if c.GetMount() != nil {
+			return fsType
+		}
+	}
+	return ""
 }
 
 // CreateVolume places a new volume's replicas and makes them, or returns
@@ -241,7 +245,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, errf(codes.InvalidArgument, "%v", err)
 	}
-	size, err := volumeSize(req.GetCapacityRange())
+	size, err := volumeSize(req.GetCapacityRange(), mountedFS(fsType, req.GetVolumeCapabilities()))
 	if err != nil {
 		return nil, err
 	}

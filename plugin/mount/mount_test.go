@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -139,6 +140,35 @@ func TestStageFormatsOnceAndNeverReformats(t *testing.T) {
 			got, err = os.ReadFile(filepath.Join(req.StagingPath, "marker"))
 			must.NoError(t, err)
 			must.Eq(t, "first", string(got))
+		})
+	}
+}
+
+// TestStageRefusesVolumeTooSmall: a volume too small for its file system
+// is refused with the size rule's message before mkfs runs (mkfs.xfs
+// would fail with its usage text), and no loop device is left attached.
+func TestStageRefusesVolumeTooSmall(t *testing.T) {
+	requireRoot(t)
+	for _, c := range []struct {
+		fs   string
+		size int64
+		want string
+	}{
+		{FSXFS, 256 << 20, "xfs needs a volume of at least 300MiB, not 256MiB"},
+		{FSExt4, 4 << 20, "ext4 needs a volume of at least 8MiB, not 4MiB"},
+	} {
+		t.Run(c.fs, func(t *testing.T) {
+			backing := sparseFile(t, c.size)
+			_, err := Stage(context.Background(), stageReq(t, backing, c.fs))
+			must.ErrorIs(t, err, ErrTooSmall)
+			must.StrContains(t, err.Error(), c.want)
+			must.StrNotContains(t, err.Error(), "mkfs")
+			loops, err := loopsOf(backing)
+			must.NoError(t, err)
+			must.SliceEmpty(t, loops)
+			data, err := os.ReadFile(backing)
+			must.NoError(t, err)
+			must.Eq(t, -1, slices.IndexFunc(data, func(b byte) bool { return b != 0 }), must.Sprint("nothing was written"))
 		})
 	}
 }
