@@ -52,5 +52,7 @@
 // returns Aborted) and idempotent on its natural key.
 //
 // It may import leader, scheduler, replication, hcl/volspec,
-// internal/primary and plugin/mount; nothing below imports it.
+// internal/primary, internal/volkey and plugin/mount (and the leaf
+// utilities internal/ctxutil and internal/units); only cmd/saddlebag
+// imports it. internal/layering enforces both.
 package plugin
