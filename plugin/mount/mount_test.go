@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/moby/sys/mountinfo"
 	"github.com/shoenig/test/must"
 	"golang.org/x/sys/unix"
 
@@ -271,16 +272,20 @@ func TestPublishBindReadOnly(t *testing.T) {
 	must.NoError(t, err)
 }
 
+// TestParseMountInfo: mountinfo lines as github.com/moby/sys/mountinfo
+// reads them into what Stage, Publish and Recover look at (escaped mount
+// points, device numbers, per-mount options, fuse subtypes).
 func TestParseMountInfo(t *testing.T) {
 	in := "36 35 98:0 /mnt1 /mnt\\040two rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n" +
 		"40 36 0:52 / /run/fuse rw,nosuid,nodev shared:5 - fuse.saddlebag saddlebag:vol rw,user_id=0\n"
-	got, err := parseMountInfo([]byte(in))
+	infos, err := mountinfo.GetMountsFromReader(strings.NewReader(in), nil)
 	must.NoError(t, err)
+	got := entries(infos)
 	must.Eq(t, []mountEntry{
 		{ID: 36, Major: 98, Minor: 0, Root: "/mnt1", Point: "/mnt two", Options: "rw,noatime", FSType: "ext3", Source: "/dev/root"},
 		{ID: 40, Major: 0, Minor: 52, Root: "/", Point: "/run/fuse", Options: "rw,nosuid,nodev", FSType: "fuse.saddlebag", Source: "saddlebag:vol"},
 	}, got)
-	_, err = parseMountInfo([]byte("36 35 98:0 /mnt1 /mnt2 rw\n"))
+	_, err = mountinfo.GetMountsFromReader(strings.NewReader("36 35 98:0 /mnt1 /mnt2 rw\n"), nil)
 	must.Error(t, err)
 }
 
