@@ -1,4 +1,5 @@
-// Package leader is everything Saddlebag asks of Consul (DESIGN.md §3, §5.4):
+// Package leader is everything Saddlebag asks of Consul (docs/architecture.md,
+// "Consul layout" and "Promotion, epochs and fencing"):
 //
 //   - the node agent's registration (agent.go): the saddlebag-node service
 //     with a TTL check the agent feeds, the node record under

@@ -11,7 +11,7 @@ import (
 // DefaultPrefix is the KV prefix every key lives under unless configured.
 const DefaultPrefix = "saddlebag/"
 
-// Keys is the KV layout of DESIGN.md §3 under one prefix. It is the only
+// Keys is the KV layout (docs/architecture.md, "Consul layout") under one prefix. It is the only
 // place key names are spelled.
 //
 // Every name that goes into a key (a volume id, a node name) is one

@@ -1,4 +1,5 @@
-// Package plugin is Saddlebag's CSI plugin (CSI spec v1, DESIGN.md §6):
+// Package plugin is Saddlebag's CSI plugin (CSI spec v1, docs/architecture.md,
+// "CSI lifecycle"):
 //
 //   - identity.go: the Identity service (plugin name PluginName, the
 //     CONTROLLER_SERVICE and VOLUME_ACCESSIBILITY_CONSTRAINTS capabilities,
@@ -30,7 +31,7 @@
 //     credentials cmd/saddlebag hands in: mutual TLS between
 //     saddlebag-controller identities, internal/connecttls) with a
 //     logging interceptor that strips secrets; paths.go: the raw_exec
-//     path translation of DESIGN.md §7. Replica connections (create,
+//     path translation of docs/architecture.md, "What we measured about Nomad". Replica connections (create,
 //     delete, the engines of staged volumes) go through the
 //     replication.Dialer in ControllerConfig.Dial and NodeConfig.Dial.
 //

@@ -12,7 +12,7 @@ import (
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
-// driver is the re-replication driver (DESIGN.md §5.3) of an active
+// driver is the re-replication driver (docs/architecture.md, "Data path") of an active
 // controller; only driveWhileActive's goroutine uses it.
 //
 // Each pass:

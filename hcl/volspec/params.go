@@ -36,7 +36,7 @@ const (
 // documented and reported.
 var KnownParams = []string{ParamReplicas, ParamFSType, ParamSpread, ParamMinInSync, ParamEncrypted}
 
-// Limits and defaults of the parameters (DESIGN.md §4, §5.3).
+// Limits and defaults of the parameters (docs/architecture.md, "Volumes" and "Data path").
 const (
 	MinReplicas      = 1
 	MaxReplicas      = 5

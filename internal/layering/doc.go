@@ -6,5 +6,10 @@
 // breaks it; `make vet` runs it. A rule changed in a doc.go is changed in
 // rules (layering_test.go) in the same commit.
 //
+// It also checks that the repository refers only to documents it holds:
+// every reference to a section of docs/architecture.md names a section
+// that exists, and nothing points at a design or style document outside
+// the repository (docrefs_test.go).
+//
 // It has no code of its own, so nothing imports it.
 package layering

@@ -11,7 +11,7 @@
 // idempotent and a retry after a crash halfway converges; Stage also
 // checkpoints its progress in a state file so that an interrupted mkfs is
 // redone rather than mistaken for a file system (docs/architecture.md,
-// "Idempotent steps"). A file system that exists is never reformatted,
+// "Conventions", rule 12). A file system that exists is never reformatted,
 // and none is made on a volume too small for it (volspec.FitsFS, the
 // rule the spec checks and CreateVolume use).
 //
