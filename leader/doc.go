@@ -17,6 +17,9 @@
 //   - volume records <prefix>volumes/<vol> with check-and-set (volume.go),
 //     including an encrypted volume's key record (internal/volkey: the
 //     data key sealed under its passphrases; nothing secret);
+//   - tombstones <prefix>tombstones/<vol>/<node> (tombstone.go): a deleted
+//     volume's replica left on a node that was down, written in the
+//     transaction that deletes the volume record;
 //   - per-volume health checks in the Consul UI (health.go).
 //
 // The KV layout lives in keys.go and nowhere else. A name spelled into a

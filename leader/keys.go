@@ -102,5 +102,15 @@ func (k Keys) Primary(id string) string { return k.Volume(id) + "/primary" }
 // only a holder of the primary lock writes it.
 func (k Keys) EpochFloor(id string) string { return k.Volume(id) + "/epoch-floor" }
 
+// Tombstones is the prefix of every tombstone.
+func (k Keys) Tombstones() string { return k.prefix + "tombstones/" }
+
+// Tombstone is the tombstone of a deleted volume's replica left on node
+// (its node was down when the volume was deleted), written by the
+// controller and removed once the replica is.
+func (k Keys) Tombstone(id, node string) string {
+	return k.Tombstones() + segment(id) + "/" + segment(node)
+}
+
 // InSync is the volume's in-sync record, written by the primary.
 func (k Keys) InSync(id string) string { return k.Volume(id) + "/insync" }

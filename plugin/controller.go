@@ -338,9 +338,15 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "read nodes")
 	}
+	// Not where a deleted volume of this id left a replica: the replica
+	// server would reuse its data.
+	tombstoned, err := c.tombstonedNodes(ctx, id)
+	if err != nil {
+		return leader.VolumeRecord{}, 0, toStatus(err, "read tombstones")
+	}
 	chosen, err := placeReplicas(schedulerNodes(nodes, vols, nil), scheduler.Request{
 		Volume: id, SizeBytes: size, Replicas: p.Replicas, Spread: p.Spread,
-		Requisite: topologyOf(tr.GetRequisite()), Preferred: topologyOf(tr.GetPreferred()),
+		Requisite: topologyOf(tr.GetRequisite()), Preferred: topologyOf(tr.GetPreferred()), Exclude: tombstoned,
 	})
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "place replicas")
@@ -484,7 +490,9 @@ func csiVolume(rec leader.VolumeRecord, nodes map[string]leader.NodeState) *csi.
 }
 
 // DeleteVolume removes a volume's replicas from their nodes, then its
-// record. An unknown volume is deleted already.
+// record. An unknown volume is deleted already. A replica on a node
+// Consul reports down is left with a tombstone, and removed when its node
+// is back (tombstones.go).
 func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if err := checkVolumeID("volume_id", id); err != nil {
@@ -518,14 +526,18 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 			return nil, toStatus(err, "mark volume deleting")
 		}
 	}
-	if err := c.deleteReplicas(ctx, rec); err != nil {
-		if errors.Is(err, replication.ErrReplicaBusy) {
-			return nil, errf(codes.FailedPrecondition, "delete volume %s: %v", id, err)
-		}
-		return nil, errf(codes.Unavailable, "delete volume %s: %v", id, err)
+	left, err := c.removeReplicas(ctx, rec)
+	if err != nil {
+		return nil, err
 	}
-	if err := c.cfg.Client.DeleteVolume(ctx, id, index, lease); err != nil {
+	// The record goes, and a tombstone stays for each replica on a node
+	// that is down, in one transaction (tombstones.go).
+	if err := c.cfg.Client.DeleteVolumeLeaving(ctx, id, index, lease, left); err != nil {
 		return nil, toStatus(err, "delete volume record")
+	}
+	if len(left) > 0 {
+		c.log.Warn("volume deleted; replicas on nodes that are down are removed when their node is back", "volume_id", id, "left", left)
+		return &csi.DeleteVolumeResponse{}, nil
 	}
 	c.log.Info("volume deleted", "volume_id", id)
 	return &csi.DeleteVolumeResponse{}, nil

@@ -44,7 +44,10 @@
 // records each volume's staging path and targets in its state directory
 // (node_paths.go) and unstages or unpublishes only those. The active
 // controller removes creates interrupted for longer than CreateTimeout
-// (stale_create.go), which ListVolumes shows meanwhile.
+// (stale_create.go), which ListVolumes shows meanwhile. DeleteVolume
+// does not wait for a node Consul reports down: it leaves a tombstone for
+// that node's replica, which the active controller removes when the node
+// is back (tombstones.go).
 //
 // It is the only package that speaks gRPC status codes: typed errors from
 // leader, scheduler, replication, volspec and plugin/mount are mapped to
