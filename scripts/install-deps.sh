@@ -14,6 +14,7 @@ declare -A need=(
   [fusermount3]=fuse3       # FUSE userspace; the frontend mounts directly as root, fuse3 brings /etc/fuse.conf and the fusectl tooling
   [losetup]=mount           # loop devices
   [blkid]=util-linux        # filesystem detection
+  [dockerd]=docker.io       # e2e: the docker form of the jobs (TestDockerForms), one dockerd per simulated node
   [nsenter]=util-linux      # e2e: runs each simulated node's processes in its network namespace
   [ip]=iproute2             # e2e: network namespaces, veth pairs, the bridge
   [iptables]=iptables       # e2e: partitions (rules inside a node's own namespace)

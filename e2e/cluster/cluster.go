@@ -40,6 +40,10 @@ type Options struct {
 	Detach bool
 	// ConsulUI serves Consul's web UI on the server's HTTP address (/ui).
 	ConsulUI bool
+	// Docker runs a dockerd in every node's namespace and enables Nomad's
+	// docker driver there (privileged containers and host volumes
+	// allowed), for the docker form of the jobs (docker.go).
+	Docker bool
 	// Logf receives progress lines (default: discarded).
 	Logf func(format string, args ...any)
 }
@@ -77,6 +81,7 @@ type Node struct {
 
 	Consul *testcluster.Agent
 	Nomad  *Process
+	Docker *Process // its dockerd, with Options.Docker
 
 	c *Cluster
 }
@@ -230,10 +235,28 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := c.waitServerReady(ctx); err != nil {
 		return c, err
 	}
+	if o.Docker {
+		if _, err := exec.LookPath("dockerd"); err != nil {
+			return c, fmt.Errorf("dockerd not found (run scripts/install-deps.sh): %w", err)
+		}
+		if err := makeShared(ctx, c.Dir); err != nil {
+			return c, err
+		}
+		runtime, err := c.capsRuntime(ctx)
+		if err != nil {
+			return c, err
+		}
+		for i, node := range c.Nodes {
+			node.Docker = node.newDockerd(cgroupParent(n, i+1), runtime, o.Detach)
+			if err := node.startDockerd(ctx); err != nil {
+				return c, err
+			}
+		}
+	}
 	for i, node := range c.Nodes {
 		cfg := filepath.Join(node.Dir, "nomad-client.hcl")
 		hcl := nomadClientHCL(node.Name, node.IP, node.NomadDataDir, net.JoinHostPort(serverIP, "4647"),
-			node.Consul.HTTPAddr, cgroupParent(n, i+1))
+			node.Consul.HTTPAddr, cgroupParent(n, i+1), node.DockerHost())
 		if err := os.WriteFile(cfg, []byte(hcl), 0o644); err != nil {
 			return c, err
 		}
@@ -517,6 +540,9 @@ func (nd *Node) Kill() (time.Time, error) {
 	// Reap the two we started (they are dead already).
 	nd.Consul.Kill()
 	nd.Nomad.Kill()
+	if nd.Docker != nil {
+		nd.Docker.Kill()
+	}
 	return t0, err
 }
 
@@ -525,6 +551,11 @@ func (nd *Node) Kill() (time.Time, error) {
 func (nd *Node) Restart(ctx context.Context) error {
 	if err := nd.Consul.Restart(ctx); err != nil {
 		return err
+	}
+	if nd.Docker != nil {
+		if err := nd.startDockerd(ctx); err != nil {
+			return err
+		}
 	}
 	if err := nd.c.startRecorded(nd.Nomad); err != nil {
 		return err

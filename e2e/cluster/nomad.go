@@ -116,11 +116,20 @@ consul {
 // it), exec on (workloads that mount volumes need it), cloud
 // fingerprinters and unused drivers off, its own cgroup parent so that
 // three clients on one host do not manage each other's cgroups.
-func nomadClientHCL(name, ip, dataDir, serverRPC, consulHTTP, cgParent string) string {
+//
+// With dockerHost (the node's own dockerd, Options.Docker), the docker
+// driver is on, talks to that dockerd, and allows what Saddlebag's node
+// plugin container needs: privileged mode and bind mounts of host paths.
+func nomadClientHCL(name, ip, dataDir, serverRPC, consulHTTP, cgParent, dockerHost string) string {
+	denied := deniedDrivers
+	if dockerHost != "" {
+		denied = strings.TrimPrefix(denied, "docker,")
+	}
 	return render(clientTmpl, map[string]string{
 		"Name": name, "DataDir": dataDir, "IP": ip, "Server": serverRPC, "Iface": nodeIface,
 		"CgroupParent": cgParent, "DeniedFingerprinters": deniedFingerprinters,
-		"DeniedDrivers": deniedDrivers, "Consul": consulHTTP, "ConsulToken": ConsulManagementToken,
+		"DeniedDrivers": denied, "Consul": consulHTTP, "ConsulToken": ConsulManagementToken,
+		"DockerHost": dockerHost,
 	})
 }
 
@@ -182,7 +191,21 @@ plugin "raw_exec" {
     enabled = true
   }
 }
-
+{{if .DockerHost}}
+plugin "docker" {
+  config {
+    endpoint         = {{printf "%q" .DockerHost}}
+    allow_privileged = true
+    volumes {
+      enabled = true
+    }
+    # Images are imported, never pulled, and stay between jobs.
+    gc {
+      image = false
+    }
+  }
+}
+{{end}}
 consul {
   address = {{printf "%q" .Consul}}
   token   = {{printf "%q" .ConsulToken}}

@@ -3,6 +3,11 @@
 # clients' docker plugin must allow privileged containers:
 #   plugin "docker" { config { allow_privileged = true } }
 #
+# data_dir and run_dir must exist on every host (docker refuses to
+# bind-mount a missing path), and Nomad's CSI directory must be on a
+# shared mount (it is on a systemd host, where / is shared; elsewhere:
+# mount --make-rshared /). TestDockerForms in e2e runs this job.
+#
 # Nomad mounts the host's CSI directory at stage_publish_base_dir
 # (/local/csi) inside the container with bidirectional propagation, so the
 # paths it passes need no translation here.
@@ -102,12 +107,10 @@ job "saddlebag-node" {
           "--log-level", var.log_level,
         ], var.extra_args)
 
-        mount {
-          type     = "bind"
-          source   = "/dev"
-          target   = "/dev"
-          readonly = false
-        }
+        # No /dev mount here: Nomad bind-mounts the host's /dev into
+        # every CSI plugin task itself (a second one is refused by docker
+        # with "Duplicate mount point: /dev"); the loop devices Saddlebag
+        # attaches appear there.
         mount {
           type     = "bind"
           source   = var.data_dir
