@@ -13,9 +13,14 @@ import (
 
 // FuzzParseVolumeSpec: no input panics, a nil Spec always comes with an
 // error, a Spec never does, and a valid Spec holds what the checks
-// promise. Seeds: the examples, plus testdata/fuzz/FuzzParseVolumeSpec.
+// promise. Seeds: the examples, Nomad's documentation examples and
+// testdata/nomad-forms, plus testdata/fuzz/FuzzParseVolumeSpec.
 func FuzzParseVolumeSpec(f *testing.F) {
 	files, _ := filepath.Glob("../../jobs/examples/volume-*.hcl")
+	for _, glob := range []string{"testdata/nomad-docs/*.hcl", "testdata/nomad-forms/*"} {
+		more, _ := filepath.Glob(glob)
+		files = append(files, more...)
+	}
 	for _, file := range files {
 		src, err := os.ReadFile(file)
 		if err != nil {

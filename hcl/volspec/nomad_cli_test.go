@@ -21,7 +21,8 @@ import (
 // testdata and on what `nomad volume init` writes, against a loopback
 // HTTP server that records the volume the CLI sends. Where the CLI
 // refuses a file, parseNomad must refuse it; where it sends a volume,
-// parseNomad must decode the same one.
+// parseNomad must decode the same one, and the parameters it sends read
+// as the validator read them.
 func TestSameAsNomadCLI(t *testing.T) {
 	bin := os.Getenv("SADDLEBAG_NOMAD_BIN")
 	if bin == "" {
@@ -92,11 +93,16 @@ func TestSameAsNomadCLI(t *testing.T) {
 			must.Eq(t, want.RequestedTopologies, v.RequestedTopologies)
 			must.Eq(t, map[string]string(want.Secrets), map[string]string(v.Secrets))
 			must.Eq(t, want.Parameters, v.Parameters)
-			// Capacities: what Spec holds, from the same literal.
+			// Capacities: what Spec holds, from the same literal. And the
+			// CSI plugin, which gets the parameters Nomad sent, reads
+			// them (ParseParams) as the validator did.
 			s, _ := Parse(f, src)
 			if s != nil {
 				must.Eq(t, want.RequestedCapacityMin, s.CapacityMin)
 				must.Eq(t, want.RequestedCapacityMax, s.CapacityMax)
+				p, err := ParseParams(want.Parameters)
+				must.NoError(t, err)
+				must.Eq(t, s.Params, p)
 			}
 		})
 	}
