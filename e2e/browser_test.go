@@ -81,6 +81,7 @@ func (b *browser) text() (string, error) {
 // (and ok, when given, accepts it), returning the text last seen.
 func (b *browser) waitText(d time.Duration, ok func(string) bool, want ...string) (string, error) {
 	deadline := time.Now().Add(d)
+	loaded := time.Now()
 	var last string
 	for {
 		s, err := b.text()
@@ -98,9 +99,15 @@ func (b *browser) waitText(d time.Duration, ok func(string) bool, want ...string
 			}
 		}
 		if time.Now().After(deadline) {
-			return last, fmt.Errorf("the page never showed %q (last error %v)", want, err)
+			return last, fmt.Errorf("the page never showed %q as expected (last error %v)", want, err)
 		}
 		time.Sleep(500 * time.Millisecond)
+		// The UI follows Consul with blocking queries; still, reload a
+		// page that has shown the same for a while.
+		if time.Since(loaded) > 20*time.Second {
+			_ = b.do(30*time.Second, chromedp.Reload())
+			loaded = time.Now()
+		}
 	}
 }
 

@@ -119,9 +119,12 @@ func TestConsulUI(t *testing.T) {
 	for _, id := range instances {
 		ids = append(ids, id)
 	}
-	text, err := b.waitText(time.Minute, nil, ids...)
+	// Every check passing (on a loaded machine a node's serfHealth can
+	// flap for a few seconds: the page must come to all passing).
+	text, err := b.waitText(2*time.Minute, func(s string) bool {
+		return strings.Count(s, "All service checks passing") == len(ids) && strings.Count(s, "All node checks passing") == len(ids)
+	}, ids...)
 	must.NoError(t, err, must.Sprint(text))
-	must.StrNotContains(t, text, "failing")
 	shot("instances")
 
 	// checks opens a node's instance and waits until its checks

@@ -122,7 +122,7 @@ func parseNomad(filename string, src []byte) (*nomadDecoded, hcl.Diagnostics) {
 			}
 		case slices.Contains(createIgnored, key):
 			warnAt(r, key+" is ignored by nomad volume create",
-				"it is for nomad volume register, which registers a volume that exists; Saddlebag creates the volume and sets its "+key)
+				"it is for nomad volume register, which registers a volume that already exists; on create, the plugin returns the new volume's "+key)
 		default:
 			warnAt(r, fmt.Sprintf("unknown argument %q%s", key, suggestion(key, volumeKeys)),
 				"nomad volume create ignores it; a CSI volume spec sets "+hclutil.And(volumeKeys))
