@@ -116,11 +116,11 @@ func parseNomad(filename string, src []byte) (*nomadDecoded, hcl.Diagnostics) {
 		key := itemKey(it)
 		r := keyRange(filename, it, len(key), start)
 		switch {
-		case slices.Contains(volumeKeys, key):
+		case slices.ContainsFunc(volumeKeys, func(k string) bool { return strings.EqualFold(k, key) }):
 			if _, lit := it.Val.(*ast.LiteralType); lit && lastItem(list, key) != it {
 				warnAt(r, key+" is set twice", "Nomad uses the last value and ignores this one: remove it")
 			}
-		case slices.Contains(createIgnored, key):
+		case slices.ContainsFunc(createIgnored, func(k string) bool { return strings.EqualFold(k, key) }):
 			warnAt(r, key+" is ignored by nomad volume create",
 				"it is for nomad volume register, which registers a volume that already exists; on create, the plugin returns the new volume's "+key)
 		default:
@@ -474,10 +474,12 @@ func itemKey(it *ast.ObjectItem) string {
 	return it.Keys[0].Token.Text
 }
 
+// lastItem is the last item of list named key, in any case (Nomad's
+// decoding matches names regardless of case).
 func lastItem(list *ast.ObjectList, key string) *ast.ObjectItem {
 	var last *ast.ObjectItem
 	for _, it := range list.Items {
-		if itemKey(it) == key {
+		if strings.EqualFold(itemKey(it), key) {
 			last = it
 		}
 	}
