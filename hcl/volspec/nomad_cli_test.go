@@ -18,8 +18,9 @@ import (
 
 // TestSameAsNomadCLI runs the real `nomad volume create` (the pinned
 // binary, $SADDLEBAG_NOMAD_BIN, which make exports) on every spec in
-// testdata and on what `nomad volume init` writes, against a loopback
-// HTTP server that records the volume the CLI sends. Where the CLI
+// testdata and on what `nomad volume init` writes (which must validate),
+// against a loopback HTTP server that records the volume the CLI sends.
+// Where the CLI
 // refuses a file, parseNomad must refuse it; where it sends a volume,
 // parseNomad must decode the same one, and the parameters it sends read
 // as the validator read them.
@@ -96,7 +97,12 @@ func TestSameAsNomadCLI(t *testing.T) {
 			// Capacities: what Spec holds, from the same literal. And the
 			// CSI plugin, which gets the parameters Nomad sent, reads
 			// them (ParseParams) as the validator did.
-			s, _ := Parse(f, src)
+			s, sdiags := Parse(f, src)
+			if strings.HasPrefix(f, dir) {
+				// What nomad volume init writes is an example to start
+				// from: it validates.
+				must.NotNil(t, s, must.Sprintf("%v", sdiags))
+			}
 			if s != nil {
 				must.Eq(t, want.RequestedCapacityMin, s.CapacityMin)
 				must.Eq(t, want.RequestedCapacityMax, s.CapacityMax)
