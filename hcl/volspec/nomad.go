@@ -138,7 +138,7 @@ func parseNomad(filename string, src []byte) (*nomadDecoded, hcl.Diagnostics) {
 			return
 		}
 		if lit, ok := it.Val.(*ast.LiteralType); ok {
-			*rng = litRange(filename, lit, keyRange(filename, it, len(key), start))
+			*rng = litRange(filename, src, it, lit, keyRange(filename, it, len(key), start))
 		} else {
 			*rng = keyRange(filename, it, len(key), start)
 		}
@@ -166,26 +166,26 @@ func parseNomad(filename string, src []byte) (*nomadDecoded, hcl.Diagnostics) {
 			return
 		}
 		v := strings.Trim(lit.Token.Text, `"`)
-		*dst, *rng = &v, litRange(filename, lit, keyRange(filename, items[0], len(key), start))
+		*dst, *rng = &v, litRange(filename, src, items[0], lit, keyRange(filename, items[0], len(key), start))
 	}
 	capacity("capacity_min", &raw.CapacityMin, &raw.CapacityMinRange)
 	capacity("capacity_max", &raw.CapacityMax, &raw.CapacityMaxRange)
 
-	more, ok := decodeBlocksLikeNomad(filename, list, d, start)
+	more, ok := decodeBlocksLikeNomad(filename, src, list, d, start)
 	diags = append(diags, more...)
 	if !ok {
 		return nil, diags
 	}
 
-	raw.Secrets = stringMapBody(filename, list, "secrets", d.vol.Secrets, start)
-	raw.Parameters = stringMapBody(filename, list, "parameters", d.vol.Parameters, start)
+	raw.Secrets = stringMapBody(filename, src, list, "secrets", d.vol.Secrets, start)
+	raw.Parameters = stringMapBody(filename, src, list, "parameters", d.vol.Parameters, start)
 	return d, diags
 }
 
 // decodeBlocksLikeNomad decodes the capability, mount_options and
 // topology_request blocks as Nomad does, into d.vol and d.raw. ok is false
 // when Nomad would refuse the file.
-func decodeBlocksLikeNomad(filename string, list *ast.ObjectList, d *nomadDecoded, start hcl.Range) (diags hcl.Diagnostics, ok bool) {
+func decodeBlocksLikeNomad(filename string, src []byte, list *ast.ObjectList, d *nomadDecoded, start hcl.Range) (diags hcl.Diagnostics, ok bool) {
 	fail := func(at hcl.Range, summary string, err error) (hcl.Diagnostics, bool) {
 		return append(diags, hcl1Error(filename, at, summary, err)), false
 	}
@@ -210,11 +210,11 @@ func decodeBlocksLikeNomad(filename string, list *ast.ObjectList, d *nomadDecode
 		rc := rawCapability{DefRange: at}
 		if lastItem(ot.List, "access_mode") != nil {
 			v := string(c.AccessMode)
-			rc.AccessMode, rc.AccessModeRange = &v, valueRange(filename, ot.List, "access_mode", at)
+			rc.AccessMode, rc.AccessModeRange = &v, valueRange(filename, src, ot.List, "access_mode", at)
 		}
 		if lastItem(ot.List, "attachment_mode") != nil {
 			v := string(c.AttachmentMode)
-			rc.AttachmentMode, rc.AttachmentModeRange = &v, valueRange(filename, ot.List, "attachment_mode", at)
+			rc.AttachmentMode, rc.AttachmentModeRange = &v, valueRange(filename, src, ot.List, "attachment_mode", at)
 		}
 		d.raw.Capabilities = append(d.raw.Capabilities, rc)
 	}
@@ -243,7 +243,7 @@ func decodeBlocksLikeNomad(filename string, list *ast.ObjectList, d *nomadDecode
 			mo.MountFlags = opts.MountFlags
 			if lastItem(ot.List, "fs_type") != nil {
 				v := opts.FSType
-				mo.FSType, mo.FSTypeRange = &v, valueRange(filename, ot.List, "fs_type", at)
+				mo.FSType, mo.FSTypeRange = &v, valueRange(filename, src, ot.List, "fs_type", at)
 			}
 		}
 		d.raw.MountOptions = mo
@@ -370,7 +370,7 @@ func segmentsBody(seg map[string]string, r hcl.Range) hcl.Body {
 // stringMapBody is a block of strings Nomad decoded (secrets,
 // parameters) as a body check.go reads: each value as Nomad sends it, at
 // the position of the last place the file sets that key.
-func stringMapBody(filename string, list *ast.ObjectList, key string, values map[string]string, start hcl.Range) *rawMap {
+func stringMapBody(filename string, src []byte, list *ast.ObjectList, key string, values map[string]string, start hcl.Range) *rawMap {
 	items := list.Filter(key).Items
 	if len(items) == 0 && values == nil {
 		return nil
@@ -386,7 +386,7 @@ func stringMapBody(filename string, list *ast.ObjectList, key string, values map
 				k := itemKey(in)
 				names[k] = keyRange(filename, in, len(in.Keys[0].Token.Text), def)
 				if lit, ok := in.Val.(*ast.LiteralType); ok {
-					vals[k] = litRange(filename, lit, names[k])
+					vals[k] = litRange(filename, src, in, lit, names[k])
 				} else {
 					vals[k] = names[k]
 				}
@@ -497,13 +497,13 @@ func itemRange(filename string, list *ast.ObjectList, key string, fallback hcl.R
 }
 
 // valueRange is where the value of the last key of list is written.
-func valueRange(filename string, list *ast.ObjectList, key string, fallback hcl.Range) hcl.Range {
+func valueRange(filename string, src []byte, list *ast.ObjectList, key string, fallback hcl.Range) hcl.Range {
 	it := lastItem(list, key)
 	if it == nil {
 		return fallback
 	}
 	if lit, ok := it.Val.(*ast.LiteralType); ok {
-		return litRange(filename, lit, keyRange(filename, it, len(key), fallback))
+		return litRange(filename, src, it, lit, keyRange(filename, it, len(key), fallback))
 	}
 	return keyRange(filename, it, len(key), fallback)
 }
@@ -530,8 +530,36 @@ func keyRange(filename string, it *ast.ObjectItem, n int, fallback hcl.Range) hc
 	return tokRange(filename, p, n, fallback)
 }
 
-func litRange(filename string, lit *ast.LiteralType, fallback hcl.Range) hcl.Range {
-	return tokRange(filename, lit.Token.Pos, len(lit.Token.Text), fallback)
+// litRange is where the literal value of item it is written. HCL 1's
+// JSON keeps no positions of values, only of each item's colon: there the
+// value is found in src after the colon; failing that it is the empty
+// range at fallback, so that nothing takes other text for its source.
+func litRange(filename string, src []byte, it *ast.ObjectItem, lit *ast.LiteralType, fallback hcl.Range) hcl.Range {
+	if lit.Token.Pos.IsValid() {
+		return tokRange(filename, lit.Token.Pos, len(lit.Token.Text), fallback)
+	}
+	empty := fallback
+	empty.End = empty.Start
+	a := it.Assign
+	if !a.IsValid() || a.Offset < 0 || a.Offset >= len(src) || src[a.Offset] != ':' {
+		return empty
+	}
+	p := hcl.Pos{Line: a.Line, Column: a.Column + 1, Byte: a.Offset + 1}
+	for p.Byte < len(src) && strings.ContainsRune(" \t\r\n", rune(src[p.Byte])) {
+		if src[p.Byte] == '\n' {
+			p.Line, p.Column = p.Line+1, 0
+		}
+		p.Byte++
+		p.Column++
+	}
+	text := lit.Token.Text
+	if text == "" || !strings.HasPrefix(string(src[p.Byte:]), text) {
+		return empty
+	}
+	e := p
+	e.Byte += len(text)
+	e.Column += len(text)
+	return hcl.Range{Filename: filename, Start: p, End: e}
 }
 
 // tokRange is the range of a token of n bytes at p (HCL 1 positions are

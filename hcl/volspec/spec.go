@@ -20,6 +20,9 @@ type Spec struct {
 	// writes them as strings with units, read the way Nomad reads them
 	// ("10GiB" is 10×2^30, "10GB" and "10G" are 10×10^9).
 	CapacityMin, CapacityMax int64
+	// Size is the size the plugin makes the volume, picked from the
+	// capacity range by the rule CreateVolume follows (Size).
+	Size int64
 
 	Capabilities    []Capability
 	MountOptions    *MountOptions    // nil when absent
@@ -188,7 +191,7 @@ func Parse(filename string, src []byte) (*Spec, hcl.Diagnostics) {
 		return nil, diags
 	}
 	missing := hcl.Range{Filename: filename, Start: hcl.InitialPos, End: hcl.InitialPos}
-	spec, more := check(&d.raw, missing)
+	spec, more := check(&d.raw, missing, src)
 	diags = append(diags, more...)
 	hclutil.SortByPosition(diags)
 	if diags.HasErrors() {
