@@ -20,6 +20,7 @@ declare -A need=(
   [iptables]=iptables       # e2e: partitions (rules inside a node's own namespace)
   [psql]=postgresql-client  # e2e: talks to the example Postgres job
   [/usr/lib/postgresql/15/bin/postgres]=postgresql  # e2e and demo: the example Postgres job runs Debian's server under exec
+  [chromium]=chromium       # e2e: TestConsulUI opens the Consul UI in headless Chromium (chromedp)
 )
 
 missing=()

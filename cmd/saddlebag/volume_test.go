@@ -81,7 +81,7 @@ func TestVolumeValidate(t *testing.T) {
 		{"capacity_min larger than capacity_max", `capacity_min = "20GiB"`, `capacity_min = "40GiB"`, "19", "16", "capacity_min (40GiB) is larger than capacity_max (20GiB); capacity_min must be at most capacity_max; set both to the same value for an exact size"},
 		{"replicas = 0", `replicas    = 2 `, `replicas    = 0 `, "33", "17", "replicas must be a whole number from 1 to 5"},
 		{"unknown access_mode", "\n  access_mode     = \"single-node-writer\"", "\n  access_mode     = \"single-node-multi-writer\"", "23", "21", `unknown access_mode "single-node-multi-writer"; Nomad's access modes are "single-node-reader-only", "single-node-writer", "multi-node-reader-only", "multi-node-single-writer" or "multi-node-multi-writer"`},
-		{"syntax error", `type      = "csi"`, `type      = "csi`, "16", "17", "Invalid multi-line string; Quoted strings may not be split over multiple lines."},
+		{"syntax error", `type      = "csi"`, `type      = "csi`, "16", "17", "syntax error; literal not terminated"},
 		{"min_in_sync above replicas", `min_in_sync = 1 `, `min_in_sync = 3 `, "36", "17", "min_in_sync must be a whole number from 1 to replicas (2)"},
 		{"fs_type", `fs_type     = "ext4" #`, `fs_type     = "zfs" #`, "34", "17", "fs_type must be ext4 or xfs"},
 	}
@@ -101,6 +101,29 @@ func TestVolumeValidate(t *testing.T) {
 			must.Eq(t, c.col, m[3], must.Sprintf("%s", lines[0]))
 			must.StrHasPrefix(t, c.message, m[4])
 			must.Eq(t, "saddlebag volume: 1 problem in 1 file", lines[1])
+		})
+	}
+}
+
+// Nomad's documented example, with its one-line HCL 1 segments blocks,
+// validates (its unknown parameter warns); a job file or an agent config
+// gets one line saying what it looks like.
+func TestVolumeValidateNomadFormsAndLookAlikes(t *testing.T) {
+	doc := filepath.Join("..", "..", "hcl", "volspec", "testdata", "nomad-docs", "index-1.hcl")
+	stdout, stderr, code := runSaddlebag(t, "", "volume", "validate", doc)
+	must.Eq(t, 0, code, must.Sprintf("stderr: %s", stderr))
+	must.StrContains(t, stdout, doc+`: ok: volume "ebs_prod_db1", plugin "ebs-prod"`)
+	must.StrContains(t, stderr, `warning: unknown parameter "skuname"`)
+
+	for _, c := range []struct{ name, src, want string }{
+		{"job", "job \"web\" {\n  group \"g\" {\n    count = var.n\n  }\n}\n", `this file looks like a Nomad job file (job "web"), not a volume spec: run it with nomad job run`},
+		{"agent", "data_dir = \"/var/lib/nomad\"\nclient {\n  enabled = true\n}\n", "this file looks like a Nomad agent config, not a volume spec"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := writeFile(t, c.name+".hcl", c.src)
+			_, stderr, code := runSaddlebag(t, "", "volume", "validate", path)
+			must.Eq(t, 1, code)
+			must.Eq(t, path+":1,1: "+c.want+"\nsaddlebag volume: 1 problem in 1 file\n", stderr)
 		})
 	}
 }

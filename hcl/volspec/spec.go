@@ -2,11 +2,8 @@ package volspec
 
 import (
 	"os"
-	"strings"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
-	"github.com/hashicorp/hcl/v2/hclparse"
 
 	"github.com/saddlebag/saddlebag/hcl/internal/hclutil"
 )
@@ -96,74 +93,73 @@ var (
 	SupportedAccessModes = []string{"single-node-reader-only", "single-node-writer"}
 )
 
-// rawSpec is the file as gohcl decodes it, with the ranges the checks
-// point at. Attributes are pointers so that absent and empty differ.
+// rawSpec is the file as Nomad decodes it (nomad.go), with the ranges
+// the checks point at. Attributes are pointers so that absent and empty differ.
 type rawSpec struct {
-	ID          *string `hcl:"id,optional"`
-	Name        *string `hcl:"name,optional"`
-	Namespace   *string `hcl:"namespace,optional"`
-	Type        *string `hcl:"type,optional"`
-	PluginID    *string `hcl:"plugin_id,optional"`
-	CapacityMin *string `hcl:"capacity_min,optional"`
-	CapacityMax *string `hcl:"capacity_max,optional"`
-	SnapshotID  *string `hcl:"snapshot_id,optional"`
-	CloneID     *string `hcl:"clone_id,optional"`
+	ID          *string
+	Name        *string
+	Namespace   *string
+	Type        *string
+	PluginID    *string
+	CapacityMin *string
+	CapacityMax *string
+	SnapshotID  *string
+	CloneID     *string
 
-	Capabilities    []rawCapability     `hcl:"capability,block"`
-	MountOptions    *rawMountOptions    `hcl:"mount_options,block"`
-	TopologyRequest *rawTopologyRequest `hcl:"topology_request,block"`
-	Secrets         *rawMap             `hcl:"secrets,block"`
-	Parameters      *rawMap             `hcl:"parameters,block"`
+	Capabilities    []rawCapability
+	MountOptions    *rawMountOptions
+	TopologyRequest *rawTopologyRequest
+	Secrets         *rawMap
+	Parameters      *rawMap
 
-	IDRange          hcl.Range `hcl:"id,attr_value_range"`
-	NameRange        hcl.Range `hcl:"name,attr_value_range"`
-	NamespaceRange   hcl.Range `hcl:"namespace,attr_value_range"`
-	TypeRange        hcl.Range `hcl:"type,attr_value_range"`
-	PluginIDRange    hcl.Range `hcl:"plugin_id,attr_value_range"`
-	CapacityMinRange hcl.Range `hcl:"capacity_min,attr_value_range"`
-	CapacityMaxRange hcl.Range `hcl:"capacity_max,attr_value_range"`
-	SnapshotIDRange  hcl.Range `hcl:"snapshot_id,attr_value_range"`
-	CloneIDRange     hcl.Range `hcl:"clone_id,attr_value_range"`
+	IDRange          hcl.Range
+	NameRange        hcl.Range
+	NamespaceRange   hcl.Range
+	TypeRange        hcl.Range
+	PluginIDRange    hcl.Range
+	CapacityMinRange hcl.Range
+	CapacityMaxRange hcl.Range
+	SnapshotIDRange  hcl.Range
+	CloneIDRange     hcl.Range
 }
 
 type rawCapability struct {
-	AccessMode          *string   `hcl:"access_mode,optional"`
-	AttachmentMode      *string   `hcl:"attachment_mode,optional"`
-	AccessModeRange     hcl.Range `hcl:"access_mode,attr_value_range"`
-	AttachmentModeRange hcl.Range `hcl:"attachment_mode,attr_value_range"`
-	DefRange            hcl.Range `hcl:",def_range"`
+	AccessMode          *string
+	AttachmentMode      *string
+	AccessModeRange     hcl.Range
+	AttachmentModeRange hcl.Range
+	DefRange            hcl.Range
 }
 
 type rawMountOptions struct {
-	FSType      *string   `hcl:"fs_type,optional"`
-	MountFlags  []string  `hcl:"mount_flags,optional"`
-	FSTypeRange hcl.Range `hcl:"fs_type,attr_value_range"`
-	DefRange    hcl.Range `hcl:",def_range"`
+	FSType      *string
+	MountFlags  []string
+	FSTypeRange hcl.Range
+	DefRange    hcl.Range
 }
 
 type rawTopologyRequest struct {
-	Required  *rawTopologies `hcl:"required,block"`
-	Preferred *rawTopologies `hcl:"preferred,block"`
-	DefRange  hcl.Range      `hcl:",def_range"`
+	Required  *rawTopologies
+	Preferred *rawTopologies
+	DefRange  hcl.Range
 }
 
 type rawTopologies struct {
-	Topologies []rawTopology `hcl:"topology,block"`
-	DefRange   hcl.Range     `hcl:",def_range"`
+	Topologies []rawTopology
+	DefRange   hcl.Range
 }
 
-// rawTopology keeps its body: segments may be a block (as Nomad's docs
-// write it) or an attribute holding an object (segments = { rack = "r1" }),
-// and gohcl decodes a name as one or the other.
+// rawTopology is one topology as Nomad sends it: a body holding
+// segments = { ... } (topology.go reads it).
 type rawTopology struct {
-	Body     hcl.Body  `hcl:",remain"`
-	DefRange hcl.Range `hcl:",def_range"`
+	Body     hcl.Body
+	DefRange hcl.Range
 }
 
 // rawMap is a block of free-form attributes: parameters, secrets.
 type rawMap struct {
-	Body     hcl.Body  `hcl:",remain"`
-	DefRange hcl.Range `hcl:",def_range"`
+	Body     hcl.Body
+	DefRange hcl.Range
 }
 
 // ParseFile reads and parses the spec file at path; see Parse.
@@ -180,56 +176,26 @@ func ParseFile(path string) (*Spec, hcl.Diagnostics) {
 	return Parse(path, src)
 }
 
-// Parse decodes a volume spec file as `nomad volume create` reads it, HCL
-// or (when filename ends in ".json") JSON, and checks it, Saddlebag's
-// parameters included. Every problem found is returned, each with the
-// range it is about, errors and warnings (an unknown parameter) ordered
-// by position; except that a syntax error is returned alone, the first
-// one, since what follows it cannot be read reliably (an unterminated
-// string makes every later line an error). The Spec is nil exactly when
-// diags has errors.
+// Parse decodes a volume spec file as `nomad volume create` reads it
+// (see nomad.go): HCL 1, or JSON when its first non-space character is
+// "{", and checks it, Saddlebag's parameters included. Every problem
+// found is returned, each with the range it is about, errors and
+// warnings (an unknown parameter, a setting Nomad ignores) ordered by
+// position; except that a syntax error is returned alone, since what
+// follows it cannot be read reliably. The Spec is nil exactly when diags
+// has errors.
 func Parse(filename string, src []byte) (*Spec, hcl.Diagnostics) {
-	p := hclparse.NewParser()
-	var f *hcl.File
-	var diags hcl.Diagnostics
-	if strings.HasSuffix(filename, ".json") {
-		f, diags = p.ParseJSON(src, filename)
-	} else {
-		f, diags = p.ParseHCL(src, filename)
-		diags = hintSyntax(diags, src)
-	}
-	if diags.HasErrors() {
-		return nil, hclutil.FirstError(diags)
-	}
-	var raw rawSpec
-	diags = append(diags, hclutil.DropOverlapping(gohcl.DecodeBody(f.Body, nil, &raw))...)
-	if diags.HasErrors() {
+	d, diags := parseNomad(filename, src)
+	if d == nil {
 		hclutil.SortByPosition(diags)
 		return nil, diags
 	}
-	spec, more := check(&raw, f.Body.MissingItemRange(), src)
+	missing := hcl.Range{Filename: filename, Start: hcl.InitialPos, End: hcl.InitialPos}
+	spec, more := check(&d.raw, missing, src)
 	diags = append(diags, more...)
 	hclutil.SortByPosition(diags)
 	if diags.HasErrors() {
 		return nil, diags
 	}
 	return spec, diags
-}
-
-// hintSyntax adds to HCL's syntax errors a hint for the one form Nomad's
-// documentation uses that HCL 2 does not read: a one-line block with
-// quoted keys or several keys, as in topology { segments { "rack" = "R1", "zone" = "a" } }.
-func hintSyntax(diags hcl.Diagnostics, src []byte) hcl.Diagnostics {
-	lines := strings.Split(string(src), "\n")
-	for _, d := range diags {
-		if d.Subject == nil || d.Severity != hcl.DiagError {
-			continue
-		}
-		ln := d.Subject.Start.Line
-		if ln < 1 || ln > len(lines) || !strings.Contains(lines[ln-1], "segments") || !strings.Contains(lines[ln-1], "{") {
-			continue
-		}
-		d.Detail += ` Nomad's one-line form segments { "rack" = "R1", "zone" = "a" } is HCL 1 only; write segments = { "rack" = "R1", "zone" = "a" } (which Nomad reads too), or put each segment on its own line inside segments { }.`
-	}
-	return diags
 }

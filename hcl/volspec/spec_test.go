@@ -64,14 +64,14 @@ func TestProblemsPointAtTheirPosition(t *testing.T) {
 		{"capacity_min larger than capacity_max", `capacity_min = "10GiB"`, `capacity_min = "30GiB"`, 6, 16, "capacity_min (30GiB) is larger than capacity_max (20GiB)"},
 		{"replicas = 0", `replicas = 2`, `replicas = 0`, 15, 14, "replicas must be a whole number from 1 to 5"},
 		{"unknown access_mode", `"single-node-writer"`, `"single-node-writter"`, 10, 21, `unknown access_mode "single-node-writter"`},
-		{"syntax error", `replicas = 2`, `replicas = = 2`, 15, 14, "Invalid expression"},
-		{"syntax error: unterminated string", `type      = "csi"`, `type      = "csi`, 3, 17, "Quoted strings may not be split over multiple lines"},
-		{"syntax error: unclosed block", "  fs_type  = \"ext4\"\n}", `  fs_type  = "ext4"`, 14, 12, "Unclosed configuration block"},
+		{"syntax error", `replicas = 2`, `replicas = = 2`, 15, 14, "Unknown token"},
+		{"syntax error: unterminated string", `type      = "csi"`, `type      = "csi`, 3, 17, "literal not terminated"},
+		{"syntax error: unclosed block", "  fs_type  = \"ext4\"\n}", `  fs_type  = "ext4"`, 17, 2, "object expected closing RBRACE got: EOF"},
 
 		{"missing id", `id        = "pg"`, ``, 1, 1, "id is missing"},
 		{"empty name", `name      = "pg"`, `name      = ""`, 2, 13, "name is empty"},
 		{"host type", `type      = "csi"`, `type      = "host"`, 3, 13, `type "host" is not served by Saddlebag`},
-		{"unknown argument", `plugin_id = "saddlebag"`, "plugin_id = \"saddlebag\"\nplugin = 1", 5, 1, "Unsupported argument"},
+		{"unknown argument in capability", `attachment_mode = "file-system"`, "attachment_mode = \"file-system\"\n  mode = 1", 12, 3, "invalid key mode"},
 		{"bad capacity", `capacity_max = "20GiB"`, `capacity_max = "20 parsecs"`, 7, 16, `capacity_max "20 parsecs" is not a size`},
 		{"capacity holds no 4 KiB block", "capacity_min = \"10GiB\"\ncapacity_max = \"20GiB\"", "capacity_min = \"4097\"\ncapacity_max = \"8000\"", 7, 16, "whole number of 4 KiB blocks"},
 		{"multi-node access mode", `"single-node-writer"`, `"multi-node-multi-writer"`, 10, 21, "not served by Saddlebag"},
@@ -87,9 +87,9 @@ func TestProblemsPointAtTheirPosition(t *testing.T) {
 		{"fs_type differs from mount_options", "parameters {", "mount_options {\n  fs_type = \"xfs\"\n}\nparameters {", 19, 14, `fs_type "ext4" differs from mount_options fs_type "xfs"`},
 		{"mount_options fs_type", "parameters {", "mount_options {\n  fs_type = \"zfs\"\n}\nparameters {", 15, 13, "mount_options fs_type must be ext4 or xfs"},
 		{"xfs too small", "capacity_min = \"10GiB\"\ncapacity_max = \"20GiB\"", "capacity_min = \"100MiB\"\ncapacity_max = \"1GiB\"", 6, 16, "xfs needs a volume of at least 300MiB"},
-		{"duplicate mount_options", "parameters {", "mount_options {\n}\nmount_options {\n}\nparameters {", 16, 1, "Duplicate mount_options block"},
-		{"variables are not allowed", `name      = "pg"`, `name      = var.name`, 2, 13, "Variables not allowed"},
-		{"functions are not allowed", `name      = "pg"`, `name      = upper("pg")`, 2, 13, "Function calls not allowed"},
+		{"unknown key in mount_options", "parameters {", "mount_options {\n  fstype = \"ext4\"\n}\nparameters {", 15, 3, "invalid key fstype"},
+		{"variables are not allowed", `name      = "pg"`, `name      = var.name`, 2, 13, "no variables"},
+		{"functions are not allowed", `name      = "pg"`, `name      = upper("pg")`, 2, 13, "no variables"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -146,103 +146,109 @@ func TestUnknownParameterWarns(t *testing.T) {
 	must.Eq(t, "3", s.Parameters["replica"])
 }
 
-// Nomad's own example from its volume specification page reads the same,
-// once its one-line HCL 1 segments blocks are written as attributes; the
-// one-line form gets a syntax error that says how to write it.
-func TestNomadDocumentationExample(t *testing.T) {
-	src := `id           = "ebs_prod_db1"
-namespace    = "default"
-name         = "database"
-type         = "csi"
-plugin_id    = "ebs-prod"
-snapshot_id  = "snap-12345" # or clone_id, see below
-capacity_max = "200G"
-capacity_min = "100G"
-
-capability {
-  access_mode     = "single-node-reader-only"
-  attachment_mode = "file-system"
-}
-
-capability {
-  access_mode     = "single-node-writer"
-  attachment_mode = "file-system"
-}
-
-mount_options {
-  fs_type     = "ext4"
-  mount_flags = ["noatime"]
-}
-
-topology_request {
-  required {
-    topology { segments = { "rack" = "R2" } }
-    topology { segments = { "rack" = "R1", "zone" = "us-east-1a"} }
-  }
-  preferred {
-    topology { segments = { "rack" = "R1", "zone" = "us-east-1a"} }
-  }
-}
-
-secrets {
-  example_secret = "xyzzy"
-}
-
-parameters {
-  skuname = "Premium_LRS"
-}
-`
-	s, diags := Parse("nomad.hcl", []byte(src))
-	must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
-	must.Len(t, 1, diags) // skuname is not Saddlebag's
-	must.Eq(t, "default", s.Namespace)
-	must.Eq(t, "snap-12345", s.SnapshotID)
-	must.Eq(t, int64(200e9), s.CapacityMax) // humanize, as Nomad: G is 10^9
-	must.Eq(t, int64(100e9), s.CapacityMin)
-	must.Len(t, 2, s.Capabilities)
-	must.Eq(t, "single-node-reader-only", s.Capabilities[0].AccessMode)
-	must.Eq(t, []string{"noatime"}, s.MountOptions.MountFlags)
-	must.Len(t, 2, s.TopologyRequest.Required)
-	must.Eq(t, map[string]string{"rack": "R2"}, s.TopologyRequest.Required[0].Segments)
-	must.Eq(t, map[string]string{"rack": "R1", "zone": "us-east-1a"}, s.TopologyRequest.Required[1].Segments)
-	must.Eq(t, map[string]string{"rack": "R1", "zone": "us-east-1a"}, s.TopologyRequest.Preferred[0].Segments)
-	must.Eq(t, map[string]string{"example_secret": "xyzzy"}, s.Secrets)
-	must.Eq(t, Params{Replicas: 2, MinInSync: 1}, s.Params)
-
-	oneLine := strings.Replace(src, `topology { segments = { "rack" = "R2" } }`, `topology { segments { "rack" = "R2" } }`, 1)
-	_, diags = Parse("nomad.hcl", []byte(oneLine))
-	must.True(t, diags.HasErrors())
-	must.Eq(t, 27, diags[0].Subject.Start.Line)
-	must.StrContains(t, diags[0].Detail, `write segments = { "rack" = "R1", "zone" = "a" }`)
-}
-
-// Segments as a multi-line block read the same as the attribute form;
-// both at once, or anything else in a topology, is an error.
+// Every way Nomad's CLI reads a topology's segments: a block (on one
+// line or several, keys quoted or not), an attribute holding an object;
+// two segments maps in one topology are two topologies; a topology
+// without segments is dropped, with a warning; anything else in a
+// topology is an error, as Nomad refuses it.
 func TestTopologySegmentsForms(t *testing.T) {
 	base := valid + "topology_request {\n  required {\n    topology {\n%s\n    }\n  }\n}\n"
 	for _, c := range []struct {
 		name, body string
-		want       map[string]string
-		err        string
+		want       []map[string]string
+		err, warn  string
 	}{
-		{"block", "segments {\n rack = \"r1\"\n zone = \"a\"\n}", map[string]string{"rack": "r1", "zone": "a"}, ""},
-		{"attribute", `segments = { rack = "r1", "zone" = "a" }`, map[string]string{"rack": "r1", "zone": "a"}, ""},
-		{"number value", `segments = { rack = 1 }`, map[string]string{"rack": "1"}, ""},
-		{"both", "segments = { rack = \"r1\" }\nsegments {\n zone = \"a\"\n}", nil, "segments given twice"},
-		{"other argument", `rack = "r1"`, nil, "Unsupported argument"},
-		{"empty", ``, nil, "required topology is missing segments"},
+		{name: "block", body: "segments {\n rack = \"r1\"\n zone = \"a\"\n}", want: []map[string]string{{"rack": "r1", "zone": "a"}}},
+		{name: "one-line block, quoted keys", body: `segments { "rack" = "r1", "zone" = "a" }`, want: []map[string]string{{"rack": "r1", "zone": "a"}}},
+		{name: "attribute", body: `segments = { rack = "r1", "zone" = "a" }`, want: []map[string]string{{"rack": "r1", "zone": "a"}}},
+		{name: "number value", body: `segments { rack = 1 }`, want: []map[string]string{{"rack": "1"}}},
+		{name: "two segments are two topologies", body: "segments = { rack = \"r1\" }\nsegments {\n zone = \"a\"\n}", want: []map[string]string{{"rack": "r1"}, {"zone": "a"}}},
+		{name: "other argument", body: `rack = "r1"`, err: "bad topology_request block"},
+		{name: "empty", body: ``, warn: "topology_request asks for nothing"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s, diags := Parse("v.hcl", []byte(strings.Replace(base, "%s", c.body, 1)))
 			if c.err != "" {
 				must.True(t, diags.HasErrors())
 				must.StrContains(t, diags.Error(), c.err)
+				must.Eq(t, 21, diags[0].Subject.Start.Line)
 				return
 			}
 			must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
-			must.Eq(t, c.want, s.TopologyRequest.Required[0].Segments)
+			if c.warn != "" {
+				must.StrContains(t, diags.Error(), c.warn)
+				must.Nil(t, s.TopologyRequest)
+				return
+			}
+			must.SliceEmpty(t, diags)
+			var got []map[string]string
+			for _, tp := range s.TopologyRequest.Required {
+				got = append(got, tp.Segments)
+			}
+			must.Eq(t, c.want, got)
 		})
 	}
+}
+
+// Settings Nomad reads and then ignores are warnings, not errors: the
+// file is one nomad volume create accepts.
+func TestIgnoredByNomadWarns(t *testing.T) {
+	for _, c := range []struct {
+		name, edit string
+		line, col  int
+		warn       string
+	}{
+		{"unknown argument", "plugn_id = 1\n", 1, 1, `unknown argument "plugn_id" (did you mean "plugin_id"?)`},
+		{"external_id", "external_id = \"vol-1\"\n", 1, 1, "external_id is ignored by nomad volume create"},
+		{"second mount_options", "mount_options {\n  fs_type = \"ext4\"\n}\nmount_options {\n  fs_type = \"zfs\"\n}\n", 4, 1, "a second mount_options block"},
+		{"id twice", "id = \"other\"\n", 1, 1, "id is set twice"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, diags := Parse("v.hcl", []byte(c.edit+valid))
+			must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
+			must.NotNil(t, s)
+			must.Len(t, 1, diags, must.Sprintf("%v", diags))
+			must.Eq(t, hcl.DiagWarning, diags[0].Severity)
+			must.StrContains(t, diags[0].Summary, c.warn)
+			must.Eq(t, c.line, diags[0].Subject.Start.Line)
+			must.Eq(t, c.col, diags[0].Subject.Start.Column)
+		})
+	}
+	// Nomad keeps the last of a repeated setting.
+	s, _ := Parse("v.hcl", []byte(valid+"id = \"last\"\n"))
+	must.Eq(t, "last", s.ID)
+}
+
+// A JSON spec is read whatever the file is called, as Nomad's CLI decides
+// by the first character.
+func TestJSONWhateverTheName(t *testing.T) {
+	src := `{"id": "a", "name": "a", "type": "csi", "plugin_id": "p",
+  "capability": [{"access_mode": "single-node-writer", "attachment_mode": "file-system"}]}`
+	s, diags := Parse("spec.hcl", []byte(src))
+	must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
+	must.Eq(t, "a", s.ID)
+}
+
+// A job file or an agent config gets one line saying what it looks like.
+func TestLookAlikes(t *testing.T) {
+	for _, c := range []struct{ name, src, want string }{
+		{"job, HCL 2", "job \"web\" {\n  group \"g\" {\n    count = var.n\n  }\n}\n", `a Nomad job file (job "web")`},
+		{"job, HCL 1", "job \"web\" {\n  datacenters = [\"dc1\"]\n}\n", `a Nomad job file (job "web")`},
+		{"nomad agent", "data_dir = \"/var/lib/nomad\"\nserver {\n  enabled = true\n}\n", "a Nomad agent config"},
+		{"consul agent", "node_name = \"n1\"\ndata_dir = \"/d\"\nbootstrap_expect = 1\n", "a Consul agent config"},
+		{"saddlebag agent", "name = \"n1\"\ndata_dir = \"/d\"\ncsi_endpoint = \"unix:///c.sock\"\n", "a Saddlebag agent config"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, diags := Parse("f.hcl", []byte(c.src))
+			must.Nil(t, s)
+			must.Len(t, 1, diags, must.Sprintf("%v", diags))
+			must.StrContains(t, diags[0].Summary, c.want)
+			must.Eq(t, 1, diags[0].Subject.Start.Line)
+		})
+	}
+	// A broken volume spec is not taken for anything else.
+	_, diags := Parse("v.hcl", []byte("data_dir = \"/x\"\n"+valid))
+	must.StrNotContains(t, diags.Error(), "looks like")
 }
 
 // Parameters and secrets reach the plugin as the strings Nomad would

@@ -19,7 +19,7 @@ func decodeTopologyRequest(t *rawTopologyRequest) (*TopologyRequest, hcl.Diagnos
 		}
 		if len(ts.Topologies) == 0 {
 			diags = append(diags, hclutil.Error(ts.DefRange, kind+" has no topology block",
-				`add topology { segments { rack = "r1" } } (each on its own line)`))
+				`add topology { segments { rack = "r1" } }`))
 		}
 		var out []Topology
 		for _, rt := range ts.Topologies {

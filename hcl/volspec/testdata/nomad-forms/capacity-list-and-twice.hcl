@@ -1,0 +1,11 @@
+id        = "v1"
+name      = "v1"
+type      = "csi"
+plugin_id = "saddlebag"
+capability {
+  access_mode     = "single-node-writer"
+  attachment_mode = "file-system"
+}
+capacity_min = ["1GiB"]
+capacity_max = "2GiB"
+capacity_max = "3GiB"

@@ -1,0 +1,13 @@
+id        = "v1"
+name      = "v1"
+type      = "csi"
+plugin_id = "saddlebag"
+capability {
+  access_mode     = "single-node-writer"
+  attachment_mode = "file-system"
+}
+topology_request {
+  required {
+    topology { rack = "r1" }
+  }
+}
