@@ -48,7 +48,7 @@ test: deps vet tools
 	@$(MAKE) --no-print-directory e2e
 
 e2e: deps tools
-	$(GO) test -race -count=1 -v -timeout 15m ./e2e
+	$(GO) test -race -count=1 -v -timeout 30m ./e2e
 
 dev: deps tools build
 	@bash scripts/dev.sh up
