@@ -107,6 +107,7 @@ func Promote(ctx context.Context, cfg Config) (*Primary, error) {
 	ecfg := replication.EngineConfig{
 		Volume: cfg.Volume, Size: cfg.Size, Epoch: lease.Epoch(), Replicas: cfg.Replicas,
 		Recorded: recorded, MinInSync: cfg.MinInSync, Timeout: cfg.Timeout, Hook: hook, Dial: cfg.Dial, Log: cfg.Log,
+		Want: cfg.Want,
 	}
 	eng, err := replication.StartEngine(ctx, ecfg)
 	var stale *replication.StaleEpochError
