@@ -2,6 +2,7 @@ package replication
 
 import (
 	"errors"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -120,19 +121,41 @@ type EngineMetrics struct {
 	// figures) could not be read without waiting: a change of the in-sync
 	// set was being recorded. The counts from the write path are current.
 	Detailed bool
-	// Totals since the engine started.
+	Totals
+}
+
+// Totals are an engine's counters since it started.
+type Totals struct {
 	LeaseHolds, Fencings, ReplicaDrops uint64
-	IO                                 [numOps]IOStats
+	IO                                 [numOps]IOStats // by IOOp
+}
+
+// Add adds o's counts to t.
+func (t *Totals) Add(o Totals) {
+	t.LeaseHolds += o.LeaseHolds
+	t.Fencings += o.Fencings
+	t.ReplicaDrops += o.ReplicaDrops
+	for i := range t.IO {
+		a, b := &t.IO[i], o.IO[i]
+		a.Ops, a.Errors, a.Bytes, a.Seconds = a.Ops+b.Ops, a.Errors+b.Errors, a.Bytes+b.Bytes, a.Seconds+b.Seconds
+		for j := range a.Buckets {
+			a.Buckets[j] += b.Buckets[j]
+		}
+	}
+}
+
+func (e *Engine) totals() Totals {
+	t := Totals{LeaseHolds: e.stats.holds.Load(), Fencings: e.stats.fencings.Load(), ReplicaDrops: e.stats.drops.Load()}
+	for _, op := range Ops {
+		t.IO[op] = e.io[op].snapshot()
+	}
+	return t
 }
 
 // Metrics returns the engine's counters and state for metrics.
 func (e *Engine) Metrics() EngineMetrics {
 	m := EngineMetrics{Volume: e.cfg.Volume, Epoch: e.cfg.Epoch, Size: e.cfg.Size, Want: e.cfg.Want, MinInSync: e.cfg.MinInSync,
-		Fenced: e.fenced.Load(), Held: e.hold.Load() != nil,
-		LeaseHolds: e.stats.holds.Load(), Fencings: e.stats.fencings.Load(), ReplicaDrops: e.stats.drops.Load()}
-	for _, op := range Ops {
-		m.IO[op] = e.io[op].snapshot()
-	}
+		Fenced: e.fenced.Load(), Held: e.hold.Load() != nil, Totals: e.totals()}
 	e.order.Lock()
 	set := e.targets
 	e.order.Unlock()
@@ -162,10 +185,11 @@ func (e *Engine) Metrics() EngineMetrics {
 }
 
 // running is every engine of this process that was started and not yet
-// closed, for metrics.
+// closed, and the totals of those closed, by volume, for metrics.
 var running struct {
 	mu      sync.Mutex
 	engines []*Engine
+	retired map[string]Totals
 }
 
 func registerEngine(e *Engine) {
@@ -176,8 +200,28 @@ func registerEngine(e *Engine) {
 
 func unregisterEngine(e *Engine) {
 	running.mu.Lock()
+	defer running.mu.Unlock()
+	n := len(running.engines)
 	running.engines = slices.DeleteFunc(running.engines, func(x *Engine) bool { return x == e })
-	running.mu.Unlock()
+	if len(running.engines) == n {
+		return // closed before
+	}
+	if running.retired == nil {
+		running.retired = map[string]Totals{}
+	}
+	t := running.retired[e.cfg.Volume]
+	t.Add(e.totals())
+	running.retired[e.cfg.Volume] = t
+}
+
+// RetiredTotals returns, by volume, the summed totals of the engines this
+// process closed: with those of the running ones, a volume's counters
+// never go back while the process lives, however often its primary
+// moves away and back.
+func RetiredTotals() map[string]Totals {
+	running.mu.Lock()
+	defer running.mu.Unlock()
+	return maps.Clone(running.retired)
 }
 
 // RunningEngines returns the engines this process started and has not

@@ -101,3 +101,16 @@ func TestLatencyBuckets(t *testing.T) {
 	must.Eq(t, uint64(1), s.Buckets[len(LatencyBuckets)])
 	must.Eq(t, uint64(3), s.Ops)
 }
+
+// TestRetiredTotals: a closed engine's counters stay with its volume.
+func TestRetiredTotals(t *testing.T) {
+	r := startTestReplica(t, t.TempDir())
+	e := startTestEngine(t, "retired", 16<<20, 1, nil, r)
+	must.NoError(t, e.WriteAt(context.Background(), make([]byte, 8192), 0, false))
+	before := RetiredTotals()["retired"].IO[OpWrite]
+	e.Close()
+	e.Close()
+	after := RetiredTotals()["retired"].IO[OpWrite]
+	must.Eq(t, before.Ops+1, after.Ops)
+	must.Eq(t, before.Bytes+8192, after.Bytes)
+}
