@@ -231,3 +231,6 @@ func RunningEngines() []*Engine {
 	defer running.mu.Unlock()
 	return slices.Clone(running.engines)
 }
+
+// Volume returns the engine's volume id.
+func (e *Engine) Volume() string { return e.cfg.Volume }

@@ -16,6 +16,7 @@ import (
 	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/ctxutil"
 	"github.com/saddlebag/saddlebag/internal/primary"
+	"github.com/saddlebag/saddlebag/internal/telemetry"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
 )
@@ -36,6 +37,7 @@ type nodeFlags struct {
 	serveReplicas                              stringList
 	csi                                        csiNodeFlags
 	insecure                                   bool
+	metricsAddr                                string
 }
 
 func parseNodeFlags(args []string) (*nodeFlags, error) {
@@ -56,6 +58,7 @@ func parseNodeFlags(args []string) (*nodeFlags, error) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	addCSINodeFlags(fs, &f.csi)
 	addInsecureFlag(fs, &f.insecure)
+	addMetricsFlag(fs, &f.metricsAddr, telemetry.DefaultNodeAddr)
 	if err := parseFlagsWithConfig(fs, args, nodeConfigFlags); err != nil {
 		return nil, err
 	}
@@ -152,6 +155,8 @@ func runNode(ctx context.Context, args []string) error {
 	agentCtx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
 	var agentWG, wg sync.WaitGroup
 	agentWG.Go(func() { _ = agent.Run(agentCtx) })
+	waitMetrics := startMetrics(ctx, f.metricsAddr, log, sampleNode(f.dataDir))
+	defer waitMetrics()
 	var serveErr error
 	wg.Go(func() {
 		log.Info("serving replicas", "data_dir", f.dataDir, "addr", ln.Addr().String(), "advertise", advertise, "tls", !f.insecure)

@@ -62,6 +62,7 @@ func serveCSINode(ctx context.Context, f *nodeFlags, agent *leader.Agent, client
 	if err != nil {
 		return err
 	}
+	csiNodeService.Store(node)
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

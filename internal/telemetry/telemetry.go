@@ -10,9 +10,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	gometrics "github.com/hashicorp/go-metrics"
 	promsink "github.com/hashicorp/go-metrics/prometheus"
-	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -113,7 +113,9 @@ func (t *Telemetry) Handler(log hclog.Logger) http.Handler {
 
 type promLog struct{ log hclog.Logger }
 
-func (l promLog) Println(v ...any) { l.log.Warn("metrics", "error", strings.TrimSpace(fmt.Sprintln(v...))) }
+func (l promLog) Println(v ...any) {
+	l.log.Warn("metrics", "error", strings.TrimSpace(fmt.Sprintln(v...)))
+}
 
 // Listen listens on addr for the metrics endpoint.
 func Listen(addr string) (net.Listener, error) {
