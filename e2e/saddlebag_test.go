@@ -120,9 +120,22 @@ func TestSaddlebag(t *testing.T) {
 	})
 
 	var dead *cluster.Node
+	// Every node's metrics, scraped each second from before the kill
+	// until the dead node's replica is back in sync: the volume's in-sync
+	// count must drop and recover (issue 15).
+	var metrics *metricsWatch
+	t.Cleanup(func() {
+		if metrics != nil {
+			metrics.stop()
+		}
+	})
 	step("kill the primary's node: postgres back on the other replica with every row", func(t *testing.T) {
 		dead = primary
 		other := otherReplica(t, ctx, c, capi, dead.Name)
+		metrics = watchVolumeMetrics(ctx, c.Nodes, volID, time.Second)
+		must.Wait(t, until(30*time.Second, func() bool {
+			return slices.ContainsFunc(metrics.seen(), func(s metricSample) bool { return s.wanted > 0 && s.inSync == s.wanted })
+		}), must.Sprintf("no scrape of %s's metrics shows the volume fully in sync before the kill:\n%s", primary.Name, metrics.changes()))
 		id, err := dead.NodeID(ctx)
 		must.NoError(t, err)
 		// One more committed row, the instant before the kill.
@@ -176,6 +189,16 @@ func TestSaddlebag(t *testing.T) {
 		must.NoError(t, c.WaitPlugin(ctx, cluster.ControllerCount, len(c.Nodes)))
 		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthPassing))
 		t.Logf("volume healthy %.1fs after the restart began", time.Since(start).Seconds())
+		must.Wait(t, until(30*time.Second, func() bool {
+			_, _, ok := dropAndRecovery(metrics.seen())
+			return ok
+		}), must.Sprintf("the scraped metrics do not show the in-sync count drop and recover:\n%s", metrics.changes()))
+		metrics.stop()
+		dropped, recovered, _ := dropAndRecovery(metrics.seen())
+		fmt.Printf("failover_metrics in-sync count over the kill and the return (scraped from every node each second):\n%s", metrics.changes())
+		fmt.Printf("failover_metrics_in_sync_dropped_seconds %.1f\nfailover_metrics_in_sync_recovered_seconds %.1f\n",
+			dropped.Sub(metrics.t0).Seconds(), recovered.Sub(metrics.t0).Seconds())
+		metrics = nil
 		ins := inSync(t, ctx, capi)
 		must.SliceContains(t, ins, replicaAddr(dead), must.Sprintf("in-sync record %v", ins))
 		must.SliceContains(t, ins, replicaAddr(primary))

@@ -125,7 +125,7 @@ func TestQueriedMetrics(t *testing.T) {
 		`histogram_quantile(0.99, sum by (volume, op, le) (rate(a_bucket{volume=~"$volume", op=~"read|write"}[$__rate_interval])))`: {"a_bucket"},
 		`count(max by (volume) (x{v="1"}) < max by (volume) (y)) or vector(0)`:                                                      {"x", "y"},
 		`p and on (instance) (group by (instance) (q) or group by (instance) (r))`:                                                  {"p", "q", "r"},
-		`label_values(saddlebag_volume_replicas_wanted, volume)`:                                                                     {"saddlebag_volume_replicas_wanted"},
+		`label_values(saddlebag_volume_replicas_wanted, volume)`:                                                                    {"saddlebag_volume_replicas_wanted"},
 		`sum(rate(m[5m])) / 1e3`: {"m"},
 	} {
 		must.Eq(t, want, queriedMetrics(expr), must.Sprint(expr))
