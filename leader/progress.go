@@ -69,19 +69,6 @@ func (c *Client) PutResync(ctx context.Context, volume string, rec ResyncRecord)
 	return nil
 }
 
-// DeleteResync removes the volume's progress record.
-func (c *Client) DeleteResync(ctx context.Context, volume string) error {
-	if err := ValidateName("volume id", volume); err != nil {
-		return err
-	}
-	ctx, cancel := bounded(ctx)
-	defer cancel()
-	if _, err := c.api.KV().Delete(c.keys.Resync(volume), wopts(ctx)); err != nil {
-		return fmt.Errorf("delete %s: %w", c.keys.Resync(volume), err)
-	}
-	return nil
-}
-
 // ReadResync returns the volume's progress record, or ErrNotFound.
 func (c *Client) ReadResync(ctx context.Context, volume string) (ResyncRecord, error) {
 	var rec ResyncRecord

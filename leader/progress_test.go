@@ -11,7 +11,7 @@ import (
 )
 
 // TestResyncRecord: written only while the volume's record exists, read
-// back as written, deleted; and replica addresses map to node names.
+// back as written, deleted with the volume; and replica addresses map to node names.
 func TestResyncRecord(t *testing.T) {
 	dev := devAgent(t)
 	c := newClient(t, dev.HTTPAddr, leader.ConsulConfig{})
@@ -24,7 +24,7 @@ func TestResyncRecord(t *testing.T) {
 	_, err = c.ReadResync(ctx, "v1")
 	must.True(t, errors.Is(err, leader.ErrNotFound))
 
-	_, err = c.PutVolume(ctx, leader.VolumeRecord{ID: "v1", State: leader.VolumeReady}, 0, nil)
+	idx, err := c.PutVolume(ctx, leader.VolumeRecord{ID: "v1", State: leader.VolumeReady}, 0, nil)
 	must.NoError(t, err)
 	must.NoError(t, c.PutResync(ctx, "v1", rec))
 	got, err := c.ReadResync(ctx, "v1")
@@ -33,9 +33,9 @@ func TestResyncRecord(t *testing.T) {
 	vols, err := c.ListVolumes(ctx)
 	must.NoError(t, err)
 	must.Len(t, 1, vols) // the record's key is not a volume
-	must.NoError(t, c.DeleteResync(ctx, "v1"))
+	must.NoError(t, c.DeleteVolume(ctx, "v1", idx, nil))
 	_, err = c.ReadResync(ctx, "v1")
-	must.True(t, errors.Is(err, leader.ErrNotFound))
+	must.True(t, errors.Is(err, leader.ErrNotFound), must.Sprint("the volume's delete removes its resync record"))
 
 	runAgent(t, c, "n7", nil)
 	waitFor(t, 10*time.Second, "node record", func() bool {
