@@ -58,6 +58,7 @@ func ClassifyVolumeNamed(want int, replicas, inSync []string, names map[string]s
 		if len(out) == 0 {
 			return "none"
 		}
+		slices.Sort(out)
 		return strings.Join(out, ", ")
 	}
 	var out []string

@@ -7,7 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/saddlebag/saddlebag/internal/units"
+	"github.com/dustin/go-humanize"
 )
 
 // barWidth is the progress bar's width in characters.
@@ -30,7 +30,7 @@ func Format(w io.Writer, st Status, withNodes bool) {
 		}
 		for _, n := range st.Nodes {
 			if n.Healthy {
-				fmt.Fprintf(w, " %s (healthy, %s free)", n.Name, units.FormatBytes(n.FreeBytes))
+				fmt.Fprintf(w, " %s (healthy, %s free)", n.Name, size(n.FreeBytes))
 			} else {
 				fmt.Fprintf(w, " %s (DOWN: %s)", n.Name, n.Why)
 			}
@@ -49,7 +49,7 @@ func Format(w io.Writer, st Status, withNodes bool) {
 }
 
 func formatVolume(w io.Writer, v Volume) {
-	fmt.Fprintf(w, "volume %s  %s  %d replicas", v.ID, units.FormatBytes(v.SizeBytes), v.Wanted)
+	fmt.Fprintf(w, "volume %s  %s  %d replicas", v.ID, size(v.SizeBytes), v.Wanted)
 	if v.FSType != "" {
 		fmt.Fprintf(w, "  %s", v.FSType)
 	}
@@ -72,19 +72,22 @@ func formatVolume(w io.Writer, v Volume) {
 	fmt.Fprintf(w, "  health   %s\n", health)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, r := range v.Replicas {
-		fmt.Fprintf(tw, "    %s\t%s\t%s\t", r.Node, r.Addr, r.State)
+		fmt.Fprintf(tw, "    %s\t%s\t%s", r.Node, r.Addr, r.State)
 		var more []string
 		if rs := r.Resync; rs != nil {
 			more = append(more, fmt.Sprintf("%s %5.1f%%  %s of %s  %s/s  eta %s  (%s)", Bar(rs.Percent), rs.Percent,
-				units.FormatBytes(rs.DoneBytes), units.FormatBytes(rs.TotalBytes), units.FormatBytes(int64(rs.BytesPerSec)),
+				size(rs.DoneBytes), size(rs.TotalBytes), size(int64(rs.BytesPerSec)),
 				eta(rs.ETASeconds, rs.BytesPerSec), rs.Mode))
 		} else if r.MissingBytes > 0 {
-			more = append(more, "lacks "+units.FormatBytes(r.MissingBytes))
+			more = append(more, "lacks "+size(r.MissingBytes))
 		}
 		if r.Detail != "" {
 			more = append(more, r.Detail)
 		}
-		fmt.Fprintf(tw, "%s\n", strings.Join(more, "; "))
+		if len(more) > 0 {
+			fmt.Fprintf(tw, "\t%s", strings.Join(more, "; "))
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 	if v.ProgressAge > 0 && v.Primary != "" {
@@ -98,3 +101,6 @@ func eta(seconds, rate float64) string {
 	}
 	return (time.Duration(seconds) * time.Second).String()
 }
+
+// size is a byte count for people: 1.5 GiB, 32 MiB.
+func size(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
