@@ -27,8 +27,8 @@ const NotStaged = "not staged"
 
 // Status is the cluster as Consul shows it.
 type Status struct {
-	Nodes   []Node   `json:"nodes"`
-	Volumes []Volume `json:"volumes"`
+	Nodes   []Node    `json:"nodes"`
+	Volumes []Volume  `json:"volumes"`
 	Read    time.Time `json:"read"`
 }
 
