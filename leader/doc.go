@@ -16,7 +16,10 @@
 //   - volume records <prefix>volumes/<vol> with check-and-set (volume.go),
 //     including an encrypted volume's key record (internal/volkey: the
 //     data key sealed under its passphrases; nothing secret);
-//   - per-volume health checks in the Consul UI (health.go).
+//   - per-volume health checks in the Consul UI (health.go), their notes
+//     naming replicas by node;
+//   - the resync progress record <prefix>volumes/<vol>/resync
+//     (progress.go), written by the primary's node for operators.
 //
 // The KV layout lives in keys.go and nowhere else. A name spelled into a
 // key (volume id, node name) is exactly one segment: ValidateName refuses

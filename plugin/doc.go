@@ -29,7 +29,9 @@
 //     channel on TCP, secured by the server options and transport
 //     credentials cmd/saddlebag hands in: mutual TLS between
 //     saddlebag-controller identities, internal/connecttls) with a
-//     logging interceptor that strips secrets; paths.go: the raw_exec
+//     logging interceptor that strips secrets, and a metrics interceptor
+//     counting every call by method and code (metrics.go,
+//     internal/telemetry); paths.go: the raw_exec
 //     path translation of DESIGN.md §7. Replica connections (create,
 //     delete, the engines of staged volumes) go through the
 //     replication.Dialer in ControllerConfig.Dial and NodeConfig.Dial.

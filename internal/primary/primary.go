@@ -5,7 +5,9 @@
 // previous primary), and let the lease drive the engine: held while the
 // lease is unconfirmed, fenced when it is lost. The engine records in-sync
 // changes through the lease (CAS under its session) and the volume's
-// health check follows each change.
+// health check follows each change, its note naming replicas by node.
+// PublishProgress (progress.go) keeps the replicas' states and resync
+// progress of every primary on this node in Consul for `saddlebag status`.
 //
 // It is wiring between leader and replication, used by the node agent, the
 // CSI node service (NodeStage/NodeUnstage, and SetReplicas when the
