@@ -151,3 +151,28 @@ func TestClusterStatus(t *testing.T) {
 	must.Error(t, err)
 	must.StrContains(t, string(b), "volume nope: no such volume")
 }
+
+// statusReadRules are the ACL rules the README gives `saddlebag status`.
+const statusReadRules = `key_prefix "saddlebag/" { policy = "read" }
+node_prefix "" { policy = "read" }
+service_prefix "" { policy = "read" }`
+
+// TestStatusWithACLToken: against Consul with ACLs in default-deny mode,
+// `saddlebag status` works with a token of the read rules the README
+// gives, and with an anonymous one it says the token may not read
+// everything rather than showing an empty cluster.
+func TestStatusWithACLToken(t *testing.T) {
+	dev, c := aclConsul(t)
+	p, _, err := c.ACL().PolicyCreate(&api.ACLPolicy{Name: "status", Rules: statusReadRules}, nil)
+	must.NoError(t, err)
+	tok, _, err := c.ACL().TokenCreate(&api.ACLToken{Description: "status", Policies: []*api.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+	must.NoError(t, err)
+	_, err = c.KV().Put(&api.KVPair{Key: "saddlebag/volumes/v1", Value: []byte(`{"id":"v1","state":"ready","spec":{"size_bytes":1073741824,"replicas":1},` +
+		`"replicas":[{"node":"n1","addr":"127.0.0.1:7400","state":"ready"}]}`)}, nil)
+	must.NoError(t, err)
+	out := saddlebagStatus(t, dev.HTTPAddr, "--consul-token", tok.SecretID)
+	must.StrContains(t, out, "volume v1  1.0 GiB  1 replicas")
+	b, err := exec.Command(saddlebagBin, "status", "--consul-addr", dev.HTTPAddr, "--consul-token", "").CombinedOutput()
+	must.Error(t, err, must.Sprint(string(b)))
+	must.StrContains(t, string(b), "the Consul token may not read saddlebag/")
+}

@@ -88,10 +88,23 @@ type Resync struct {
 	ETASeconds  float64 `json:"eta_seconds"`
 }
 
+// ErrACL is Read's error when the Consul token cannot read everything.
+var ErrACL = errors.New("permission denied")
+
 // Read reads the cluster's status; with volume set, only that volume's
 // (ErrNotFound when there is none).
 func Read(ctx context.Context, c *leader.Client, volume string) (Status, error) {
 	st := Status{Read: time.Now().UTC()}
+	// Consul silently leaves what a token may not read out of lists: an
+	// empty cluster would be shown. A single read is refused instead.
+	if _, _, err := c.API().KV().Get(c.Keys().Leader(), (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+		var se api.StatusError
+		if errors.As(err, &se) && se.Code == 403 {
+			return st, fmt.Errorf("%w: the Consul token may not read %s: it needs key_prefix %q read, and node_prefix and service_prefix read",
+				ErrACL, c.Keys().Prefix(), c.Keys().Prefix())
+		}
+		return st, fmt.Errorf("read %s: %w", c.Keys().Leader(), err)
+	}
 	nodes, err := c.ListNodes(ctx)
 	if err != nil {
 		return st, err
