@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -149,4 +151,54 @@ func TestDropAndRecovery(t *testing.T) {
 			t.Errorf("%v: got %v, want %v", c.in, ok, c.want)
 		}
 	}
+}
+
+// runStatus runs `saddlebag status` against the cluster's Consul, with
+// the operator's environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN).
+func runStatus(ctx context.Context, c *cluster.Cluster, bin string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, bin, append([]string{"status"}, args...)...)
+	cmd.Env = append(os.Environ(), c.Env()...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("saddlebag status %v: %w: %s", args, err, out)
+	}
+	return string(out), nil
+}
+
+// statusWatch runs `saddlebag status VOLUME` every interval and keeps the
+// first output that shows a replica resyncing.
+type statusWatch struct {
+	cancel    context.CancelFunc
+	done      chan struct{}
+	resyncing string
+	reads     int
+}
+
+func watchStatus(ctx context.Context, c *cluster.Cluster, bin, volume string, interval time.Duration) *statusWatch {
+	ctx, cancel := context.WithCancel(ctx)
+	w := &statusWatch{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for ctx.Err() == nil {
+			out, err := runStatus(ctx, c, bin, volume)
+			w.reads++
+			if err == nil && strings.Contains(out, " resyncing ") {
+				w.resyncing = out
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(interval):
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the watch and returns the output that showed the resync
+// ("" if none did) and how many times status ran.
+func (w *statusWatch) stop() (string, int) {
+	w.cancel()
+	<-w.done
+	return w.resyncing, w.reads
 }

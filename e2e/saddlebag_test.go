@@ -63,9 +63,11 @@ func TestSaddlebag(t *testing.T) {
 	t.Cleanup(func() { _, _ = c.NomadCLI(context.Background(), "job", "stop", "-purge", "postgres") })
 	var rows int // rows committed so far
 	var primary *cluster.Node
+	var bin string // the saddlebag binary the jobs run
 
 	step("deploy: plugin healthy, volume created, checks passing", func(t *testing.T) {
-		bin, err := c.BuildSaddlebag(ctx, root)
+		var err error
+		bin, err = c.BuildSaddlebag(ctx, root)
 		must.NoError(t, err)
 		must.NoError(t, c.DeploySaddlebag(ctx, root, bin))
 		out, err := c.NomadCLI(ctx, "plugin", "status", cluster.PluginID)
@@ -185,10 +187,28 @@ func TestSaddlebag(t *testing.T) {
 		must.NoError(t, err, must.Sprint(out))
 		rows = 1500
 		start := time.Now()
+		// The operator's view while the replica comes back, from Consul.
+		st := watchStatus(ctx, c, bin, volID, 300*time.Millisecond)
 		must.NoError(t, dead.Restart(ctx))
 		must.NoError(t, c.WaitPlugin(ctx, cluster.ControllerCount, len(c.Nodes)))
 		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthPassing))
 		t.Logf("volume healthy %.1fs after the restart began", time.Since(start).Seconds())
+		during, reads := st.stop()
+		if during != "" {
+			fmt.Printf("saddlebag_status_during_resync:\n%s", during)
+		} else {
+			fmt.Printf("saddlebag_status_during_resync: none of %d reads caught the resync\n", reads)
+		}
+		names := []string{primary.Name, dead.Name}
+		slices.Sort(names)
+		must.Wait(t, until(30*time.Second, func() bool {
+			out, err := runStatus(ctx, c, bin, volID)
+			return err == nil && strings.Contains(out, "health   healthy: in sync 2 of 2: "+strings.Join(names, ", "))
+		}), must.Sprint("saddlebag status never showed the volume healthy with both nodes in sync"))
+		out, err = runStatus(ctx, c, bin)
+		must.NoError(t, err)
+		fmt.Printf("saddlebag_status_after_resync:\n%s", out)
+		must.StrContains(t, out, "primary  "+primary.Name+", epoch ")
 		must.Wait(t, until(30*time.Second, func() bool {
 			_, _, ok := dropAndRecovery(metrics.seen())
 			return ok
