@@ -11,6 +11,8 @@
 #   make fuzz     run every fuzz target for FUZZTIME each
 #   make torture  crash-and-fault schedules of the data plane for DURATION
 #                 (or SEEDS schedules, or replay SEED; FAULTS=-powerloss,...)
+#   make vet      go vet, gofmt, go.mod tidy, and the import rules of the
+#                 packages' doc.go files (internal/layering)
 #   make build    build bin/saddlebag
 
 export GOTOOLCHAIN := local
@@ -29,9 +31,13 @@ build:
 deps:
 	@bash scripts/install-deps.sh
 
+# vet also checks that go.mod is tidy and that every package keeps the
+# import rules its doc.go states (internal/layering).
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) mod tidy -diff
+	$(GO) test -count=1 ./internal/layering
 
 # The e2e package runs after the others, verbose, so that the figures it
 # prints (nomad_node_down_seconds, ...) show in the output. Both need the

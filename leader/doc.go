@@ -1,4 +1,5 @@
-// Package leader is everything Saddlebag asks of Consul (DESIGN.md §3, §5.4):
+// Package leader is everything Saddlebag asks of Consul (docs/architecture.md,
+// "Consul layout" and "Promotion, epochs and fencing"):
 //
 //   - the node agent's registration (agent.go): the saddlebag-node service
 //     with a TTL check the agent feeds, the node record under
@@ -16,6 +17,9 @@
 //   - volume records <prefix>volumes/<vol> with check-and-set (volume.go),
 //     including an encrypted volume's key record (internal/volkey: the
 //     data key sealed under its passphrases; nothing secret);
+//   - tombstones <prefix>tombstones/<vol>/<node> (tombstone.go): a deleted
+//     volume's replica left on a node that was down, written in the
+//     transaction that deletes the volume record;
 //   - per-volume health checks in the Consul UI (health.go), their notes
 //     naming replicas by node;
 //   - the resync progress record <prefix>volumes/<vol>/resync

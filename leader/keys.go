@@ -11,7 +11,7 @@ import (
 // DefaultPrefix is the KV prefix every key lives under unless configured.
 const DefaultPrefix = "saddlebag/"
 
-// Keys is the KV layout of DESIGN.md §3 under one prefix. It is the only
+// Keys is the KV layout (docs/architecture.md, "Consul layout") under one prefix. It is the only
 // place key names are spelled.
 //
 // Every name that goes into a key (a volume id, a node name) is one
@@ -101,6 +101,16 @@ func (k Keys) Primary(id string) string { return k.Volume(id) + "/primary" }
 // below an epoch the replicas have promised (Consul lost its data), and
 // only a holder of the primary lock writes it.
 func (k Keys) EpochFloor(id string) string { return k.Volume(id) + "/epoch-floor" }
+
+// Tombstones is the prefix of every tombstone.
+func (k Keys) Tombstones() string { return k.prefix + "tombstones/" }
+
+// Tombstone is the tombstone of a deleted volume's replica left on node
+// (its node was down when the volume was deleted), written by the
+// controller and removed once the replica is.
+func (k Keys) Tombstone(id, node string) string {
+	return k.Tombstones() + segment(id) + "/" + segment(node)
+}
 
 // InSync is the volume's in-sync record, written by the primary.
 func (k Keys) InSync(id string) string { return k.Volume(id) + "/insync" }

@@ -22,9 +22,6 @@ import (
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
-// DefaultVolumeSize is the size of a volume created with no capacity range.
-const DefaultVolumeSize = 1 << 30
-
 // ControllerConfig configures the Controller service.
 type ControllerConfig struct {
 	Client *leader.Client
@@ -181,29 +178,36 @@ func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-// volumeSize picks the size for a capacity range: required_bytes rounded
-// up to 4 KiB, DefaultVolumeSize (capped by limit_bytes) when none is
-// required.
-func volumeSize(cr *csi.CapacityRange) (int64, error) {
+// volumeSize picks the size for a capacity range by the rule the spec
+// checks use (volspec.Size): required_bytes rounded up to 4 KiB,
+// volspec.DefaultSize (capped by limit_bytes) when none is required, and
+// at least what the volume's file system needs (fsType; "" when every
+// capability is a raw block device).
+func volumeSize(cr *csi.CapacityRange, fsType string) (int64, error) {
 	req, limit := cr.GetRequiredBytes(), cr.GetLimitBytes()
 	if req < 0 || limit < 0 {
 		return 0, errf(codes.InvalidArgument, "capacity range has a negative bound")
 	}
-	if limit > 0 && req > limit {
-		return 0, errf(codes.InvalidArgument, "required_bytes %d exceeds limit_bytes %d", req, limit)
-	}
-	size := req
-	if size == 0 {
-		size = DefaultVolumeSize
-		if limit > 0 && limit < size {
-			size = limit / replication.BlockSize * replication.BlockSize
-		}
-	}
-	size = (size + replication.BlockSize - 1) / replication.BlockSize * replication.BlockSize
-	if limit > 0 && size > limit || size == 0 {
-		return 0, errf(codes.OutOfRange, "no multiple of %d bytes fits the capacity range [%d, %d]", replication.BlockSize, req, limit)
+	size, err := volspec.Size(req, limit, fsType)
+	var se *volspec.SizeError
+	switch {
+	case errors.As(err, &se) && se.Problem == volspec.RangeInverted:
+		return 0, errf(codes.InvalidArgument, "capacity range [required_bytes %d, limit_bytes %d]: %v", req, limit, err)
+	case err != nil:
+		return 0, errf(codes.OutOfRange, "capacity range [required_bytes %d, limit_bytes %d]: %v", req, limit, err)
 	}
 	return size, nil
+}
+
+// mountedFS is the file system a volume with capabilities caps holds:
+// fsType when one of them mounts it, "" when all are raw block devices.
+func mountedFS(fsType string, caps []*csi.VolumeCapability) string {
+	for _, c := range caps {
+		if c.GetMount() != nil {
+			return fsType
+		}
+	}
+	return ""
 }
 
 // CreateVolume places a new volume's replicas and makes them, or returns
@@ -242,7 +246,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, errf(codes.InvalidArgument, "%v", err)
 	}
-	size, err := volumeSize(req.GetCapacityRange())
+	size, err := volumeSize(req.GetCapacityRange(), mountedFS(fsType, req.GetVolumeCapabilities()))
 	if err != nil {
 		return nil, err
 	}
@@ -335,9 +339,15 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "read nodes")
 	}
+	// Not where a deleted volume of this id left a replica: the replica
+	// server would reuse its data.
+	tombstoned, err := c.tombstonedNodes(ctx, id)
+	if err != nil {
+		return leader.VolumeRecord{}, 0, toStatus(err, "read tombstones")
+	}
 	chosen, err := placeReplicas(schedulerNodes(nodes, vols, nil), scheduler.Request{
 		Volume: id, SizeBytes: size, Replicas: p.Replicas, Spread: p.Spread,
-		Requisite: topologyOf(tr.GetRequisite()), Preferred: topologyOf(tr.GetPreferred()),
+		Requisite: topologyOf(tr.GetRequisite()), Preferred: topologyOf(tr.GetPreferred()), Exclude: tombstoned,
 	})
 	if err != nil {
 		telemetry.PlacementFailure("create")
@@ -482,7 +492,9 @@ func csiVolume(rec leader.VolumeRecord, nodes map[string]leader.NodeState) *csi.
 }
 
 // DeleteVolume removes a volume's replicas from their nodes, then its
-// record. An unknown volume is deleted already.
+// record. An unknown volume is deleted already. A replica on a node
+// Consul reports down is left with a tombstone, and removed when its node
+// is back (tombstones.go).
 func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if err := checkVolumeID("volume_id", id); err != nil {
@@ -516,14 +528,18 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 			return nil, toStatus(err, "mark volume deleting")
 		}
 	}
-	if err := c.deleteReplicas(ctx, rec); err != nil {
-		if errors.Is(err, replication.ErrReplicaBusy) {
-			return nil, errf(codes.FailedPrecondition, "delete volume %s: %v", id, err)
-		}
-		return nil, errf(codes.Unavailable, "delete volume %s: %v", id, err)
+	left, err := c.removeReplicas(ctx, rec)
+	if err != nil {
+		return nil, err
 	}
-	if err := c.cfg.Client.DeleteVolume(ctx, id, index, lease); err != nil {
+	// The record goes, and a tombstone stays for each replica on a node
+	// that is down, in one transaction (tombstones.go).
+	if err := c.cfg.Client.DeleteVolumeLeaving(ctx, id, index, lease, left); err != nil {
 		return nil, toStatus(err, "delete volume record")
+	}
+	if len(left) > 0 {
+		c.log.Warn("volume deleted; replicas on nodes that are down are removed when their node is back", "volume_id", id, "left", left)
+		return &csi.DeleteVolumeResponse{}, nil
 	}
 	c.log.Info("volume deleted", "volume_id", id)
 	return &csi.DeleteVolumeResponse{}, nil

@@ -22,7 +22,7 @@ import (
 // A volume is published to one node at a time; publishing it to another
 // node is refused (FailedPrecondition) while the first is healthy and
 // holds the primary lock, and otherwise fences the first (failover must
-// not wait for Nomad's claim GC, DESIGN.md §7).
+// not wait for Nomad's claim GC, docs/architecture.md, "What we measured about Nomad").
 func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
 	id, node := req.GetVolumeId(), req.GetNodeId()
 	if err := checkVolumeID("volume_id", id); err != nil {

@@ -1,4 +1,5 @@
-// Package plugin is Saddlebag's CSI plugin (CSI spec v1, DESIGN.md §6):
+// Package plugin is Saddlebag's CSI plugin (CSI spec v1, docs/architecture.md,
+// "CSI lifecycle"):
 //
 //   - identity.go: the Identity service (plugin name PluginName, the
 //     CONTROLLER_SERVICE and VOLUME_ACCESSIBILITY_CONSTRAINTS capabilities,
@@ -32,7 +33,7 @@
 //     logging interceptor that strips secrets, and a metrics interceptor
 //     counting every call by method and code (metrics.go,
 //     internal/telemetry); paths.go: the raw_exec
-//     path translation of DESIGN.md §7. Replica connections (create,
+//     path translation of docs/architecture.md, "What we measured about Nomad". Replica connections (create,
 //     delete, the engines of staged volumes) go through the
 //     replication.Dialer in ControllerConfig.Dial and NodeConfig.Dial.
 //
@@ -45,7 +46,10 @@
 // records each volume's staging path and targets in its state directory
 // (node_paths.go) and unstages or unpublishes only those. The active
 // controller removes creates interrupted for longer than CreateTimeout
-// (stale_create.go), which ListVolumes shows meanwhile.
+// (stale_create.go), which ListVolumes shows meanwhile. DeleteVolume
+// does not wait for a node Consul reports down: it leaves a tombstone for
+// that node's replica, which the active controller removes when the node
+// is back (tombstones.go).
 //
 // It is the only package that speaks gRPC status codes: typed errors from
 // leader, scheduler, replication, volspec and plugin/mount are mapped to
@@ -54,5 +58,8 @@
 // returns Aborted) and idempotent on its natural key.
 //
 // It may import leader, scheduler, replication, hcl/volspec,
-// internal/primary and plugin/mount; nothing below imports it.
+// internal/primary, internal/volkey and plugin/mount (and the leaf
+// utilities internal/ctxutil, internal/units and internal/telemetry);
+// only cmd/saddlebag
+// imports it. internal/layering enforces both.
 package plugin

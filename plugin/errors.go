@@ -49,7 +49,7 @@ func toStatus(err error, what string) error {
 	case errors.Is(err, leader.ErrLeaseLost), errors.Is(err, leader.ErrLeaseReleased), errors.Is(err, leader.ErrNoSession):
 		c = codes.Unavailable
 	case errors.As(err, &fm), errors.Is(err, mount.ErrUnknownContent), errors.Is(err, mount.ErrNotStaged),
-		errors.Is(err, mount.ErrPathBusy):
+		errors.Is(err, mount.ErrPathBusy), errors.Is(err, mount.ErrTooSmall):
 		c = codes.FailedPrecondition
 	case errors.Is(err, mount.ErrUnsupportedFS):
 		c = codes.InvalidArgument

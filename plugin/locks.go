@@ -2,7 +2,7 @@ package plugin
 
 import "sync"
 
-// volumeLocks keeps one operation in flight per volume (STYLE rule 10):
+// volumeLocks keeps one operation in flight per volume (docs/architecture.md, "Conventions", rule 10):
 // a second RPC for a volume that is busy gets Aborted and the CO retries.
 type volumeLocks struct {
 	mu   sync.Mutex

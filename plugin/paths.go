@@ -11,7 +11,7 @@ import (
 const DefaultPluginMount = "/local/csi"
 
 // PathMapper translates the staging and target paths Nomad passes to host
-// paths (DESIGN.md §7). Under docker Nomad mounts the host directory at
+// paths (docs/architecture.md, "What we measured about Nomad"). Under docker Nomad mounts the host directory at
 // the plugin mount, so the paths are right as they are; under raw_exec
 // nothing is mounted, and the paths must be rewritten to the host
 // directory. With HostDir empty every path is used as given, which is

@@ -13,7 +13,7 @@ import (
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
-// driver is the re-replication driver (DESIGN.md §5.3) of an active
+// driver is the re-replication driver (docs/architecture.md, "Data path") of an active
 // controller; only driveWhileActive's goroutine uses it.
 //
 // Each pass:
@@ -27,8 +27,9 @@ import (
 //     replica to its engine, which copies everything to it;
 //  4. once a volume's in-sync record names every "adding" replica, marks
 //     them "ready" and drops the "lost" ones from the record; the primary
-//     then retires them, and removes their data from their nodes if they
-//     answer.
+//     then retires them. Their data is removed from their nodes now if
+//     they answer, else a tombstone makes a later pass remove it once the
+//     node is back (tombstones.go).
 type driver struct {
 	c         *Controller
 	downSince map[string]time.Time
@@ -69,6 +70,9 @@ func (d *driver) step(ctx context.Context, lease *leader.Lease) error {
 		errs = append(errs, err)
 	}
 	byName := nodeMap(nodes)
+	if err := c.sweepTombstones(ctx, lease, byName); err != nil {
+		errs = append(errs, err)
+	}
 	for _, r := range scheduler.PlanReplacements(schedulerNodes(nodes, vols, d.downSince), states, now, c.cfg.Grace) {
 		if err := d.replace(ctx, lease, r, byName); err != nil {
 			errs = append(errs, err)
@@ -105,6 +109,16 @@ func (d *driver) replace(ctx context.Context, lease *leader.Lease, r scheduler.R
 	i := slices.IndexFunc(rec.Replicas, func(x leader.ReplicaRecord) bool { return x.Node == r.Lost })
 	if rec.State != leader.VolumeReady || i < 0 || rec.Replicas[i].State == ReplicaLost {
 		return nil // changed since the snapshot
+	}
+	if r.New != "" {
+		tombstoned, err := c.tombstonedNodes(ctx, r.Volume)
+		if err != nil {
+			return err
+		}
+		if slices.Contains(tombstoned, r.New) {
+			log.Info("the chosen node still holds a deleted volume's replica of this id: next pass")
+			return nil
+		}
 	}
 	rec.Replicas[i].State = ReplicaLost
 	if r.New != "" {
@@ -158,10 +172,15 @@ func (d *driver) finish(ctx context.Context, lease *leader.Lease, id string) err
 		return err
 	}
 	c.log.Info("replacement replicas in sync: lost replicas dropped", "volume_id", id, "replicas", rec.Replicas, "dropped", lost)
+	// The lost replicas' data: removed now where the node answers, else
+	// a tombstone, which the next passes sweep once the node is back
+	// (tombstones.go).
+	var left []leader.ReplicaRecord
 	for _, r := range lost {
 		if err := replication.DeleteReplica(ctx, c.cfg.Dial, r.Addr, id, time.Second); err != nil {
-			c.log.Info("lost replica's data left on its node (unreachable)", "volume_id", id, "node", r.Node, "error", err)
+			c.log.Info("lost replica's data left on its node until it is back (unreachable)", "volume_id", id, "node", r.Node, "error", err)
+			left = append(left, r)
 		}
 	}
-	return nil
+	return c.cfg.Client.PutTombstones(ctx, id, left, lease)
 }

@@ -11,10 +11,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // EndpointEnv is the environment variable Nomad sets to the socket a CSI
@@ -88,7 +87,7 @@ func serveOn(ctx context.Context, ln net.Listener, log hclog.Logger, register fu
 }
 
 // LoggingInterceptor logs every CSI call (method, request with every
-// secrets field emptied, duration, status code) and turns any error that
+// secret stripped, duration, status code) and turns any error that
 // is not a gRPC status into Internal, so nothing reaches the caller as
 // Unknown.
 func LoggingInterceptor(log hclog.Logger) grpc.UnaryServerInterceptor {
@@ -111,31 +110,8 @@ func LoggingInterceptor(log hclog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
-// StripSecrets returns a copy of a protobuf request with every field named
-// "secrets" (at any depth) cleared, as a string fit for a log.
-func StripSecrets(req any) string {
-	m, ok := req.(proto.Message)
-	if !ok {
-		return fmt.Sprintf("%T", req)
-	}
-	c := proto.Clone(m)
-	clearSecrets(c.ProtoReflect())
-	return fmt.Sprint(c)
-}
-
-func clearSecrets(m protoreflect.Message) {
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.Name() == "secrets":
-			m.Clear(fd)
-		case fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap():
-			clearSecrets(v.Message())
-		case fd.Kind() == protoreflect.MessageKind && fd.IsList():
-			l := v.List()
-			for i := 0; i < l.Len(); i++ {
-				clearSecrets(l.Get(i).Message())
-			}
-		}
-		return true
-	})
-}
+// StripSecrets returns a request as a string fit for a log: every field
+// the CSI spec marks csi_secret (the secrets maps, at any depth) replaced
+// by "***stripped***", by csi-lib-utils' protosanitizer, which follows
+// the spec's field option rather than a field name.
+func StripSecrets(req any) string { return protosanitizer.StripSecrets(req).String() }

@@ -37,7 +37,29 @@ func TestLoggingInterceptorStripsSecrets(t *testing.T) {
 	must.StrContains(t, out, "vol-a")
 	must.StrContains(t, out, "replicas")
 	must.False(t, strings.Contains(out, "hunter2-secret"), must.Sprint(out))
+	must.StrContains(t, out, "***stripped***")
 	must.Eq(t, "hunter2-secret", req.Secrets["password"]) // the request itself is untouched
+}
+
+// Every field the CSI spec marks csi_secret is stripped, whatever its
+// name, in every request that carries one; what is not secret stays.
+func TestStripSecrets(t *testing.T) {
+	const pass = "correct horse battery staple"
+	for name, req := range map[string]any{
+		"CreateVolume":     &csi.CreateVolumeRequest{Name: "v", Secrets: map[string]string{"encryption_passphrase": pass}},
+		"DeleteVolume":     &csi.DeleteVolumeRequest{VolumeId: "v", Secrets: map[string]string{"x": pass}},
+		"NodeStageVolume":  &csi.NodeStageVolumeRequest{VolumeId: "v", Secrets: map[string]string{"encryption_passphrase": pass}, VolumeContext: map[string]string{"fs_type": "ext4"}},
+		"NodePublish":      &csi.NodePublishVolumeRequest{VolumeId: "v", Secrets: map[string]string{"encryption_passphrase": pass}},
+		"ControllerExpand": &csi.ControllerExpandVolumeRequest{VolumeId: "v", Secrets: map[string]string{"k": pass}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			out := StripSecrets(req)
+			must.StrNotContains(t, out, pass)
+			must.StrContains(t, out, "***stripped***")
+			must.StrContains(t, out, `"v"`)
+		})
+	}
+	must.StrContains(t, StripSecrets(&csi.NodeStageVolumeRequest{VolumeContext: map[string]string{"fs_type": "ext4"}}), "ext4")
 }
 
 func TestSocketPath(t *testing.T) {

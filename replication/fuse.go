@@ -2,15 +2,16 @@ package replication
 
 // FUSE frontend: serves one Device as one regular file in a FUSE mount, so
 // that a loop device (losetup --direct-io=on) can turn it into a block
-// device on hosts without the nbd module. DESIGN.md §5.5.
+// device on hosts without the nbd module. docs/architecture.md, "Data path".
 //
 // The file system is two inodes, the root directory and the volume file,
 // served through go-fuse's raw API: a one-file tree needs no inode
 // bookkeeping, and the raw API hands every request straight to the Device
 // without the fs package's per-node locks.
 //
-// Settings, as measured in DESIGN.md §5.5: the mount is made directly by
-// this process (DirectMountStrict, no fusermount), requests carry up to
+// Settings, as measured (docs/architecture.md, "FUSE settings"): the
+// mount is made directly by this process (DirectMountStrict, no
+// fusermount), requests carry up to
 // 1 MiB (MaxWrite), up to 64 asynchronous requests are in flight
 // (MaxBackground), CAP_ASYNC_DIO lets the loop device keep several direct
 // I/O requests in flight, and the file is opened with FOPEN_DIRECT_IO |

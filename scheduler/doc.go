@@ -1,4 +1,5 @@
-// Package scheduler decides where a volume's replicas live (DESIGN.md §2, §4).
+// Package scheduler decides where a volume's replicas live (docs/architecture.md,
+// "Packages" and "Volumes").
 //
 // It owns two pure decisions:
 //
@@ -8,7 +9,8 @@
 //     volumes and their holders, and the current time, say which replicas are
 //     lost for good and which node receives a full copy in each one's place.
 //
-// Placement is a pipeline of small pure steps (STYLE.md rule 14):
+// Placement is a pipeline of small pure steps (docs/architecture.md,
+// "Conventions", rule 14):
 //
 //	filter  (filter.go)  healthy, not draining, not excluded, inside the
 //	                     topology requisite, enough free space; every

@@ -19,7 +19,7 @@ type VolumeState struct {
 
 // Replacement retires the replica on Lost and, when New is set, puts a full
 // copy on New. The controller drives the copy and retires Lost only once
-// New is in sync (DESIGN.md §5.3).
+// New is in sync (docs/architecture.md, "Data path").
 type Replacement struct {
 	Volume string
 	Lost   string // node ID whose replica is retired

@@ -4,13 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/hashicorp/go-hclog"
 	"net"
 	"os"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/hcl/volspec"
 	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/statusapi"
 	"github.com/saddlebag/saddlebag/internal/units"
@@ -24,7 +26,9 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
-// sizeFlag is a byte size flag that accepts units.
+// sizeFlag is a byte size flag with units, read as Nomad reads a volume
+// spec's capacity (internal/units): 10GiB is 10×2^30 bytes, 10G and
+// 10GB are 10×10^9.
 type sizeFlag int64
 
 func (s *sizeFlag) String() string { return units.FormatBytes(int64(*s)) }
@@ -42,7 +46,7 @@ func runEngine(ctx context.Context, args []string) error {
 	fs := newFlagSet("engine")
 	volume := fs.String("volume", "", "volume name (required)")
 	var size sizeFlag
-	fs.Var(&size, "size", "volume size, a multiple of 4KiB, with units: 256MiB, 10GiB (required)")
+	fs.Var(&size, "size", "volume size, a multiple of 4KiB, with units as in a Nomad volume spec: 256MiB, 10GiB (10×2^30; 10G and 10GB are 10×10^9) (required)")
 	epoch := fs.Uint64("epoch", 0, "this primary's epoch, higher than any earlier primary's (required, > 0)")
 	var replicas, local stringList
 	fs.Var(&replicas, "replica", "replica server host:port (repeat for each replica; at least one)")
@@ -82,7 +86,14 @@ func runEngine(ctx context.Context, args []string) error {
 		return usageError{err}
 	}
 	if err := replication.ValidateSize(int64(size)); err != nil {
-		return usageError{fmt.Errorf("--size: %w", err)}
+		return usageError{fmt.Errorf("--size %s: %w (GiB, MiB and KiB are powers of 1024; G, GB, M, MB, k and kB powers of 1000, as in Nomad's volume specs)", size.String(), err)}
+	}
+	if mnt.path != "" {
+		// Before anything starts, by the rule the spec checks use, rather
+		// than mkfs's own usage text in the log later.
+		if err := volspec.FitsFS(mnt.fsType, int64(size)); err != nil {
+			return usageError{fmt.Errorf("--size %s: %w, or pick another --fs-type", size.String(), err)}
+		}
 	}
 	if err := replication.ValidateVolumeID(*volume); err != nil {
 		return usageError{fmt.Errorf("--volume: %w", err)}

@@ -214,6 +214,8 @@ func TestBadFlagsExitWithOneLine(t *testing.T) {
 	}{
 		{[]string{"engine", "--volume", "v", "--size", "1000", "--epoch", "1", "--replica", "x:1", "--nbd-socket", "s"}, "multiple of 4096"},
 		{[]string{"engine", "--volume", "v", "--size", "10 parsecs", "--epoch", "1"}, "invalid size"},
+		// G is 10^9, as in a Nomad volume spec: not a whole number of 4 KiB blocks.
+		{[]string{"engine", "--volume", "v", "--size", "1G", "--epoch", "1", "--replica", "x:1", "--nbd-socket", "s"}, "--size 1GB: invalid request: volume size 1000000000 is not a positive multiple of 4096 bytes (4 KiB) (GiB, MiB and KiB are powers of 1024; G, GB, M, MB, k and kB powers of 1000"},
 		{[]string{"engine", "--size", "1GiB"}, "--volume is required"},
 		{[]string{"engine", "--volume", "v", "--size", "1GiB", "--epoch", "1", "--nbd-socket", "s"}, "--replica is required"},
 		{[]string{"replica", "--data-dir", "/tmp/x"}, "--listen are required"},

@@ -189,7 +189,8 @@ func TestEngineKilledUnderMountRecovers(t *testing.T) {
 }
 
 // TestEngineMountFlags: --mount and --nbd-socket are exclusive, and the
-// file system type is checked before anything starts.
+// file system type, and the size against it, are checked before anything
+// starts.
 func TestEngineMountFlags(t *testing.T) {
 	for _, c := range []struct {
 		args []string
@@ -197,6 +198,9 @@ func TestEngineMountFlags(t *testing.T) {
 	}{
 		{[]string{"--mount", "/mnt/x", "--nbd-socket", "s"}, "exclusive"},
 		{[]string{"--mount", "/mnt/x", "--fs-type", "btrfs"}, "unsupported file system type"},
+		// Too small for the file system: said before mkfs, by the spec checks' rule.
+		{[]string{"--mount", "/mnt/x", "--fs-type", "xfs", "--size", "256MiB"}, `--size 256MiB: xfs needs a volume of at least 300MiB, not 256MiB; make the volume 300MiB or larger, or use ext4`},
+		{[]string{"--mount", "/mnt/x", "--size", "4MiB"}, `--size 4MiB: ext4 needs a volume of at least 8MiB, not 4MiB`},
 		{nil, "--nbd-socket or --mount is required"},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {

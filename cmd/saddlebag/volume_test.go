@@ -120,7 +120,7 @@ func TestVolumeValidateSeveralFiles(t *testing.T) {
 	must.StrContains(t, stdout, warn+": ok: ")
 	must.Eq(t, strings.Join([]string{
 		bad + `:1,1: plugin_id is missing; set the ID the Saddlebag plugin jobs register in their csi_plugin block, e.g. plugin_id = "saddlebag"`,
-		bad + `:33,17: replicas must be a whole number from 1 to 5`,
+		bad + `:33,17: replicas must be a whole number from 1 to 5 in plain digits, like "2"`,
 		warn + `:33,3: warning: unknown parameter "replica" (did you mean "replicas"?); Saddlebag's parameters are replicas, fs_type, spread, min_in_sync and encrypted; others are passed to the plugin and ignored`,
 		`saddlebag volume: 2 problems in 1 file`,
 	}, "\n")+"\n", stderr)
@@ -250,7 +250,7 @@ func TestVolumeCreateInvalidSendsNothing(t *testing.T) {
 	spec := writeFile(t, "bad.hcl", strings.Replace(string(src), `replicas    = 2 `, `replicas    = 0 `, 1))
 	_, stderr, code := runSaddlebag(t, "", "volume", "create", "--address", nomad.URL, spec)
 	must.Eq(t, 1, code)
-	must.Eq(t, spec+":33,17: replicas must be a whole number from 1 to 5\nsaddlebag volume: nothing created: 1 problem in 1 file\n", stderr)
+	must.Eq(t, spec+":33,17: replicas must be a whole number from 1 to 5 in plain digits, like \"2\"\nsaddlebag volume: nothing created: 1 problem in 1 file\n", stderr)
 	must.Len(t, 0, nomad.requests)
 }
 

@@ -35,7 +35,8 @@
 //
 // Nothing probes outside the machine: every agent runs with
 // disable_update_check, Nomad clients with the cloud fingerprinters
-// denied and AWS_CA_BUNDLE unset (DESIGN.md §7), and no network but the
+// denied and AWS_CA_BUNDLE unset (docs/architecture.md, "What we measured about
+// Nomad"), and no network but the
 // bridge exists inside a node's namespace.
 //
 // Teardown works from a state file (/run/saddlebag-e2e/<N>.json) that

@@ -61,7 +61,7 @@ func (t Timing) withDefaults() Timing {
 	return d
 }
 
-// deniedFingerprinters probe cloud metadata addresses (DESIGN.md §7).
+// deniedFingerprinters probe cloud metadata addresses (docs/architecture.md, "What we measured about Nomad").
 const deniedFingerprinters = "env_aws,env_gce,env_azure,env_digitalocean"
 
 // deniedDrivers are drivers the clusters do not use; left on, they only

@@ -129,8 +129,8 @@ func logTail(path string, n int) string {
 
 // agentEnv is this process's environment without what would make an
 // agent or CLI reach somewhere else: AWS_CA_BUNDLE (Nomad's AWS
-// fingerprinter fails on it and then probes a metadata address, DESIGN.md
-// §7) and any NOMAD_*/CONSUL_* settings aimed at another cluster.
+// fingerprinter fails on it and then probes a metadata address,
+// docs/architecture.md, "What we measured about Nomad") and any NOMAD_*/CONSUL_* settings aimed at another cluster.
 func agentEnv(extra ...string) []string {
 	var env []string
 	for _, kv := range os.Environ() {

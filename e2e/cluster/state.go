@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -160,46 +160,16 @@ func (s *State) Destroy(ctx context.Context) error {
 
 // mountsUnder lists the mount points at or below dir, deepest first.
 func mountsUnder(dir string) ([]string, error) {
-	dir = filepath.Clean(dir)
-	f, err := os.Open("/proc/self/mountinfo")
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(filepath.Clean(dir)))
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	var mps []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMount(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			mps = append(mps, mp)
-		}
+	mps := make([]string, len(infos))
+	for i, m := range infos {
+		mps[i] = m.Mountpoint
 	}
 	sort.Slice(mps, func(i, j int) bool { return len(mps[i]) > len(mps[j]) })
-	return mps, sc.Err()
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return mps, nil
 }
 
 // unmountUnder lazily unmounts everything mounted at or below dir (what
@@ -227,26 +197,13 @@ func unmountUnder(dir string) error {
 // mountDevsUnder returns the device numbers (major:minor) of the file
 // systems mounted at or below dir.
 func mountDevsUnder(dir string) (map[uint64]bool, error) {
-	dir = filepath.Clean(dir)
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(filepath.Clean(dir)))
 	if err != nil {
 		return nil, err
 	}
 	devs := map[uint64]bool{}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		if mp := unescapeMount(f[4]); mp != dir && !strings.HasPrefix(mp, dir+"/") {
-			continue
-		}
-		majS, minS, ok := strings.Cut(f[2], ":")
-		major, err1 := strconv.ParseUint(majS, 10, 32)
-		minor, err2 := strconv.ParseUint(minS, 10, 32)
-		if ok && err1 == nil && err2 == nil {
-			devs[unix.Mkdev(uint32(major), uint32(minor))] = true
-		}
+	for _, m := range infos {
+		devs[unix.Mkdev(uint32(m.Major), uint32(m.Minor))] = true
 	}
 	return devs, nil
 }

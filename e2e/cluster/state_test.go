@@ -12,9 +12,29 @@ import (
 	"github.com/shoenig/test/must"
 )
 
-func TestUnescapeMount(t *testing.T) {
-	must.Eq(t, "/a b/c\\d", unescapeMount(`/a\040b/c\134d`))
-	must.Eq(t, "/plain", unescapeMount("/plain"))
+// TestMountsUnderEscapedPath: a mount point with a space or a backslash
+// (escaped in mountinfo as \040 and \134) is found under its directory
+// with its real name, and a sibling whose name merely starts like the
+// directory's is not under it.
+func TestMountsUnderEscapedPath(t *testing.T) {
+	dir := t.TempDir()
+	odd := filepath.Join(dir, `a b\c`)
+	sibling := dir + "x"
+	must.NoError(t, os.MkdirAll(odd, 0o755))
+	must.NoError(t, os.MkdirAll(sibling, 0o755))
+	must.NoError(t, syscall.Mount("tmpfs", odd, "tmpfs", 0, ""))
+	must.NoError(t, syscall.Mount("tmpfs", sibling, "tmpfs", 0, ""))
+	t.Cleanup(func() {
+		_ = syscall.Unmount(odd, syscall.MNT_DETACH)
+		_ = syscall.Unmount(sibling, syscall.MNT_DETACH)
+		_ = os.Remove(sibling)
+	})
+	mps, err := mountsUnder(dir)
+	must.NoError(t, err)
+	must.Eq(t, []string{odd}, mps)
+	devs, err := mountDevsUnder(dir)
+	must.NoError(t, err)
+	must.MapLen(t, 1, devs)
 }
 
 // TestUnmountUnder mounts nested file systems (as a killed Nomad client

@@ -1,29 +1,22 @@
 package volspec
 
 import (
+	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 
-	humanize "github.com/dustin/go-humanize"
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/saddlebag/saddlebag/hcl/internal/hclutil"
+	"github.com/saddlebag/saddlebag/internal/units"
 )
-
-// BlockSize is the unit of a volume's size: sizes are whole multiples of
-// it (DESIGN.md §4).
-const BlockSize = 4096
-
-// MinXFSBytes is the smallest device mkfs.xfs formats (xfsprogs 5.19 and
-// later refuse anything under 300 MiB).
-const MinXFSBytes = 300 << 20
 
 // check turns the decoded file into a Spec, reporting every semantic
 // problem at the range it is about. missing is where absent settings are
-// reported: the start of the file, as HCL itself does.
-func check(raw *rawSpec, missing hcl.Range) (*Spec, hcl.Diagnostics) {
+// reported: the start of the file, as HCL itself does; src is the file,
+// for how values were written.
+func check(raw *rawSpec, missing hcl.Range, src []byte) (*Spec, hcl.Diagnostics) {
 	var diags hcl.Diagnostics
 	s := &Spec{
 		ID: deref(raw.ID), Name: deref(raw.Name), Namespace: deref(raw.Namespace),
@@ -66,7 +59,8 @@ func check(raw *rawSpec, missing hcl.Range) (*Spec, hcl.Diagnostics) {
 		errAt(raw.CloneIDRange, "snapshot_id and clone_id are both set", "a volume starts from a snapshot or from a clone of another volume, not both: keep one")
 	}
 
-	diags = append(diags, checkCapacity(s, raw)...)
+	capDiags, capOK := checkCapacity(s, raw)
+	diags = append(diags, capDiags...)
 	diags = append(diags, checkCapabilities(s, raw, missing)...)
 
 	if m := raw.MountOptions; m != nil {
@@ -84,8 +78,11 @@ func check(raw *rawSpec, missing hcl.Range) (*Spec, hcl.Diagnostics) {
 		diags = append(diags, d...)
 		s.Secrets = values(secrets)
 	}
-	paramDiags := checkParameters(s, raw)
+	fsType, paramDiags := checkParameters(s, raw, src)
 	diags = append(diags, paramDiags...)
+	if capOK {
+		diags = append(diags, checkSize(s, fsType)...)
+	}
 	if !paramDiags.HasErrors() {
 		if field, msg := EncryptionProblem(s.Params, s.Secrets); field != "" {
 			at := missing
@@ -102,53 +99,53 @@ func check(raw *rawSpec, missing hcl.Range) (*Spec, hcl.Diagnostics) {
 	return s, diags
 }
 
-// checkCapacity reads capacity_min and capacity_max and checks that the
-// range holds a size Saddlebag can make.
-func checkCapacity(s *Spec, raw *rawSpec) hcl.Diagnostics {
-	var diags hcl.Diagnostics
+// checkCapacity reads capacity_min and capacity_max, as Nomad reads them
+// (internal/units); ok is false when either is not a size.
+func checkCapacity(s *Spec, raw *rawSpec) (diags hcl.Diagnostics, ok bool) {
 	parse := func(name string, v *string, at hcl.Range) (int64, bool) {
 		if v == nil || *v == "" { // Nomad reads "" as not set
 			return 0, true
 		}
-		n, err := humanize.ParseBytes(*v)
+		n, err := units.ParseBytes(*v)
 		switch {
-		case err != nil:
-			diags = append(diags, hclutil.Error(at, fmt.Sprintf("%s %q is not a size", name, *v),
-				`write a number of bytes with an optional unit, like "10GiB", "500MiB", "1GB" or "1073741824"`))
+		case errors.Is(err, units.ErrTooLarge):
+			diags = append(diags, hclutil.Error(at, fmt.Sprintf("%s %q is too large", name, *v), "a volume is at most "+units.FormatBytes(units.MaxBytes)))
 			return 0, false
-		case n > math.MaxInt64:
-			diags = append(diags, hclutil.Error(at, fmt.Sprintf("%s %q is too large", name, *v), "a volume size must fit in 63 bits of bytes"))
+		case err != nil:
+			diags = append(diags, hclutil.Error(at, fmt.Sprintf("%s %q is not a size", name, *v), "write "+units.Forms))
 			return 0, false
 		case n == 0:
 			diags = append(diags, hclutil.Error(at, fmt.Sprintf("%s %q is zero", name, *v), `write a size larger than zero, like "10GiB", or leave it out`))
 			return 0, false
 		}
-		return int64(n), true
+		return n, true
 	}
 	lo, okLo := parse("capacity_min", raw.CapacityMin, raw.CapacityMinRange)
 	hi, okHi := parse("capacity_max", raw.CapacityMax, raw.CapacityMaxRange)
 	s.CapacityMin, s.CapacityMax = lo, hi
-	if !okLo || !okHi {
-		return diags
-	}
-	switch {
-	case hi != 0 && lo > hi:
-		diags = append(diags, hclutil.Error(raw.CapacityMinRange,
-			fmt.Sprintf("capacity_min (%s) is larger than capacity_max (%s)", *raw.CapacityMin, *raw.CapacityMax),
-			"capacity_min must be at most capacity_max; set both to the same value for an exact size"))
-	case hi != 0 && roundUp(max(lo, BlockSize)) > hi:
-		diags = append(diags, hclutil.Error(raw.CapacityMaxRange,
-			fmt.Sprintf("no size from capacity_min to capacity_max (%s) is a whole number of 4 KiB blocks", *raw.CapacityMax),
-			fmt.Sprintf("Saddlebag volumes are a multiple of 4096 bytes: allow at least %d bytes (%s)", roundUp(max(lo, BlockSize)), humanize.IBytes(uint64(roundUp(max(lo, BlockSize)))))))
-	}
-	return diags
+	return diags, okLo && okHi
 }
 
-func roundUp(n int64) int64 {
-	if n > math.MaxInt64-BlockSize {
-		return math.MaxInt64
+// checkSize picks the volume's size from its capacity range with the
+// rule CreateVolume follows (Size), for the file system it will hold:
+// fsType when a capability mounts it, none when every capability is a
+// raw block device, and none when the file system is unknown (its
+// problem is reported already).
+func checkSize(s *Spec, fsType string) hcl.Diagnostics {
+	if !slices.ContainsFunc(s.Capabilities, func(c Capability) bool { return c.AttachmentMode == "file-system" }) {
+		fsType = ""
 	}
-	return (n + BlockSize - 1) / BlockSize * BlockSize
+	size, err := Size(s.CapacityMin, s.CapacityMax, fsType)
+	var se *SizeError
+	if errors.As(err, &se) {
+		at := s.Ranges.CapacityMin
+		if se.Field == "capacity_max" {
+			at = s.Ranges.CapacityMax
+		}
+		return hcl.Diagnostics{hclutil.Error(at, se.Summary, se.Detail)}
+	}
+	s.Size = size
+	return nil
 }
 
 // checkCapabilities checks the capability blocks: at least one, each with
@@ -200,8 +197,9 @@ func suggestion(got string, valid []string) string {
 
 // checkParameters reads the parameters block and checks Saddlebag's keys
 // in it, each problem at its value; unknown keys are warnings, since
-// Nomad passes them on unchanged.
-func checkParameters(s *Spec, raw *rawSpec) hcl.Diagnostics {
+// Nomad passes them on unchanged. It returns the volume's file system,
+// "" when the parameters have a problem.
+func checkParameters(s *Spec, raw *rawSpec, src []byte) (string, hcl.Diagnostics) {
 	var diags hcl.Diagnostics
 	attrs := map[string]hclutil.Attr{}
 	if raw.Parameters != nil {
@@ -216,6 +214,7 @@ func checkParameters(s *Spec, raw *rawSpec) hcl.Diagnostics {
 		s.Ranges.Parameters[k] = a.ValueRange
 	}
 	params, problems := checkParams(s.Parameters)
+	problems = checkLiterals(problems, attrs, src)
 	for _, p := range problems {
 		diags = append(diags, hclutil.Error(attrs[p.Key].ValueRange, p.Message, ""))
 	}
@@ -228,12 +227,12 @@ func checkParameters(s *Spec, raw *rawSpec) hcl.Diagnostics {
 	if m := s.MountOptions; m != nil && m.FSType != "" {
 		if !slices.Contains(FSTypes, m.FSType) {
 			diags = append(diags, hclutil.Error(m.FSTypeRange, fsTypeMessage("mount_options fs_type"), ""))
-			return diags
+			return "", diags
 		}
 		mountFS = m.FSType
 	}
 	if len(problems) > 0 {
-		return diags
+		return "", diags
 	}
 	fs, err := params.ResolveFSType(mountFS)
 	if err != nil {
@@ -241,19 +240,67 @@ func checkParameters(s *Spec, raw *rawSpec) hcl.Diagnostics {
 		diags = append(diags, hclutil.Error(attrs[ParamFSType].ValueRange,
 			fmt.Sprintf("fs_type %q differs from mount_options fs_type %q", params.FSType, mountFS),
 			"give the file system in one place, or the same in both"))
-		return diags
+		return "", diags
 	}
-	if fs == "xfs" {
-		switch {
-		case s.CapacityMin != 0 && s.CapacityMin < MinXFSBytes:
-			diags = append(diags, hclutil.Error(s.Ranges.CapacityMin, "xfs needs a volume of at least 300MiB",
-				`raise capacity_min to "300MiB" or more, or use fs_type = "ext4"`))
-		case s.CapacityMin == 0 && s.CapacityMax != 0 && s.CapacityMax < MinXFSBytes:
-			diags = append(diags, hclutil.Error(s.Ranges.CapacityMax, "xfs needs a volume of at least 300MiB",
-				`raise capacity_max to "300MiB" or more, or use fs_type = "ext4"`))
+	return fs, diags
+}
+
+// checkLiterals adds to problems the parameters written as a value of
+// the wrong type, which the strings Nomad sends no longer show: replicas
+// = true arrives as "1", replicas = 1e0 or 02 as "1" or "2", encrypted =
+// 1 as "1". A parameter's own problem replaces one checkParams found.
+func checkLiterals(problems []ParamProblem, attrs map[string]hclutil.Attr, src []byte) []ParamProblem {
+	for _, key := range KnownParams {
+		a, ok := attrs[key]
+		if !ok {
+			continue
 		}
+		msg := literalProblem(key, sourceText(src, a.ValueRange))
+		if msg == "" {
+			continue
+		}
+		problems = slices.DeleteFunc(problems, func(p ParamProblem) bool { return p.Key == key })
+		problems = append(problems, ParamProblem{Key: key, Value: a.Value, Message: msg})
 	}
-	return diags
+	return problems
+}
+
+// literalProblem says what is wrong with how parameter key's value was
+// written, text being its source ("" when nothing is, or when it is a
+// quoted string, which checkParams reads as it is).
+func literalProblem(key, text string) string {
+	if text == "" || strings.HasPrefix(text, `"`) {
+		return ""
+	}
+	switch key {
+	case ParamReplicas, ParamMinInSync:
+		if _, ok := wholeNumber(text); ok {
+			return ""
+		}
+		upper := fmt.Sprint(MaxReplicas)
+		if key == ParamMinInSync {
+			upper = "replicas"
+		}
+		what := "a number in another form"
+		if text == "true" || text == "false" {
+			what = "a bool, not a number"
+		}
+		return fmt.Sprintf("%s must be a whole number from 1 to %s in plain digits, like %s = 2: %s is %s", key, upper, key, text, what)
+	case ParamEncrypted:
+		if text == "true" || text == "false" {
+			return ""
+		}
+		return fmt.Sprintf("encrypted must be true or false, like encrypted = true: %s is not a bool", text)
+	}
+	return ""
+}
+
+// sourceText is the text of r in src, "" when r is not in it.
+func sourceText(src []byte, r hcl.Range) string {
+	if r.Start.Byte < 0 || r.End.Byte > len(src) || r.Start.Byte >= r.End.Byte {
+		return ""
+	}
+	return strings.TrimSpace(string(src[r.Start.Byte:r.End.Byte]))
 }
 
 func values(m map[string]hclutil.Attr) map[string]string {

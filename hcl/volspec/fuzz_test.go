@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -51,6 +52,26 @@ func FuzzParseVolumeSpec(f *testing.F) {
 		}
 		if p, err := ParseParams(s.Parameters); err != nil || p != s.Params {
 			t.Fatalf("ParseParams(%v) = %+v, %v; Parse said %+v", s.Parameters, p, err, s.Params)
+		}
+		// The size CreateVolume would make is the one the spec reports,
+		// whole blocks within the range, and the file system fits in it.
+		var mountFS string
+		if s.MountOptions != nil {
+			mountFS = s.MountOptions.FSType
+		}
+		fs, err := s.Params.ResolveFSType(mountFS)
+		if err != nil {
+			t.Fatalf("a valid spec's file system does not resolve: %v", err)
+		}
+		if !slices.ContainsFunc(s.Capabilities, func(c Capability) bool { return c.AttachmentMode == "file-system" }) {
+			fs = ""
+		}
+		size, err := Size(s.CapacityMin, s.CapacityMax, fs)
+		switch {
+		case err != nil || size != s.Size:
+			t.Fatalf("Size(%d, %d, %q) = %d, %v; the spec says %d", s.CapacityMin, s.CapacityMax, fs, size, err, s.Size)
+		case size%BlockSize != 0 || size < s.CapacityMin || s.CapacityMax != 0 && size > s.CapacityMax || size < MinSize(fs):
+			t.Fatalf("size %d for range %d..%d and %q", size, s.CapacityMin, s.CapacityMax, fs)
 		}
 	})
 }

@@ -36,7 +36,7 @@ const (
 // documented and reported.
 var KnownParams = []string{ParamReplicas, ParamFSType, ParamSpread, ParamMinInSync, ParamEncrypted}
 
-// Limits and defaults of the parameters (DESIGN.md §4, §5.3).
+// Limits and defaults of the parameters (docs/architecture.md, "Volumes" and "Data path").
 const (
 	MinReplicas      = 1
 	MaxReplicas      = 5
@@ -164,7 +164,7 @@ func checkParams(m map[string]string) (Params, []ParamProblem) {
 	if v, ok := m[ParamReplicas]; ok {
 		n, ok := wholeNumber(v)
 		if !ok || n < MinReplicas || n > MaxReplicas {
-			bad(ParamReplicas, fmt.Sprintf("replicas must be a whole number from %d to %d", MinReplicas, MaxReplicas))
+			bad(ParamReplicas, fmt.Sprintf("replicas must be a whole number from %d to %d in plain digits, like %q", MinReplicas, MaxReplicas, "2"))
 			replicasOK = false
 		} else {
 			p.Replicas = n
@@ -188,7 +188,7 @@ func checkParams(m map[string]string) (Params, []ParamProblem) {
 		n, ok := wholeNumber(v)
 		switch {
 		case !ok || n < 1 || n > MaxReplicas:
-			bad(ParamMinInSync, "min_in_sync must be a whole number from 1 to replicas")
+			bad(ParamMinInSync, `min_in_sync must be a whole number from 1 to replicas in plain digits, like "1"`)
 		case replicasOK && n > p.Replicas:
 			bad(ParamMinInSync, fmt.Sprintf("min_in_sync must be a whole number from 1 to replicas (%d)", p.Replicas))
 		default:
@@ -201,7 +201,7 @@ func checkParams(m map[string]string) (Params, []ParamProblem) {
 			p.Encrypted = true
 		case "false", "0":
 		default:
-			bad(ParamEncrypted, `encrypted must be true or false`)
+			bad(ParamEncrypted, `encrypted must be true or false (as Nomad sends a bool, "1" or "0")`)
 		}
 	}
 	return p, problems
@@ -232,9 +232,10 @@ func EncryptionProblem(p Params, secrets map[string]string) (field, message stri
 }
 
 // wholeNumber parses a decimal number of plain digits: no sign, no
-// spaces, no fraction.
+// spaces, no fraction, no exponent, no leading zero ("02" is not how
+// anyone writes 2, and other tools read it as octal).
 func wholeNumber(s string) (int, bool) {
-	if s == "" || len(s) > 9 {
+	if s == "" || len(s) > 9 || len(s) > 1 && s[0] == '0' {
 		return 0, false
 	}
 	for _, c := range s {

@@ -23,6 +23,9 @@ type Spec struct {
 	// writes them as strings with units, read the way Nomad reads them
 	// ("10GiB" is 10×2^30, "10GB" and "10G" are 10×10^9).
 	CapacityMin, CapacityMax int64
+	// Size is the size the plugin makes the volume, picked from the
+	// capacity range by the rule CreateVolume follows (Size).
+	Size int64
 
 	Capabilities    []Capability
 	MountOptions    *MountOptions    // nil when absent
@@ -204,7 +207,7 @@ func Parse(filename string, src []byte) (*Spec, hcl.Diagnostics) {
 		hclutil.SortByPosition(diags)
 		return nil, diags
 	}
-	spec, more := check(&raw, f.Body.MissingItemRange())
+	spec, more := check(&raw, f.Body.MissingItemRange(), src)
 	diags = append(diags, more...)
 	hclutil.SortByPosition(diags)
 	if diags.HasErrors() {

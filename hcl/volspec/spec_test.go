@@ -247,8 +247,10 @@ func TestTopologySegmentsForms(t *testing.T) {
 
 // Parameters and secrets reach the plugin as the strings Nomad would
 // send: numbers as written, bools as "1"/"0" (mapstructure.WeakDecode).
+// (Saddlebag's whole-number parameters must be written in plain digits:
+// TestParameterLiterals.)
 func TestParameterValuesAsNomadSends(t *testing.T) {
-	src := strings.Replace(valid, `replicas = 2`, "replicas = 3.0\n  min_in_sync = \"2\"\n  compress = true\n  dedupe = false", 1) +
+	src := strings.Replace(valid, `replicas = 2`, "replicas = 3\n  min_in_sync = \"2\"\n  compress = true\n  dedupe = false", 1) +
 		"secrets {\n  token = 42\n}\n"
 	s, diags := Parse("v.hcl", []byte(src))
 	must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
@@ -256,6 +258,69 @@ func TestParameterValuesAsNomadSends(t *testing.T) {
 	must.Eq(t, map[string]string{"token": "42"}, s.Secrets)
 	must.Eq(t, 3, s.Params.Replicas)
 	must.Eq(t, 2, s.Params.MinInSync)
+
+	// An unknown parameter may be written any way: it is passed on.
+	src = strings.Replace(valid, `replicas = 2`, "replicas = 2\n  ratio = 1e0\n  level = 02", 1)
+	s, diags = Parse("v.hcl", []byte(src))
+	must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
+	must.Eq(t, "1", s.Parameters["ratio"])
+	must.Eq(t, "2", s.Parameters["level"])
+}
+
+// Saddlebag's parameters written as a value of another type are errors
+// with the valid form, although the strings Nomad sends for them ("1",
+// "2") would pass: replicas = true arrives as "1", 1e0 and 01 as "1".
+func TestParameterLiterals(t *testing.T) {
+	cases := []struct {
+		from, to string
+		col      int
+		want     string // substring of the one error; "" for valid
+	}{
+		{`replicas = 2`, `replicas = true`, 14, "replicas must be a whole number from 1 to 5 in plain digits, like replicas = 2: true is a bool, not a number"},
+		{`replicas = 2`, `replicas = false`, 14, "false is a bool, not a number"},
+		{`replicas = 2`, `replicas = 1e0`, 14, "like replicas = 2: 1e0 is a number in another form"},
+		{`replicas = 2`, `replicas = 2.0`, 14, "like replicas = 2: 2.0 is a number in another form"},
+		{`replicas = 2`, `replicas = 02`, 14, "like replicas = 2: 02 is a number in another form"},
+		{`replicas = 2`, `replicas = "02"`, 14, `replicas must be a whole number from 1 to 5 in plain digits, like "2"`},
+		{`replicas = 2`, `replicas = "1e0"`, 14, `replicas must be a whole number from 1 to 5 in plain digits, like "2"`},
+		{`replicas = 2`, `replicas = -1`, 14, "-1 is a number in another form"},
+		{`replicas = 2`, `replicas = "2"`, 0, ""},
+		{`replicas = 2`, `replicas = 3`, 0, ""},
+		{`fs_type  = "ext4"`, `min_in_sync = true`, 17, "min_in_sync must be a whole number from 1 to replicas in plain digits, like min_in_sync = 2: true is a bool"},
+		{`fs_type  = "ext4"`, `min_in_sync = 1e0`, 17, "1e0 is a number in another form"},
+		{`fs_type  = "ext4"`, `min_in_sync = "01"`, 17, "min_in_sync must be a whole number from 1 to replicas in plain digits"},
+		{`fs_type  = "ext4"`, `min_in_sync = 2`, 0, ""},
+		{`fs_type  = "ext4"`, `encrypted = 1`, 15, "encrypted must be true or false, like encrypted = true: 1 is not a bool"},
+		{`fs_type  = "ext4"`, `encrypted = false`, 0, ""},
+		{`fs_type  = "ext4"`, `encrypted = "false"`, 0, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.to, func(t *testing.T) {
+			src := strings.Replace(valid, c.from, c.to, 1)
+			s, diags := Parse("v.hcl", []byte(src))
+			if c.want == "" {
+				must.False(t, diags.HasErrors(), must.Sprintf("%v", diags))
+				must.NotNil(t, s)
+				return
+			}
+			must.Nil(t, s)
+			errs := diags.Errs()
+			must.Len(t, 1, errs, must.Sprintf("%v", diags))
+			d := errs[0].(*hcl.Diagnostic)
+			must.Eq(t, c.col, d.Subject.Start.Column)
+			must.StrContains(t, d.Summary, c.want)
+		})
+	}
+	// In JSON too.
+	json := `{"id": "pg", "name": "pg", "type": "csi", "plugin_id": "saddlebag",
+  "capability": [{"access_mode": "single-node-writer", "attachment_mode": "file-system"}],
+  "parameters": {"replicas": true}}`
+	_, diags := Parse("v.json", []byte(json))
+	must.Len(t, 1, diags.Errs(), must.Sprintf("%v", diags))
+	must.StrContains(t, diags.Errs()[0].(*hcl.Diagnostic).Summary, "true is a bool")
+	_, diags = Parse("v.json", []byte(strings.Replace(json, "true", "1e0", 1)))
+	must.Len(t, 1, diags.Errs(), must.Sprintf("%v", diags))
+	must.StrContains(t, diags.Errs()[0].(*hcl.Diagnostic).Summary, "1e0 is a number in another form")
 }
 
 // A .json spec is read as HCL's JSON syntax, as Nomad accepts JSON.

@@ -9,4 +9,6 @@
 // primaries' nodes publish while something is behind
 // (internal/primary.PublishProgress), the node records with Consul's
 // health of each node, and the volumes' health checks.
+//
+// Of Saddlebag's packages it imports only leader.
 package clusterstatus

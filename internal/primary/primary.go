@@ -1,5 +1,5 @@
-// Package primary makes a node a volume's primary (DESIGN.md §5.4 steps
-// 1–3): take the volume's primary lease in Consul, read the in-sync
+// Package primary makes a node a volume's primary (docs/architecture.md,
+// "Promotion, epochs and fencing", steps 1–3): take the volume's primary lease in Consul, read the in-sync
 // record, start the replication engine at the lease's epoch over only the
 // replicas named there (promising the epoch to each, so they refuse the
 // previous primary), and let the lease drive the engine: held while the
@@ -160,7 +160,7 @@ func (p *Primary) Demote(ctx context.Context) error {
 }
 
 // SetReplicas makes the running engine serve exactly replicas (the
-// controller moved the volume's replica set, DESIGN §5.3): new ones are
+// controller moved the volume's replica set, docs/architecture.md, "Data path"): new ones are
 // added and resynced (a full copy for a new replica), and ones no longer
 // listed are retired. Retiring the last in-sync replica is refused, and
 // the replicas that were not yet retired stay. Safe to call again with

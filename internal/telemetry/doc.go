@@ -24,4 +24,6 @@
 //
 // Metric names are the constants in names.go; the Grafana dashboard in
 // dashboards/ queries only those (its test scrapes real processes).
+//
+// Of Saddlebag's packages it imports only replication (for the engines).
 package telemetry

@@ -3,59 +3,73 @@ package units
 import (
 	"errors"
 	"fmt"
-	"math"
-	"math/big"
-	"strings"
+	"strconv"
+
+	humanize "github.com/dustin/go-humanize"
 )
 
-var suffixes = map[string]int64{
-	"": 1, "b": 1,
-	"k": 1 << 10, "kib": 1 << 10, "kb": 1000,
-	"m": 1 << 20, "mib": 1 << 20, "mb": 1000 * 1000,
-	"g": 1 << 30, "gib": 1 << 30, "gb": 1000 * 1000 * 1000,
-	"t": 1 << 40, "tib": 1 << 40, "tb": 1000 * 1000 * 1000 * 1000,
-	"p": 1 << 50, "pib": 1 << 50, "pb": 1000 * 1000 * 1000 * 1000 * 1000,
-}
+// ErrSyntax is wrapped by every parse error; ErrTooLarge by those of a
+// size above MaxBytes.
+var (
+	ErrSyntax   = errors.New("invalid size")
+	ErrTooLarge = errors.New("size too large")
+)
 
-// ErrSyntax is wrapped by every parse error.
-var ErrSyntax = errors.New("invalid size")
+// Forms is the valid form of a size, for error messages.
+const Forms = `a number of bytes with an optional unit, like 4096, 256MiB, 10GiB or 10GB (GiB, MiB and KiB are powers of 1024; GB, G, MB, M, kB and k powers of 1000, as Nomad reads them)`
 
-// ParseBytes parses s into a number of bytes. Fractions are allowed
-// ("1.5GiB") when the result is a whole number of bytes.
+// MaxBytes is the largest size ParseBytes accepts: 8 PiB, 2^53 bytes.
+// go-humanize computes in float64, which is exact up to 2^53 and rounds
+// above it ("9007199254740993" reads as ...992), so above it a size would
+// not mean what it says.
+const MaxBytes = 1 << 53
+
+// ParseBytes parses s into a number of bytes exactly as Nomad reads a
+// volume spec's capacity (go-humanize's ParseBytes), and refuses sizes
+// above MaxBytes.
 func ParseBytes(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	i := 0
-	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
-		i++
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w %q: want %s", ErrSyntax, s, Forms)
 	}
-	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
-	mult, ok := suffixes[unit]
-	if num == "" || !ok {
-		return 0, fmt.Errorf("%w %q: want a number of bytes with an optional unit, like 4096, 256MiB, 10GiB or 1GB", ErrSyntax, s)
+	if n > MaxBytes {
+		return 0, fmt.Errorf("%w %q: %w (at most 8PiB)", ErrSyntax, s, ErrTooLarge)
 	}
-	r, ok := new(big.Rat).SetString(num)
-	if !ok {
-		return 0, fmt.Errorf("%w %q: %q is not a number", ErrSyntax, s, num)
-	}
-	r.Mul(r, new(big.Rat).SetInt64(mult))
-	if !r.IsInt() {
-		return 0, fmt.Errorf("%w %q: not a whole number of bytes", ErrSyntax, s)
-	}
-	if !r.Num().IsInt64() || r.Num().Int64() > math.MaxInt64 {
-		return 0, fmt.Errorf("%w %q: too large", ErrSyntax, s)
-	}
-	return r.Num().Int64(), nil
+	return int64(n), nil
 }
 
-// FormatBytes prints n with the largest binary unit that divides it.
+// unit is one suffix FormatBytes may print.
+type unit struct {
+	name string
+	size int64
+}
+
+// formatUnits are the suffixes FormatBytes prints, largest first, binary before
+// decimal; ParseBytes reads each with the same meaning.
+var formatUnits = []unit{
+	{"EiB", 1 << 60}, {"EB", 1e18},
+	{"PiB", 1 << 50}, {"PB", 1e15},
+	{"TiB", 1 << 40}, {"TB", 1e12},
+	{"GiB", 1 << 30}, {"GB", 1e9},
+	{"MiB", 1 << 20}, {"MB", 1e6},
+	{"KiB", 1 << 10}, {"kB", 1e3},
+}
+
+// FormatBytes prints n in its shortest exact form with one of the units
+// ParseBytes reads: "10GiB", "20GB", "1536KiB", "100B". A binary unit wins
+// a tie.
 func FormatBytes(n int64) string {
-	for _, u := range []struct {
-		name string
-		size int64
-	}{{"PiB", 1 << 50}, {"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n != 0 && n%u.size == 0 {
-			return fmt.Sprintf("%d%s", n/u.size, u.name)
+	best := strconv.FormatInt(n, 10) + "B"
+	if n <= 0 {
+		return best
+	}
+	for _, u := range formatUnits {
+		if n%u.size != 0 {
+			continue
+		}
+		if s := strconv.FormatInt(n/u.size, 10) + u.name; len(s) < len(best) {
+			best = s
 		}
 	}
-	return fmt.Sprintf("%dB", n)
+	return best
 }

@@ -10,12 +10,15 @@
 // Every step looks at the system first and only then acts, so each is
 // idempotent and a retry after a crash halfway converges; Stage also
 // checkpoints its progress in a state file so that an interrupted mkfs is
-// redone rather than mistaken for a file system (STYLE rule 12). A file
-// system that exists is never reformatted.
+// redone rather than mistaken for a file system (docs/architecture.md,
+// "Conventions", rule 12). A file system that exists is never reformatted,
+// and none is made on a volume too small for it (volspec.FitsFS, the
+// rule the spec checks and CreateVolume use).
 //
 // It shells out to the real tools where they are the interface (blkid,
 // mkfs.ext4, mkfs.xfs, e2fsck) and uses golang.org/x/sys/unix for loop
 // ioctls and mount(2). It must not speak gRPC status codes (the CSI
 // services in plugin/ map its typed errors) and must not import leader or
-// scheduler; it imports replication only to abort a FUSE connection.
+// scheduler; it imports replication only to abort a FUSE connection, and
+// hcl/volspec only for the size rule.
 package mount

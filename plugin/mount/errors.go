@@ -20,6 +20,10 @@ var (
 	// is never formatted over: that would destroy what may still be
 	// recoverable.
 	ErrHoldsData = errors.New("volume has been written to but holds no file system: refusing to format it")
+	// ErrTooSmall means the volume is too small for the file system asked
+	// for (volspec.MinSize); nothing was formatted. The error also
+	// carries the *volspec.SizeError saying the smallest size.
+	ErrTooSmall = errors.New("volume too small for its file system")
 	// ErrUnsupportedFS means a file system type other than ext4 or xfs
 	// was asked for.
 	ErrUnsupportedFS = errors.New("unsupported file system type")

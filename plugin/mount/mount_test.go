@@ -5,12 +5,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/moby/sys/mountinfo"
 	"github.com/shoenig/test/must"
 	"golang.org/x/sys/unix"
 
@@ -143,6 +145,35 @@ func TestStageFormatsOnceAndNeverReformats(t *testing.T) {
 	}
 }
 
+// TestStageRefusesVolumeTooSmall: a volume too small for its file system
+// is refused with the size rule's message before mkfs runs (mkfs.xfs
+// would fail with its usage text), and no loop device is left attached.
+func TestStageRefusesVolumeTooSmall(t *testing.T) {
+	requireRoot(t)
+	for _, c := range []struct {
+		fs   string
+		size int64
+		want string
+	}{
+		{FSXFS, 256 << 20, "xfs needs a volume of at least 300MiB, not 256MiB"},
+		{FSExt4, 4 << 20, "ext4 needs a volume of at least 8MiB, not 4MiB"},
+	} {
+		t.Run(c.fs, func(t *testing.T) {
+			backing := sparseFile(t, c.size)
+			_, err := Stage(context.Background(), stageReq(t, backing, c.fs))
+			must.ErrorIs(t, err, ErrTooSmall)
+			must.StrContains(t, err.Error(), c.want)
+			must.StrNotContains(t, err.Error(), "mkfs")
+			loops, err := loopsOf(backing)
+			must.NoError(t, err)
+			must.SliceEmpty(t, loops)
+			data, err := os.ReadFile(backing)
+			must.NoError(t, err)
+			must.Eq(t, -1, slices.IndexFunc(data, func(b byte) bool { return b != 0 }), must.Sprint("nothing was written"))
+		})
+	}
+}
+
 // TestStageRefusesUnknownContent: a device holding something that is not a
 // file system (here a swap signature) is never formatted.
 func TestStageRefusesUnknownContent(t *testing.T) {
@@ -241,16 +272,20 @@ func TestPublishBindReadOnly(t *testing.T) {
 	must.NoError(t, err)
 }
 
+// TestParseMountInfo: mountinfo lines as github.com/moby/sys/mountinfo
+// reads them into what Stage, Publish and Recover look at (escaped mount
+// points, device numbers, per-mount options, fuse subtypes).
 func TestParseMountInfo(t *testing.T) {
 	in := "36 35 98:0 /mnt1 /mnt\\040two rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n" +
 		"40 36 0:52 / /run/fuse rw,nosuid,nodev shared:5 - fuse.saddlebag saddlebag:vol rw,user_id=0\n"
-	got, err := parseMountInfo([]byte(in))
+	infos, err := mountinfo.GetMountsFromReader(strings.NewReader(in), nil)
 	must.NoError(t, err)
+	got := entries(infos)
 	must.Eq(t, []mountEntry{
 		{ID: 36, Major: 98, Minor: 0, Root: "/mnt1", Point: "/mnt two", Options: "rw,noatime", FSType: "ext3", Source: "/dev/root"},
 		{ID: 40, Major: 0, Minor: 52, Root: "/", Point: "/run/fuse", Options: "rw,nosuid,nodev", FSType: "fuse.saddlebag", Source: "saddlebag:vol"},
 	}, got)
-	_, err = parseMountInfo([]byte("36 35 98:0 /mnt1 /mnt2 rw\n"))
+	_, err = mountinfo.GetMountsFromReader(strings.NewReader("36 35 98:0 /mnt1 /mnt2 rw\n"), nil)
 	must.Error(t, err)
 }
 

@@ -1,17 +1,15 @@
 package mount
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
-// mountEntry is one line of /proc/self/mountinfo.
+// mountEntry is one line of /proc/self/mountinfo, the fields Saddlebag
+// uses, as github.com/moby/sys/mountinfo reads them (as Nomad does).
 type mountEntry struct {
 	ID           int
 	Major, Minor uint32
@@ -22,65 +20,23 @@ type mountEntry struct {
 	Source       string
 }
 
-// readMounts parses /proc/self/mountinfo (the mounts of this process's
+// readMounts reads /proc/self/mountinfo (the mounts of this process's
 // namespace, in mount order).
 func readMounts() ([]mountEntry, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	infos, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
 	}
-	return parseMountInfo(data)
+	return entries(infos), nil
 }
 
-func parseMountInfo(data []byte) ([]mountEntry, error) {
-	var out []mountEntry
-	s := bufio.NewScanner(bytes.NewReader(data))
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	for s.Scan() {
-		f := strings.Fields(s.Text())
-		sep := -1
-		for i := 6; i < len(f); i++ {
-			if f[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(f) < 7 || sep < 0 || sep+2 >= len(f) {
-			return nil, fmt.Errorf("malformed mountinfo line %q", s.Text())
-		}
-		id, err := strconv.Atoi(f[0])
-		if err != nil {
-			return nil, fmt.Errorf("malformed mountinfo line %q", s.Text())
-		}
-		maj, min, ok := strings.Cut(f[2], ":")
-		ma, err1 := strconv.ParseUint(maj, 10, 32)
-		mi, err2 := strconv.ParseUint(min, 10, 32)
-		if !ok || err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("malformed mountinfo device %q", f[2])
-		}
-		out = append(out, mountEntry{ID: id, Major: uint32(ma), Minor: uint32(mi), Root: unescape(f[3]),
-			Point: unescape(f[4]), Options: f[5], FSType: f[sep+1], Source: unescape(f[sep+2])})
+func entries(infos []*mountinfo.Info) []mountEntry {
+	out := make([]mountEntry, len(infos))
+	for i, m := range infos {
+		out[i] = mountEntry{ID: m.ID, Major: uint32(m.Major), Minor: uint32(m.Minor), Root: m.Root,
+			Point: m.Mountpoint, Options: m.Options, FSType: m.FSType, Source: m.Source}
 	}
-	return out, s.Err()
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space, ...).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return out
 }
 
 // mountsAt returns the mounts whose mount point is path, in mount order

@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	"github.com/saddlebag/saddlebag/hcl/volspec"
 )
 
 // ErrNotStaged means Publish was asked to bind a staging path that has no
@@ -145,6 +147,12 @@ func Stage(ctx context.Context, req StageRequest) (res *Staged, err error) {
 				if redo {
 					log.Warn("an earlier mkfs did not finish: formatting again", "device", res.Device)
 				}
+				// Too small for the file system: say so, by the rule the
+				// spec checks and CreateVolume use, rather than with
+				// mkfs's usage text.
+				if err := fitsFS(req.BackingFile, req.FSType); err != nil {
+					return nil, err
+				}
 				st.Formatting, st.FSType = true, req.FSType
 				if err := saveState(req.StateFile, st); err != nil {
 					return nil, err
@@ -178,6 +186,20 @@ func Stage(ctx context.Context, req StageRequest) (res *Staged, err error) {
 		}
 	}
 	return res, nil
+}
+
+// fitsFS checks that the volume file backing is large enough for a file
+// system of type fsType (volspec.FitsFS): nil, or an error wrapping
+// ErrTooSmall and the *volspec.SizeError.
+func fitsFS(backing, fsType string) error {
+	fi, err := os.Stat(backing)
+	if err != nil {
+		return fmt.Errorf("size of %s: %w", backing, err)
+	}
+	if err := volspec.FitsFS(fsType, fi.Size()); err != nil {
+		return fmt.Errorf("%w: %w", ErrTooSmall, err)
+	}
+	return nil
 }
 
 // ensureLoop returns the loop device bound to backing, attaching one if
