@@ -10,7 +10,7 @@ import (
 )
 
 // Counters for operators (internal/telemetry exports them). The hot path
-// only adds to atomics: per I/O, a clock read, three atomic adds and one
+// only adds to atomics: per I/O, two clock reads, three atomic adds and one
 // bucket increment; no allocation and no lock. Everything else a metric
 // needs is read from the engine when it is sampled (EngineMetrics).
 
