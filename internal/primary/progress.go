@@ -46,8 +46,13 @@ func PublishProgress(ctx context.Context, client *leader.Client, node string, in
 			}
 			stamped := rec
 			stamped.Updated = time.Now().UTC()
-			if err := client.PutResync(ctx, e.Volume(), stamped); err != nil {
-				if !errors.Is(err, leader.ErrNotFound) && ctx.Err() == nil {
+			err := client.PutResync(ctx, e.Volume(), stamped)
+			switch {
+			case errors.Is(err, leader.ErrNotFound):
+				// No volume record (a --serve-volume candidate, or the
+				// volume was deleted): tried again only when it changes.
+			case err != nil:
+				if ctx.Err() == nil {
 					log.Debug("write resync progress", "volume_id", e.Volume(), "error", err)
 				}
 				continue
