@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/hashicorp/go-hclog"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/shoenig/test/must"
 	"google.golang.org/grpc/codes"
@@ -300,4 +303,25 @@ func TestGrafanaDashboardMetricsExported(t *testing.T) {
 	sort.Strings(unshown)
 	must.SliceEmpty(t, unshown, must.Sprintf("exported but on no panel: %v", unshown))
 	t.Logf("dashboard: %d queries over %d metrics, all exported", len(queries), len(queried))
+}
+
+// TestMetricsAddrTaken: a --metrics-addr that cannot be bound is logged
+// and the process goes on without metrics; an empty one serves none.
+func TestMetricsAddrTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must.NoError(t, err)
+	defer ln.Close()
+	var logs bytes.Buffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &logs})
+	ctx, cancel := context.WithCancel(context.Background())
+	sampled := false
+	wait := startMetrics(ctx, ln.Addr().String(), log, func() { sampled = true })
+	cancel()
+	wait()
+	must.StrContains(t, logs.String(), "metrics not served: cannot listen")
+	must.False(t, sampled)
+	logs.Reset()
+	startMetrics(context.Background(), "", log, func() { sampled = true })()
+	must.Eq(t, "", logs.String())
+	must.False(t, sampled)
 }
