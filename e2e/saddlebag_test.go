@@ -63,9 +63,11 @@ func TestSaddlebag(t *testing.T) {
 	t.Cleanup(func() { _, _ = c.NomadCLI(context.Background(), "job", "stop", "-purge", "postgres") })
 	var rows int // rows committed so far
 	var primary *cluster.Node
+	var bin string // the saddlebag binary the jobs run
 
 	step("deploy: plugin healthy, volume created, checks passing", func(t *testing.T) {
-		bin, err := c.BuildSaddlebag(ctx, root)
+		var err error
+		bin, err = c.BuildSaddlebag(ctx, root)
 		must.NoError(t, err)
 		must.NoError(t, c.DeploySaddlebag(ctx, root, bin))
 		out, err := c.NomadCLI(ctx, "plugin", "status", cluster.PluginID)
@@ -120,9 +122,22 @@ func TestSaddlebag(t *testing.T) {
 	})
 
 	var dead *cluster.Node
+	// Every node's metrics, scraped each second from before the kill
+	// until the dead node's replica is back in sync: the volume's in-sync
+	// count must drop and recover (issue 15).
+	var metrics *metricsWatch
+	t.Cleanup(func() {
+		if metrics != nil {
+			metrics.stop()
+		}
+	})
 	step("kill the primary's node: postgres back on the other replica with every row", func(t *testing.T) {
 		dead = primary
 		other := otherReplica(t, ctx, c, capi, dead.Name)
+		metrics = watchVolumeMetrics(ctx, c.Nodes, volID, time.Second)
+		must.Wait(t, until(30*time.Second, func() bool {
+			return slices.ContainsFunc(metrics.seen(), func(s metricSample) bool { return s.wanted > 0 && s.inSync == s.wanted })
+		}), must.Sprintf("no scrape of %s's metrics shows the volume fully in sync before the kill:\n%s", primary.Name, metrics.changes()))
 		id, err := dead.NodeID(ctx)
 		must.NoError(t, err)
 		// One more committed row, the instant before the kill.
@@ -172,10 +187,38 @@ func TestSaddlebag(t *testing.T) {
 		must.NoError(t, err, must.Sprint(out))
 		rows = 1500
 		start := time.Now()
+		// The operator's view while the replica comes back, from Consul.
+		st := watchStatus(ctx, c, bin, volID, 300*time.Millisecond)
 		must.NoError(t, dead.Restart(ctx))
 		must.NoError(t, c.WaitPlugin(ctx, cluster.ControllerCount, len(c.Nodes)))
 		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthPassing))
 		t.Logf("volume healthy %.1fs after the restart began", time.Since(start).Seconds())
+		during, reads := st.stop()
+		if during != "" {
+			fmt.Printf("saddlebag_status_during_resync:\n%s", during)
+		} else {
+			fmt.Printf("saddlebag_status_during_resync: none of %d reads caught the resync\n", reads)
+		}
+		names := []string{primary.Name, dead.Name}
+		slices.Sort(names)
+		must.Wait(t, until(30*time.Second, func() bool {
+			out, err := runStatus(ctx, c, bin, volID)
+			return err == nil && strings.Contains(out, "health   healthy: in sync 2 of 2: "+strings.Join(names, ", "))
+		}), must.Sprint("saddlebag status never showed the volume healthy with both nodes in sync"))
+		out, err = runStatus(ctx, c, bin)
+		must.NoError(t, err)
+		fmt.Printf("saddlebag_status_after_resync:\n%s", out)
+		must.StrContains(t, out, "primary  "+primary.Name+", epoch ")
+		must.Wait(t, until(30*time.Second, func() bool {
+			_, _, ok := dropAndRecovery(metrics.seen())
+			return ok
+		}), must.Sprintf("the scraped metrics do not show the in-sync count drop and recover:\n%s", metrics.changes()))
+		metrics.stop()
+		dropped, recovered, _ := dropAndRecovery(metrics.seen())
+		fmt.Printf("failover_metrics in-sync count over the kill and the return (scraped from every node each second):\n%s", metrics.changes())
+		fmt.Printf("failover_metrics_in_sync_dropped_seconds %.1f\nfailover_metrics_in_sync_recovered_seconds %.1f\n",
+			dropped.Sub(metrics.t0).Seconds(), recovered.Sub(metrics.t0).Seconds())
+		metrics = nil
 		ins := inSync(t, ctx, capi)
 		must.SliceContains(t, ins, replicaAddr(dead), must.Sprintf("in-sync record %v", ins))
 		must.SliceContains(t, ins, replicaAddr(primary))

@@ -20,7 +20,10 @@
 //   - tombstones <prefix>tombstones/<vol>/<node> (tombstone.go): a deleted
 //     volume's replica left on a node that was down, written in the
 //     transaction that deletes the volume record;
-//   - per-volume health checks in the Consul UI (health.go).
+//   - per-volume health checks in the Consul UI (health.go), their notes
+//     naming replicas by node;
+//   - the resync progress record <prefix>volumes/<vol>/resync
+//     (progress.go), written by the primary's node for operators.
 //
 // The KV layout lives in keys.go and nowhere else. A name spelled into a
 // key (volume id, node name) is exactly one segment: ValidateName refuses

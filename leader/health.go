@@ -38,17 +38,38 @@ func (h VolumeHealth) status() string {
 }
 
 // ClassifyVolume derives a serving volume's health from the replica count
-// the spec asks for, the replicas it has and those in sync.
+// the spec asks for, the replicas it has and those in sync (addresses).
 func ClassifyVolume(want int, replicas, inSync []string) VolumeHealth {
+	return ClassifyVolumeNamed(want, replicas, inSync, nil)
+}
+
+// ClassifyVolumeNamed is ClassifyVolume with the note naming each replica
+// by its node (names maps a replica address to it; an address it lacks
+// is shown as is): "in sync 1 of 2: node1; not in sync: node3".
+func ClassifyVolumeNamed(want int, replicas, inSync []string, names map[string]string) VolumeHealth {
+	name := func(addrs []string) string {
+		out := make([]string, len(addrs))
+		for i, a := range addrs {
+			out[i] = a
+			if n := names[a]; n != "" {
+				out[i] = n
+			}
+		}
+		if len(out) == 0 {
+			return "none"
+		}
+		slices.Sort(out)
+		return strings.Join(out, ", ")
+	}
 	var out []string
 	for _, r := range replicas {
 		if !slices.Contains(inSync, r) {
 			out = append(out, r)
 		}
 	}
-	note := fmt.Sprintf("in sync %d of %d wanted: [%s]", len(inSync), want, strings.Join(inSync, " "))
+	note := fmt.Sprintf("in sync %d of %d: %s", len(inSync), want, name(inSync))
 	if len(out) > 0 {
-		note += fmt.Sprintf("; not in sync: [%s]", strings.Join(out, " "))
+		note += "; not in sync: " + name(out)
 	}
 	switch {
 	case len(inSync) == 0:

@@ -114,3 +114,7 @@ func (k Keys) Tombstone(id, node string) string {
 
 // InSync is the volume's in-sync record, written by the primary.
 func (k Keys) InSync(id string) string { return k.Volume(id) + "/insync" }
+
+// Resync is the volume's replica progress record, written by its
+// primary's node (rate-limited) for `saddlebag status`.
+func (k Keys) Resync(id string) string { return k.Volume(id) + "/resync" }

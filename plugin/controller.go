@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
+	"github.com/saddlebag/saddlebag/internal/telemetry"
 	"github.com/saddlebag/saddlebag/internal/volkey"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
@@ -349,6 +350,7 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 		Requisite: topologyOf(tr.GetRequisite()), Preferred: topologyOf(tr.GetPreferred()), Exclude: tombstoned,
 	})
 	if err != nil {
+		telemetry.PlacementFailure("create")
 		return leader.VolumeRecord{}, 0, toStatus(err, "place replicas")
 	}
 	byName := nodeMap(nodes)

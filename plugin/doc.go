@@ -30,7 +30,9 @@
 //     channel on TCP, secured by the server options and transport
 //     credentials cmd/saddlebag hands in: mutual TLS between
 //     saddlebag-controller identities, internal/connecttls) with a
-//     logging interceptor that strips secrets; paths.go: the raw_exec
+//     logging interceptor that strips secrets, and a metrics interceptor
+//     counting every call by method and code (metrics.go,
+//     internal/telemetry); paths.go: the raw_exec
 //     path translation of docs/architecture.md, "What we measured about Nomad". Replica connections (create,
 //     delete, the engines of staged volumes) go through the
 //     replication.Dialer in ControllerConfig.Dial and NodeConfig.Dial.
@@ -57,6 +59,7 @@
 //
 // It may import leader, scheduler, replication, hcl/volspec,
 // internal/primary, internal/volkey and plugin/mount (and the leaf
-// utilities internal/ctxutil and internal/units); only cmd/saddlebag
+// utilities internal/ctxutil, internal/units and internal/telemetry);
+// only cmd/saddlebag
 // imports it. internal/layering enforces both.
 package plugin

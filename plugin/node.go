@@ -38,6 +38,9 @@ type NodeConfig struct {
 	StageTimeout time.Duration
 	// ReplicaTimeout is the engine's per-request replica timeout.
 	ReplicaTimeout time.Duration
+	// ResyncRate limits each staged volume's resync traffic per replica,
+	// bytes per second (0: unlimited).
+	ResyncRate int64
 	// Dial connects the engine to replica servers (mutual TLS; nil: plain
 	// TCP, for --insecure and tests).
 	Dial replication.Dialer

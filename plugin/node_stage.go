@@ -134,7 +134,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	p, _ := volspec.ParseParams(rec.Spec.Parameters)
 	pcfg := primary.Config{Agent: n.cfg.Agent, Client: n.cfg.Client, Volume: id, Size: rec.Spec.SizeBytes,
 		Replicas: n.replicaConfigs(rec), Want: rec.Spec.Replicas, MinInSync: p.MinInSync,
-		Timeout: n.cfg.ReplicaTimeout, Dial: n.cfg.Dial, Log: n.cfg.Log}
+		Timeout: n.cfg.ReplicaTimeout, ResyncRate: n.cfg.ResyncRate, Dial: n.cfg.Dial, Log: n.cfg.Log}
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.StageTimeout)
 	prim, err := primary.Promote(pctx, pcfg)
 	cancel()

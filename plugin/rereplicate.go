@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
+	"github.com/saddlebag/saddlebag/internal/telemetry"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
@@ -93,6 +94,7 @@ func (d *driver) replace(ctx context.Context, lease *leader.Lease, r scheduler.R
 	log := c.log.With("volume_id", r.Volume, "lost", r.Lost, "new", r.New)
 	if r.New == "" && !r.Surplus {
 		log.Error("replica lost and no node can take a copy", "reason", r.Reason, "error", r.Err)
+		telemetry.PlacementFailure("replace")
 		return nil
 	}
 	unlock := c.locks.tryLock(r.Volume)

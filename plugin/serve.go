@@ -75,7 +75,8 @@ func ServeForward(ctx context.Context, ln net.Listener, log hclog.Logger, regist
 }
 
 func serveOn(ctx context.Context, ln net.Listener, log hclog.Logger, register func(*grpc.Server), opts ...grpc.ServerOption) error {
-	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.UnaryInterceptor(LoggingInterceptor(log))}, opts...)...)
+	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.UnaryInterceptor(LoggingInterceptor(log)),
+		grpc.ChainUnaryInterceptor(metricsInterceptor)}, opts...)...)
 	register(srv)
 	stop := context.AfterFunc(ctx, srv.GracefulStop)
 	defer stop()

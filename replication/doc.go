@@ -68,6 +68,12 @@
 //     HoldingDevice may hold for as long as it takes; plugin/mount formats
 //     and mounts what is on top).
 //
+// For metrics (metrics.go), the engine counts I/O by op (requests, bytes,
+// errors, latency buckets) with atomics on its I/O path, and holds,
+// fencings and replica drops; Metrics reads them with the replica counts
+// and resync figures without waiting on the in-sync recording, and
+// RunningEngines lists the engines of the process.
+//
 // It knows nothing of Consul, CSI or Nomad: it is handed epochs, replica
 // addresses and an InSyncHook. It must not import plugin, leader, scheduler
 // or hcl.

@@ -97,6 +97,9 @@ type EngineConfig struct {
 	// ActivityExtents is the activity log's size in extents (ExtentSize
 	// each), 2 to 512. Default 128.
 	ActivityExtents int
+	// Want is the replica count the volume's spec asks for, reported in
+	// Metrics only. Default: len(Replicas).
+	Want int
 	// Hook records in-sync set changes. Default: LogHook.
 	Hook InSyncHook
 	// Dial connects to replica servers (mutual TLS in production, see
@@ -144,6 +147,7 @@ type Engine struct {
 	al     activityLog
 	bmMu   sync.Mutex // serialises bitmap persistence
 	stats  engineStats
+	io     [numOps]ioCounter // per-op I/O counters (metrics.go)
 	fenced atomic.Bool
 
 	readNext atomic.Uint32
@@ -219,6 +223,9 @@ type engineStats struct {
 	reconcileExtents atomic.Int64
 	reconcileBytes   atomic.Int64
 	reconcileBlocks  atomic.Int64
+	holds            atomic.Uint64 // Hold calls that began a hold
+	fencings         atomic.Uint64 // 0 or 1: this engine was fenced
+	drops            atomic.Uint64 // in-sync replicas dropped
 }
 
 // StartEngine connects to the replicas, creating any that do not exist,
@@ -273,6 +280,7 @@ func StartEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	bg, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
 	e.wg.Go(func() { e.background(bg) })
+	registerEngine(e)
 	return e, nil
 }
 
@@ -397,7 +405,8 @@ func (e *Engine) checkRange(off, n int64) error {
 
 // WriteAt implements Device. Writes larger than MaxIOSize (or than the
 // activity log spans) go out as several requests.
-func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) (err error) {
+	defer e.io[OpWrite].done(time.Now(), int64(len(p)), &err)
 	if err := e.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -424,7 +433,8 @@ func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 // flush in flight when that was found fails (ErrUnflushedLost), and so
 // does the next one started after it, once, as Linux reports a writeback
 // error to the next fsync, instead of claiming them durable.
-func (e *Engine) Flush(ctx context.Context) error {
+func (e *Engine) Flush(ctx context.Context) (err error) {
+	defer e.io[OpFlush].done(time.Now(), 0, &err)
 	before := e.lostSeq.Load()
 	if err := e.replicate(ctx, Frame{Type: FrameFlush}); err != nil {
 		return err
@@ -440,7 +450,8 @@ func (e *Engine) Flush(ctx context.Context) error {
 // trimPieceExtents extents each, so that one request never makes the
 // activity log outgrow its bound (a blkdiscard of a whole volume, a
 // WRITE_ZEROES of many GiB).
-func (e *Engine) Trim(ctx context.Context, off, n int64) error {
+func (e *Engine) Trim(ctx context.Context, off, n int64) (err error) {
+	defer e.io[OpTrim].done(time.Now(), n, &err)
 	if err := e.checkRange(off, n); err != nil {
 		return err
 	}
@@ -647,6 +658,7 @@ func joinErrs(m map[*peer]error) error {
 // which then fails with ErrFenced.
 func (e *Engine) fence(cause error) {
 	if e.fenced.CompareAndSwap(false, true) {
+		e.stats.fencings.Add(1)
 		e.log.Error("engine fenced: refusing all further I/O", "error", cause)
 		e.order.Lock()
 		e.notifyLocked()
@@ -823,6 +835,7 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []t
 			continue
 		}
 		p.state, p.reason = StateDropped, err.Error()
+		e.stats.drops.Add(1)
 		p.dirty, p.dirtyInc = NewBitmap(e.cfg.Size), p.open.Incarnation
 		p.persisted = ^uint64(0)
 		p.takeUncertain()
@@ -1019,7 +1032,8 @@ func (e *Engine) waitMinInSync(ctx context.Context) error {
 // ReadAt implements Device: it reads from the local replica when that is in
 // sync, otherwise from an in-sync peer, moving on to the next one (and
 // dropping the failed one) on error.
-func (e *Engine) ReadAt(ctx context.Context, p []byte, off int64) error {
+func (e *Engine) ReadAt(ctx context.Context, p []byte, off int64) (err error) {
+	defer e.io[OpRead].done(time.Now(), int64(len(p)), &err)
 	if err := e.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -1115,6 +1129,7 @@ func (e *Engine) Hold() {
 	if e.hold.Load() == nil {
 		ch := make(chan struct{})
 		e.hold.Store(&ch)
+		e.stats.holds.Add(1)
 		e.log.Warn("holding I/O until the primary lease is confirmed")
 	}
 }
@@ -1177,6 +1192,7 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 // Close disconnects from every replica without flushing; outstanding
 // requests fail. A later primary treats this like a crash.
 func (e *Engine) Close() {
+	defer unregisterEngine(e)
 	e.stopBackground()
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()

@@ -19,6 +19,7 @@ declare -A need=(
   [ip]=iproute2             # e2e: network namespaces, veth pairs, the bridge
   [iptables]=iptables       # e2e: partitions (rules inside a node's own namespace)
   [psql]=postgresql-client  # e2e: talks to the example Postgres job
+  [curl]=curl               # e2e: scrapes each node's metrics from inside its namespace
   [/usr/lib/postgresql/15/bin/postgres]=postgresql  # e2e and demo: the example Postgres job runs Debian's server under exec
   [chromium]=chromium       # e2e: TestConsulUI opens the Consul UI in headless Chromium (chromedp)
 )

@@ -121,6 +121,11 @@ func TestLeastPrivilegeACLPolicies(t *testing.T) {
 		}
 	}
 	p2.waitLine(t, regexpMust(`forwarding mutating calls to the active controller.*active=c1`), 5*time.Second)
+	// A node's token may publish a volume's resync progress (the
+	// transaction reads the volume record and sets the progress key).
+	nc, err := leader.NewClient(leader.ConsulConfig{Address: dev.HTTPAddr, Token: nodeTok}, hclog.NewNullLogger())
+	must.NoError(t, err)
+	must.NoError(t, nc.PutResync(ctx, "acl0", leader.ResyncRecord{Epoch: 1, Node: "n1"}))
 
 	// The controller's token cannot stand as a node: Consul refuses it
 	// the saddlebag-node registration. (It does get the saddlebag-node

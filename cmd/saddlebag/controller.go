@@ -15,6 +15,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/ctxutil"
+	"github.com/saddlebag/saddlebag/internal/telemetry"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin"
 )
@@ -33,6 +34,7 @@ type controllerFlags struct {
 	createTimeout            time.Duration
 	replicaTimeout           time.Duration
 	insecure                 bool
+	metricsAddr              string
 }
 
 func parseControllerFlags(args []string) (*controllerFlags, error) {
@@ -52,6 +54,7 @@ func parseControllerFlags(args []string) (*controllerFlags, error) {
 	fs.DurationVar(&f.replicaTimeout, "replica-timeout", 10*time.Second, "bound on each request to a node's replica server (create, delete)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	addInsecureFlag(fs, &f.insecure)
+	addMetricsFlag(fs, &f.metricsAddr, telemetry.DefaultControllerAddr)
 	if err := parseFlagsWithConfig(fs, args, controllerConfigFlags); err != nil {
 		return nil, err
 	}
@@ -147,6 +150,7 @@ func runController(ctx context.Context, args []string) error {
 	defer cancel()
 	var agentWG, wg sync.WaitGroup
 	agentWG.Go(func() { _ = agent.Run(agentCtx) })
+	wg.Go(startMetrics(ctx, f.metricsAddr, log, func() { telemetry.SetGauge(telemetry.ControllerActive, b2f(ctl.Active())) }))
 	wg.Go(func() { _ = ctl.Run(ctx) })
 	var fwdErr error
 	wg.Go(func() {

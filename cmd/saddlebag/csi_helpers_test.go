@@ -40,7 +40,7 @@ func startCSINode(t *testing.T, consulAddr, ip, name, dir string, withCSI bool, 
 	t.Helper()
 	n := &csiNode{name: name, dataDir: filepath.Join(dir, name, "data")}
 	args := []string{"node", "--node", name, "--data-dir", n.dataDir, "--listen", ip + ":0",
-		"--consul-addr", consulAddr, "--ttl", "1500ms", "--lock-delay", "1s", "--log-level", "debug"}
+		"--consul-addr", consulAddr, "--ttl", "1500ms", "--lock-delay", "1s", "--log-level", "debug", "--metrics-addr", "127.0.0.1:0"}
 	for _, l := range labels {
 		args = append(args, "--label", l)
 	}
@@ -65,7 +65,7 @@ func startController(t *testing.T, consulAddr, name, dir string, extra ...string
 	t.Helper()
 	sock := filepath.Join(dir, name+".sock")
 	args := append([]string{"controller", "--name", name, "--csi-endpoint", "unix://" + sock, "--consul-addr", consulAddr,
-		"--ttl", "1500ms", "--lock-delay", "1s", "--log-level", "debug", "--forward-addr", "127.0.0.1:0"}, extra...)
+		"--ttl", "1500ms", "--lock-delay", "1s", "--log-level", "debug", "--forward-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"}, extra...)
 	p := startProc(t, args...)
 	p.waitLine(t, csiServingRE, 10*time.Second)
 	return p, sock

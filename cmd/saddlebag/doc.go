@@ -5,9 +5,10 @@
 //
 //	saddlebag replica --data-dir DIR --listen ADDR [--consul-addr ADDR | --insecure]
 //	saddlebag engine --volume NAME --size SIZE --epoch N --replica ADDR... --nbd-socket PATH [--consul-addr ADDR | --insecure]
-//	saddlebag node [-config FILE] --data-dir DIR --listen ADDR --consul-addr ADDR [--serve-volume NAME ...]
-//	saddlebag controller [-config FILE] --csi-endpoint unix:///PATH --consul-addr ADDR
+//	saddlebag node [-config FILE] --data-dir DIR --listen ADDR --consul-addr ADDR [--metrics-addr ADDR] [--resync-rate RATE] [--serve-volume NAME ...]
+//	saddlebag controller [-config FILE] --csi-endpoint unix:///PATH --consul-addr ADDR [--metrics-addr ADDR]
 //	saddlebag setup-intentions [--consul-addr ADDR]
+//	saddlebag status [VOLUME] [--json] [--consul-addr ADDR]
 //	saddlebag status --addr HOST:PORT
 //	saddlebag volume validate FILE...
 //	saddlebag volume create FILE [--address NOMAD_ADDR] [--token TOKEN]
@@ -24,4 +25,10 @@
 // authorizing interceptor, an engine's status endpoint off loopback
 // through HTTPS. --insecure, the only way without, is logged loudly at
 // every start.
+//
+// Monitoring (metrics.go, status.go): node and controller serve metrics
+// at /v1/metrics?format=prometheus on --metrics-addr (internal/telemetry;
+// loopback by default), the node publishes its primaries' resync progress
+// to Consul (internal/primary.PublishProgress), and `saddlebag status`
+// shows the cluster from Consul (internal/clusterstatus).
 package main

@@ -16,6 +16,7 @@ import (
 	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/ctxutil"
 	"github.com/saddlebag/saddlebag/internal/primary"
+	"github.com/saddlebag/saddlebag/internal/telemetry"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
 )
@@ -36,6 +37,8 @@ type nodeFlags struct {
 	serveReplicas                              stringList
 	csi                                        csiNodeFlags
 	insecure                                   bool
+	metricsAddr                                string
+	resyncRate                                 sizeFlag
 }
 
 func parseNodeFlags(args []string) (*nodeFlags, error) {
@@ -56,6 +59,8 @@ func parseNodeFlags(args []string) (*nodeFlags, error) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	addCSINodeFlags(fs, &f.csi)
 	addInsecureFlag(fs, &f.insecure)
+	addMetricsFlag(fs, &f.metricsAddr, telemetry.DefaultNodeAddr)
+	fs.Var(&f.resyncRate, "resync-rate", "limit each primary's resync traffic per replica to this many bytes per second, with units (e.g. 100MiB); 0 = unlimited")
 	if err := parseFlagsWithConfig(fs, args, nodeConfigFlags); err != nil {
 		return nil, err
 	}
@@ -152,6 +157,9 @@ func runNode(ctx context.Context, args []string) error {
 	agentCtx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
 	var agentWG, wg sync.WaitGroup
 	agentWG.Go(func() { _ = agent.Run(agentCtx) })
+	waitMetrics := startMetrics(ctx, f.metricsAddr, log, sampleNode(f.dataDir))
+	defer waitMetrics()
+	wg.Go(func() { primary.PublishProgress(ctx, client, f.node, primary.ProgressInterval, log) })
 	var serveErr error
 	wg.Go(func() {
 		log.Info("serving replicas", "data_dir", f.dataDir, "addr", ln.Addr().String(), "advertise", advertise, "tls", !f.insecure)
@@ -176,7 +184,8 @@ func runNode(ctx context.Context, args []string) error {
 // means a new epoch and a new engine.
 func candidate(ctx context.Context, f *nodeFlags, agent *leader.Agent, client *leader.Client, dial replication.Dialer, log hclog.Logger) {
 	log = log.Named("candidate").With("volume_id", f.serveVolume)
-	cfg := primary.Config{Agent: agent, Client: client, Volume: f.serveVolume, Size: int64(f.serveSize), Dial: dial, Log: log}
+	cfg := primary.Config{Agent: agent, Client: client, Volume: f.serveVolume, Size: int64(f.serveSize), ResyncRate: int64(f.resyncRate),
+		Dial: dial, Log: log}
 	for _, r := range f.serveReplicas {
 		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: r})
 	}

@@ -57,11 +57,12 @@ func serveCSINode(ctx context.Context, f *nodeFlags, agent *leader.Agent, client
 	node, err := plugin.NewNode(plugin.NodeConfig{
 		Agent: agent, Client: client, NodeID: f.node, Labels: labels, MaxVolumes: f.csi.maxVolumes,
 		StateDir: f.csi.stateDir, Paths: plugin.PathMapper{HostDir: f.csi.hostDir, PluginMount: f.csi.pluginMount},
-		StageTimeout: f.csi.stageTimeout, Dial: dial, Log: log,
+		StageTimeout: f.csi.stageTimeout, ResyncRate: int64(f.resyncRate), Dial: dial, Log: log,
 	})
 	if err != nil {
 		return err
 	}
+	csiNodeService.Store(node)
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

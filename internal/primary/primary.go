@@ -5,7 +5,9 @@
 // previous primary), and let the lease drive the engine: held while the
 // lease is unconfirmed, fenced when it is lost. The engine records in-sync
 // changes through the lease (CAS under its session) and the volume's
-// health check follows each change.
+// health check follows each change, its note naming replicas by node.
+// PublishProgress (progress.go) keeps the replicas' states and resync
+// progress of every primary on this node in Consul for `saddlebag status`.
 //
 // It is wiring between leader and replication, used by the node agent, the
 // CSI node service (NodeStage/NodeUnstage, and SetReplicas when the
@@ -43,6 +45,9 @@ type Config struct {
 	MinInSync int
 	// Timeout is the engine's per-request replica timeout (default 5s).
 	Timeout time.Duration
+	// ResyncRate limits resync traffic per replica, bytes per second (0:
+	// unlimited).
+	ResyncRate int64
 	// Dial connects the engine to replica servers (nil: plain TCP).
 	Dial replication.Dialer
 	Log  hclog.Logger
@@ -103,10 +108,11 @@ func Promote(ctx context.Context, cfg Config) (*Primary, error) {
 		addrs[i] = r.Addr
 	}
 	hook := &healthHook{w: lease.InSyncWriter(cfg.Agent.Node()), agent: cfg.Agent, volume: cfg.Volume,
-		want: cfg.Want, replicas: addrs, log: log}
+		want: cfg.Want, replicas: addrs, log: log, names: nodeNames{client: cfg.Client}}
 	ecfg := replication.EngineConfig{
 		Volume: cfg.Volume, Size: cfg.Size, Epoch: lease.Epoch(), Replicas: cfg.Replicas,
 		Recorded: recorded, MinInSync: cfg.MinInSync, Timeout: cfg.Timeout, Hook: hook, Dial: cfg.Dial, Log: cfg.Log,
+		Want: cfg.Want, ResyncRate: cfg.ResyncRate,
 	}
 	eng, err := replication.StartEngine(ctx, ecfg)
 	var stale *replication.StaleEpochError
@@ -185,6 +191,7 @@ type healthHook struct {
 	volume string
 	want   int
 	log    hclog.Logger
+	names  nodeNames
 
 	mu       sync.Mutex
 	replicas []string
@@ -209,7 +216,8 @@ func (h *healthHook) SetInSync(ctx context.Context, epoch, gen uint64, inSync []
 	h.mu.Lock()
 	replicas := slices.Clone(h.replicas)
 	h.mu.Unlock()
-	if err := h.agent.ReportVolume(ctx, h.volume, leader.ClassifyVolume(h.want, replicas, inSync)); err != nil {
+	health := leader.ClassifyVolumeNamed(h.want, replicas, inSync, h.names.lookup(ctx, replicas))
+	if err := h.agent.ReportVolume(ctx, h.volume, health); err != nil {
 		h.log.Warn("report volume health", "error", err)
 	}
 	return nil

@@ -122,12 +122,14 @@ Try:
   nomad volume status postgres
   nomad job status postgres
   consul kv get saddlebag/volumes/postgres
+  %s/bin/saddlebag status    # every volume: primary, epoch, replicas by node, resync, health
+  ip netns exec %s curl -s 'http://127.0.0.1:7420/v1/metrics?format=prometheus' | grep saddlebag_
   PGPASSWORD=saddlebag psql -h <node address of the postgres allocation> -U postgres -c 'SELECT count(*) FROM demo'
   make dev-failover       # SIGKILL the node running Postgres; time it back on the other replica
 
 Tear down: make dev-down
 `, s.Instance, s.ConsulAddr, cluster.ConsulManagementToken, s.NomadAddr, nodeList(s, host), s.Dir, s.NomadAddr, s.ConsulAddr,
-		cluster.ConsulManagementToken)
+		cluster.ConsulManagementToken, s.Dir, firstNamespace(s))
 }
 
 func nodeList(s *cluster.State, serverIP string) string {
@@ -171,4 +173,13 @@ func down() error {
 	}
 	fmt.Printf("demo cluster %d torn down: processes, namespaces, bridge, mounts, cgroups and %s removed\n", s.Instance, s.Dir)
 	return nil
+}
+
+// firstNamespace is node1's network namespace (where its metrics are
+// served on loopback), or a placeholder.
+func firstNamespace(s *cluster.State) string {
+	if len(s.Namespaces) == 0 {
+		return "<node namespace>"
+	}
+	return s.Namespaces[0]
 }

@@ -1,0 +1,30 @@
+package plugin
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/saddlebag/saddlebag/internal/telemetry"
+)
+
+// metricsInterceptor counts every CSI call by service, method and the
+// status code the caller gets (an error that is not a gRPC status is
+// counted as the code LoggingInterceptor turns it into), with its
+// duration. It runs inside LoggingInterceptor.
+func metricsInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	code := status.Code(toStatus(err, info.FullMethod))
+	telemetry.CSICall(info.FullMethod, code.String(), time.Since(start))
+	return resp, err
+}
+
+// StagedVolumes returns how many volumes are staged on this node.
+func (n *Node) StagedVolumes() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.staged)
+}
