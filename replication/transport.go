@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 )
@@ -85,6 +86,16 @@ func (s *Server) admit(ctx context.Context, c net.Conn) (net.Conn, string, bool)
 	putHeader(h[:], &reply, payloadSum(reply.Payload))
 	bufs := net.Buffers{h[:], reply.Payload}
 	_, _ = bufs.WriteTo(sc)
+	// Read what the peer sent after its first request (a client sends its
+	// promise right behind its open) before closing: a close with unread
+	// data resets the connection, and the peer may then see the reset
+	// (a broken pipe on its next send) instead of the refusal. Bounded in
+	// time and bytes.
+	if cw, ok := sc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	sc.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.Copy(io.Discard, io.LimitReader(sc, 1<<20))
 	sc.Close()
 	return nil, peer, false
 }
