@@ -63,7 +63,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 
 	// event runs do on Postgres's node, then waits for the load to
 	// settle, and judges the window from just before it.
-	event := func(name string, do func(nd *cluster.Node) error) {
+	event := func(t *testing.T, name string, do func(nd *cluster.Node) error) {
 		pgBefore := postgresAlloc(ctx, napi)
 		if pgBefore == nil {
 			t.Errorf("%s: no running postgres allocation before the event", name)
@@ -113,7 +113,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	}
 
 	t.Run("alloc restart", func(t *testing.T) {
-		event("alloc_restart", func(nd *cluster.Node) error {
+		event(t, "alloc_restart", func(nd *cluster.Node) error {
 			a, err := nodeAllocOn(ctx, napi, nd.Name)
 			if err != nil {
 				return err
@@ -122,7 +122,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 		})
 	})
 	t.Run("plugin SIGKILL", func(t *testing.T) {
-		event("plugin_sigkill", func(nd *cluster.Node) error {
+		event(t, "plugin_sigkill", func(nd *cluster.Node) error {
 			pid, err := saddlebagPID(nd, "node")
 			if err != nil {
 				return err
@@ -140,7 +140,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		must.NoError(t, err, must.Sprint(string(out)))
 		var oldAlloc string
-		event("upgrade", func(nd *cluster.Node) error {
+		event(t, "upgrade", func(nd *cluster.Node) error {
 			a, err := nodeAllocOn(ctx, napi, nd.Name)
 			if err != nil {
 				return err
@@ -176,7 +176,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 		}
 	})
 	t.Run("nomad client restart", func(t *testing.T) {
-		event("nomad_client_restart", func(nd *cluster.Node) error {
+		event(t, "nomad_client_restart", func(nd *cluster.Node) error {
 			_, err := nd.RestartNomad(ctx)
 			return err
 		})
