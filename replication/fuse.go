@@ -241,7 +241,7 @@ func (m *FUSEMount) unmountServer() error {
 		return err
 	}
 	m.relay.stop()
-	_ = m.relay.dev.Close()
+	m.relay.closeDev()
 	return nil
 }
 
@@ -300,7 +300,7 @@ func (m *FUSEMount) finishLocked() {
 	m.cancel()
 	if m.relay != nil {
 		m.relay.stop()
-		_ = m.relay.dev.Close()
+		m.relay.closeDev()
 	}
 	m.mounted = false
 }

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
 
@@ -62,9 +63,23 @@ type FUSEConn struct {
 // fuseRelay copies requests from /dev/fuse to go-fuse's socket and
 // replies back.
 type fuseRelay struct {
-	dev  *os.File // /dev/fuse, non-blocking (deadlines)
-	sock *os.File // our end of the socket pair, non-blocking
-	init []byte
+	dev *os.File // /dev/fuse, non-blocking: owns the descriptor
+	// devFD is a duplicate read and written with poll(2) and plain
+	// syscalls: Go's edge-triggered netpoller misses /dev/fuse wake-ups
+	// (seen as a request waiting forever with every reader parked).
+	devFD    int
+	stopping atomic.Bool
+	devOnce  sync.Once
+	// sock is our end of the socket pair, blocking, used with plain
+	// syscalls. Nothing here may wait in Go's netpoller: a process that
+	// opens the volume file (os.OpenFile registers it with epoll, which
+	// makes the kernel send FUSE_POLL and wait for the answer while it
+	// holds the netpoller's epoll mutex) would deadlock its own relay.
+	sock      int
+	sockOnce  sync.Once
+	sockClose sync.Once
+	init      []byte
+	log       hclog.Logger
 	// dropInitReply: the next reply with INIT's unique is go-fuse's
 	// answer to a replayed INIT; the kernel must not see it.
 	dropInitReply atomic.Bool
@@ -108,11 +123,11 @@ func pollable(fd int, name string) (*os.File, error) {
 }
 
 func newFuseRelay(dev *os.File, ourSock int) (*fuseRelay, error) {
-	sock, err := pollable(ourSock, "fuse-relay")
+	devFD, err := dupFile(dev)
 	if err != nil {
 		return nil, err
 	}
-	r := &fuseRelay{dev: dev, sock: sock, inflight: map[uint64]struct{}{}, gone: make(chan struct{})}
+	r := &fuseRelay{dev: dev, devFD: devFD, sock: ourSock, inflight: map[uint64]struct{}{}, gone: make(chan struct{})}
 	r.drained = sync.NewCond(&r.mu)
 	return r, nil
 }
@@ -121,9 +136,20 @@ func newFuseRelay(dev *os.File, ourSock int) (*fuseRelay, error) {
 // keeps a copy.
 func (r *fuseRelay) readInit() error {
 	buf := make([]byte, fuseRelayBufSize)
-	n, err := r.dev.Read(buf)
-	if err != nil {
-		return fmt.Errorf("read fuse INIT: %w", err)
+	var n int
+	for {
+		if _, err := unix.Poll([]unix.PollFd{{Fd: int32(r.devFD), Events: unix.POLLIN}}, 1000); err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("poll fuse INIT: %w", err)
+		}
+		var err error
+		n, err = unix.Read(r.devFD, buf)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read fuse INIT: %w", err)
+		}
+		break
 	}
 	if n < 40 || binary.LittleEndian.Uint32(buf[4:8]) != fuseOpInit {
 		return fmt.Errorf("first fuse request is not INIT (%d bytes)", n)
@@ -140,7 +166,7 @@ func (r *fuseRelay) replayInit(init []byte) error {
 	r.init = init
 	r.initUnique = binary.LittleEndian.Uint64(init[8:16])
 	r.dropInitReply.Store(true)
-	_, err := r.sock.Write(init)
+	_, err := unix.Write(r.sock, init)
 	return err
 }
 
@@ -153,7 +179,7 @@ func (r *fuseRelay) forward(msg []byte) error {
 		r.inflight[binary.LittleEndian.Uint64(msg[8:16])] = struct{}{}
 		r.mu.Unlock()
 	}
-	_, err := r.sock.Write(msg)
+	_, err := unix.Write(r.sock, msg)
 	return err
 }
 
@@ -166,29 +192,43 @@ func (r *fuseRelay) start() {
 }
 
 func (r *fuseRelay) startReaders() {
-	_ = r.dev.SetReadDeadline(time.Time{})
+	r.stopping.Store(false)
 	for range fuseRelayReaders {
 		r.readers.Go(r.readLoop)
 	}
 }
 
+// readLoop reads requests until stopping (checked at least every
+// 100ms) or the connection ends.
 func (r *fuseRelay) readLoop() {
 	buf := make([]byte, fuseRelayBufSize)
-	for {
-		n, err := r.dev.Read(buf)
+	pfd := []unix.PollFd{{Fd: int32(r.devFD), Events: unix.POLLIN}}
+	for !r.stopping.Load() {
+		if _, err := unix.Poll(pfd, 100); err != nil && !errors.Is(err, unix.EINTR) {
+			r.log.Error("fuse relay: poll /dev/fuse failed", "error", err)
+			return
+		}
+		if r.stopping.Load() {
+			return
+		}
+		n, err := unix.Read(r.devFD, buf)
 		switch {
 		case err == nil:
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			return // paused
-		case errors.Is(err, syscall.EINTR), errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.EAGAIN):
-			continue // ENOENT: the request was interrupted before we read it
+		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR), errors.Is(err, unix.ENOENT):
+			continue // another reader got it; ENOENT: interrupted before we read it
 		default:
 			// ENODEV: unmounted or aborted; the connection is over.
+			if !errors.Is(err, unix.ENODEV) {
+				r.log.Error("fuse relay: reading /dev/fuse failed; the connection is over", "error", err)
+			}
 			r.kernelGone()
-			_ = r.sock.Close() // go-fuse sees EOF and stops
+			r.shutdownSock() // go-fuse sees EOF and stops
 			return
 		}
 		if err := r.forward(buf[:n]); err != nil {
+			if !r.stopping.Load() {
+				r.log.Error("fuse relay: passing a request to the server failed", "error", err, "bytes", n)
+			}
 			r.kernelGone()
 			return
 		}
@@ -198,7 +238,10 @@ func (r *fuseRelay) readLoop() {
 func (r *fuseRelay) replyLoop() {
 	buf := make([]byte, fuseRelayBufSize)
 	for {
-		n, err := r.sock.Read(buf)
+		n, err := unix.Read(r.sock, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
 		if err != nil || n == 0 {
 			return
 		}
@@ -212,7 +255,9 @@ func (r *fuseRelay) replyLoop() {
 		}
 		// ENOENT: the kernel no longer waits for it (interrupted or
 		// aborted); nothing to do either way.
-		_, _ = r.dev.Write(buf[:n])
+		if _, err := unix.Write(r.devFD, buf[:n]); err != nil && !errors.Is(err, syscall.ENOENT) {
+			r.log.Warn("fuse relay: passing a reply to the kernel failed", "error", err, "bytes", n)
+		}
 		if unique != 0 {
 			r.mu.Lock()
 			delete(r.inflight, unique)
@@ -230,7 +275,7 @@ func (r *fuseRelay) resend() error {
 	var hdr [16]byte
 	binary.LittleEndian.PutUint32(hdr[0:4], 16)
 	binary.LittleEndian.PutUint32(hdr[4:8], fuseNotifyResend)
-	_, err := r.dev.Write(hdr[:])
+	_, err := unix.Write(r.devFD, hdr[:])
 	return err
 }
 
@@ -240,7 +285,7 @@ func (r *fuseRelay) pause(timeout time.Duration) error {
 	r.mu.Lock()
 	r.paused = true
 	r.mu.Unlock()
-	_ = r.dev.SetReadDeadline(time.Now())
+	r.stopping.Store(true)
 	r.readers.Wait()
 	done := make(chan struct{})
 	var left int
@@ -270,10 +315,25 @@ func (r *fuseRelay) pause(timeout time.Duration) error {
 // stop ends both loops without touching the kernel connection: go-fuse
 // sees its socket close.
 func (r *fuseRelay) stop() {
-	_ = r.dev.SetReadDeadline(time.Now())
+	r.stopping.Store(true)
 	r.readers.Wait()
-	_ = r.sock.Close()
+	r.shutdownSock()
 	r.replies.Wait()
+	r.sockClose.Do(func() { unix.Close(r.sock) })
+}
+
+// shutdownSock ends both directions of the socket pair: go-fuse and the
+// reply loop read EOF.
+func (r *fuseRelay) shutdownSock() {
+	r.sockOnce.Do(func() { _ = unix.Shutdown(r.sock, unix.SHUT_RDWR) })
+}
+
+// closeDev closes this process's descriptors of the connection.
+func (r *fuseRelay) closeDev() {
+	r.devOnce.Do(func() {
+		unix.Close(r.devFD)
+		_ = r.dev.Close()
+	})
 }
 
 // MountFUSEHandoff is MountFUSE for a connection that can be handed
@@ -379,6 +439,12 @@ func serveRelayed(ctx context.Context, dev Device, cfg FUSEConfig, dir string, d
 		return nil, err
 	}
 	relay, err := newFuseRelay(devF, ours)
+	if err == nil {
+		relay.log = cfg.Log
+		if relay.log == nil {
+			relay.log = hclog.NewNullLogger()
+		}
+	}
 	if err != nil {
 		unix.Close(ours)
 		unix.Close(theirs)
@@ -390,7 +456,7 @@ func serveRelayed(ctx context.Context, dev Device, cfg FUSEConfig, dir string, d
 		err = relay.replayInit(init)
 	}
 	if err != nil {
-		relay.sock.Close()
+		relay.stop()
 		unix.Close(theirs)
 		return nil, err
 	}
@@ -401,8 +467,7 @@ func serveRelayed(ctx context.Context, dev Device, cfg FUSEConfig, dir string, d
 	relay.replies.Go(relay.replyLoop)
 	srv, err := fuse.NewServer(fsys, fmt.Sprintf("/dev/fd/%d", theirs), opts)
 	if err != nil {
-		relay.sock.Close()
-		relay.replies.Wait()
+		relay.stop()
 		unix.Close(theirs)
 		m.cancel()
 		return nil, fmt.Errorf("serve fuse at %s: %w", dir, err)
@@ -419,6 +484,18 @@ func serveRelayed(ctx context.Context, dev Device, cfg FUSEConfig, dir string, d
 		return nil, fmt.Errorf("stat fuse mount %s: %w", dir, err)
 	}
 	m.conn = unix.Minor(st.Dev)
+	if init == nil {
+		// What go-fuse's WaitMount does for its own mounts: make the
+		// kernel ask FUSE_POLL once now and learn ENOSYS, before this
+		// process opens the volume file with os.OpenFile, whose epoll
+		// registration would otherwise send FUSE_POLL while holding the
+		// runtime's netpoller (a deadlock). The kernel remembers it for
+		// the connection, so an adopted one needs nothing.
+		if fd, err := unix.Open(filepath.Join(dir, ".go-fuse-epoll-hack"), unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+			_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+			unix.Close(fd)
+		}
+	}
 	if m.hung > 0 {
 		m.wg.Go(func() { m.watchdog(m.hung) })
 	}
@@ -462,7 +539,7 @@ func (m *FUSEMount) HandOver(timeout time.Duration) error {
 	m.cancel()
 	m.wg.Wait()
 	m.mounted = false
-	_ = m.relay.dev.Close()
+	m.relay.closeDev()
 	m.log.Info("fuse connection handed over: requests now wait in the kernel for the next server", "connection", m.conn)
 	return perr
 }
