@@ -102,7 +102,9 @@ func upgrade() error {
 				return
 			}
 			mu.Lock()
-			results = append(results, result{at: time.Now(), ok: err == nil, id: lastLine(out), msg: strings.TrimSpace(out)})
+			// psql -At prints the returned id, then the command tag.
+			id, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+			results = append(results, result{at: time.Now(), ok: err == nil, id: id, msg: strings.TrimSpace(out)})
 			mu.Unlock()
 			time.Sleep(max(0, 200*time.Millisecond-time.Since(start)))
 		}
@@ -157,6 +159,9 @@ func upgrade() error {
 			stall = max(stall, r.at.Sub(prev))
 		}
 		prev = r.at
+	}
+	if len(acked) == 0 {
+		return fmt.Errorf("no commit was acknowledged (%d failed)", len(failed))
 	}
 	out, err := psql(ctx, ip, "SELECT count(*) FROM demo WHERE id IN ("+strings.Join(acked, ",")+")")
 	if err != nil {
