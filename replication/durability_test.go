@@ -221,6 +221,7 @@ func TestResyncKeepsBitsUntilTargetFlushed(t *testing.T) {
 	b = startTestReplicaBoot(t, dirs[1], b.addr, "after-power-loss")
 	cfg2 := engineConfig(t, "vol", size, 2, a, b)
 	cfg2.ActivityExtents = 16
+	cfg2.Timeout = 10 * time.Second // nothing here waits for a timeout; reads of 1 MiB chunks under -race on a loaded machine took over 2 s
 	e2, err := StartEngine(ctx, cfg2)
 	must.NoError(t, err)
 	defer e2.Close()
@@ -399,6 +400,7 @@ func TestNewPrimarySeesWritesBeforeItsPromise(t *testing.T) {
 	cfg := engineConfig(t, "vol", size, 2)
 	cfg.Replicas = []ReplicaConfig{{Addr: proxyA.ln.Addr().String()}, {Addr: proxyB.ln.Addr().String()}}
 	cfg.Recorded = &Membership{Gen: gen} // both are members (under their own addresses)
+	cfg.Timeout = 10 * time.Second       // nothing here waits for a timeout; a loaded CI machine checksums 4 MiB extents slowly
 	e2, err := StartEngine(ctx, cfg)
 	must.NoError(t, err)
 	defer e2.Close()
