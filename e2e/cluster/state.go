@@ -130,6 +130,7 @@ func (s *State) Destroy(ctx context.Context) error {
 		// unmounted, a backing file's path no longer shows that it was
 		// under the directory (a node's FUSE file shows as "/<volume>").
 		devs, err := mountDevsUnder(s.Dir)
+		abortFUSE(devs)
 		errs = append(errs, err, detachLoops(s.Dir, devs), unmountUnder(s.Dir), waitLoopsGone(s.Dir, devs))
 	}
 	for _, ns := range namespaces {
@@ -192,6 +193,25 @@ func unmountUnder(dir string) error {
 	}
 	mps, _ := mountsUnder(dir)
 	return fmt.Errorf("mounts under %s remain: %v", dir, mps)
+}
+
+// abortFUSE aborts the FUSE connections of the file systems in devs
+// (their device is 0:N for connection N). Every process is dead by now,
+// but a connection whose descriptor was parked (issue 13's keeper) can
+// outlive them with requests waiting that nobody will answer; the ext4
+// on the loop device over its file then never lets the loop device go.
+// Aborted, those requests fail and the teardown below completes. Only
+// connections of file systems mounted under the instance's directory.
+func abortFUSE(devs map[uint64]bool) {
+	for dev := range devs {
+		if unix.Major(dev) != 0 {
+			continue
+		}
+		abort := filepath.Join("/sys/fs/fuse/connections", strconv.FormatUint(uint64(unix.Minor(dev)), 10), "abort")
+		if _, err := os.Stat(abort); err == nil {
+			_ = os.WriteFile(abort, []byte("1"), 0o200)
+		}
+	}
 }
 
 // mountDevsUnder returns the device numbers (major:minor) of the file
