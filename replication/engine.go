@@ -224,7 +224,6 @@ type engineStats struct {
 	reconcileBytes   atomic.Int64
 	reconcileBlocks  atomic.Int64
 	holds            atomic.Uint64 // Hold calls that began a hold
-	fencings         atomic.Uint64 // 0 or 1: this engine was fenced
 	drops            atomic.Uint64 // in-sync replicas dropped
 }
 
@@ -658,7 +657,6 @@ func joinErrs(m map[*peer]error) error {
 // which then fails with ErrFenced.
 func (e *Engine) fence(cause error) {
 	if e.fenced.CompareAndSwap(false, true) {
-		e.stats.fencings.Add(1)
 		e.log.Error("engine fenced: refusing all further I/O", "error", cause)
 		e.order.Lock()
 		e.notifyLocked()

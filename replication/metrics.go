@@ -145,7 +145,10 @@ func (t *Totals) Add(o Totals) {
 }
 
 func (e *Engine) totals() Totals {
-	t := Totals{LeaseHolds: e.stats.holds.Load(), Fencings: e.stats.fencings.Load(), ReplicaDrops: e.stats.drops.Load()}
+	t := Totals{LeaseHolds: e.stats.holds.Load(), ReplicaDrops: e.stats.drops.Load()}
+	if e.fenced.Load() {
+		t.Fencings = 1 // an engine is fenced once, for good
+	}
 	for _, op := range Ops {
 		t.IO[op] = e.io[op].snapshot()
 	}

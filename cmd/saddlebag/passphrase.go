@@ -39,7 +39,7 @@ func volumePassphrase(ctx context.Context, args []string, stdin io.Reader, stdou
 	fs := newFlagSet("volume passphrase " + op)
 	var consul leader.ConsulConfig
 	addConsulFlags(fs, &consul)
-	rest, err := parseInterspersed(fs, args[1:])
+	rest, err := parseInterspersed(fs, args[1:], volumeUsage)
 	if err != nil {
 		return err
 	}

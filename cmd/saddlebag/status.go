@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -36,7 +35,7 @@ func runStatus(ctx context.Context, args []string) error {
 	addConsulFlags(fs, &consul)
 	var insecure bool
 	fs.BoolVar(&insecure, "insecure", false, "with --addr: read a status endpoint that is not on loopback over plain HTTP (an engine started with --insecure)")
-	rest, err := parseStatusArgs(fs, args)
+	rest, err := parseInterspersed(fs, args, statusUsage)
 	if err != nil {
 		return err
 	}
@@ -83,32 +82,6 @@ func printStatus(w io.Writer, st clusterstatus.Status, all, asJSON bool) error {
 	}
 	clusterstatus.Format(w, st, all)
 	return nil
-}
-
-// parseStatusArgs parses flags anywhere among the arguments and returns
-// the others.
-func parseStatusArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	var rest []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fs.SetOutput(os.Stderr)
-				fmt.Fprintf(os.Stderr, "%s\n\nflags:\n", statusUsage)
-				fs.PrintDefaults()
-				return nil, err
-			}
-			return nil, usageError{err}
-		}
-		consumed := len(args) - fs.NArg()
-		if consumed > 0 && args[consumed-1] == "--" {
-			return append(rest, fs.Args()...), nil
-		}
-		if fs.NArg() == 0 {
-			return rest, nil
-		}
-		rest = append(rest, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
 }
 
 // engineStatus is the per-engine view (--addr): what the engine itself

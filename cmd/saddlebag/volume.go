@@ -66,7 +66,7 @@ func plural(n int, s string) string {
 
 func volumeValidate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := newFlagSet("volume validate")
-	files, err := parseInterspersed(fs, args)
+	files, err := parseInterspersed(fs, args, volumeUsage)
 	if err != nil {
 		return err
 	}
@@ -146,7 +146,7 @@ func volumeCreate(ctx context.Context, args []string, stdin io.Reader, stdout, s
 	fs := newFlagSet("volume create")
 	address := fs.String("address", "", "Nomad HTTP API address (default: $NOMAD_ADDR or http://127.0.0.1:4646)")
 	token := fs.String("token", "", "Nomad ACL token (default: $NOMAD_TOKEN)")
-	files, err := parseInterspersed(fs, args)
+	files, err := parseInterspersed(fs, args, volumeUsage)
 	if err != nil {
 		return err
 	}
@@ -232,13 +232,14 @@ func topologies(ts []volspec.Topology) []*api.CSITopology {
 // parseInterspersed parses fs's flags wherever they stand among args
 // (`create FILE --address X` as well as `create --address X FILE`) and
 // returns the other arguments; everything after "--" is an argument.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+// usage heads the help text -h prints.
+func parseInterspersed(fs *flag.FlagSet, args []string, usage string) ([]string, error) {
 	var rest []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				fs.SetOutput(os.Stderr)
-				fmt.Fprintf(os.Stderr, "%s\n\nflags of %s:\n", volumeUsage, fs.Name())
+				fmt.Fprintf(os.Stderr, "%s\n\nflags of %s:\n", usage, fs.Name())
 				fs.PrintDefaults()
 				return nil, err
 			}
