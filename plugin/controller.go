@@ -365,7 +365,7 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 		rec.Encryption = &kr
 	}
 	for _, n := range chosen {
-		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: n, Addr: byName[n].ReplicaAddr, State: ReplicaReady})
+		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: n, Addr: byName[n].ReplicaAddr, State: leader.ReplicaReady})
 	}
 	index, err := c.cfg.Client.PutVolume(ctx, rec, 0, lease)
 	if err != nil {
@@ -481,7 +481,7 @@ func (c *Controller) createResponse(ctx context.Context, rec leader.VolumeRecord
 func csiVolume(rec leader.VolumeRecord, nodes map[string]leader.NodeState) *csi.Volume {
 	v := &csi.Volume{VolumeId: rec.ID, CapacityBytes: rec.Spec.SizeBytes, VolumeContext: maps.Clone(rec.Spec.Parameters)}
 	for _, r := range rec.Replicas {
-		if r.State == ReplicaLost {
+		if r.State == leader.ReplicaLost {
 			continue
 		}
 		v.AccessibleTopology = append(v.AccessibleTopology, &csi.Topology{Segments: nodeSegments(r.Node, nodes[r.Node].Labels)})

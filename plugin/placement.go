@@ -8,18 +8,6 @@ import (
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
-// Replica states in a volume record.
-const (
-	// ReplicaReady replicas are part of the volume.
-	ReplicaReady = "ready"
-	// ReplicaAdding replicas were placed by re-replication and are being
-	// filled with a full copy by the primary.
-	ReplicaAdding = "adding"
-	// ReplicaLost replicas are on a node down longer than the grace; they
-	// are dropped once their replacement is in sync.
-	ReplicaLost = "lost"
-)
-
 // snapshot reads every node (with health) and every volume record.
 func (c *Controller) snapshot(ctx context.Context) ([]leader.NodeState, []leader.VolumeRecord, error) {
 	nodes, err := c.cfg.Client.ListNodes(ctx)
@@ -49,7 +37,7 @@ func schedulerNodes(nodes []leader.NodeState, vols []leader.VolumeRecord, downSi
 	count := map[string]int{}
 	for _, v := range vols {
 		for _, r := range v.Replicas {
-			if r.State != ReplicaLost {
+			if r.State != leader.ReplicaLost {
 				count[r.Node]++
 			}
 		}

@@ -58,7 +58,7 @@ func (d *driver) step(ctx context.Context, lease *leader.Lease) error {
 		st := scheduler.VolumeState{Volume: v.ID, SizeBytes: v.Spec.SizeBytes, Replicas: v.Spec.Replicas,
 			Spread: p.Spread, Requisite: v.Requisite}
 		for _, r := range v.Replicas {
-			if r.State != ReplicaLost {
+			if r.State != leader.ReplicaLost {
 				st.Holders = append(st.Holders, r.Node)
 			}
 		}
@@ -78,7 +78,7 @@ func (d *driver) step(ctx context.Context, lease *leader.Lease) error {
 		}
 	}
 	for _, v := range vols {
-		if v.State == leader.VolumeReady && slices.ContainsFunc(v.Replicas, func(r leader.ReplicaRecord) bool { return r.State != ReplicaReady }) {
+		if v.State == leader.VolumeReady && slices.ContainsFunc(v.Replicas, func(r leader.ReplicaRecord) bool { return r.State != leader.ReplicaReady }) {
 			if err := d.finish(ctx, lease, v.ID); err != nil {
 				errs = append(errs, err)
 			}
@@ -105,7 +105,7 @@ func (d *driver) replace(ctx context.Context, lease *leader.Lease, r scheduler.R
 		return err
 	}
 	i := slices.IndexFunc(rec.Replicas, func(x leader.ReplicaRecord) bool { return x.Node == r.Lost })
-	if rec.State != leader.VolumeReady || i < 0 || rec.Replicas[i].State == ReplicaLost {
+	if rec.State != leader.VolumeReady || i < 0 || rec.Replicas[i].State == leader.ReplicaLost {
 		return nil // changed since the snapshot
 	}
 	if r.New != "" {
@@ -118,13 +118,13 @@ func (d *driver) replace(ctx context.Context, lease *leader.Lease, r scheduler.R
 			return nil
 		}
 	}
-	rec.Replicas[i].State = ReplicaLost
+	rec.Replicas[i].State = leader.ReplicaLost
 	if r.New != "" {
 		addr := nodes[r.New].ReplicaAddr
 		if _, err := replication.CreateReplica(ctx, c.cfg.Dial, addr, rec.ID, rec.Spec.SizeBytes, c.cfg.ReplicaTimeout); err != nil {
 			return err
 		}
-		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: r.New, Addr: addr, State: ReplicaAdding})
+		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: r.New, Addr: addr, State: leader.ReplicaAdding})
 	}
 	if _, err := c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
 		return err
@@ -154,12 +154,12 @@ func (d *driver) finish(ctx context.Context, lease *leader.Lease, id string) err
 	keep := rec.Replicas[:0:0]
 	for _, r := range rec.Replicas {
 		switch r.State {
-		case ReplicaAdding:
+		case leader.ReplicaAdding:
 			if !never && !inSync.Promotable(r.Addr) {
 				return nil // still copying
 			}
-			r.State = ReplicaReady
-		case ReplicaLost:
+			r.State = leader.ReplicaReady
+		case leader.ReplicaLost:
 			lost = append(lost, r)
 			continue
 		}

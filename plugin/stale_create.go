@@ -79,6 +79,6 @@ func (c *Controller) markPending(v *csi.Volume, rec leader.VolumeRecord) {
 	if v.VolumeContext == nil {
 		v.VolumeContext = map[string]string{}
 	}
-	v.VolumeContext[ContextState] = rec.State
+	v.VolumeContext[ContextState] = string(rec.State)
 	v.VolumeContext[ContextRemovedAt] = rec.Updated.Add(c.cfg.CreateTimeout).UTC().Format(time.RFC3339)
 }

@@ -255,8 +255,8 @@ func TestReplacedReplicaRemovedWhenItsNodeIsBack(t *testing.T) {
 	// n2's replica was lost and n3's is its replacement; never served, so
 	// n3's counts as in sync at once.
 	rec := leader.VolumeRecord{ID: id, Name: id, State: leader.VolumeReady, Spec: leader.VolumeSpec{SizeBytes: 1 << 20, Replicas: 2},
-		Replicas: []leader.ReplicaRecord{{Node: "n1", Addr: n1.addr, State: ReplicaReady},
-			{Node: "n2", Addr: n2.addr, State: ReplicaLost}, {Node: "n3", Addr: n3.addr, State: ReplicaAdding}}}
+		Replicas: []leader.ReplicaRecord{{Node: "n1", Addr: n1.addr, State: leader.ReplicaReady},
+			{Node: "n2", Addr: n2.addr, State: leader.ReplicaLost}, {Node: "n3", Addr: n3.addr, State: leader.ReplicaAdding}}}
 	_, err = cc.PutVolume(ctx, rec, 0, lead)
 	must.NoError(t, err)
 
@@ -266,7 +266,7 @@ func TestReplacedReplicaRemovedWhenItsNodeIsBack(t *testing.T) {
 	must.NoError(t, d.finish(ctx, lead, id))
 	rec, _, err = cc.GetVolume(ctx, id)
 	must.NoError(t, err)
-	must.Eq(t, []leader.ReplicaRecord{{Node: "n1", Addr: n1.addr, State: ReplicaReady}, {Node: "n3", Addr: n3.addr, State: ReplicaReady}}, rec.Replicas)
+	must.Eq(t, []leader.ReplicaRecord{{Node: "n1", Addr: n1.addr, State: leader.ReplicaReady}, {Node: "n3", Addr: n3.addr, State: leader.ReplicaReady}}, rec.Replicas)
 	ts, err := cc.ListTombstones(ctx)
 	must.NoError(t, err)
 	must.Len(t, 1, ts)

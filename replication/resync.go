@@ -29,13 +29,23 @@ import (
 // write. The replica rejoins (through the in-sync hook) only when it holds
 // everything.
 
+// ResyncMode is how a replica is brought back (see above).
+type ResyncMode string
+
+// The resync modes.
+const (
+	ResyncBitmap   ResyncMode = "bitmap"
+	ResyncChecksum ResyncMode = "checksum"
+	ResyncFull     ResyncMode = "full"
+)
+
 // resyncChunk is the largest copy unit.
 const resyncChunk = 1 << 20
 
 var zeroChunk = make([]byte, resyncChunk)
 
 type resyncProgress struct {
-	mode     string
+	mode     ResyncMode
 	started  time.Time
 	total    atomic.Int64 // bytes to examine
 	done     atomic.Int64 // bytes examined
@@ -293,12 +303,12 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 	}
 
 	e.stateMu.Lock()
-	mode := "checksum"
+	mode := ResyncChecksum
 	switch {
 	case p.created:
-		mode = "full"
+		mode = ResyncFull
 	case p.dirty != nil:
-		mode = "bitmap"
+		mode = ResyncBitmap
 	}
 	e.settleUnflushed(p, p.open)
 	dirty, fresh := p.dirty, p.open.Created
@@ -458,7 +468,7 @@ func (cp *copier) wait() error {
 // clear what lies outside the source's allocated ranges.
 func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap, fresh bool, prog *resyncProgress) error {
 	switch prog.mode {
-	case "bitmap":
+	case ResyncBitmap:
 		prog.total.Store(dirty.Count() * BlockSize)
 		cp := newCopier(func(n int64) { prog.done.Add(n) })
 		for off := int64(0); ; {
@@ -469,7 +479,7 @@ func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap
 			off = o + n
 		}
 		return cp.wait()
-	case "full":
+	case ResyncFull:
 		prog.total.Store(e.cfg.Size)
 		const window = 256 << 20
 		for off := int64(0); off < e.cfg.Size; off += window {
