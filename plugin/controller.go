@@ -17,6 +17,7 @@ import (
 	"github.com/saddlebag/saddlebag/hcl/volspec"
 	"github.com/saddlebag/saddlebag/internal/volkey"
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/reconcile"
 	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
 )
@@ -334,24 +335,24 @@ func compatible(rec leader.VolumeRecord, name string, size int64, cr *csi.Capaci
 // creating. A shortfall is ResourceExhausted and writes nothing.
 func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name string, size int64, p volspec.Params,
 	fsType string, tr *csi.TopologyRequirement, secrets map[string]string) (leader.VolumeRecord, uint64, error) {
-	nodes, vols, err := c.snapshot(ctx)
+	nodes, vols, err := reconcile.Snapshot(ctx, c.cfg.Client)
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "read nodes")
 	}
 	// Not where a deleted volume of this id left a replica: the replica
 	// server would reuse its data.
-	tombstoned, err := c.tombstonedNodes(ctx, id)
+	tombstoned, err := reconcile.TombstonedNodes(ctx, c.cfg.Client, id)
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "read tombstones")
 	}
-	chosen, err := placeReplicas(schedulerNodes(nodes, vols, nil), scheduler.Request{
+	chosen, err := scheduler.PlaceVolume(reconcile.SchedulerNodes(nodes, vols, nil), scheduler.Request{
 		Volume: id, SizeBytes: size, Replicas: p.Replicas, Spread: p.Spread,
 		Requisite: topologyOf(tr.GetRequisite()), Preferred: topologyOf(tr.GetPreferred()), Exclude: tombstoned,
 	})
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "place replicas")
 	}
-	byName := nodeMap(nodes)
+	byName := reconcile.NodeMap(nodes)
 	rec := leader.VolumeRecord{ID: id, Name: name, State: leader.VolumeCreating,
 		Spec: leader.VolumeSpec{SizeBytes: size, Replicas: p.Replicas, FSType: fsType, Parameters: paramsMap(p, fsType)}}
 	if p.Encrypted {
@@ -372,30 +373,6 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 		return rec, 0, toStatus(err, "write volume record")
 	}
 	return rec, index, nil
-}
-
-// placeReplicas chooses req.Replicas nodes. A topology requisite says
-// where the volume must be accessible from (CSI: "from at least one of
-// the requisite topologies"), and a volume is accessible from each node
-// holding a replica: so one replica goes inside the requisite, and the
-// others are spread freely away from it.
-func placeReplicas(nodes []scheduler.Node, req scheduler.Request) ([]string, error) {
-	if len(req.Requisite) == 0 {
-		return scheduler.Place(nodes, req)
-	}
-	first := req
-	first.Replicas = 1
-	chosen, err := scheduler.Place(nodes, first)
-	if err != nil || req.Replicas == 1 {
-		return chosen, err
-	}
-	rest := req
-	rest.Replicas, rest.Requisite, rest.Keep = req.Replicas-1, nil, chosen
-	more, err := scheduler.Place(nodes, rest)
-	if err != nil {
-		return nil, fmt.Errorf("besides node %s in the requisite topology: %w", chosen[0], err)
-	}
-	return append(chosen, more...), nil
 }
 
 // paramsMap is the normalised parameter set stored with a volume.
@@ -452,20 +429,10 @@ func (c *Controller) makeReplicas(ctx context.Context, rec leader.VolumeRecord) 
 // reach, then the record (only when every replica is gone).
 func (c *Controller) undoCreate(ctx context.Context, lease *leader.Lease, rec leader.VolumeRecord, index uint64) error {
 	ctx = context.WithoutCancel(ctx)
-	if err := c.deleteReplicas(ctx, rec); err != nil {
+	if err := reconcile.DeleteReplicas(ctx, c.cfg.Dial, rec, c.cfg.ReplicaTimeout); err != nil {
 		return err
 	}
 	return c.cfg.Client.DeleteVolume(ctx, rec.ID, index, lease)
-}
-
-func (c *Controller) deleteReplicas(ctx context.Context, rec leader.VolumeRecord) error {
-	var errs []error
-	for _, r := range rec.Replicas {
-		if err := replication.DeleteReplica(ctx, c.cfg.Dial, r.Addr, rec.ID, c.cfg.ReplicaTimeout); err != nil {
-			errs = append(errs, fmt.Errorf("node %s: %w", r.Node, err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 func (c *Controller) createResponse(ctx context.Context, rec leader.VolumeRecord) (*csi.CreateVolumeResponse, error) {
@@ -473,7 +440,7 @@ func (c *Controller) createResponse(ctx context.Context, rec leader.VolumeRecord
 	if err != nil {
 		return nil, toStatus(err, "read nodes")
 	}
-	return &csi.CreateVolumeResponse{Volume: csiVolume(rec, nodeMap(nodes))}, nil
+	return &csi.CreateVolumeResponse{Volume: csiVolume(rec, reconcile.NodeMap(nodes))}, nil
 }
 
 // csiVolume describes a volume to the CO: accessible from the nodes that
@@ -484,7 +451,7 @@ func csiVolume(rec leader.VolumeRecord, nodes map[string]leader.NodeState) *csi.
 		if r.State == leader.ReplicaLost {
 			continue
 		}
-		v.AccessibleTopology = append(v.AccessibleTopology, &csi.Topology{Segments: nodeSegments(r.Node, nodes[r.Node].Labels)})
+		v.AccessibleTopology = append(v.AccessibleTopology, &csi.Topology{Segments: scheduler.NodeSegments(r.Node, nodes[r.Node].Labels)})
 	}
 	return v
 }
