@@ -61,6 +61,7 @@ var rules = []rule{
 	{pkg: "hcl/internal/hclutil", doc: "hcl/internal/hclutil/doc.go", only: none, importedBy: []string{"hcl"}},
 	{pkg: "internal/units", doc: "internal/units/doc.go", only: none},
 	{pkg: "internal/ctxutil", doc: "internal/ctxutil/ctxutil.go", only: none},
+	{pkg: "internal/backoff", doc: "internal/backoff/backoff.go", only: none},
 	{pkg: "internal/testcluster", doc: "internal/testcluster/doc.go", only: none},
 	{pkg: "internal/statusapi", doc: "internal/statusapi/doc.go", directOnly: []string{"replication", "internal/units"}},
 	{pkg: "internal/connecttls", doc: "internal/connecttls/doc.go", mustNot: []string{"replication", "plugin", "github.com/container-storage-interface/spec"}},
