@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/saddlebag/saddlebag/internal/ctxutil"
 	"github.com/saddlebag/saddlebag/plugin/reconcile"
 )
 
@@ -21,7 +22,7 @@ func (c *Controller) Run(ctx context.Context) error {
 				break
 			}
 			c.log.Warn("cannot take the leadership lock; retrying", "error", err)
-			_ = sleep(ctx, time.Second)
+			_ = ctxutil.Sleep(ctx, time.Second)
 			continue
 		}
 		c.mu.Lock()
@@ -73,16 +74,5 @@ func (c *Controller) driveWhileActive(ctx context.Context, lost <-chan struct{})
 			return
 		case <-t.C:
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
