@@ -646,8 +646,11 @@ func (e *Engine) copyRange(ctx context.Context, c *replicaClient, off, n int64, 
 	_, err = src.c.wait(rc)
 	e.order.Lock()
 	var wc *call
-	zero := bytes.Equal(buf, zeroChunk[:n])
+	var zero bool
 	if err == nil {
+		// Only a reply that arrived: after a timeout the reader may still
+		// fill buf with the late one.
+		zero = bytes.Equal(buf, zeroChunk[:n])
 		if zero {
 			wc = c.start(Frame{Type: FrameTrim, Offset: uint64(off), Length: uint64(n)}, nil)
 		} else {
