@@ -17,6 +17,7 @@ var hostileNames = []string{"", ".", "..", "../victim", "victim/..", "a/b", "/vi
 	"-lead", ".hidden", "_x", "vïctim", "a b", "a?b", "a#b", "a\\b", strings.Repeat("v", 129)}
 
 func TestValidateNameRefusesHostileNames(t *testing.T) {
+	t.Parallel()
 	for _, s := range hostileNames {
 		err := leader.ValidateName("volume id", s)
 		must.ErrorIs(t, err, leader.ErrInvalid, must.Sprintf("name %q", s))
@@ -61,6 +62,7 @@ func checkKeys(t *testing.T, k leader.Keys, id string) {
 }
 
 func TestKeysStayInsideTheirPrefix(t *testing.T) {
+	t.Parallel()
 	k, err := leader.NewKeys("")
 	must.NoError(t, err)
 	for _, s := range hostileNames {

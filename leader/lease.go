@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/saddlebag/saddlebag/internal/backoff"
 	"github.com/saddlebag/saddlebag/internal/ctxutil"
 )
 
@@ -303,7 +304,7 @@ func (a *Agent) acquire(ctx context.Context, key, volume string, value []byte) (
 			return nil, ctx.Err()
 		}
 		log.Debug("acquire attempt failed; retrying", "error", err)
-		if err := ctxutil.Sleep(ctx, min(time.Duration(attempt)*timing.retryEvery, 2*time.Second)); err != nil {
+		if err := ctxutil.Sleep(ctx, backoff.Delay(timing.retryEvery, 2*time.Second, attempt-1)); err != nil {
 			return nil, err
 		}
 	}

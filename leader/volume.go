@@ -23,19 +23,40 @@ type VolumeSpec struct {
 
 // ReplicaRecord is one replica of a volume as the controller placed it.
 type ReplicaRecord struct {
-	Node  string `json:"node"`
-	Addr  string `json:"addr"`
-	State string `json:"state"`
+	Node  string       `json:"node"`
+	Addr  string       `json:"addr"`
+	State ReplicaState `json:"state"`
 }
+
+// ReplicaState is where a replica stands in its volume record.
+type ReplicaState string
+
+// Replica states in a volume record. A placed replica is ReplicaReady;
+// re-replication writes a replacement ReplicaAdding and the replica it
+// replaces ReplicaLost, then the replacement ReplicaReady and drops the
+// lost one once the replacement is in sync.
+const (
+	// ReplicaReady replicas are part of the volume.
+	ReplicaReady ReplicaState = "ready"
+	// ReplicaAdding replicas were placed by re-replication and are being
+	// filled with a full copy by the primary.
+	ReplicaAdding ReplicaState = "adding"
+	// ReplicaLost replicas are on a node down longer than the grace; they
+	// are dropped once their replacement is in sync.
+	ReplicaLost ReplicaState = "lost"
+)
+
+// VolumeState is where a volume stands in its lifecycle.
+type VolumeState string
 
 // Volume record states: a record is written VolumeCreating with its
 // placement, the replicas are made on their nodes, and VolumeReady is the
 // "completed" marker written last; VolumeDeleting is written before the
 // replicas are removed, and the record itself last.
 const (
-	VolumeCreating = "creating"
-	VolumeReady    = "ready"
-	VolumeDeleting = "deleting"
+	VolumeCreating VolumeState = "creating"
+	VolumeReady    VolumeState = "ready"
+	VolumeDeleting VolumeState = "deleting"
 )
 
 // VolumeRecord is <prefix>volumes/<vol>, written by the controller with
@@ -44,7 +65,7 @@ type VolumeRecord struct {
 	ID string `json:"id"`
 	// Name is the name the volume was created with (CSI CreateVolume).
 	Name     string          `json:"name,omitempty"`
-	State    string          `json:"state,omitempty"`
+	State    VolumeState     `json:"state,omitempty"`
 	Spec     VolumeSpec      `json:"spec"`
 	Replicas []ReplicaRecord `json:"replicas"`
 	// Requisite is the topology the volume's replicas must stay within

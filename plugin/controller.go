@@ -18,6 +18,7 @@ import (
 	"github.com/saddlebag/saddlebag/internal/telemetry"
 	"github.com/saddlebag/saddlebag/internal/volkey"
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/reconcile"
 	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
 )
@@ -58,7 +59,8 @@ type ControllerConfig struct {
 	// active controller removes its replicas and record. Default 5m.
 	CreateTimeout time.Duration
 	Log           hclog.Logger
-	// Now is the clock of the re-replication driver (default time.Now).
+	// Now is the clock of the background passes (plugin/reconcile;
+	// default time.Now).
 	Now func() time.Time
 	// KDF is the argon2id cost an encrypted volume's passphrase is
 	// stretched with (volkey.DefaultParams when zero). It is stored with
@@ -335,17 +337,17 @@ func compatible(rec leader.VolumeRecord, name string, size int64, cr *csi.Capaci
 // creating. A shortfall is ResourceExhausted and writes nothing.
 func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name string, size int64, p volspec.Params,
 	fsType string, tr *csi.TopologyRequirement, secrets map[string]string) (leader.VolumeRecord, uint64, error) {
-	nodes, vols, err := c.snapshot(ctx)
+	nodes, vols, err := reconcile.Snapshot(ctx, c.cfg.Client)
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "read nodes")
 	}
 	// Not where a deleted volume of this id left a replica: the replica
 	// server would reuse its data.
-	tombstoned, err := c.tombstonedNodes(ctx, id)
+	tombstoned, err := reconcile.TombstonedNodes(ctx, c.cfg.Client, id)
 	if err != nil {
 		return leader.VolumeRecord{}, 0, toStatus(err, "read tombstones")
 	}
-	chosen, err := placeReplicas(schedulerNodes(nodes, vols, nil), scheduler.Request{
+	chosen, err := scheduler.PlaceVolume(reconcile.SchedulerNodes(nodes, vols, nil), scheduler.Request{
 		Volume: id, SizeBytes: size, Replicas: p.Replicas, Spread: p.Spread,
 		Requisite: topologyOf(tr.GetRequisite()), Preferred: topologyOf(tr.GetPreferred()), Exclude: tombstoned,
 	})
@@ -353,7 +355,7 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 		telemetry.PlacementFailure("create")
 		return leader.VolumeRecord{}, 0, toStatus(err, "place replicas")
 	}
-	byName := nodeMap(nodes)
+	byName := reconcile.NodeMap(nodes)
 	rec := leader.VolumeRecord{ID: id, Name: name, State: leader.VolumeCreating,
 		Spec: leader.VolumeSpec{SizeBytes: size, Replicas: p.Replicas, FSType: fsType, Parameters: paramsMap(p, fsType)}}
 	if p.Encrypted {
@@ -367,37 +369,13 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 		rec.Encryption = &kr
 	}
 	for _, n := range chosen {
-		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: n, Addr: byName[n].ReplicaAddr, State: ReplicaReady})
+		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: n, Addr: byName[n].ReplicaAddr, State: leader.ReplicaReady})
 	}
 	index, err := c.cfg.Client.PutVolume(ctx, rec, 0, lease)
 	if err != nil {
 		return rec, 0, toStatus(err, "write volume record")
 	}
 	return rec, index, nil
-}
-
-// placeReplicas chooses req.Replicas nodes. A topology requisite says
-// where the volume must be accessible from (CSI: "from at least one of
-// the requisite topologies"), and a volume is accessible from each node
-// holding a replica: so one replica goes inside the requisite, and the
-// others are spread freely away from it.
-func placeReplicas(nodes []scheduler.Node, req scheduler.Request) ([]string, error) {
-	if len(req.Requisite) == 0 {
-		return scheduler.Place(nodes, req)
-	}
-	first := req
-	first.Replicas = 1
-	chosen, err := scheduler.Place(nodes, first)
-	if err != nil || req.Replicas == 1 {
-		return chosen, err
-	}
-	rest := req
-	rest.Replicas, rest.Requisite, rest.Keep = req.Replicas-1, nil, chosen
-	more, err := scheduler.Place(nodes, rest)
-	if err != nil {
-		return nil, fmt.Errorf("besides node %s in the requisite topology: %w", chosen[0], err)
-	}
-	return append(chosen, more...), nil
 }
 
 // paramsMap is the normalised parameter set stored with a volume.
@@ -454,20 +432,10 @@ func (c *Controller) makeReplicas(ctx context.Context, rec leader.VolumeRecord) 
 // reach, then the record (only when every replica is gone).
 func (c *Controller) undoCreate(ctx context.Context, lease *leader.Lease, rec leader.VolumeRecord, index uint64) error {
 	ctx = context.WithoutCancel(ctx)
-	if err := c.deleteReplicas(ctx, rec); err != nil {
+	if err := reconcile.DeleteReplicas(ctx, c.cfg.Dial, rec, c.cfg.ReplicaTimeout); err != nil {
 		return err
 	}
 	return c.cfg.Client.DeleteVolume(ctx, rec.ID, index, lease)
-}
-
-func (c *Controller) deleteReplicas(ctx context.Context, rec leader.VolumeRecord) error {
-	var errs []error
-	for _, r := range rec.Replicas {
-		if err := replication.DeleteReplica(ctx, c.cfg.Dial, r.Addr, rec.ID, c.cfg.ReplicaTimeout); err != nil {
-			errs = append(errs, fmt.Errorf("node %s: %w", r.Node, err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 func (c *Controller) createResponse(ctx context.Context, rec leader.VolumeRecord) (*csi.CreateVolumeResponse, error) {
@@ -475,7 +443,7 @@ func (c *Controller) createResponse(ctx context.Context, rec leader.VolumeRecord
 	if err != nil {
 		return nil, toStatus(err, "read nodes")
 	}
-	return &csi.CreateVolumeResponse{Volume: csiVolume(rec, nodeMap(nodes))}, nil
+	return &csi.CreateVolumeResponse{Volume: csiVolume(rec, reconcile.NodeMap(nodes))}, nil
 }
 
 // csiVolume describes a volume to the CO: accessible from the nodes that
@@ -483,10 +451,10 @@ func (c *Controller) createResponse(ctx context.Context, rec leader.VolumeRecord
 func csiVolume(rec leader.VolumeRecord, nodes map[string]leader.NodeState) *csi.Volume {
 	v := &csi.Volume{VolumeId: rec.ID, CapacityBytes: rec.Spec.SizeBytes, VolumeContext: maps.Clone(rec.Spec.Parameters)}
 	for _, r := range rec.Replicas {
-		if r.State == ReplicaLost {
+		if r.State == leader.ReplicaLost {
 			continue
 		}
-		v.AccessibleTopology = append(v.AccessibleTopology, &csi.Topology{Segments: nodeSegments(r.Node, nodes[r.Node].Labels)})
+		v.AccessibleTopology = append(v.AccessibleTopology, &csi.Topology{Segments: scheduler.NodeSegments(r.Node, nodes[r.Node].Labels)})
 	}
 	return v
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/reconcile"
 	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
 )
@@ -56,11 +57,11 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 	if why := capabilityFits(req.GetVolumeCapability(), rec); why != "" {
 		return nil, errf(codes.AlreadyExists, "%s", why)
 	}
-	nodes, vols, err := c.snapshot(ctx)
+	nodes, vols, err := reconcile.Snapshot(ctx, c.cfg.Client)
 	if err != nil {
 		return nil, toStatus(err, "read nodes")
 	}
-	byName := nodeMap(nodes)
+	byName := reconcile.NodeMap(nodes)
 	target, ok := byName[node]
 	if !ok {
 		return nil, errf(codes.NotFound, "node %s is not a saddlebag node", node)
@@ -251,12 +252,12 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 			return nil, errf(codes.Aborted, "starting_token %q was not returned by ListVolumes", tok)
 		}
 	}
-	nodes, vols, err := c.snapshot(ctx)
+	nodes, vols, err := reconcile.Snapshot(ctx, c.cfg.Client)
 	if err != nil {
 		return nil, toStatus(err, "list volumes")
 	}
 	sort.Slice(vols, func(i, j int) bool { return vols[i].ID < vols[j].ID })
-	byName := nodeMap(nodes)
+	byName := reconcile.NodeMap(nodes)
 	resp := &csi.ListVolumesResponse{}
 	for _, v := range vols {
 		if v.State == leader.VolumeDeleting || v.ID <= after {
@@ -292,7 +293,7 @@ func (c *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	if err != nil {
 		return nil, toStatus(err, "parameters")
 	}
-	nodes, vols, err := c.snapshot(ctx)
+	nodes, vols, err := reconcile.Snapshot(ctx, c.cfg.Client)
 	if err != nil {
 		return nil, toStatus(err, "read nodes")
 	}
@@ -300,15 +301,6 @@ func (c *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	if t := req.GetAccessibleTopology(); t != nil && len(t.GetSegments()) > 0 {
 		seg = []map[string]string{maps.Clone(t.GetSegments())}
 	}
-	eligible, _ := scheduler.Filter(schedulerNodes(nodes, vols, nil), scheduler.Request{Volume: "capacity", Replicas: p.Replicas, Requisite: seg})
-	free := make([]int64, 0, len(eligible))
-	for _, n := range eligible {
-		free = append(free, n.FreeBytes)
-	}
-	if len(free) < p.Replicas {
-		return &csi.GetCapacityResponse{}, nil
-	}
-	slices.Sort(free)
-	slices.Reverse(free)
-	return &csi.GetCapacityResponse{AvailableCapacity: free[p.Replicas-1]}, nil
+	avail := scheduler.Capacity(reconcile.SchedulerNodes(nodes, vols, nil), scheduler.Request{Volume: "capacity", Replicas: p.Replicas, Requisite: seg})
+	return &csi.GetCapacityResponse{AvailableCapacity: avail}, nil
 }

@@ -12,8 +12,10 @@
 //     anything, a standby answers reads and forwards the rest to the
 //     active instance at the address published in the leadership lock
 //     (leadership.go, forward.go: Nomad never retries another instance on
-//     Unavailable); rereplicate.go replaces replicas whose node has been
-//     down longer than a grace period; ControllerUnpublishVolume fences
+//     Unavailable); the active instance's background passes (re-replication
+//     of replicas whose node has been down longer than a grace period,
+//     interrupted creates, tombstones) are plugin/reconcile's, and
+//     placement is the scheduler's; ControllerUnpublishVolume fences
 //     the volume's primary node in the record and waits for a healthy
 //     node to let the lease go, but not for one Consul reports failed
 //     (the next NodeStageVolume waits for the lease; issue 12);
@@ -46,10 +48,10 @@
 // records each volume's staging path and targets in its state directory
 // (node_paths.go) and unstages or unpublishes only those. The active
 // controller removes creates interrupted for longer than CreateTimeout
-// (stale_create.go), which ListVolumes shows meanwhile. DeleteVolume
-// does not wait for a node Consul reports down: it leaves a tombstone for
-// that node's replica, which the active controller removes when the node
-// is back (tombstones.go).
+// (plugin/reconcile), which ListVolumes shows meanwhile (stale_create.go).
+// DeleteVolume does not wait for a node Consul reports down: it leaves a
+// tombstone for that node's replica (tombstones.go), which the active
+// controller removes when the node is back (plugin/reconcile).
 //
 // It is the only package that speaks gRPC status codes: typed errors from
 // leader, scheduler, replication, volspec and plugin/mount are mapped to
@@ -58,8 +60,8 @@
 // returns Aborted) and idempotent on its natural key.
 //
 // It may import leader, scheduler, replication, hcl/volspec,
-// internal/primary, internal/volkey and plugin/mount (and the leaf
-// utilities internal/ctxutil, internal/units and internal/telemetry);
-// only cmd/saddlebag
+// internal/primary, internal/volkey, plugin/mount and plugin/reconcile
+// (and the leaf utilities internal/ctxutil, internal/units and
+// internal/telemetry); only cmd/saddlebag
 // imports it. internal/layering enforces both.
 package plugin

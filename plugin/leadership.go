@@ -3,11 +3,14 @@ package plugin
 import (
 	"context"
 	"time"
+
+	"github.com/saddlebag/saddlebag/internal/ctxutil"
+	"github.com/saddlebag/saddlebag/plugin/reconcile"
 )
 
 // Run competes for the controller leadership lock until ctx ends. While
 // it holds the lock this instance is active: it answers mutating RPCs and
-// runs the re-replication driver every ScanEvery; the lock's value
+// runs the background passes (plugin/reconcile) every ScanEvery; the lock's value
 // publishes cfg.ForwardAddr to the standbys. When the lock is lost it
 // becomes a standby at once (mutating RPCs are forwarded to whoever holds
 // the lock next) and competes again. On return the lock is released.
@@ -19,7 +22,7 @@ func (c *Controller) Run(ctx context.Context) error {
 				break
 			}
 			c.log.Warn("cannot take the leadership lock; retrying", "error", err)
-			_ = sleep(ctx, time.Second)
+			_ = ctxutil.Sleep(ctx, time.Second)
 			continue
 		}
 		c.mu.Lock()
@@ -41,16 +44,27 @@ func (c *Controller) Run(ctx context.Context) error {
 	return nil
 }
 
-// driveWhileActive runs the re-replication driver until lost closes or
-// ctx ends.
+// reconciler returns the background passes of one tenure as the active
+// controller (plugin/reconcile), sharing the RPCs' volume locks.
+func (c *Controller) reconciler() *reconcile.Reconciler {
+	r, err := reconcile.New(reconcile.Config{Client: c.cfg.Client, Dial: c.cfg.Dial, ReplicaTimeout: c.cfg.ReplicaTimeout,
+		Grace: c.cfg.Grace, CreateTimeout: c.cfg.CreateTimeout, TryLock: c.locks.tryLock, Log: c.log.Named("reconcile"), Now: c.cfg.Now})
+	if err != nil {
+		panic(err) // NewController set every field reconcile needs
+	}
+	return r
+}
+
+// driveWhileActive runs the background passes (plugin/reconcile) every
+// ScanEvery until lost closes or ctx ends.
 func (c *Controller) driveWhileActive(ctx context.Context, lost <-chan struct{}) {
-	d := &driver{c: c, downSince: map[string]time.Time{}}
+	r := c.reconciler()
 	t := time.NewTicker(c.cfg.ScanEvery)
 	defer t.Stop()
 	for {
 		if lease, err := c.leadership(); err == nil {
-			if err := d.step(ctx, lease); err != nil && ctx.Err() == nil {
-				c.log.Warn("re-replication pass failed; retrying next pass", "error", err)
+			if err := r.Pass(ctx, lease); err != nil && ctx.Err() == nil {
+				c.log.Warn("background pass failed; retrying next pass", "error", err)
 			}
 		}
 		select {
@@ -60,16 +74,5 @@ func (c *Controller) driveWhileActive(ctx context.Context, lost <-chan struct{})
 			return
 		case <-t.C:
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }

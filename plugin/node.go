@@ -16,6 +16,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/scheduler"
 )
 
 // NodeConfig configures the Node service of a `saddlebag node` agent.
@@ -113,7 +114,7 @@ func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequ
 func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
 	return &csi.NodeGetInfoResponse{
 		NodeId: n.cfg.NodeID, MaxVolumesPerNode: n.cfg.MaxVolumes,
-		AccessibleTopology: &csi.Topology{Segments: nodeSegments(n.cfg.NodeID, n.cfg.Labels)},
+		AccessibleTopology: &csi.Topology{Segments: scheduler.NodeSegments(n.cfg.NodeID, n.cfg.Labels)},
 	}, nil
 }
 

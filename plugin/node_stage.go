@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
+	"github.com/saddlebag/saddlebag/internal/ctxutil"
 	"github.com/saddlebag/saddlebag/internal/primary"
 	"github.com/saddlebag/saddlebag/internal/volkey"
 	"github.com/saddlebag/saddlebag/leader"
@@ -511,7 +512,7 @@ func (n *Node) follow(ctx context.Context, sv *stagedVolume) {
 		if err != nil {
 			if ctx.Err() == nil {
 				log.Debug("watch volume record", "error", err)
-				_ = sleep(ctx, time.Second)
+				_ = ctxutil.Sleep(ctx, time.Second)
 			}
 			continue
 		}
@@ -530,7 +531,7 @@ func (n *Node) follow(ctx context.Context, sv *stagedVolume) {
 		if err := sv.prim.SetReplicas(ctx, n.replicaConfigs(rec)); err != nil {
 			log.Warn("follow the volume's replica set", "error", err)
 			index = 0 // try again on the next round
-			_ = sleep(ctx, time.Second)
+			_ = ctxutil.Sleep(ctx, time.Second)
 		}
 	}
 }

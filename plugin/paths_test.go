@@ -9,6 +9,7 @@ import (
 // Nomad's default /local/csi paths become host paths under --host-csi-dir;
 // a literal host stage_publish_base_dir passes through unchanged.
 func TestPathMapperHost(t *testing.T) {
+	t.Parallel()
 	host := "/var/lib/nomad/client/csi/node/saddlebag"
 	cases := []struct {
 		name string
@@ -31,6 +32,7 @@ func TestPathMapperHost(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			must.Eq(t, tc.want, tc.m.Host(tc.in))
 		})
 	}

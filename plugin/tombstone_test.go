@@ -17,6 +17,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/internal/testcluster"
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/reconcile"
 	"github.com/saddlebag/saddlebag/replication"
 )
 
@@ -181,7 +182,7 @@ func TestDeleteVolumeWithNodeDownLeavesTombstone(t *testing.T) {
 	must.True(t, n2.holds(id))
 	nodes, err := cc.ListNodes(ctx)
 	must.NoError(t, err)
-	must.NoError(t, ctrl.sweepTombstones(ctx, lead, nodeMap(nodes)))
+	must.NoError(t, ctrl.reconciler().SweepTombstones(ctx, lead, reconcile.NodeMap(nodes)))
 	must.False(t, n2.holds(id), must.Sprint("the orphan replica is removed once its node is back"))
 	ts, err = cc.ListTombstones(ctx)
 	must.NoError(t, err)
@@ -228,7 +229,7 @@ func TestSweepLeavesAReplicaARecordNames(t *testing.T) {
 	must.NoError(t, err)
 	must.Len(t, 1, ts)
 	ts[0].Volume = id // the sweep is handed the live volume's tombstone
-	must.NoError(t, ctrl.sweepTombstone(ctx, lead, ts[0], n1.addr))
+	must.NoError(t, ctrl.reconciler().SweepTombstone(ctx, lead, ts[0], n1.addr))
 	must.True(t, n1.holds(id), must.Sprint("a replica the live record names was deleted"))
 }
 
@@ -255,18 +256,17 @@ func TestReplacedReplicaRemovedWhenItsNodeIsBack(t *testing.T) {
 	// n2's replica was lost and n3's is its replacement; never served, so
 	// n3's counts as in sync at once.
 	rec := leader.VolumeRecord{ID: id, Name: id, State: leader.VolumeReady, Spec: leader.VolumeSpec{SizeBytes: 1 << 20, Replicas: 2},
-		Replicas: []leader.ReplicaRecord{{Node: "n1", Addr: n1.addr, State: ReplicaReady},
-			{Node: "n2", Addr: n2.addr, State: ReplicaLost}, {Node: "n3", Addr: n3.addr, State: ReplicaAdding}}}
+		Replicas: []leader.ReplicaRecord{{Node: "n1", Addr: n1.addr, State: leader.ReplicaReady},
+			{Node: "n2", Addr: n2.addr, State: leader.ReplicaLost}, {Node: "n3", Addr: n3.addr, State: leader.ReplicaAdding}}}
 	_, err = cc.PutVolume(ctx, rec, 0, lead)
 	must.NoError(t, err)
 
 	n2.stopServer()
 	n2.stopAgent()
-	d := &driver{c: ctrl, downSince: map[string]time.Time{}}
-	must.NoError(t, d.finish(ctx, lead, id))
+	must.NoError(t, ctrl.reconciler().Finish(ctx, lead, id))
 	rec, _, err = cc.GetVolume(ctx, id)
 	must.NoError(t, err)
-	must.Eq(t, []leader.ReplicaRecord{{Node: "n1", Addr: n1.addr, State: ReplicaReady}, {Node: "n3", Addr: n3.addr, State: ReplicaReady}}, rec.Replicas)
+	must.Eq(t, []leader.ReplicaRecord{{Node: "n1", Addr: n1.addr, State: leader.ReplicaReady}, {Node: "n3", Addr: n3.addr, State: leader.ReplicaReady}}, rec.Replicas)
 	ts, err := cc.ListTombstones(ctx)
 	must.NoError(t, err)
 	must.Len(t, 1, ts)
@@ -277,14 +277,14 @@ func TestReplacedReplicaRemovedWhenItsNodeIsBack(t *testing.T) {
 	// removes its copy and the tombstone, and nothing else.
 	nodes, err := cc.ListNodes(ctx)
 	must.NoError(t, err)
-	must.NoError(t, ctrl.sweepTombstones(ctx, lead, nodeMap(nodes)))
+	must.NoError(t, ctrl.reconciler().SweepTombstones(ctx, lead, reconcile.NodeMap(nodes)))
 	must.True(t, n2.holds(id))
 	n2.startServer()
 	n2.startAgent()
 	waitUntil(t, 30*time.Second, "n2 healthy again", func() bool { return n2.healthy(ctx, cc) })
 	nodes, err = cc.ListNodes(ctx)
 	must.NoError(t, err)
-	must.NoError(t, ctrl.sweepTombstones(ctx, lead, nodeMap(nodes)))
+	must.NoError(t, ctrl.reconciler().SweepTombstones(ctx, lead, reconcile.NodeMap(nodes)))
 	must.False(t, n2.holds(id))
 	must.True(t, n1.holds(id) && n3.holds(id))
 	ts, err = cc.ListTombstones(ctx)

@@ -11,24 +11,12 @@ import (
 	"github.com/saddlebag/saddlebag/hcl/volspec"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/scheduler"
 )
 
-// TopologyNodeKey is the topology segment naming a node. Every node's
-// accessible topology is its labels plus this key, and a volume's
-// accessible topology lists exactly those segment sets of the nodes
-// holding its replicas: Nomad matches a node only when its segments equal
-// one of the volume's, so tasks land on a replica node.
-const TopologyNodeKey = "saddlebag.io/node"
-
-// nodeSegments is a node's accessible topology: its labels and its name.
-func nodeSegments(node string, labels map[string]string) map[string]string {
-	seg := maps.Clone(labels)
-	if seg == nil {
-		seg = map[string]string{}
-	}
-	seg[TopologyNodeKey] = node
-	return seg
-}
+// TopologyNodeKey is the topology segment naming a node
+// (scheduler.TopologyNodeKey, where a node's segments are made).
+const TopologyNodeKey = scheduler.TopologyNodeKey
 
 // volumeIDFor derives a volume's id from its CreateVolume name: the name
 // itself when it is a valid volume id (so operators see the same word in

@@ -53,6 +53,7 @@ var testCap = &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Moun
 // Every RPC that takes an id refuses a hostile one with InvalidArgument
 // before it asks Consul (which is unreachable here) or touches a file.
 func TestRPCsRefuseHostileIDs(t *testing.T) {
+	t.Parallel()
 	ctrl, node := testServices(t)
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -126,6 +127,7 @@ func TestRPCsRefuseHostileIDs(t *testing.T) {
 // with InvalidArgument; an unpublish or unstage of a path that was never
 // published or staged for the volume touches nothing.
 func TestNodeRPCsRefuseHostilePaths(t *testing.T) {
+	t.Parallel()
 	_, node := testServices(t)
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -194,6 +196,7 @@ func TestNodeRPCsRefuseHostilePaths(t *testing.T) {
 // With --host-csi-dir, a path under it that leaves it through a symlink
 // is refused.
 func TestHostPathRefusesSymlinkEscape(t *testing.T) {
+	t.Parallel()
 	_, node := testServices(t)
 	base := t.TempDir()
 	outside := t.TempDir()

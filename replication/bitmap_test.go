@@ -8,6 +8,7 @@ import (
 )
 
 func TestBitmapRunsAndEncoding(t *testing.T) {
+	t.Parallel()
 	b := NewBitmap(1 << 30)
 	b.SetRange(0, 1)             // block 0
 	b.SetRange(8192, 8192)       // blocks 2-3
@@ -31,6 +32,7 @@ func TestBitmapRunsAndEncoding(t *testing.T) {
 }
 
 func TestBitmapEncodeCoarsensToFit(t *testing.T) {
+	t.Parallel()
 	b := NewBitmap(1 << 30)
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := 0; i < 20000; i++ {

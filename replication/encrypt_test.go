@@ -78,6 +78,7 @@ func testKey(t testing.TB) []byte {
 }
 
 func TestEncryptedDeviceRefusesBadConfig(t *testing.T) {
+	t.Parallel()
 	_, err := NewEncryptedDevice(newRecDevice(8192), make([]byte, 32))
 	must.ErrorIs(t, err, ErrInvalid)
 	_, err = NewEncryptedDevice(newRecDevice(8192+512), testKey(t))
@@ -85,6 +86,7 @@ func TestEncryptedDeviceRefusesBadConfig(t *testing.T) {
 }
 
 func TestEncryptedDeviceRoundTrip(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	mem := newRecDevice(64 << 10)
 	d, err := NewEncryptedDevice(mem, testKey(t))
@@ -124,6 +126,7 @@ func TestEncryptedDeviceRoundTrip(t *testing.T) {
 }
 
 func TestEncryptedDeviceUnaligned(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	const size = 16 << 10
 	mem := newRecDevice(size)
@@ -153,6 +156,7 @@ func TestEncryptedDeviceUnaligned(t *testing.T) {
 }
 
 func TestEncryptedDeviceTrimReadsZeros(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	const size = 16 * BlockSize
 	mem := newRecDevice(size)
@@ -190,6 +194,7 @@ func TestEncryptedDeviceTrimReadsZeros(t *testing.T) {
 // rapid: any sequence of writes, trims and reads of any alignment reads
 // back like a plain byte array.
 func TestEncryptedDeviceModel(t *testing.T) {
+	t.Parallel()
 	key := testKey(t)
 	rapid.Check(t, func(rt *rapid.T) {
 		ctx := context.Background()
@@ -243,6 +248,7 @@ func TestEncryptedDeviceModel(t *testing.T) {
 // Concurrent small writes into the same blocks (as NBD clients send):
 // none is lost to another's read-modify-write.
 func TestEncryptedDeviceConcurrentPartialWrites(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	const size = 4 * BlockSize
 	d, err := NewEncryptedDevice(newRecDevice(size), testKey(t))
@@ -270,6 +276,7 @@ func TestEncryptedDeviceConcurrentPartialWrites(t *testing.T) {
 
 // A request waiting for a held block gives up when its context ends.
 func TestEncryptedDeviceLockWaitCancelled(t *testing.T) {
+	t.Parallel()
 	var l blockLocks
 	unlock, err := l.lock(context.Background(), 3, 5, true)
 	must.NoError(t, err)
@@ -332,6 +339,7 @@ func TestEncryptedEngineReplicasHoldNoPlaintext(t *testing.T) {
 // it): same ciphertext for random keys, sectors and data, including
 // sector numbers whose tweak doubling carries, and it decrypts back.
 func TestXTSMatchesXCrypto(t *testing.T) {
+	t.Parallel()
 	r := mrand.New(mrand.NewPCG(7, 11))
 	for i := 0; i < 60; i++ {
 		key := make([]byte, EncryptionKeySize)

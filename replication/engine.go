@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/saddlebag/saddlebag/internal/backoff"
 	"github.com/saddlebag/saddlebag/internal/ctxutil"
 )
 
@@ -901,7 +902,7 @@ func (e *Engine) recordLocked(ctx context.Context) error {
 		// reads the set again after.
 		e.holding.Add(1)
 		e.stateMu.Unlock()
-		werr := ctxutil.Sleep(ctx, min(time.Duration(attempt+1)*50*time.Millisecond, time.Second))
+		werr := ctxutil.Sleep(ctx, backoff.Delay(50*time.Millisecond, time.Second, attempt))
 		e.stateMu.Lock()
 		e.holding.Add(-1)
 		if werr != nil {

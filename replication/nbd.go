@@ -31,6 +31,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/internal/backoff"
 )
 
 // Magic numbers.
@@ -114,6 +116,7 @@ const (
 	nbdInFlightMiB          = 128 // READ/WRITE buffer budget per connection, MiB
 	nbdReadBufferSize       = 64 << 10
 	nbdZeroChunk            = 1 << 20 // WRITE_ZEROES with NO_HOLE writes this much at a time
+	nbdAcceptBackoffMin     = 5 * time.Millisecond
 	nbdAcceptBackoffMax     = time.Second
 	nbdMiB                  = 1 << 20
 )
@@ -182,7 +185,7 @@ func (s *NBDServer) Serve(ctx context.Context, ln net.Listener) error {
 
 	var wg sync.WaitGroup
 	var serveErr error
-	var backoff time.Duration
+	failures := 0 // accepts failed in a row
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -192,10 +195,11 @@ func (s *NBDServer) Serve(ctx context.Context, ln net.Listener) error {
 			var tmp interface{ Temporary() bool }
 			if errors.As(err, &tmp) && tmp.Temporary() {
 				// e.g. EMFILE: wait and retry rather than stopping the server.
-				backoff = min(max(2*backoff, 5*time.Millisecond), nbdAcceptBackoffMax)
-				s.log.Error("nbd accept failed, retrying", "error", err, "delay", backoff)
+				delay := backoff.Delay(nbdAcceptBackoffMin, nbdAcceptBackoffMax, failures)
+				failures++
+				s.log.Error("nbd accept failed, retrying", "error", err, "delay", delay)
 				select {
-				case <-time.After(backoff):
+				case <-time.After(delay):
 					continue
 				case <-ctx.Done():
 				}
@@ -205,7 +209,7 @@ func (s *NBDServer) Serve(ctx context.Context, ln net.Listener) error {
 			serveErr = fmt.Errorf("nbd accept: %w", err)
 			break
 		}
-		backoff = 0
+		failures = 0
 		id := s.connIDs.Add(1)
 		wg.Go(func() { s.serveConn(ctx, conn, id) })
 	}

@@ -6,11 +6,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/saddlebag/saddlebag/internal/ctxutil"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/saddlebag/saddlebag/internal/backoff"
 )
 
 // Resync brings a replica that is behind back into the in-sync set while
@@ -29,13 +31,23 @@ import (
 // write. The replica rejoins (through the in-sync hook) only when it holds
 // everything.
 
+// ResyncMode is how a replica is brought back (see above).
+type ResyncMode string
+
+// The resync modes.
+const (
+	ResyncBitmap   ResyncMode = "bitmap"
+	ResyncChecksum ResyncMode = "checksum"
+	ResyncFull     ResyncMode = "full"
+)
+
 // resyncChunk is the largest copy unit.
 const resyncChunk = 1 << 20
 
 var zeroChunk = make([]byte, resyncChunk)
 
 type resyncProgress struct {
-	mode     string
+	mode     ResyncMode
 	started  time.Time
 	total    atomic.Int64 // bytes to examine
 	done     atomic.Int64 // bytes examined
@@ -43,6 +55,9 @@ type resyncProgress struct {
 	repaired atomic.Int64 // extents found different (checksum mode)
 	finished atomic.Bool
 	elapsed  atomic.Int64 // nanoseconds from start to finish, once finished
+	// limit holds the data sent to ResyncRate (nil: no limit); its
+	// bucket holds one chunk.
+	limit *rate.Limiter
 }
 
 // background owns the engine's periodic work: reconnecting and resyncing
@@ -293,16 +308,22 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 	}
 
 	e.stateMu.Lock()
-	mode := "checksum"
+	mode := ResyncChecksum
 	switch {
 	case p.created:
-		mode = "full"
+		mode = ResyncFull
 	case p.dirty != nil:
-		mode = "bitmap"
+		mode = ResyncBitmap
 	}
 	e.settleUnflushed(p, p.open)
 	dirty, fresh := p.dirty, p.open.Created
 	prog := &resyncProgress{mode: mode, started: time.Now()}
+	if e.cfg.ResyncRate > 0 {
+		// Empty at the start, as the rate asks of the whole resync: n
+		// bytes sent take n/ResyncRate seconds, the first chunk too.
+		prog.limit = rate.NewLimiter(rate.Limit(e.cfg.ResyncRate), resyncChunk)
+		prog.limit.AllowN(time.Now(), resyncChunk)
+	}
 	// The reason stays: it says why the replica fell behind.
 	p.resync, p.state = prog, StateResyncing
 	e.order.Lock()
@@ -361,11 +382,12 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 }
 
 // backOffLocked delays p's next resync attempt: a replica that fails
-// every attempt (a full disk, say) is retried ever less often, up to once
-// a minute. Callers hold stateMu.
+// every attempt (a full disk, say) is retried ever less often
+// (internal/backoff), up to once a minute (or 64 reconnect intervals when
+// that is less). Callers hold stateMu.
 func (e *Engine) backOffLocked(p *peer) {
 	p.failures++
-	p.retryAt = time.Now().Add(min(time.Minute, e.cfg.ReconnectInterval<<min(p.failures, 6)))
+	p.retryAt = time.Now().Add(backoff.Delay(e.cfg.ReconnectInterval, min(time.Minute, e.cfg.ReconnectInterval<<6), p.failures))
 }
 
 // forgetHeldBitmaps deletes, on the replica behind c, every bitmap it
@@ -407,58 +429,47 @@ func (e *Engine) logProgress(addr string, prog *resyncProgress, done <-chan stru
 // keep both the source's and the target's disk and the network busy.
 const resyncParallel = 16
 
-// copier runs copies of distinct ranges concurrently and keeps the first
-// error.
+// copier runs copies of distinct ranges concurrently, at most
+// resyncParallel at once, and keeps the first error (an errgroup). A copy
+// that fails stops new ones from starting; those in flight finish.
 type copier struct {
-	sem  chan struct{}
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	err  error
-	done func(n int64)
+	g      *errgroup.Group
+	failed context.Context // done once a copy has failed
+	done   func(n int64)
 }
 
 func newCopier(done func(n int64)) *copier {
-	return &copier{sem: make(chan struct{}, resyncParallel), done: done}
-}
-
-func (cp *copier) failed() error {
-	cp.mu.Lock()
-	defer cp.mu.Unlock()
-	return cp.err
+	// Not the resync's context: a cancelled resync must still end in its
+	// copies' error, never in a wait that reports success.
+	g, failed := errgroup.WithContext(context.Background())
+	g.SetLimit(resyncParallel)
+	return &copier{g: g, failed: failed, done: done}
 }
 
 // run starts copy (of n bytes) once a slot is free; false after a failure.
 func (cp *copier) run(n int64, copy func() error) bool {
-	if cp.failed() != nil {
+	if cp.failed.Err() != nil {
 		return false
 	}
-	cp.sem <- struct{}{}
-	cp.wg.Go(func() {
-		defer func() { <-cp.sem }()
+	cp.g.Go(func() error {
 		if err := copy(); err != nil {
-			cp.mu.Lock()
-			if cp.err == nil {
-				cp.err = err
-			}
-			cp.mu.Unlock()
-			return
+			return err
 		}
 		cp.done(n)
+		return nil
 	})
 	return true
 }
 
-func (cp *copier) wait() error {
-	cp.wg.Wait()
-	return cp.failed()
-}
+// wait waits for every copy started and returns the first error.
+func (cp *copier) wait() error { return cp.g.Wait() }
 
 // resyncPass copies what the replica behind c misses. fresh says the
 // replica was created empty by the open of c: a full copy then need not
 // clear what lies outside the source's allocated ranges.
 func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap, fresh bool, prog *resyncProgress) error {
 	switch prog.mode {
-	case "bitmap":
+	case ResyncBitmap:
 		prog.total.Store(dirty.Count() * BlockSize)
 		cp := newCopier(func(n int64) { prog.done.Add(n) })
 		for off := int64(0); ; {
@@ -469,7 +480,7 @@ func (e *Engine) resyncPass(ctx context.Context, c *replicaClient, dirty *Bitmap
 			off = o + n
 		}
 		return cp.wait()
-	case "full":
+	case ResyncFull:
 		prog.total.Store(e.cfg.Size)
 		const window = 256 << 20
 		for off := int64(0); off < e.cfg.Size; off += window {
@@ -654,20 +665,25 @@ func (e *Engine) copyRange(ctx context.Context, c *replicaClient, off, n int64, 
 	if err != nil {
 		return err
 	}
-	if !zero {
-		prog.sent.Add(n)
-	}
-	return e.throttle(ctx, prog)
-}
-
-// throttle sleeps to keep resync under ResyncRate.
-func (e *Engine) throttle(ctx context.Context, prog *resyncProgress) error {
-	if e.cfg.ResyncRate <= 0 {
+	if zero {
 		return nil
 	}
-	want := time.Duration(float64(prog.sent.Load()) / float64(e.cfg.ResyncRate) * float64(time.Second))
-	if wait := want - time.Since(prog.started); wait > 0 {
-		return ctxutil.Sleep(ctx, wait)
+	prog.sent.Add(n)
+	return e.throttle(ctx, prog, n)
+}
+
+// throttle waits until the n bytes just sent fit under ResyncRate
+// (prog's token bucket, golang.org/x/time/rate).
+func (e *Engine) throttle(ctx context.Context, prog *resyncProgress, n int64) error {
+	if prog.limit == nil {
+		return nil
+	}
+	for n > 0 {
+		k := min(n, int64(prog.limit.Burst()))
+		if err := prog.limit.WaitN(ctx, int(k)); err != nil {
+			return err
+		}
+		n -= k
 	}
 	return nil
 }
@@ -722,7 +738,7 @@ func (e *Engine) copyLocked(ctx context.Context, src target, c *replicaClient, o
 	}
 	if prog != nil {
 		prog.sent.Add(n)
-		return e.throttle(ctx, prog)
+		return e.throttle(ctx, prog, n)
 	}
 	return nil
 }

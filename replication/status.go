@@ -18,7 +18,7 @@ type ResyncStatus struct {
 }
 
 func (p *resyncProgress) status() ResyncStatus {
-	st := ResyncStatus{Mode: p.mode, Finished: p.finished.Load(), TotalBytes: p.total.Load(), DoneBytes: p.done.Load(),
+	st := ResyncStatus{Mode: string(p.mode), Finished: p.finished.Load(), TotalBytes: p.total.Load(), DoneBytes: p.done.Load(),
 		SentBytes: p.sent.Load(), RepairedExtents: p.repaired.Load()}
 	if st.TotalBytes > 0 {
 		st.Percent = 100 * float64(st.DoneBytes) / float64(st.TotalBytes)

@@ -12,6 +12,7 @@ import (
 )
 
 func TestFrameRoundTrip(t *testing.T) {
+	t.Parallel()
 	in := Frame{Type: FrameWrite, Flags: FlagFUA, Epoch: 7, ID: 42, Offset: 8192, Payload: bytes.Repeat([]byte{9}, 4096)}
 	b := AppendFrame(nil, &in)
 	must.Eq(t, frameHeaderSize+4096, len(b))
@@ -21,6 +22,7 @@ func TestFrameRoundTrip(t *testing.T) {
 }
 
 func TestReadFrameRejects(t *testing.T) {
+	t.Parallel()
 	good := AppendFrame(nil, &Frame{Type: FrameWrite, Epoch: 1, ID: 1, Payload: []byte("data")})
 	mutate := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good)) }
 	cases := []struct {
@@ -49,6 +51,7 @@ func TestReadFrameRejects(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			_, err := ReadFrame(bytes.NewReader(c.in), nil)
 			must.True(t, errors.Is(err, c.want), must.Sprintf("err = %v, want %v", err, c.want))
 			must.StrContains(t, err.Error(), c.msg)

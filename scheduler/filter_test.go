@@ -9,6 +9,7 @@ import (
 )
 
 func TestFilter_Reasons(t *testing.T) {
+	t.Parallel()
 	since := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	cases := []struct {
 		name string
@@ -90,6 +91,7 @@ func TestFilter_Reasons(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			eligible, rejected := Filter([]Node{tc.node}, tc.req)
 			must.NotNil(t, rejected)
 			if tc.want == "" {
@@ -105,6 +107,7 @@ func TestFilter_Reasons(t *testing.T) {
 }
 
 func TestFilter_SortsEligibleByID(t *testing.T) {
+	t.Parallel()
 	nodes := []Node{up("c", GiB), down(up("b", GiB), time.Unix(1, 0)), up("a", GiB), up("d", GiB)}
 	eligible, rejected := Filter(nodes, Request{Replicas: 1})
 	ids := make([]string, len(eligible))
@@ -116,6 +119,7 @@ func TestFilter_SortsEligibleByID(t *testing.T) {
 }
 
 func TestFormatBytes(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		n       int64
 		roundUp bool
@@ -138,6 +142,7 @@ func TestFormatBytes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.want, func(t *testing.T) {
+			t.Parallel()
 			must.Eq(t, tc.want, formatBytes(tc.n, tc.roundUp))
 		})
 	}

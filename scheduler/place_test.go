@@ -24,6 +24,7 @@ func permutations(nodes []Node) [][]Node {
 }
 
 func TestPlace_SpreadTwoRacks(t *testing.T) {
+	t.Parallel()
 	// The acceptance case: racks a, a, b and two replicas always
 	// get one replica per rack, whichever node is roomiest or emptiest and
 	// in whatever order the nodes arrive.
@@ -38,6 +39,7 @@ func TestPlace_SpreadTwoRacks(t *testing.T) {
 	}
 	for _, l := range layouts {
 		t.Run(l.name, func(t *testing.T) {
+			t.Parallel()
 			var first []string
 			for _, nodes := range permutations(l.nodes) {
 				got, err := Place(nodes, Request{Volume: "pg", SizeBytes: GiB, Replicas: 2, Spread: "rack"})
@@ -54,6 +56,7 @@ func TestPlace_SpreadTwoRacks(t *testing.T) {
 }
 
 func TestPlace_Spread(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name     string
 		nodes    []Node
@@ -100,6 +103,7 @@ func TestPlace_Spread(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := Place(tc.nodes, Request{Volume: "v", Replicas: tc.replicas, Spread: tc.spread})
 			must.NoError(t, err)
 			must.Eq(t, tc.want, got)
@@ -108,6 +112,7 @@ func TestPlace_Spread(t *testing.T) {
 }
 
 func TestPlace_ShortfallNamesUnhealthyNode(t *testing.T) {
+	t.Parallel()
 	// The acceptance case: three replicas, two healthy nodes.
 	nodes := []Node{
 		up("n1", 10*GiB, "rack=a"),
@@ -125,6 +130,7 @@ func TestPlace_ShortfallNamesUnhealthyNode(t *testing.T) {
 }
 
 func TestShortfallError_Message(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name string
 		err  *ShortfallError
@@ -148,12 +154,14 @@ func TestShortfallError_Message(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			must.Eq(t, tc.want, tc.err.Error())
 		})
 	}
 }
 
 func TestPlace_EveryFilterReasonInShortfall(t *testing.T) {
+	t.Parallel()
 	nodes := []Node{
 		up("ok", 20*GiB, "zone=a"),
 		down(up("sick", 20*GiB, "zone=a"), time.Unix(100, 0)),
@@ -182,6 +190,7 @@ func TestPlace_EveryFilterReasonInShortfall(t *testing.T) {
 }
 
 func TestPlace_Preferred(t *testing.T) {
+	t.Parallel()
 	nodes := []Node{
 		up("n1", 50*GiB, "zone=a", "rack=a1"),
 		up("n2", 10*GiB, "zone=b", "rack=b1"),
@@ -219,6 +228,7 @@ func TestPlace_Preferred(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := Place(nodes, Request{Volume: "v", Replicas: tc.replicas, Spread: tc.spread, Preferred: tc.preferred})
 			must.NoError(t, err)
 			must.Eq(t, tc.want, got)
@@ -227,6 +237,7 @@ func TestPlace_Preferred(t *testing.T) {
 }
 
 func TestPlace_Balance(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name  string
 		nodes []Node
@@ -257,6 +268,7 @@ func TestPlace_Balance(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := Place(tc.nodes, Request{Volume: "v", SizeBytes: GiB, Replicas: 3})
 			must.NoError(t, err)
 			must.Eq(t, tc.want, got)
@@ -265,6 +277,7 @@ func TestPlace_Balance(t *testing.T) {
 }
 
 func TestPlace_Exclusions(t *testing.T) {
+	t.Parallel()
 	nodes := []Node{up("n1", 30*GiB, "rack=a"), up("n2", 20*GiB, "rack=b"), up("n3", 10*GiB, "rack=c")}
 	cases := []struct {
 		name     string
@@ -291,6 +304,7 @@ func TestPlace_Exclusions(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := Place(nodes, Request{Volume: "v", Replicas: tc.replicas, Spread: "rack", Exclude: tc.exclude, Keep: tc.keep})
 			if tc.short != nil {
 				var short *ShortfallError
@@ -305,6 +319,7 @@ func TestPlace_Exclusions(t *testing.T) {
 }
 
 func TestPlace_KeepSpreadsAwayFromHolders(t *testing.T) {
+	t.Parallel()
 	// The kept holder is in rack a; the roomiest candidate is also in rack
 	// a, so the new replica goes to rack b instead.
 	nodes := []Node{up("h", GiB, "rack=a"), up("a2", 90*GiB, "rack=a"), up("b1", GiB, "rack=b")}
@@ -319,6 +334,7 @@ func TestPlace_KeepSpreadsAwayFromHolders(t *testing.T) {
 }
 
 func TestPlace_Invalid(t *testing.T) {
+	t.Parallel()
 	ok := []Node{up("n1", GiB), up("n2", GiB)}
 	cases := []struct {
 		name  string
@@ -333,6 +349,7 @@ func TestPlace_Invalid(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := Place(tc.nodes, tc.req)
 			must.Nil(t, got)
 			must.ErrorIs(t, err, ErrInvalid)
@@ -342,6 +359,7 @@ func TestPlace_Invalid(t *testing.T) {
 }
 
 func TestPlace_DoesNotModifyInputs(t *testing.T) {
+	t.Parallel()
 	nodes := []Node{up("b", GiB, "rack=a"), up("a", 2*GiB, "rack=b"), draining(up("c", GiB))}
 	req := Request{Volume: "v", Replicas: 2, Spread: "rack", Exclude: []string{"z", "c"}, Keep: []string{"y"},
 		Preferred: []map[string]string{{"rack": "b"}}}

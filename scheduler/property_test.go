@@ -162,6 +162,7 @@ func distinct(vals []string) int {
 }
 
 func TestPlace_Properties(t *testing.T) {
+	t.Parallel()
 	rapid.Check(t, func(t *rapid.T) {
 		nodes := genNodes(t)
 		req := genRequest(t, rapid.Bool().Draw(t, "withKeep"))
@@ -221,6 +222,7 @@ func TestPlace_Properties(t *testing.T) {
 // nodes, a zero size, no requisite, nothing excluded), so every run exercises the
 // spread and scoring of the choose step.
 func TestPlace_SpreadProperties(t *testing.T) {
+	t.Parallel()
 	rapid.Check(t, func(t *rapid.T) {
 		nodes := genNodes(t)
 		for i := range nodes {
@@ -324,6 +326,7 @@ func genVolumes(t *rapid.T) []VolumeState {
 }
 
 func TestPlanReplacements_Properties(t *testing.T) {
+	t.Parallel()
 	rapid.Check(t, func(t *rapid.T) {
 		nodes := genNodes(t)
 		vols := genVolumes(t)

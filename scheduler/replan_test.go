@@ -9,6 +9,7 @@ import (
 )
 
 func TestPlanReplacements(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 	grace := 5 * time.Minute
 	longAgo := now.Add(-10 * time.Minute)
@@ -100,6 +101,7 @@ func TestPlanReplacements(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			got := PlanReplacements(tc.nodes, tc.vols, now, grace)
 			must.Eq(t, tc.want, got)
 		})
@@ -107,6 +109,7 @@ func TestPlanReplacements(t *testing.T) {
 }
 
 func TestPlanReplacements_NoCapacity(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 	nodes := []Node{
 		up("n1", 10*GiB), down(up("n2", 10*GiB), now.Add(-time.Hour)),
@@ -134,6 +137,7 @@ func TestPlanReplacements_NoCapacity(t *testing.T) {
 }
 
 func TestPlanReplacements_PartialCapacity(t *testing.T) {
+	t.Parallel()
 	// Two lost holders, room for one new replica: the first lost holder
 	// by ID gets it, the second says why it got none.
 	now := time.Unix(10_000, 0)
@@ -150,6 +154,7 @@ func TestPlanReplacements_PartialCapacity(t *testing.T) {
 }
 
 func TestPlanReplacements_BooksSpaceAcrossVolumes(t *testing.T) {
+	t.Parallel()
 	// n3 has room for one 6GiB copy, not two: the second volume (by name)
 	// must go elsewhere or go without.
 	now := time.Unix(10_000, 0)
@@ -172,6 +177,7 @@ func TestPlanReplacements_BooksSpaceAcrossVolumes(t *testing.T) {
 }
 
 func TestPlanReplacements_InvalidSnapshot(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(10_000, 0)
 	vols := []VolumeState{{Volume: "v", Replicas: 2, Holders: []string{"n1", "n2"}}}
 	nodes := []Node{up("n1", GiB), down(up("n1", GiB), time.Unix(0, 0)), up("n3", GiB)}
@@ -181,6 +187,7 @@ func TestPlanReplacements_InvalidSnapshot(t *testing.T) {
 }
 
 func TestPlanReplacements_InvalidVolume(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(10_000, 0)
 	nodes := []Node{up("n1", GiB), up("n3", GiB)}
 	vols := []VolumeState{{Volume: "v", SizeBytes: -1, Replicas: 2, Holders: []string{"n1", "n2"}}}

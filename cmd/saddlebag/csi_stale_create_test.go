@@ -38,7 +38,7 @@ func TestInterruptedCreateRemoved(t *testing.T) {
 	must.NoError(t, err)
 	_, err = c.PutVolume(ctx, leader.VolumeRecord{ID: "half", Name: "half", State: leader.VolumeCreating,
 		Spec:     leader.VolumeSpec{SizeBytes: size, Replicas: 2, FSType: "ext4"},
-		Replicas: []leader.ReplicaRecord{{Node: "n1", Addr: n1.addr, State: plugin.ReplicaReady}, {Node: "n2", Addr: "127.0.0.1:1", State: plugin.ReplicaReady}}}, 0, nil)
+		Replicas: []leader.ReplicaRecord{{Node: "n1", Addr: n1.addr, State: leader.ReplicaReady}, {Node: "n2", Addr: "127.0.0.1:1", State: leader.ReplicaReady}}}, 0, nil)
 	must.NoError(t, err)
 	written := time.Now()
 	replica := filepath.Join(n1.dataDir, "half")

@@ -225,7 +225,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err := os.WriteFile(cfg, []byte(nomadServerHCL(serverIP, filepath.Join(serverDir, "data"), c.ConsulAddr, timing)), 0o644); err != nil {
 		return c, err
 	}
-	c.NomadServer = newProcess("nomad-server", nsWrap(c.ServerNetns), []string{nomadBin, "agent", "-config", cfg},
+	c.NomadServer = testcluster.NewProcess("nomad-server", nsWrap(c.ServerNetns), []string{nomadBin, "agent", "-config", cfg},
 		agentEnv(), filepath.Join(serverDir, "nomad.log"), o.Detach)
 	if err := c.startRecorded(c.NomadServer); err != nil {
 		return c, err
@@ -260,7 +260,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		if err := os.WriteFile(cfg, []byte(hcl), 0o644); err != nil {
 			return c, err
 		}
-		node.Nomad = newProcess(node.Name+"-nomad", node.wrap(), []string{nomadBin, "agent", "-config", cfg},
+		node.Nomad = testcluster.NewProcess(node.Name+"-nomad", node.wrap(), []string{nomadBin, "agent", "-config", cfg},
 			agentEnv(), filepath.Join(node.Dir, "nomad.log"), o.Detach)
 		if err := c.startRecorded(node.Nomad); err != nil {
 			return c, err
@@ -305,12 +305,12 @@ func (nd *Node) wrap() []string { return nsWrap(nd.Netns) }
 
 // startRecorded starts p and records its PID in the state file.
 func (c *Cluster) startRecorded(p *Process) error {
-	if err := p.start(); err != nil {
+	if err := p.Start(); err != nil {
 		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.state.Procs = append(c.state.Procs, p.record())
+	c.state.Procs = append(c.state.Procs, record(p))
 	return c.state.save()
 }
 

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/saddlebag/saddlebag/internal/testcluster"
 )
 
 // The docker form (issue 15): with Options.Docker every node runs its own
@@ -110,7 +112,7 @@ func (nd *Node) newDockerd(cgroupParent, runtime string, detach bool) *Process {
 	if runtime != "" {
 		argv = append(argv, "--add-runtime", "capsrunc="+runtime, "--default-runtime", "capsrunc")
 	}
-	return newProcess(nd.Name+"-dockerd", nd.wrap(), argv, agentEnv(), filepath.Join(dir, "dockerd.log"), detach)
+	return testcluster.NewProcess(nd.Name+"-dockerd", nd.wrap(), argv, agentEnv(), filepath.Join(dir, "dockerd.log"), detach)
 }
 
 // startDockerd starts node nd's dockerd and waits until it answers.

@@ -4,127 +4,22 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/saddlebag/saddlebag/internal/testcluster"
 )
 
-// Process is one agent process the harness started and waits for.
-//
-// Its methods are safe for concurrent use.
-type Process struct {
-	Name    string
-	argv    []string // after any wrapper: what /proc/PID/cmdline shows
-	wrap    []string
-	env     []string
-	logPath string
-	detach  bool
+// Process is one agent process the harness started and waits for: the
+// one implementation, internal/testcluster's.
+type Process = testcluster.Process
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func newProcess(name string, wrap, argv, env []string, logPath string, detach bool) *Process {
-	return &Process{Name: name, argv: argv, wrap: wrap, env: env, logPath: logPath, detach: detach}
-}
-
-// start launches the process, appending its output to its log.
-func (p *Process) start() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd != nil {
-		select {
-		case <-p.done:
-		default:
-			return fmt.Errorf("%s is already running (pid %d)", p.Name, p.cmd.Process.Pid)
-		}
-	}
-	logf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	full := append(append([]string{}, p.wrap...), p.argv...)
-	cmd := exec.Command(full[0], full[1:]...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = p.env
-	if p.detach {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("start %s: %w", p.Name, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		logf.Close()
-		close(done)
-	}()
-	p.cmd, p.done = cmd, done
-	return nil
-}
-
-// PID returns the running process's id (0 when it is not running).
-func (p *Process) PID() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return 0
-	}
-	select {
-	case <-p.done:
-		return 0
-	default:
-		return p.cmd.Process.Pid
-	}
-}
-
-// Exited is closed when the process has exited (nil before the first start).
-func (p *Process) Exited() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.done
-}
-
-// Kill sends SIGKILL (by PID) and waits for the process to be reaped.
-func (p *Process) Kill() {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	select {
-	case <-done:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	<-done
-}
-
-// LogTail returns the last n lines of the process's log.
-func (p *Process) LogTail(n int) string { return logTail(p.logPath, n) }
-
-func (p *Process) record() ProcRecord {
-	return ProcRecord{Name: p.Name, PID: p.PID(), Cmdline: strings.Join(p.argv, "\x00")}
-}
-
-func logTail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+// record is p's entry in the state file.
+func record(p *Process) ProcRecord {
+	return ProcRecord{Name: p.Name, PID: p.PID(), Cmdline: p.Cmdline()}
 }
 
 // agentEnv is this process's environment without what would make an

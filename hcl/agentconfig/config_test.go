@@ -41,6 +41,7 @@ controller {
 `
 
 func TestParseFullConfig(t *testing.T) {
+	t.Parallel()
 	c, diags := Parse("agent.hcl", []byte(full))
 	must.SliceEmpty(t, diags)
 	must.Eq(t, &Config{
@@ -72,6 +73,7 @@ func TestParseFullConfig(t *testing.T) {
 // Only what the file sets is a setting; nothing is defaulted here (the
 // command's flag defaults stay in force).
 func TestSettingsOnlyWhatIsSet(t *testing.T) {
+	t.Parallel()
 	c, diags := Parse("agent.hcl", []byte("data_dir = \"/d\"\nconsul {\n  address = \"c:8500\"\n}\n"))
 	must.SliceEmpty(t, diags)
 	must.Eq(t, []Setting{
@@ -83,6 +85,7 @@ func TestSettingsOnlyWhatIsSet(t *testing.T) {
 }
 
 func TestProblemsPointAtTheirPosition(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name      string
 		from, to  string
@@ -110,6 +113,7 @@ func TestProblemsPointAtTheirPosition(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			must.StrContains(t, full, c.from)
 			src := strings.Replace(full, c.from, c.to, 1)
 			cfg, diags := Parse("agent.hcl", []byte(src))
@@ -126,6 +130,7 @@ func TestProblemsPointAtTheirPosition(t *testing.T) {
 }
 
 func TestEveryProblemReported(t *testing.T) {
+	t.Parallel()
 	src := strings.NewReplacer(`"5s"`, `"5x"`, `"debug"`, `"loud"`, `"sb/"`, `"//"`).Replace(full)
 	_, diags := Parse("agent.hcl", []byte(src))
 	must.Len(t, 3, diags, must.Sprintf("%v", diags))
@@ -133,6 +138,7 @@ func TestEveryProblemReported(t *testing.T) {
 }
 
 func TestJSONConfig(t *testing.T) {
+	t.Parallel()
 	c, diags := Parse("agent.json", []byte(`{"data_dir": "/d", "labels": {"rack": "r1"}, "consul": {"address": "c:8500"}, "lock_delay": "2s"}`))
 	must.SliceEmpty(t, diags)
 	must.Eq(t, map[string]string{"rack": "r1"}, c.Labels)
@@ -140,6 +146,7 @@ func TestJSONConfig(t *testing.T) {
 }
 
 func TestParseFileMissing(t *testing.T) {
+	t.Parallel()
 	c, diags := ParseFile(filepath.Join(t.TempDir(), "nope.hcl"))
 	must.Nil(t, c)
 	must.StrContains(t, diags.Error(), "cannot read config file")
@@ -147,6 +154,7 @@ func TestParseFileMissing(t *testing.T) {
 
 // The example config shipped in jobs/examples is valid.
 func TestExampleConfig(t *testing.T) {
+	t.Parallel()
 	c, diags := ParseFile("../../jobs/examples/agent.hcl")
 	must.SliceEmpty(t, diags)
 	must.NotEq(t, "", c.DataDir)

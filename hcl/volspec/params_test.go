@@ -9,6 +9,7 @@ import (
 )
 
 func TestParseParams(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name string
 		in   map[string]string
@@ -26,6 +27,7 @@ func TestParseParams(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := ParseParams(c.in)
 			must.NoError(t, err)
 			must.Eq(t, c.want, got)
@@ -34,6 +36,7 @@ func TestParseParams(t *testing.T) {
 }
 
 func TestParseParamsRejects(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		key, value, message string
 		others              map[string]string
@@ -59,6 +62,7 @@ func TestParseParamsRejects(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(fmt.Sprintf("%s=%q", c.key, c.value), func(t *testing.T) {
+			t.Parallel()
 			m := map[string]string{c.key: c.value}
 			for k, v := range c.others {
 				m[k] = v
@@ -79,6 +83,7 @@ func TestParseParamsRejects(t *testing.T) {
 // Every bad parameter is in the one error, in KnownParams order, wrapped
 // errors included.
 func TestParamsErrorListsEveryProblem(t *testing.T) {
+	t.Parallel()
 	_, err := ParseParams(map[string]string{"min_in_sync": "x", "spread": "a b", "fs_type": "zfs", "replicas": "0"})
 	var perr *ParamsError
 	must.True(t, errors.As(fmt.Errorf("create volume: %w", err), &perr))
@@ -90,11 +95,13 @@ func TestParamsErrorListsEveryProblem(t *testing.T) {
 }
 
 func TestUnknownParams(t *testing.T) {
+	t.Parallel()
 	must.Eq(t, []string{"a", "skuname"}, UnknownParams(map[string]string{"skuname": "x", "replicas": "2", "a": "", "spread": "rack"}))
 	must.SliceEmpty(t, UnknownParams(map[string]string{"replicas": "2"}))
 }
 
 func TestResolveFSType(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		param, mount, want, err string
 	}{
@@ -107,6 +114,7 @@ func TestResolveFSType(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.param+"/"+c.mount, func(t *testing.T) {
+			t.Parallel()
 			got, err := Params{Replicas: 2, MinInSync: 1, FSType: c.param}.ResolveFSType(c.mount)
 			if c.err == "" {
 				must.NoError(t, err)

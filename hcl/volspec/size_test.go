@@ -13,6 +13,7 @@ import (
 // Size is the one rule for a volume's size: the spec checks and the
 // plugin's CreateVolume both call it.
 func TestSize(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name    string
 		lo, hi  int64
@@ -41,6 +42,7 @@ func TestSize(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			got, err := Size(c.lo, c.hi, c.fs)
 			if c.problem == 0 {
 				must.NoError(t, err)
@@ -59,6 +61,7 @@ func TestSize(t *testing.T) {
 
 // FitsFS is the file-system half of Size, for a size already chosen.
 func TestFitsFS(t *testing.T) {
+	t.Parallel()
 	must.NoError(t, FitsFS("xfs", 512<<20))
 	must.NoError(t, FitsFS("ext4", 8<<20))
 	must.NoError(t, FitsFS("", BlockSize))
@@ -73,6 +76,7 @@ func TestFitsFS(t *testing.T) {
 // The spec checks report Size's problems at the bound to change, with a
 // file system only when a capability mounts one.
 func TestSpecSizeChecks(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name      string
 		capacity  string // replaces the capacity lines of valid
@@ -92,6 +96,7 @@ func TestSpecSizeChecks(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			src := strings.Replace(valid, "capacity_min = \"10GiB\"\ncapacity_max = \"20GiB\"", c.capacity, 1)
 			src = strings.Replace(src, `fs_type  = "ext4"`, `fs_type  = "`+c.fs+`"`, 1)
 			if c.block {

@@ -31,6 +31,7 @@ parameters {
 `
 
 func TestValidSpec(t *testing.T) {
+	t.Parallel()
 	s, diags := Parse("pg.hcl", []byte(valid))
 	must.SliceEmpty(t, diags)
 	must.NotNil(t, s)
@@ -54,6 +55,7 @@ func TestValidSpec(t *testing.T) {
 // Each problem is reported at the line and column it is about, with what
 // would be valid. The acceptance cases of issue 6 come first.
 func TestProblemsPointAtTheirPosition(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name      string
 		from, to  string // edit of valid
@@ -93,6 +95,7 @@ func TestProblemsPointAtTheirPosition(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			src := valid
 			if c.name == "xfs too small" {
 				src = strings.Replace(src, `fs_type  = "ext4"`, `fs_type  = "xfs"`, 1)
@@ -121,6 +124,7 @@ func TestProblemsPointAtTheirPosition(t *testing.T) {
 
 // Every problem is reported, not just the first.
 func TestEveryProblemReported(t *testing.T) {
+	t.Parallel()
 	src := strings.NewReplacer(`plugin_id = "saddlebag"`, ``, `replicas = 2`, `replicas = 0`, `"file-system"`, `"file"`).Replace(valid)
 	_, diags := Parse("v.hcl", []byte(src))
 	must.Len(t, 3, diags.Errs(), must.Sprintf("%v", diags))
@@ -133,6 +137,7 @@ func TestEveryProblemReported(t *testing.T) {
 // An unknown parameter is a warning naming the known ones, not an error:
 // Nomad passes it on to the plugin.
 func TestUnknownParameterWarns(t *testing.T) {
+	t.Parallel()
 	src := strings.Replace(valid, `replicas = 2`, "replicas = 2\n  replica = 3", 1)
 	s, diags := Parse("v.hcl", []byte(src))
 	must.NotNil(t, s)
@@ -152,6 +157,7 @@ func TestUnknownParameterWarns(t *testing.T) {
 // without segments is dropped, with a warning; anything else in a
 // topology is an error, as Nomad refuses it.
 func TestTopologySegmentsForms(t *testing.T) {
+	t.Parallel()
 	base := valid + "topology_request {\n  required {\n    topology {\n%s\n    }\n  }\n}\n"
 	for _, c := range []struct {
 		name, body string
@@ -167,6 +173,7 @@ func TestTopologySegmentsForms(t *testing.T) {
 		{name: "empty", body: ``, warn: "topology_request asks for nothing"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			s, diags := Parse("v.hcl", []byte(strings.Replace(base, "%s", c.body, 1)))
 			if c.err != "" {
 				must.True(t, diags.HasErrors())
@@ -256,6 +263,7 @@ func TestLookAlikes(t *testing.T) {
 // (Saddlebag's whole-number parameters must be written in plain digits:
 // TestParameterLiterals.)
 func TestParameterValuesAsNomadSends(t *testing.T) {
+	t.Parallel()
 	src := strings.Replace(valid, `replicas = 2`, "replicas = 3\n  min_in_sync = \"2\"\n  compress = true\n  dedupe = false", 1) +
 		"secrets {\n  token = 42\n}\n"
 	s, diags := Parse("v.hcl", []byte(src))
@@ -277,6 +285,7 @@ func TestParameterValuesAsNomadSends(t *testing.T) {
 // with the valid form, although the strings Nomad sends for them ("1",
 // "2") would pass: replicas = true arrives as "1", 1e0 and 01 as "1".
 func TestParameterLiterals(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		from, to string
 		col      int
@@ -302,6 +311,7 @@ func TestParameterLiterals(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.to, func(t *testing.T) {
+			t.Parallel()
 			src := strings.Replace(valid, c.from, c.to, 1)
 			s, diags := Parse("v.hcl", []byte(src))
 			if c.want == "" {
@@ -331,6 +341,7 @@ func TestParameterLiterals(t *testing.T) {
 
 // A .json spec is read as HCL's JSON syntax, as Nomad accepts JSON.
 func TestJSONSpec(t *testing.T) {
+	t.Parallel()
 	src := `{
   "id": "pg", "name": "pg", "type": "csi", "plugin_id": "saddlebag",
   "capacity_min": "1GiB",
@@ -350,11 +361,13 @@ func TestJSONSpec(t *testing.T) {
 
 // The example specs shipped in jobs/examples are valid.
 func TestExampleSpecsValidate(t *testing.T) {
+	t.Parallel()
 	files, err := filepath.Glob("../../jobs/examples/volume-*.hcl")
 	must.NoError(t, err)
 	must.SliceNotEmpty(t, files)
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
+			t.Parallel()
 			s, diags := ParseFile(f)
 			must.SliceEmpty(t, diags)
 			must.NotNil(t, s)
@@ -366,6 +379,7 @@ func TestExampleSpecsValidate(t *testing.T) {
 }
 
 func TestParseFileMissing(t *testing.T) {
+	t.Parallel()
 	s, diags := ParseFile(filepath.Join(t.TempDir(), "nope.hcl"))
 	must.Nil(t, s)
 	must.True(t, diags.HasErrors())
@@ -376,6 +390,7 @@ func TestParseFileMissing(t *testing.T) {
 // encrypted = true; each problem is one error at the field at fault
 // (line and column), and no message quotes the passphrase.
 func TestEncryptionSettings(t *testing.T) {
+	t.Parallel()
 	const secret = "a-passphrase-never-printed"
 	for _, c := range []struct {
 		name, params, secrets string
@@ -394,6 +409,7 @@ func TestEncryptionSettings(t *testing.T) {
 		{name: "bad value", params: `encrypted = "yes"`, err: "encrypted must be true or false", line: 17, col: 15},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			src := strings.Replace(valid, `fs_type  = "ext4"`, "fs_type  = \"ext4\"\n  "+c.params, 1)
 			src += "secrets {\n  " + c.secrets + "\n}\n"
 			s, diags := Parse("v.hcl", []byte(src))

@@ -158,7 +158,7 @@ func volumeChecks(ctx context.Context, c *leader.Client) (map[string]*api.Health
 
 func readVolume(ctx context.Context, c *leader.Client, rec leader.VolumeRecord, byName map[string]leader.NodeState,
 	checks map[string]*api.HealthCheck, now time.Time) (Volume, error) {
-	v := Volume{ID: rec.ID, Name: rec.Name, State: rec.State, SizeBytes: rec.Spec.SizeBytes, Wanted: rec.Spec.Replicas,
+	v := Volume{ID: rec.ID, Name: rec.Name, State: string(rec.State), SizeBytes: rec.Spec.SizeBytes, Wanted: rec.Spec.Replicas,
 		FSType: rec.Spec.FSType, Encrypted: rec.Encryption != nil, Health: NotStaged}
 	holder, err := c.ReadPrimary(ctx, rec.ID)
 	if err != nil {
@@ -192,7 +192,7 @@ func readVolume(ctx context.Context, c *leader.Client, rec leader.VolumeRecord, 
 		rep := Replica{Node: r.Node, Addr: r.Addr}
 		p, known := progress[r.Addr]
 		switch {
-		case r.State == "lost":
+		case r.State == leader.ReplicaLost:
 			rep.State, rep.Detail = Lost, "its node was down beyond the grace: being replaced"
 		case known && p.State == "in-sync":
 			rep.State = InSync
@@ -211,7 +211,7 @@ func readVolume(ctx context.Context, c *leader.Client, rec leader.VolumeRecord, 
 		default:
 			rep.State = Missing
 		}
-		if r.State == "adding" && rep.State != InSync {
+		if r.State == leader.ReplicaAdding && rep.State != InSync {
 			rep.Detail = strings.TrimPrefix(rep.Detail+"; a replacement being copied", "; ")
 		}
 		if n, ok := byName[r.Node]; ok && !n.Healthy {

@@ -27,8 +27,8 @@ func TestReadFromConsul(t *testing.T) {
 	defer cancel()
 	_, err = c.PutVolume(ctx, leader.VolumeRecord{ID: "v1", Name: "v1", State: leader.VolumeReady,
 		Spec: leader.VolumeSpec{SizeBytes: 1 << 30, Replicas: 2, FSType: "ext4"},
-		Replicas: []leader.ReplicaRecord{{Node: "n1", Addr: "10.0.0.1:7400", State: "ready"},
-			{Node: "n2", Addr: "10.0.0.2:7400", State: "adding"}, {Node: "n3", Addr: "10.0.0.3:7400", State: "lost"}}}, 0, nil)
+		Replicas: []leader.ReplicaRecord{{Node: "n1", Addr: "10.0.0.1:7400", State: leader.ReplicaReady},
+			{Node: "n2", Addr: "10.0.0.2:7400", State: leader.ReplicaAdding}, {Node: "n3", Addr: "10.0.0.3:7400", State: leader.ReplicaLost}}}, 0, nil)
 	must.NoError(t, err)
 	must.NoError(t, c.InitInSync(ctx, "v1", []string{"10.0.0.1:7400"}))
 	must.NoError(t, c.PutResync(ctx, "v1", leader.ResyncRecord{Epoch: 9, Node: "n1",

@@ -15,6 +15,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/internal/backoff"
 )
 
 // The Consul services whose identities Saddlebag's processes carry.
@@ -135,7 +137,7 @@ func (s *Source) notifyLocked() {
 // Errors back off (up to 10s) and keep the last good state: the leaf
 // in hand stays valid for days, long past any agent restart.
 func (s *Source) watch(ctx context.Context, what string, index uint64, fetch func(context.Context, uint64) (uint64, error)) {
-	backoff := 250 * time.Millisecond
+	failures := 0 // fetches failed in a row
 	for ctx.Err() == nil {
 		idx, err := fetch(ctx, index)
 		if err != nil {
@@ -146,15 +148,15 @@ func (s *Source) watch(ctx context.Context, what string, index uint64, fetch fun
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(backoff):
+			case <-time.After(backoff.Delay(250*time.Millisecond, 10*time.Second, failures)):
 			}
-			backoff = min(2*backoff, 10*time.Second)
+			failures++
 			// The agent may have restarted, and its index with it: ask
 			// afresh rather than block on an index it will not reach.
 			index = 0
 			continue
 		}
-		backoff = 250 * time.Millisecond
+		failures = 0
 		if idx < index { // the agent's index went back (restart): start over
 			idx = 0
 		}

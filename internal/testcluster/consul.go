@@ -91,90 +91,29 @@ type Agent struct {
 	token        string
 	detach       bool
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	procOnce sync.Once
+	proc     *Process // made by the first start, from the fields above
 }
 
-// start launches the process with a.args, appending to the log.
-func (a *Agent) start() error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.cmd != nil {
-		select {
-		case <-a.done:
-		default:
-			return fmt.Errorf("consul agent %s is already running (pid %d)", a.Name, a.cmd.Process.Pid)
-		}
-	}
-	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	argv := append(append(append([]string{}, a.wrap...), a.bin), a.args...)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if a.detach {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("start consul agent %s: %w", a.Name, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		logf.Close()
-		close(done)
-	}()
-	a.cmd, a.done = cmd, done
-	return nil
+// process is the agent's Process, made on first use from its command.
+func (a *Agent) process() *Process {
+	a.procOnce.Do(func() {
+		a.proc = NewProcess("consul agent "+a.Name, a.wrap, append([]string{a.bin}, a.args...), nil, a.logPath, a.detach)
+	})
+	return a.proc
 }
+
+// start launches the agent, appending to its log.
+func (a *Agent) start() error { return a.process().Start() }
 
 // PID returns the running process's id (0 when stopped).
-func (a *Agent) PID() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.cmd == nil {
-		return 0
-	}
-	select {
-	case <-a.done:
-		return 0
-	default:
-		return a.cmd.Process.Pid
-	}
-}
+func (a *Agent) PID() int { return a.process().PID() }
 
 // Kill sends SIGKILL to the agent (by PID) and waits for it to exit.
-func (a *Agent) Kill() { a.signal(syscall.SIGKILL, 0) }
+func (a *Agent) Kill() { a.process().Kill() }
 
 // Stop ends the agent gracefully (SIGTERM; SIGKILL after 10s).
-func (a *Agent) Stop() { a.signal(syscall.SIGTERM, 10*time.Second) }
-
-func (a *Agent) signal(sig syscall.Signal, grace time.Duration) {
-	a.mu.Lock()
-	cmd, done := a.cmd, a.done
-	a.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	select {
-	case <-done:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(sig)
-	if grace > 0 {
-		select {
-		case <-done:
-			return
-		case <-time.After(grace):
-			_ = cmd.Process.Signal(syscall.SIGKILL)
-		}
-	}
-	<-done
-}
+func (a *Agent) Stop() { a.process().Stop(syscall.SIGTERM, 10*time.Second) }
 
 // Restart starts the agent again with the same addresses and ports (a dev
 // agent comes back empty: it keeps nothing in memory across restarts).
@@ -188,23 +127,11 @@ func (a *Agent) Restart(ctx context.Context) error {
 // LogPath is the file the agent's output goes to.
 func (a *Agent) LogPath() string { return a.logPath }
 
-// Cmdline is the command line the agent runs with (after any wrapper
-// has exec'd it), NUL-separated as /proc/PID/cmdline shows it: a later
-// process can check that a recorded PID is still this agent.
-func (a *Agent) Cmdline() string { return strings.Join(append([]string{a.bin}, a.args...), "\x00") }
+// Cmdline is the command line the agent runs with (Process.Cmdline).
+func (a *Agent) Cmdline() string { return a.process().Cmdline() }
 
 // LogTail returns the last n lines of the agent's log.
-func (a *Agent) LogTail(n int) string {
-	b, err := os.ReadFile(a.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (a *Agent) LogTail(n int) string { return a.process().LogTail(n) }
 
 // WaitReady waits until the agent answers, a leader is elected and the
 // agent's own node is registered with a passing serfHealth check.
@@ -226,11 +153,7 @@ func (a *Agent) WaitReady(ctx context.Context) error {
 	}
 }
 
-func (a *Agent) exited() <-chan struct{} {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.done
-}
+func (a *Agent) exited() <-chan struct{} { return a.process().Exited() }
 
 func (a *Agent) ready(ctx context.Context) error {
 	var leader string

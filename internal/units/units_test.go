@@ -12,6 +12,7 @@ import (
 // Sizes mean what they mean to Nomad: binary suffixes are powers of 1024,
 // decimal suffixes and single letters powers of 1000.
 func TestParseBytesHasNomadsMeaning(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		in   string
 		want int64
@@ -23,6 +24,7 @@ func TestParseBytesHasNomadsMeaning(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.in, func(t *testing.T) {
+			t.Parallel()
 			got, err := ParseBytes(c.in)
 			must.NoError(t, err)
 			must.Eq(t, c.want, got)
@@ -30,6 +32,7 @@ func TestParseBytesHasNomadsMeaning(t *testing.T) {
 	}
 	for _, bad := range []string{"", "MiB", "10 parsecs", "1.2.3G", "-5", " 12B", "20EiB", "9PiB", "1e9"} {
 		t.Run("bad "+bad, func(t *testing.T) {
+			t.Parallel()
 			_, err := ParseBytes(bad)
 			must.True(t, errors.Is(err, ErrSyntax), must.Sprintf("err = %v", err))
 		})
@@ -39,6 +42,7 @@ func TestParseBytesHasNomadsMeaning(t *testing.T) {
 // ParseBytes reads every string exactly as go-humanize (Nomad) does, or
 // refuses it; it never reads one differently.
 func TestParseBytesIsNomadsParser(t *testing.T) {
+	t.Parallel()
 	rapid.Check(t, func(t *rapid.T) {
 		s := rapid.OneOf(
 			rapid.StringMatching(`[0-9]{1,12}(\.[0-9]{1,3})? ?(|b|B|k|K|kB|KB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB|T|TB|TiB|P|PiB|E|EiB|x)`),
@@ -62,6 +66,7 @@ func TestParseBytesIsNomadsParser(t *testing.T) {
 }
 
 func TestFormatBytes(t *testing.T) {
+	t.Parallel()
 	for n, want := range map[int64]string{
 		256 << 20: "256MiB", 1536 << 10: "1536KiB", 100: "100B", 20e9: "20GB", 10 << 30: "10GiB",
 		4096: "4KiB", 1000: "1kB", 0: "0B", 300 << 20: "300MiB", 1 << 60: "1EiB", 8 << 50: "8PiB",
@@ -72,6 +77,7 @@ func TestFormatBytes(t *testing.T) {
 
 // What FormatBytes prints, ParseBytes reads back exactly.
 func TestFormatBytesParsesBack(t *testing.T) {
+	t.Parallel()
 	rapid.Check(t, func(t *rapid.T) {
 		n := rapid.OneOf(rapid.Int64Range(1, MaxBytes),
 			rapid.Map(rapid.Int64Range(1, 1<<20), func(k int64) int64 { return k << 12 }),

@@ -21,6 +21,7 @@ var cheap = Params{Time: 1, MemoryKiB: 64, Threads: 1}
 const pass = "correct horse battery staple"
 
 func TestNewOpenRoundTrip(t *testing.T) {
+	t.Parallel()
 	rec, key, err := New("vol1", pass, cheap)
 	must.NoError(t, err)
 	must.Len(t, KeySize, key)
@@ -46,6 +47,7 @@ func TestNewOpenRoundTrip(t *testing.T) {
 }
 
 func TestOpenRefuses(t *testing.T) {
+	t.Parallel()
 	rec, _, err := New("vol1", pass, cheap)
 	must.NoError(t, err)
 	for name, open := range map[string]func() ([]byte, error){
@@ -67,6 +69,7 @@ func TestOpenRefuses(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			key, err := open()
 			must.Nil(t, key)
 			must.ErrorIs(t, err, ErrWrongPassphrase)
@@ -84,6 +87,7 @@ func editSlot(rec Record, f func(*Slot)) Record {
 // Rotation: a second passphrase is added (both open the same key), then
 // the first removed; the last one never is, nor one that opens nothing.
 func TestRotatePassphrase(t *testing.T) {
+	t.Parallel()
 	const next = "a new passphrase"
 	rec, key, err := New("vol1", pass, cheap)
 	must.NoError(t, err)
@@ -129,10 +133,12 @@ func TestRotatePassphrase(t *testing.T) {
 }
 
 func TestDefaultParamsValid(t *testing.T) {
+	t.Parallel()
 	must.NoError(t, DefaultParams.Check())
 }
 
 func TestDecodeRefuses(t *testing.T) {
+	t.Parallel()
 	rec, _, err := New("vol1", pass, cheap)
 	must.NoError(t, err)
 	good, err := json.Marshal(rec)
@@ -170,6 +176,7 @@ func TestDecodeRefuses(t *testing.T) {
 		}),
 	} {
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			_, err := Decode(b)
 			must.ErrorIs(t, err, ErrInvalidRecord)
 		})
@@ -179,6 +186,7 @@ func TestDecodeRefuses(t *testing.T) {
 // No error and no record's JSON carries the passphrase or the data key,
 // in any common encoding.
 func TestNothingSecretLeaks(t *testing.T) {
+	t.Parallel()
 	rec, key, err := New("vol1", pass, cheap)
 	must.NoError(t, err)
 	b, err := json.Marshal(rec)

@@ -9,12 +9,14 @@ import (
 )
 
 func TestSuggest(t *testing.T) {
+	t.Parallel()
 	must.Eq(t, "replicas", Suggest("replica", []string{"replicas", "spread"}))
 	must.Eq(t, "single-node-writer", Suggest("single-node-writr", []string{"single-node-reader-only", "single-node-writer"}))
 	must.Eq(t, "", Suggest("zzzzzz", []string{"replicas", "spread"}))
 }
 
 func TestList(t *testing.T) {
+	t.Parallel()
 	must.Eq(t, "", List(nil, false))
 	must.Eq(t, `"a"`, List([]string{"a"}, true))
 	must.Eq(t, "a, b or c", List([]string{"a", "b", "c"}, false))
@@ -22,6 +24,7 @@ func TestList(t *testing.T) {
 }
 
 func TestValidLabelKey(t *testing.T) {
+	t.Parallel()
 	for k, want := range map[string]bool{
 		"rack": true, "zone_1": true, "failure-domain": true, "": false, "a b": false,
 		"a.b": false, "consul-x": false, "ünï": false, string(make([]byte, 129)): false,
@@ -38,6 +41,7 @@ func parseBody(t *testing.T, src string) hcl.Body {
 }
 
 func TestBodyStringMap(t *testing.T) {
+	t.Parallel()
 	body := parseBody(t, "a = 1\nb = \"x\"\nc = true\nd = 2.5\n")
 	m, diags := BodyStringMap(body, BoolDigits)
 	must.SliceEmpty(t, diags)
@@ -59,6 +63,7 @@ func TestBodyStringMap(t *testing.T) {
 }
 
 func TestFirstErrorAndDropOverlapping(t *testing.T) {
+	t.Parallel()
 	at := func(line, col, end int) *hcl.Range {
 		return &hcl.Range{Filename: "f", Start: hcl.Pos{Line: line, Column: col, Byte: line*100 + col}, End: hcl.Pos{Line: line, Column: end, Byte: line*100 + end}}
 	}

@@ -1,4 +1,4 @@
-package plugin
+package reconcile
 
 import (
 	"context"
@@ -13,43 +13,25 @@ import (
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
-// driver is the re-replication driver (docs/architecture.md, "Data path") of an active
-// controller; only driveWhileActive's goroutine uses it.
-//
-// Each pass:
+// Re-replication (docs/architecture.md, "CSI lifecycle"). Each pass:
 //  1. snapshots the nodes (health from Consul) and notes when each
 //     unhealthy node was first seen down;
 //  2. asks scheduler.PlanReplacements which replicas have been on a node
 //     down longer than the grace, and where their replacements go;
 //  3. for each, creates the new replica on its node and records it in the
-//     volume record (CAS under leadership) as "adding", the lost one as
-//     "lost". The primary, which follows its volume record, adds the new
+//     volume record (CAS under leadership) as leader.ReplicaAdding, the
+//     lost one as leader.ReplicaLost. The primary, which follows its volume record, adds the new
 //     replica to its engine, which copies everything to it;
 //  4. once a volume's in-sync record names every "adding" replica, marks
 //     them "ready" and drops the "lost" ones from the record; the primary
 //     then retires them. Their data is removed from their nodes now if
 //     they answer, else a tombstone makes a later pass remove it once the
 //     node is back (tombstones.go).
-type driver struct {
-	c         *Controller
-	downSince map[string]time.Time
-}
 
-func (d *driver) step(ctx context.Context, lease *leader.Lease) error {
-	c := d.c
-	nodes, vols, err := c.snapshot(ctx)
-	if err != nil {
-		return err
-	}
-	now := c.cfg.Now()
-	for _, n := range nodes {
-		if n.Healthy {
-			delete(d.downSince, n.Node)
-		} else if _, ok := d.downSince[n.Node]; !ok {
-			d.downSince[n.Node] = now
-			c.log.Warn("node is down", "node", n.Node, "why", n.Why, "replaced_after", c.cfg.Grace)
-		}
-	}
+// rereplicate plans the replacement of replicas lost for good
+// (scheduler.PlanReplacements), records each, and completes those whose
+// new replicas are in sync.
+func (rc *Reconciler) rereplicate(ctx context.Context, lease *leader.Lease, nodes []leader.NodeState, vols []leader.VolumeRecord, now time.Time) error {
 	var states []scheduler.VolumeState
 	for _, v := range vols {
 		if v.State != leader.VolumeReady {
@@ -58,29 +40,23 @@ func (d *driver) step(ctx context.Context, lease *leader.Lease) error {
 		p, _ := volspec.ParseParams(v.Spec.Parameters)
 		st := scheduler.VolumeState{Volume: v.ID, SizeBytes: v.Spec.SizeBytes, Replicas: v.Spec.Replicas,
 			Spread: p.Spread, Requisite: v.Requisite}
-		for _, r := range v.Replicas {
-			if r.State != ReplicaLost {
-				st.Holders = append(st.Holders, r.Node)
+		for _, rr := range v.Replicas {
+			if rr.State != leader.ReplicaLost {
+				st.Holders = append(st.Holders, rr.Node)
 			}
 		}
 		states = append(states, st)
 	}
 	var errs []error
-	if err := c.cleanStaleCreates(ctx, lease, vols); err != nil {
-		errs = append(errs, err)
-	}
-	byName := nodeMap(nodes)
-	if err := c.sweepTombstones(ctx, lease, byName); err != nil {
-		errs = append(errs, err)
-	}
-	for _, r := range scheduler.PlanReplacements(schedulerNodes(nodes, vols, d.downSince), states, now, c.cfg.Grace) {
-		if err := d.replace(ctx, lease, r, byName); err != nil {
+	byName := NodeMap(nodes)
+	for _, p := range scheduler.PlanReplacements(SchedulerNodes(nodes, vols, rc.downSince), states, now, rc.cfg.Grace) {
+		if err := rc.replace(ctx, lease, p, byName); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	for _, v := range vols {
-		if v.State == leader.VolumeReady && slices.ContainsFunc(v.Replicas, func(r leader.ReplicaRecord) bool { return r.State != ReplicaReady }) {
-			if err := d.finish(ctx, lease, v.ID); err != nil {
+		if v.State == leader.VolumeReady && slices.ContainsFunc(v.Replicas, func(rr leader.ReplicaRecord) bool { return rr.State != leader.ReplicaReady }) {
+			if err := rc.Finish(ctx, lease, v.ID); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -89,29 +65,28 @@ func (d *driver) step(ctx context.Context, lease *leader.Lease) error {
 }
 
 // replace records one planned replacement.
-func (d *driver) replace(ctx context.Context, lease *leader.Lease, r scheduler.Replacement, nodes map[string]leader.NodeState) error {
-	c := d.c
-	log := c.log.With("volume_id", r.Volume, "lost", r.Lost, "new", r.New)
+func (rc *Reconciler) replace(ctx context.Context, lease *leader.Lease, r scheduler.Replacement, nodes map[string]leader.NodeState) error {
+	log := rc.log.With("volume_id", r.Volume, "lost", r.Lost, "new", r.New)
 	if r.New == "" && !r.Surplus {
 		log.Error("replica lost and no node can take a copy", "reason", r.Reason, "error", r.Err)
 		telemetry.PlacementFailure("replace")
 		return nil
 	}
-	unlock := c.locks.tryLock(r.Volume)
+	unlock := rc.cfg.TryLock(r.Volume)
 	if unlock == nil {
 		return nil // an RPC is busy with the volume: next pass
 	}
 	defer unlock()
-	rec, index, err := c.cfg.Client.GetVolume(ctx, r.Volume)
+	rec, index, err := rc.cfg.Client.GetVolume(ctx, r.Volume)
 	if err != nil {
 		return err
 	}
 	i := slices.IndexFunc(rec.Replicas, func(x leader.ReplicaRecord) bool { return x.Node == r.Lost })
-	if rec.State != leader.VolumeReady || i < 0 || rec.Replicas[i].State == ReplicaLost {
+	if rec.State != leader.VolumeReady || i < 0 || rec.Replicas[i].State == leader.ReplicaLost {
 		return nil // changed since the snapshot
 	}
 	if r.New != "" {
-		tombstoned, err := c.tombstonedNodes(ctx, r.Volume)
+		tombstoned, err := TombstonedNodes(ctx, rc.cfg.Client, r.Volume)
 		if err != nil {
 			return err
 		}
@@ -120,34 +95,33 @@ func (d *driver) replace(ctx context.Context, lease *leader.Lease, r scheduler.R
 			return nil
 		}
 	}
-	rec.Replicas[i].State = ReplicaLost
+	rec.Replicas[i].State = leader.ReplicaLost
 	if r.New != "" {
 		addr := nodes[r.New].ReplicaAddr
-		if _, err := replication.CreateReplica(ctx, c.cfg.Dial, addr, rec.ID, rec.Spec.SizeBytes, c.cfg.ReplicaTimeout); err != nil {
+		if _, err := replication.CreateReplica(ctx, rc.cfg.Dial, addr, rec.ID, rec.Spec.SizeBytes, rc.cfg.ReplicaTimeout); err != nil {
 			return err
 		}
-		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: r.New, Addr: addr, State: ReplicaAdding})
+		rec.Replicas = append(rec.Replicas, leader.ReplicaRecord{Node: r.New, Addr: addr, State: leader.ReplicaAdding})
 	}
-	if _, err := c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
+	if _, err := rc.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
 		return err
 	}
 	log.Warn("replacing a replica whose node is down beyond the grace", "reason", r.Reason, "surplus", r.Surplus)
 	return nil
 }
 
-// finish completes a volume's replacements whose new replicas are in sync.
-func (d *driver) finish(ctx context.Context, lease *leader.Lease, id string) error {
-	c := d.c
-	unlock := c.locks.tryLock(id)
+// Finish completes a volume's replacements whose new replicas are in sync.
+func (rc *Reconciler) Finish(ctx context.Context, lease *leader.Lease, id string) error {
+	unlock := rc.cfg.TryLock(id)
 	if unlock == nil {
 		return nil
 	}
 	defer unlock()
-	rec, index, err := c.cfg.Client.GetVolume(ctx, id)
+	rec, index, err := rc.cfg.Client.GetVolume(ctx, id)
 	if err != nil {
 		return err
 	}
-	inSync, _, err := c.cfg.Client.ReadInSync(ctx, id)
+	inSync, _, err := rc.cfg.Client.ReadInSync(ctx, id)
 	never := errors.Is(err, leader.ErrNotFound) // never served: every replica is blank
 	if err != nil && !never {
 		return err
@@ -156,31 +130,31 @@ func (d *driver) finish(ctx context.Context, lease *leader.Lease, id string) err
 	keep := rec.Replicas[:0:0]
 	for _, r := range rec.Replicas {
 		switch r.State {
-		case ReplicaAdding:
+		case leader.ReplicaAdding:
 			if !never && !inSync.Promotable(r.Addr) {
 				return nil // still copying
 			}
-			r.State = ReplicaReady
-		case ReplicaLost:
+			r.State = leader.ReplicaReady
+		case leader.ReplicaLost:
 			lost = append(lost, r)
 			continue
 		}
 		keep = append(keep, r)
 	}
 	rec.Replicas = keep
-	if _, err := c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
+	if _, err := rc.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
 		return err
 	}
-	c.log.Info("replacement replicas in sync: lost replicas dropped", "volume_id", id, "replicas", rec.Replicas, "dropped", lost)
+	rc.log.Info("replacement replicas in sync: lost replicas dropped", "volume_id", id, "replicas", rec.Replicas, "dropped", lost)
 	// The lost replicas' data: removed now where the node answers, else
 	// a tombstone, which the next passes sweep once the node is back
 	// (tombstones.go).
 	var left []leader.ReplicaRecord
 	for _, r := range lost {
-		if err := replication.DeleteReplica(ctx, c.cfg.Dial, r.Addr, id, time.Second); err != nil {
-			c.log.Info("lost replica's data left on its node until it is back (unreachable)", "volume_id", id, "node", r.Node, "error", err)
+		if err := replication.DeleteReplica(ctx, rc.cfg.Dial, r.Addr, id, time.Second); err != nil {
+			rc.log.Info("lost replica's data left on its node until it is back (unreachable)", "volume_id", id, "node", r.Node, "error", err)
 			left = append(left, r)
 		}
 	}
-	return c.cfg.Client.PutTombstones(ctx, id, left, lease)
+	return rc.cfg.Client.PutTombstones(ctx, id, left, lease)
 }
