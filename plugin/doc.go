@@ -58,7 +58,8 @@
 // returns Aborted) and idempotent on its natural key.
 //
 // It may import leader, scheduler, replication, hcl/volspec,
-// internal/primary, internal/volkey and plugin/mount (and the leaf
+// internal/primary, internal/volkey, internal/fdkeeper (where staged
+// volumes are parked across a restart) and plugin/mount (and the leaf
 // utilities internal/ctxutil, internal/units and internal/telemetry);
 // only cmd/saddlebag
 // imports it. internal/layering enforces both.

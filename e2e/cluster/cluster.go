@@ -617,3 +617,18 @@ func (nd *Node) WaitNodeStatus(ctx context.Context, id, want string) (time.Time,
 		}
 	}
 }
+
+// RestartNomad restarts the node's Nomad client agent alone, as
+// `systemctl restart nomad` would: SIGTERM (a client leaves its tasks
+// running), start it again, and wait until Nomad has the node ready.
+// It returns when the old agent had exited.
+func (nd *Node) RestartNomad(ctx context.Context) (time.Time, error) {
+	if !nd.Nomad.Stop(30 * time.Second) {
+		nd.c.logf("nomad client on %s did not exit on SIGTERM within 30s: killed", nd.Name)
+	}
+	stopped := time.Now()
+	if err := nd.c.startRecorded(nd.Nomad); err != nil {
+		return stopped, err
+	}
+	return stopped, nd.c.WaitNodesReady(ctx, nd)
+}

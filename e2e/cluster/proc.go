@@ -204,3 +204,27 @@ func procStartTime(pid int) (uint64, error) {
 	}
 	return strconv.ParseUint(f[19], 10, 64)
 }
+
+// Stop sends SIGTERM (by PID) and waits up to timeout for the process
+// to exit, then SIGKILLs it; it reports whether it exited on SIGTERM.
+func (p *Process) Stop(timeout time.Duration) bool {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return true
+	}
+	select {
+	case <-done:
+		return true
+	default:
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+	}
+	p.Kill()
+	return false
+}

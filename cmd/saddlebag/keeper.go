@@ -1,0 +1,31 @@
+package main
+
+import (
+	"context"
+	"errors"
+
+	"github.com/saddlebag/saddlebag/internal/fdkeeper"
+)
+
+func init() {
+	register("keeper", "hold staged volumes' FUSE descriptors so they outlive the node process (its own Nomad job)", runKeeper)
+}
+
+// runKeeper is the descriptor keeper (internal/fdkeeper): deliberately
+// tiny, so that it rarely needs an upgrade. Stopping it costs nothing
+// while `saddlebag node` runs (the node deposits its descriptors again);
+// it only matters while no node process runs.
+func runKeeper(ctx context.Context, args []string) error {
+	fs := newFlagSet("keeper")
+	socket := fs.String("socket", "/run/saddlebag/keeper.sock", "unix socket to serve on (root only)")
+	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *socket == "" {
+		return usageError{errors.New("--socket is required")}
+	}
+	k := fdkeeper.New(newLogger("saddlebag-keeper", *logLevel))
+	defer k.Close()
+	return k.Serve(ctx, *socket)
+}
