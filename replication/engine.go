@@ -632,13 +632,14 @@ func (e *Engine) settle(ctx context.Context, set *targetSet, calls []*call, what
 	if err != nil {
 		return err
 	}
-	if len(failed) < len(calls) {
-		return nil
-	}
-	// It failed everywhere; kept is the copy the volume keeps.
+	// kept is the copy the volume keeps when the request failed on every
+	// in-sync replica, or on every one with a working connection.
 	e.stateMu.Lock()
 	alive := kept != nil && kept.client != nil && kept.client.failure() == nil
 	e.stateMu.Unlock()
+	if len(failed) < len(calls) && (kept == nil || alive) {
+		return nil
+	}
 	if alive {
 		return fmt.Errorf("volume %s: %s failed on its last in-sync replica: %w", e.cfg.Volume, what, failed[kept])
 	}
@@ -755,19 +756,44 @@ func (e *Engine) settleUnflushed(p *peer, open openReply) {
 // set never becomes empty: when every in-sync replica failed, one of them
 // (one that answered with an error before one whose connection broke, the
 // local one before a remote one) stays the volume's copy and is returned.
+// So when the request's connections broke and every other in-sync replica
+// is itself away (its connection broke with nothing in flight, and it is
+// being reconnected): they are all kept, and one whose connection broke
+// is returned.
 // drop returns only when the set every caller relied on is recorded.
 func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []target, off, n int64, isData bool) (*peer, error) {
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
 	var kept *peer
 	keep := map[*peer]bool{}
-	remaining := 0
+	remaining, remainingUp, failedInSync, failedUp := 0, 0, 0, 0
 	for _, p := range e.peers {
-		if p.state == StateInSync && failed[p] == nil {
+		if p.state != StateInSync {
+			continue
+		}
+		up := p.client != nil && p.client.failure() == nil
+		switch {
+		case failed[p] == nil:
 			remaining++
+			if up {
+				remainingUp++
+			}
+		default:
+			failedInSync++
+			if up {
+				failedUp++
+			}
 		}
 	}
-	if remaining == 0 && len(failed) > 0 && isData {
+	// The request's connections broke and no other in-sync replica has a
+	// working one: those others are away, not the volume's copy. Dropping
+	// the failed ones for them would bet the volume on a replica already
+	// gone (simulator seed 851711047: the one left had been wiped, while
+	// the one dropped, partitioned, held every acknowledged write, and I/O
+	// stayed held for good). As when every connection breaks at once, all
+	// stay; the first back with its history is the copy.
+	allAway := len(failed) > 0 && failedInSync > 0 && failedUp == 0 && remainingUp == 0
+	if (remaining == 0 || allAway) && len(failed) > 0 && isData {
 		// The request failed on every in-sync replica, but the replicas
 		// it was sent to as resync targets may have applied it: they now
 		// differ from the copy there. Whatever became of their resync
@@ -783,7 +809,7 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []t
 			t.p.missed++
 		}
 	}
-	if remaining == 0 && len(failed) > 0 {
+	if (remaining == 0 || allAway) && len(failed) > 0 {
 		for _, p := range e.peers {
 			if failed[p] == nil || p.state != StateInSync {
 				continue
@@ -810,9 +836,11 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []t
 			// first back with its history is the copy, and the others are
 			// dropped then.
 			var addrs []string
-			for p := range failed {
+			for _, p := range e.peers {
 				if p.state == StateInSync {
-					keep[p] = true
+					if failed[p] != nil {
+						keep[p] = true
+					}
 					addrs = append(addrs, p.cfg.Addr)
 				}
 			}
