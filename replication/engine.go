@@ -171,6 +171,12 @@ type peer struct {
 	// while in sync, or when its history is unknown (checksum resync).
 	dirty    *Bitmap
 	dirtyInc uint64 // incarnation of the replica dirty describes; 0: the one connected
+	// dirtyGen is the in-sync generation the replica held when dirty was
+	// started (it is behind since then, so holds it still). A replica
+	// reporting another one has been a member of a later set, written
+	// by a primary that did not keep this bitmap: dirty no longer says
+	// what it differs in (simulator seed 678034).
+	dirtyGen uint64
 	// unflushed are the activity log's extents when the replica failed:
 	// lost if its host (boot id unflushedBoot then) lost power.
 	unflushed     map[uint64]bool
@@ -187,6 +193,13 @@ type peer struct {
 	busy      bool      // a resync goroutine owns the peer
 	failures  int       // resync attempts failed in a row
 	retryAt   time.Time // no resync attempt before this
+}
+
+// startBitmap starts an empty bitmap of what p misses from now on, for
+// the replica it is connected to (incarnation and generation as it last
+// reported or acknowledged them).
+func (p *peer) startBitmap(size int64) {
+	p.dirty, p.dirtyInc, p.dirtyGen, p.persisted = NewBitmap(size), p.open.Incarnation, p.open.Membership.Gen, ^uint64(0)
 }
 
 // takeUncertain moves the peer's uncertain ranges into its bitmap (not
@@ -862,8 +875,7 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []t
 		}
 		p.state, p.reason = StateDropped, err.Error()
 		e.stats.drops.Add(1)
-		p.dirty, p.dirtyInc = NewBitmap(e.cfg.Size), p.open.Incarnation
-		p.persisted = ^uint64(0)
+		p.startBitmap(e.cfg.Size)
 		p.takeUncertain()
 		e.markUnflushed(p, off, n, isData)
 		changed = true
@@ -972,6 +984,11 @@ func (e *Engine) writeMembershipLocked(set *targetSet, m Membership) (retry bool
 			failed, errs = append(failed, i), append(errs, err)
 		}
 	}
+	for i, t := range set.inSync {
+		if !slices.Contains(failed, i) {
+			t.p.open.Membership = m
+		}
+	}
 	if len(failed) == 0 {
 		return false, nil
 	}
@@ -985,8 +1002,9 @@ func (e *Engine) writeMembershipLocked(set *targetSet, m Membership) (retry bool
 	for j, i := range failed {
 		p := set.inSync[i].p
 		p.state, p.reason = StateDropped, errs[j].Error()
-		p.dirty, p.dirtyInc = NewBitmap(e.cfg.Size), p.open.Incarnation
-		p.persisted = ^uint64(0)
+		// It may hold m or the generation before it: if m, the bitmap's
+		// generation differs and a later resync compares it whole.
+		p.startBitmap(e.cfg.Size)
 		e.markUnflushed(p, 0, 0, false)
 		e.log.Error("dropping replica that failed to record the in-sync set", "replica", p.cfg.Addr, "error", errs[j])
 		go p.client.close()
