@@ -12,6 +12,11 @@
 #
 #   nomad job run saddlebag-keeper.nomad.hcl
 #
+# It also frees a saddlebag-node process killed while a thread of it waits
+# on its own FUSE file (it would linger forever as a zombie, and Nomad
+# never start the next one) by aborting that node's FUSE connections
+# after --stuck-node-grace (default 5s); see README "Limits, plainly".
+#
 # raw_exec, like saddlebag-node (the saddlebag binary on every host).
 
 variable "datacenters" {

@@ -61,7 +61,13 @@ func serveCSINode(ctx context.Context, f *nodeFlags, agent *leader.Agent, client
 	dial replication.Dialer, log hclog.Logger) error {
 	var keeper *fdkeeper.Client
 	if f.csi.keeperSocket != "" {
-		keeper = &fdkeeper.Client{Path: f.csi.keeperSocket}
+		// The FUSE directory lets the keeper free this process should it
+		// get stuck exiting (plugin's fuseDir: <state dir>/fuse/<id>).
+		stateDir, err := filepath.Abs(f.csi.stateDir)
+		if err != nil {
+			return err
+		}
+		keeper = &fdkeeper.Client{Path: f.csi.keeperSocket, FUSEDir: filepath.Join(stateDir, "fuse")}
 	}
 	node, err := plugin.NewNode(plugin.NodeConfig{
 		Agent: agent, Client: client, NodeID: f.node, Labels: labels, MaxVolumes: f.csi.maxVolumes,

@@ -13,6 +13,23 @@
 // (SO_PEERCRED). The keeper keeps nothing on disk: if it dies, the node
 // process (which holds its own descriptors) deposits them again.
 //
+// The keeper also frees a node process stuck exiting (reap.go): killed
+// while a thread of it waits in the kernel for I/O on its own FUSE file
+// (mount(2) or umount(2) of the file system over it), such a process
+// never exits by itself (its group leader a zombie, that thread in D
+// state holding every descriptor) and Nomad starts no successor. A
+// client that names its FUSE directory (Client.FUSEDir: the node does)
+// is watched through its pid (SO_PEERCRED); once it has been such a
+// zombie for Grace, the keeper aborts the FUSE connections of its
+// volumes that are not parked here, after another Grace the parked ones
+// with requests waiting, after a third every parked one left, each
+// logged at Error. A live process, even in D state, is never touched.
+// Without the keeper such a process needs, by hand,
+// `echo 1 > /sys/fs/fuse/connections/N/abort` (N: the minor device
+// number of the stuck volume's FUSE mount).
+//
+// Every request may also carry fuse_dir, the sender's FUSE directory.
+//
 //	put   {op, name, meta} + fd     → {ok}
 //	list  {op}                      → {name, meta} + fd per entry, then {end}
 //	names {op}                      → {names}
@@ -46,6 +63,9 @@ type message struct {
 	OK    bool     `json:"ok,omitempty"`
 	End   bool     `json:"end,omitempty"`
 	Error string   `json:"error,omitempty"`
+	// FUSEDir is the client's FUSE directory (a node process's): the
+	// keeper then watches that process (reap.go).
+	FUSEDir string `json:"fuse_dir,omitempty"`
 }
 
 // Entry is one kept descriptor.
@@ -57,10 +77,21 @@ type Entry struct {
 
 // Keeper holds descriptors by name.
 type Keeper struct {
-	log hclog.Logger
+	// Grace is how long a node process may linger stuck exiting before
+	// its unparked FUSE connections are aborted, and as long again
+	// before its parked ones are (reap.go); 0 means DefaultGrace. Set it
+	// before Serve.
+	Grace time.Duration
+	// Poll is how often the node processes are looked at; 0 means 500 ms.
+	Poll time.Duration
+
+	log       hclog.Logger
+	abortConn func(conn uint32) error
+	checkMu   sync.Mutex // one watch round at a time
 
 	mu      sync.Mutex
 	entries map[string]*Entry
+	procs   map[int]*nodeProc
 }
 
 // New returns an empty keeper.
@@ -68,7 +99,7 @@ func New(log hclog.Logger) *Keeper {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Keeper{log: log, entries: map[string]*Entry{}}
+	return &Keeper{log: log, entries: map[string]*Entry{}, procs: map[int]*nodeProc{}, abortConn: abortFUSEConnection}
 }
 
 // Serve accepts requests on a socket at path (its directory is created
@@ -88,8 +119,9 @@ func (k *Keeper) Serve(ctx context.Context, path string) error {
 		ln.Close()
 		return err
 	}
-	k.log.Info("keeping descriptors", "socket", path)
+	k.log.Info("keeping descriptors", "socket", path, "stuck_node_grace", k.grace().String())
 	go func() { <-ctx.Done(); ln.Close() }()
+	go k.watch(ctx)
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -115,7 +147,8 @@ func (k *Keeper) Close() {
 func (k *Keeper) handle(c *net.UnixConn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := checkPeer(c); err != nil {
+	cred, err := checkPeer(c)
+	if err != nil {
 		k.log.Warn("refused a connection", "error", err)
 		return
 	}
@@ -123,6 +156,9 @@ func (k *Keeper) handle(c *net.UnixConn) {
 	if err != nil {
 		k.log.Warn("bad request", "error", err)
 		return
+	}
+	if req.FUSEDir != "" {
+		k.track(int(cred.Pid), req.FUSEDir)
 	}
 	reply := func(m message, f *os.File) {
 		if err := send(c, m, f); err != nil {
@@ -186,24 +222,25 @@ func (k *Keeper) names() []string {
 	return out
 }
 
-// checkPeer admits only a process of the keeper's own uid.
-func checkPeer(c *net.UnixConn) error {
+// checkPeer admits only a process of the keeper's own uid, and returns
+// its credentials.
+func checkPeer(c *net.UnixConn) (*unix.Ucred, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var cred *unix.Ucred
 	var cerr error
 	if err := rc.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
-		return err
+		return nil, err
 	}
 	if cerr != nil {
-		return cerr
+		return nil, cerr
 	}
 	if int(cred.Uid) != os.Geteuid() {
-		return fmt.Errorf("peer pid %d uid %d is not uid %d", cred.Pid, cred.Uid, os.Geteuid())
+		return nil, fmt.Errorf("peer pid %d uid %d is not uid %d", cred.Pid, cred.Uid, os.Geteuid())
 	}
-	return nil
+	return cred, nil
 }
 
 func send(c *net.UnixConn, m message, f *os.File) error {
@@ -273,7 +310,14 @@ func closeAll(fs []*os.File) {
 }
 
 // Client talks to a keeper.
-type Client struct{ Path string }
+type Client struct {
+	Path string
+	// FUSEDir, set by a node process, is the absolute directory its
+	// volumes' FUSE files are mounted under (<dir>/<id>): with it, the
+	// keeper watches the process and frees it should it get stuck
+	// exiting (reap.go).
+	FUSEDir string
+}
 
 func (c Client) dial() (*net.UnixConn, error) {
 	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: c.Path, Net: "unixpacket"})
@@ -285,6 +329,7 @@ func (c Client) dial() (*net.UnixConn, error) {
 }
 
 func (c Client) call(m message, f *os.File) (message, error) {
+	m.FUSEDir = c.FUSEDir
 	conn, err := c.dial()
 	if err != nil {
 		return message{}, err
@@ -331,7 +376,7 @@ func (c Client) List() ([]Entry, error) {
 		return nil, err
 	}
 	defer conn.Close()
-	if err := send(conn, message{Op: "list"}, nil); err != nil {
+	if err := send(conn, message{Op: "list", FUSEDir: c.FUSEDir}, nil); err != nil {
 		return nil, err
 	}
 	var out []Entry

@@ -73,3 +73,36 @@ func TestKeeperHoldsDescriptors(t *testing.T) {
 func untilOK(f func() bool) *wait.Constraint {
 	return wait.InitialSuccess(wait.BoolFunc(f), wait.Timeout(10*time.Second), wait.Gap(20*time.Millisecond))
 }
+
+// TestKeeperWatchesNodeClients: a client that names its FUSE directory
+// is watched by its pid (from the socket's peer credentials); one that
+// does not, or names a relative one, is not; a live process is left
+// alone by the watch.
+func TestKeeperWatchesNodeClients(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "keeper.sock")
+	k := New(nil)
+	k.abortConn = func(conn uint32) error { t.Errorf("aborted connection %d of a live process", conn); return nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- k.Serve(ctx, sock) }()
+	t.Cleanup(func() { cancel(); <-done; k.Close() })
+	must.Wait(t, untilOK(func() bool { _, err := (Client{Path: sock}).Names(); return err == nil }))
+	watched := func() map[int]string {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		out := map[int]string{}
+		for pid, p := range k.procs {
+			out[pid] = p.fuseDir
+		}
+		return out
+	}
+	must.MapEmpty(t, watched())
+	_, err := Client{Path: sock, FUSEDir: "relative/fuse"}.Names()
+	must.NoError(t, err)
+	must.MapEmpty(t, watched())
+	_, err = Client{Path: sock, FUSEDir: "/run/saddlebag/csi-n1/fuse/"}.Names()
+	must.NoError(t, err)
+	must.Eq(t, map[int]string{os.Getpid(): "/run/saddlebag/csi-n1/fuse"}, watched())
+	k.check(time.Now().Add(time.Hour))
+	must.Eq(t, map[int]string{os.Getpid(): "/run/saddlebag/csi-n1/fuse"}, watched())
+}
