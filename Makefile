@@ -6,6 +6,8 @@
 #   make dev      build, start the local 3-node Consul + Nomad cluster, deploy
 #                 Saddlebag, a replicated volume and Postgres on it
 #   make dev-failover  kill the node under the demo's Postgres, time the failover
+#   make dev-upgrade   rebuild Saddlebag and upgrade the demo's saddlebag-node job
+#                 in place while Postgres commits (no commit may fail)
 #   make dev-down tear it down
 #   make bench    print the side-by-side performance ratios
 #   make fuzz     run every fuzz target for FUZZTIME each
@@ -23,7 +25,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 .DEFAULT_GOAL := build
-.PHONY: build test unit deps bench fuzz torture vet e2e dev dev-down dev-failover
+.PHONY: build test unit deps bench fuzz torture vet e2e dev dev-down dev-failover dev-upgrade
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/saddlebag ./cmd/saddlebag
@@ -58,6 +60,9 @@ dev-down:
 
 dev-failover:
 	@bash scripts/dev.sh failover
+
+dev-upgrade:
+	@bash scripts/dev.sh upgrade
 
 bench: build
 	bin/saddlebag bench

@@ -3,6 +3,11 @@
 # Consul, holds the primary leases of the volumes staged here, and serves
 # CSI node RPCs (stage, publish, unstage) to the Nomad client.
 #
+# Run jobs/saddlebag-keeper.nomad.hcl first: with it, staged volumes
+# survive a restart, crash or upgrade of this task (README "Restarts and
+# upgrades without I/O errors"); without it they are unstaged when this
+# task stops.
+#
 # raw_exec form: the saddlebag binary is installed on every host (the
 # end-to-end tests and `make dev` run this file). The client needs
 #   plugin "raw_exec" { config { enabled = true } }
@@ -86,6 +91,15 @@ job "saddlebag-node" {
   type        = "system"
 
   group "node" {
+    # Come back at once after a crash: the volumes staged here wait for
+    # this process (their I/O is held in the kernel, see the keeper job).
+    restart {
+      attempts = 10
+      interval = "5m"
+      delay    = "1s"
+      mode     = "delay"
+    }
+
     network {
       port "replica" {
         static = var.replica_port
@@ -112,6 +126,10 @@ job "saddlebag-node" {
           "--csi-state-dir", "${var.run_dir}/csi-${node.unique.name}",
           "--host-csi-dir", "${var.nomad_data_dir}/client/csi/node/${var.plugin_id}",
           "--log-level", var.log_level,
+          # Staged volumes are parked in the descriptor keeper
+          # (saddlebag-keeper.nomad.hcl): a restart, crash or upgrade of
+          # this task leaves their I/O waiting, not failing.
+          "--keeper-socket", "${var.run_dir}/keeper.sock",
         ], var.extra_args)
       }
 
@@ -121,7 +139,8 @@ job "saddlebag-node" {
         mount_dir = "/csi"
       }
 
-      # Time to unmount and release leases cleanly on a stop.
+      # Time to hand the volumes over (or, without a keeper, unmount
+      # them) and release leases cleanly on a stop.
       kill_timeout = "30s"
 
       resources {

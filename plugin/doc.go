@@ -60,8 +60,9 @@
 // returns Aborted) and idempotent on its natural key.
 //
 // It may import leader, scheduler, replication, hcl/volspec,
-// internal/primary, internal/volkey, plugin/mount and plugin/reconcile
-// (and the leaf utilities internal/ctxutil, internal/units and
-// internal/telemetry); only cmd/saddlebag
+// internal/primary, internal/volkey, internal/fdkeeper (where staged
+// volumes are parked across a restart), plugin/mount and
+// plugin/reconcile (and the leaf utilities internal/ctxutil,
+// internal/units and internal/telemetry); only cmd/saddlebag
 // imports it. internal/layering enforces both.
 package plugin

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
+	"github.com/saddlebag/saddlebag/internal/fdkeeper"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
@@ -47,6 +48,12 @@ type NodeConfig struct {
 	Dial replication.Dialer
 	// FUSEHungTimeout is the FUSE watchdog's bound (0: default).
 	FUSEHungTimeout time.Duration
+	// Keeper, when set, is the descriptor keeper staged volumes are
+	// parked in so that they outlive this process (node_handoff.go).
+	Keeper *fdkeeper.Client
+	// HandOverTimeout bounds HandOver's wait for FUSE requests already
+	// read (0: DefaultHandOverTimeout).
+	HandOverTimeout time.Duration
 	Log             hclog.Logger
 }
 

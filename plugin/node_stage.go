@@ -36,6 +36,10 @@ type stagedVolume struct {
 	// keyRec is the key record of an encrypted volume (nil if plain): a
 	// repeated NodeStageVolume must bring the passphrase too.
 	keyRec *volkey.Record
+	// parkMeta and parkDev are what the descriptor keeper holds for the
+	// volume (node_handoff.go); parkDev nil: not parked.
+	parkMeta []byte
+	parkDev  *os.File
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
@@ -169,8 +173,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 			return nil, toStatus(err, "encrypt the volume")
 		}
 	}
-	sv.fuse, err = replication.MountFUSE(ctx, dev, replication.FUSEConfig{Dir: fuseDir, Name: id,
-		HungTimeout: n.cfg.FUSEHungTimeout, Log: log})
+	sv.fuse, err = n.mountFUSE(ctx, dev, id)
 	if err != nil {
 		return nil, toStatus(err, "serve the volume file")
 	}
@@ -201,6 +204,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	n.mu.Lock()
 	n.staged[id] = sv
 	n.mu.Unlock()
+	n.park(sv, key)
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
@@ -295,6 +299,7 @@ func (n *Node) unstage(ctx context.Context, sv *stagedVolume, lazy bool) error {
 	if err := n.teardown(ctx, sv, lazy); err != nil {
 		return err
 	}
+	n.unpark(sv)
 	n.mu.Lock()
 	delete(n.staged, sv.id)
 	n.mu.Unlock()

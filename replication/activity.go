@@ -264,29 +264,35 @@ func (e *Engine) clearActivityLog(ctx context.Context) error {
 	return nil
 }
 
-// A persisted peer bitmap is a version byte (2), the incarnation of the
-// replica it describes (8 bytes, 0 when unknown), then the encoded runs.
-// The leading version byte makes an empty bitmap ("misses nothing")
-// differ from none ("history unknown"); the incarnation keeps a bitmap
-// from being applied to a replica that was wiped and made again.
-const peerBitmapVersion = 2
+// A persisted peer bitmap is a version byte (3), the incarnation of the
+// replica it describes (8 bytes, 0 when unknown), the in-sync generation
+// that replica held when the bitmap was started (8 bytes), then the
+// encoded runs. The leading version byte makes an empty bitmap ("misses
+// nothing") differ from none ("history unknown"); the incarnation keeps
+// a bitmap from being applied to a replica that was wiped and made
+// again, and the generation from one that has been in sync since (with
+// writes the bitmap's holder never saw). A bitmap of version 2 (no
+// generation) is read as unknown: that replica is compared whole.
+const peerBitmapVersion = 3
 
-func encodePeerBitmap(incarnation uint64, b *Bitmap) []byte {
+func encodePeerBitmap(incarnation, gen uint64, b *Bitmap) []byte {
 	enc := binary.BigEndian.AppendUint64([]byte{peerBitmapVersion}, incarnation)
+	enc = binary.BigEndian.AppendUint64(enc, gen)
 	return append(enc, b.Encode(maxControlPayload-1024)...)
 }
 
 // decodePeerBitmap parses a persisted peer bitmap into a bitmap of a
-// volume of size bytes.
-func decodePeerBitmap(p []byte, size int64) (uint64, *Bitmap, error) {
-	if len(p) < 9 || p[0] != peerBitmapVersion {
-		return 0, nil, fmt.Errorf("%w: persisted bitmap: unknown format", ErrInvalid)
+// volume of size bytes, with the incarnation and generation of the
+// replica it describes.
+func decodePeerBitmap(p []byte, size int64) (incarnation, gen uint64, b *Bitmap, err error) {
+	if len(p) < 17 || p[0] != peerBitmapVersion {
+		return 0, 0, nil, fmt.Errorf("%w: persisted bitmap: unknown format (an older version's bitmaps carry no generation)", ErrInvalid)
 	}
-	b := NewBitmap(size)
-	if err := b.MergeEncoded(p[9:]); err != nil {
-		return 0, nil, err
+	b = NewBitmap(size)
+	if err := b.MergeEncoded(p[17:]); err != nil {
+		return 0, 0, nil, err
 	}
-	return binary.BigEndian.Uint64(p[1:9]), b, nil
+	return binary.BigEndian.Uint64(p[1:9]), binary.BigEndian.Uint64(p[9:17]), b, nil
 }
 
 // persistedFormLocked is what the in-sync replicas store for p: its
@@ -305,7 +311,7 @@ func (e *Engine) persistedFormLocked(p *peer) []byte {
 			b.SetRange(int64(x)*ExtentSize, ExtentSize)
 		}
 	}
-	return encodePeerBitmap(p.dirtyInc, b)
+	return encodePeerBitmap(p.dirtyInc, p.dirtyGen, b)
 }
 
 // persistBitmaps stores the bitmap of every replica that is behind on the

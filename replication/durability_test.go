@@ -993,7 +993,7 @@ func TestRejoinedReplicaHoldsNoStaleBitmaps(t *testing.T) {
 	waitInSync(t, e1, 3)
 	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
 	e1.stateMu.Lock()
-	incC := e1.peers[2].open.Incarnation
+	incC, genC := e1.peers[2].open.Incarnation, e1.peers[2].open.Membership.Gen
 	e1.stateMu.Unlock()
 	must.NoError(t, e1.Shutdown(ctx))
 	// A bitmap for C an earlier primary left on B: C misses block 0 only.
@@ -1001,7 +1001,7 @@ func TestRejoinedReplicaHoldsNoStaleBitmaps(t *testing.T) {
 	must.NoError(t, err)
 	old := NewBitmap(size)
 	old.SetRange(0, 4096)
-	must.NoError(t, v.PutPeerBitmap(1, addrC, encodePeerBitmap(incC, old)))
+	must.NoError(t, v.PutPeerBitmap(1, addrC, encodePeerBitmap(incC, genC, old)))
 
 	// The next primary starts with A alone: it knows nothing of what B
 	// and C miss. It writes W; B comes back and rejoins; C stays away.
@@ -1282,4 +1282,62 @@ func TestResyncTargetHoldsNoBitmapsForOthers(t *testing.T) {
 	db, dc := replicaData(t, b), replicaData(t, c)
 	must.Eq(t, x3data, db[x3:x3+4096]) // B's resync copied it
 	must.True(t, bytes.Equal(db, dc), must.Sprintf("C differs from B at X3: %v", dc[x3:x3+4]))
+}
+
+// A bitmap one replica holds for another says what that one missed from
+// the moment it fell behind. Once the other has been in sync again, under
+// a primary the holder was away from, it may hold writes the holder never
+// saw. Were the holder then the copy (the in-sync record rolled back to
+// when it was current, which nothing can detect), a resync from that old
+// bitmap would leave the blocks only the other holds: replicas different
+// for good (simulator seed 678034, 1 replay in 64). A bitmap carries the
+// generation its replica held when it was started, and a replica
+// reporting another one is compared whole.
+func TestBitmapOfReplicaInSyncSinceNotTrusted(t *testing.T) {
+	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	pa := startFrameProxy(t, a.addr, func(Frame) {})
+	pb := startFrameProxy(t, b.addr, func(Frame) {})
+	pc := startFrameProxy(t, c.addr, func(Frame) {})
+	addrA, addrB, addrC := pa.ln.Addr().String(), pb.ln.Addr().String(), pc.ln.Addr().String()
+	const size = 16 << 20
+	ctx := context.Background()
+	cfg := engineConfig(t, "vol", size, 1)
+	cfg.Replicas = []ReplicaConfig{{Addr: addrA}, {Addr: addrB}, {Addr: addrC}}
+	e1, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	t.Cleanup(e1.Close)
+	waitInSync(t, e1, 3)
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
+
+	// C falls behind: A and B keep the bitmap of what it misses (W1).
+	pc.refuse.Store(true)
+	pc.cut()
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 4<<20, true))
+	must.Eq(t, 2, e1.Status().InSync)
+	must.NoError(t, e1.Shutdown(ctx))
+
+	// The next primary, with B away: C is resynced from A's bitmap and
+	// rejoins; W2 reaches A and C only.
+	pb.refuse.Store(true)
+	pc.refuse.Store(false)
+	e2 := nextPrimary(t, 2, a, size, addrA, addrB, addrC)
+	waitInSync(t, e2, 2)
+	const w2off = 8 << 20
+	must.NoError(t, e2.WriteAt(ctx, bytes.Repeat([]byte{3}, 4096), w2off, true))
+	must.NoError(t, e2.Shutdown(ctx))
+
+	// The record rolled back to B's generation while A and C are away: B
+	// is the copy, with its bitmap for C from the first primary. C comes
+	// back and must end as B.
+	pa.refuse.Store(true)
+	pc.refuse.Store(true)
+	pb.refuse.Store(false)
+	e3 := nextPrimary(t, 3, b, size, addrA, addrB, addrC)
+	waitInSync(t, e3, 1)
+	pc.refuse.Store(false)
+	waitInSync(t, e3, 2)
+	must.NoError(t, e3.Shutdown(ctx))
+	dataB, dataC := replicaData(t, b), replicaData(t, c)
+	must.Eq(t, dataB[w2off:w2off+4096], dataC[w2off:w2off+4096], must.Sprint("C kept a block B never had"))
+	must.True(t, bytes.Equal(dataB, dataC), must.Sprint("replicas B and C differ"))
 }

@@ -172,6 +172,12 @@ type peer struct {
 	// while in sync, or when its history is unknown (checksum resync).
 	dirty    *Bitmap
 	dirtyInc uint64 // incarnation of the replica dirty describes; 0: the one connected
+	// dirtyGen is the in-sync generation the replica held when dirty was
+	// started (it is behind since then, so holds it still). A replica
+	// reporting another one has been a member of a later set, written
+	// by a primary that did not keep this bitmap: dirty no longer says
+	// what it differs in (simulator seed 678034).
+	dirtyGen uint64
 	// unflushed are the activity log's extents when the replica failed:
 	// lost if its host (boot id unflushedBoot then) lost power.
 	unflushed     map[uint64]bool
@@ -188,6 +194,13 @@ type peer struct {
 	busy      bool      // a resync goroutine owns the peer
 	failures  int       // resync attempts failed in a row
 	retryAt   time.Time // no resync attempt before this
+}
+
+// startBitmap starts an empty bitmap of what p misses from now on, for
+// the replica it is connected to (incarnation and generation as it last
+// reported or acknowledged them).
+func (p *peer) startBitmap(size int64) {
+	p.dirty, p.dirtyInc, p.dirtyGen, p.persisted = NewBitmap(size), p.open.Incarnation, p.open.Membership.Gen, ^uint64(0)
 }
 
 // takeUncertain moves the peer's uncertain ranges into its bitmap (not
@@ -633,13 +646,14 @@ func (e *Engine) settle(ctx context.Context, set *targetSet, calls []*call, what
 	if err != nil {
 		return err
 	}
-	if len(failed) < len(calls) {
-		return nil
-	}
-	// It failed everywhere; kept is the copy the volume keeps.
+	// kept is the copy the volume keeps when the request failed on every
+	// in-sync replica, or on every one with a working connection.
 	e.stateMu.Lock()
 	alive := kept != nil && kept.client != nil && kept.client.failure() == nil
 	e.stateMu.Unlock()
+	if len(failed) < len(calls) && (kept == nil || alive) {
+		return nil
+	}
 	if alive {
 		return fmt.Errorf("volume %s: %s failed on its last in-sync replica: %w", e.cfg.Volume, what, failed[kept])
 	}
@@ -756,19 +770,44 @@ func (e *Engine) settleUnflushed(p *peer, open openReply) {
 // set never becomes empty: when every in-sync replica failed, one of them
 // (one that answered with an error before one whose connection broke, the
 // local one before a remote one) stays the volume's copy and is returned.
+// So when the request's connections broke and every other in-sync replica
+// is itself away (its connection broke with nothing in flight, and it is
+// being reconnected): they are all kept, and one whose connection broke
+// is returned.
 // drop returns only when the set every caller relied on is recorded.
 func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []target, off, n int64, isData bool) (*peer, error) {
 	e.stateMu.Lock()
 	defer e.stateMu.Unlock()
 	var kept *peer
 	keep := map[*peer]bool{}
-	remaining := 0
+	remaining, remainingUp, failedInSync, failedUp := 0, 0, 0, 0
 	for _, p := range e.peers {
-		if p.state == StateInSync && failed[p] == nil {
+		if p.state != StateInSync {
+			continue
+		}
+		up := p.client != nil && p.client.failure() == nil
+		switch {
+		case failed[p] == nil:
 			remaining++
+			if up {
+				remainingUp++
+			}
+		default:
+			failedInSync++
+			if up {
+				failedUp++
+			}
 		}
 	}
-	if remaining == 0 && len(failed) > 0 && isData {
+	// The request's connections broke and no other in-sync replica has a
+	// working one: those others are away, not the volume's copy. Dropping
+	// the failed ones for them would bet the volume on a replica already
+	// gone (simulator seed 851711047: the one left had been wiped, while
+	// the one dropped, partitioned, held every acknowledged write, and I/O
+	// stayed held for good). As when every connection breaks at once, all
+	// stay; the first back with its history is the copy.
+	allAway := len(failed) > 0 && failedInSync > 0 && failedUp == 0 && remainingUp == 0
+	if (remaining == 0 || allAway) && len(failed) > 0 && isData {
 		// The request failed on every in-sync replica, but the replicas
 		// it was sent to as resync targets may have applied it: they now
 		// differ from the copy there. Whatever became of their resync
@@ -784,7 +823,7 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []t
 			t.p.missed++
 		}
 	}
-	if remaining == 0 && len(failed) > 0 {
+	if (remaining == 0 || allAway) && len(failed) > 0 {
 		for _, p := range e.peers {
 			if failed[p] == nil || p.state != StateInSync {
 				continue
@@ -811,9 +850,11 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []t
 			// first back with its history is the copy, and the others are
 			// dropped then.
 			var addrs []string
-			for p := range failed {
+			for _, p := range e.peers {
 				if p.state == StateInSync {
-					keep[p] = true
+					if failed[p] != nil {
+						keep[p] = true
+					}
 					addrs = append(addrs, p.cfg.Addr)
 				}
 			}
@@ -835,8 +876,7 @@ func (e *Engine) drop(ctx context.Context, failed map[*peer]error, resyncing []t
 		}
 		p.state, p.reason = StateDropped, err.Error()
 		e.stats.drops.Add(1)
-		p.dirty, p.dirtyInc = NewBitmap(e.cfg.Size), p.open.Incarnation
-		p.persisted = ^uint64(0)
+		p.startBitmap(e.cfg.Size)
 		p.takeUncertain()
 		e.markUnflushed(p, off, n, isData)
 		changed = true
@@ -945,6 +985,11 @@ func (e *Engine) writeMembershipLocked(set *targetSet, m Membership) (retry bool
 			failed, errs = append(failed, i), append(errs, err)
 		}
 	}
+	for i, t := range set.inSync {
+		if !slices.Contains(failed, i) {
+			t.p.open.Membership = m
+		}
+	}
 	if len(failed) == 0 {
 		return false, nil
 	}
@@ -958,8 +1003,9 @@ func (e *Engine) writeMembershipLocked(set *targetSet, m Membership) (retry bool
 	for j, i := range failed {
 		p := set.inSync[i].p
 		p.state, p.reason = StateDropped, errs[j].Error()
-		p.dirty, p.dirtyInc = NewBitmap(e.cfg.Size), p.open.Incarnation
-		p.persisted = ^uint64(0)
+		// It may hold m or the generation before it: if m, the bitmap's
+		// generation differs and a later resync compares it whole.
+		p.startBitmap(e.cfg.Size)
 		e.markUnflushed(p, 0, 0, false)
 		e.log.Error("dropping replica that failed to record the in-sync set", "replica", p.cfg.Addr, "error", errs[j])
 		go p.client.close()

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	mrand "math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -415,5 +416,170 @@ func TestAllConnectionsBrokenKeepsEveryCandidate(t *testing.T) {
 	}
 	must.Eq(t, "acknowledged", string(readBack(t, e, 0, 12)))
 	waitInSync(t, e, 2)
+	must.Eq(t, fileSum(t, a.store.DataPath("vol")), fileSum(t, b.store.DataPath("vol")))
+}
+
+// testProxy forwards TCP connections to a replica; it can hold what the
+// engine sends (delivered when released) and cut every connection (new
+// ones are closed at once until it heals).
+type testProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	cond   *sync.Cond
+	held   bool
+	cut    bool
+	conns  []net.Conn
+}
+
+func startTestProxy(t testing.TB, target string) *testProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must.NoError(t, err)
+	p := &testProxy{ln: ln, target: target}
+	p.cond = sync.NewCond(&p.mu)
+	t.Cleanup(func() {
+		ln.Close()
+		p.setCut(true)
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			p.mu.Lock()
+			if err != nil || p.cut {
+				p.mu.Unlock()
+				c.Close()
+				if s != nil {
+					s.Close()
+				}
+				continue
+			}
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go p.forward(s, c, true)
+			go p.forward(c, s, false)
+		}
+	}()
+	return p
+}
+
+func (p *testProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *testProxy) forward(dst, src net.Conn, holdable bool) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			for holdable && p.held && !p.cut {
+				p.cond.Wait()
+			}
+			cut := p.cut
+			p.mu.Unlock()
+			if cut {
+				return
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *testProxy) setHold(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.held = on
+	p.cond.Broadcast()
+}
+
+// setCut cuts (closing every connection, held frames lost) or heals.
+func (p *testProxy) setCut(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = on
+	if on {
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.conns, p.held = nil, false
+	}
+	p.cond.Broadcast()
+}
+
+// A write is held at in-sync replica A (its frames held) after B applied
+// it; B is then wiped with nothing in flight, so its connection broke
+// without a request failing on it and it stays in sync while the engine
+// redials it ("no replica of that volume here"). Then A's connection
+// breaks too. A holds every acknowledged write; B holds nothing. The
+// engine must not drop A and bet the volume on B (it held I/O for good:
+// simulator seed 851711047): it keeps both, and A, back first with its
+// history, is the copy.
+func TestBrokenConnectionNotDroppedForAnAwayReplica(t *testing.T) {
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a, b := startTestReplica(t, dirA), startTestReplica(t, dirB)
+	pa := startTestProxy(t, a.addr)
+	cfg := EngineConfig{Volume: "vol", Size: 1 << 20, Epoch: 1, Log: testLogger(t), Timeout: 10 * time.Second,
+		ReconnectInterval: 20 * time.Millisecond,
+		Replicas:          []ReplicaConfig{{Addr: pa.addr()}, {Addr: b.addr}}}
+	e, err := StartEngine(context.Background(), cfg)
+	must.NoError(t, err)
+	t.Cleanup(e.Close)
+	ctx := context.Background()
+	must.NoError(t, e.WriteAt(ctx, []byte("acknowledged"), 0, true))
+
+	pa.setHold(true)
+	done := make(chan error, 1)
+	go func() { done <- e.WriteAt(ctx, []byte("held"), 8192, false) }()
+	// B applies it; A's copy is held in the proxy.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		buf := make([]byte, 4)
+		f, err := os.Open(b.store.DataPath("vol"))
+		must.NoError(t, err)
+		_, _ = f.ReadAt(buf, 8192)
+		f.Close()
+		if string(buf) == "held" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the write never reached B")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.stop()
+	must.NoError(t, os.RemoveAll(filepath.Join(dirB, "vol")))
+	b = startTestReplicaAt(t, dirB, b.addr) // up, without the volume
+	time.Sleep(200 * time.Millisecond)      // redialled: "no replica of that volume here"
+	for _, r := range e.Status().Replicas {
+		must.Eq(t, StateInSync, r.State, must.Sprintf("replica %s left the in-sync set early: %+v", r.Addr, r))
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the write completed while held at A: %v", err)
+	default:
+	}
+
+	pa.setCut(true) // A's connection breaks: the write fails there
+	time.Sleep(200 * time.Millisecond)
+	pa.setCut(false) // A is reachable again, with everything it held
+	select {
+	case err := <-done:
+		must.NoError(t, err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("I/O stayed held for B, which is gone, although A came back with every acknowledged write")
+	}
+	must.Eq(t, "acknowledged", string(readBack(t, e, 0, 12)))
+	must.Eq(t, "held", string(readBack(t, e, 8192, 4)))
+	waitInSync(t, e, 2) // B fully copied from A
 	must.Eq(t, fileSum(t, a.store.DataPath("vol")), fileSum(t, b.store.DataPath("vol")))
 }

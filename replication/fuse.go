@@ -98,6 +98,8 @@ type FUSEMount struct {
 	dir, path string
 	conn      uint32 // fusectl connection id (minor of the mount's st_dev)
 	srv       *fuse.Server
+	relay     *fuseRelay // nil unless the connection can be handed over
+	hung      time.Duration
 	fs        *fuseFS
 	log       hclog.Logger
 	cancel    context.CancelFunc
@@ -116,52 +118,18 @@ type FUSEMount struct {
 // cfg.Name, of dev.Size() bytes whose reads, writes, fsyncs and hole
 // punches go to dev. It returns once the mount answers requests.
 func MountFUSE(ctx context.Context, dev Device, cfg FUSEConfig) (*FUSEMount, error) {
-	if cfg.Dir == "" || cfg.Name == "" || filepath.Base(cfg.Name) != cfg.Name {
-		return nil, fmt.Errorf("%w: fuse mount needs a directory and a plain file name, got %q and %q", ErrInvalid, cfg.Dir, cfg.Name)
-	}
-	if cfg.Log == nil {
-		cfg.Log = hclog.NewNullLogger()
-	}
-	if cfg.HungTimeout == 0 {
-		cfg.HungTimeout = DefaultFUSEHungTimeout
-	}
-	dir, err := filepath.Abs(cfg.Dir)
+	dir, err := fuseMountDir(cfg)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("fuse mount point: %w", err)
-	}
-	lg := cfg.Log.Named("fuse").With("dir", dir, "file", cfg.Name)
-	reqCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	fsys := &fuseFS{
-		RawFileSystem: fuse.NewDefaultRawFileSystem(),
-		dev:           dev,
-		name:          cfg.Name,
-		ctx:           reqCtx,
-		log:           lg,
-		uid:           uint32(os.Getuid()),
-		gid:           uint32(os.Getgid()),
-		mtime:         uint64(time.Now().Unix()),
-	}
-	opts := &fuse.MountOptions{
-		DirectMountStrict:  true,
-		MaxWrite:           fuseMaxWrite,
-		MaxBackground:      fuseMaxBackground,
-		ExtraCapabilities:  fuse.CAP_ASYNC_DIO,
-		DisableReadDirPlus: true,
-		DisableXAttrs:      true,
-		FsName:             "saddlebag:" + cfg.Name,
-		Name:               "saddlebag",
-		Logger:             log.New(lg.StandardWriter(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn}), "", 0),
-	}
+	m, fsys, opts := newFUSEMount(ctx, dev, cfg, dir)
+	opts.DirectMountStrict = true
 	srv, err := fuse.NewServer(fsys, dir, opts)
 	if err != nil {
-		cancel()
+		m.cancel()
 		return nil, fmt.Errorf("mount fuse at %s: %w", dir, err)
 	}
-	m := &FUSEMount{dir: dir, path: filepath.Join(dir, cfg.Name), srv: srv, fs: fsys, log: lg, cancel: cancel,
-		done: make(chan struct{}), stop: make(chan struct{}), mounted: true}
+	m.srv = srv
 	m.wg.Go(func() {
 		defer close(m.done)
 		srv.Serve()
@@ -176,11 +144,47 @@ func MountFUSE(ctx context.Context, dev Device, cfg FUSEConfig) (*FUSEMount, err
 		return nil, fmt.Errorf("stat fuse mount %s: %w", dir, err)
 	}
 	m.conn = unix.Minor(st.Dev)
-	if cfg.HungTimeout > 0 {
-		m.wg.Go(func() { m.watchdog(cfg.HungTimeout) })
+	if m.hung > 0 {
+		m.wg.Go(func() { m.watchdog(m.hung) })
 	}
-	lg.Info("serving volume file over fuse", "path", m.path, "size", dev.Size(), "connection", m.conn)
+	m.log.Info("serving volume file over fuse", "path", m.path, "size", dev.Size(), "connection", m.conn)
 	return m, nil
+}
+
+// newFUSEMount makes the file system over dev and the mount's state,
+// before anything is mounted or served.
+func newFUSEMount(ctx context.Context, dev Device, cfg FUSEConfig, dir string) (*FUSEMount, *fuseFS, *fuse.MountOptions) {
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	if cfg.HungTimeout == 0 {
+		cfg.HungTimeout = DefaultFUSEHungTimeout
+	}
+	lg := cfg.Log.Named("fuse").With("dir", dir, "file", cfg.Name)
+	reqCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	fsys := &fuseFS{
+		RawFileSystem: fuse.NewDefaultRawFileSystem(),
+		dev:           dev,
+		name:          cfg.Name,
+		ctx:           reqCtx,
+		log:           lg,
+		uid:           uint32(os.Getuid()),
+		gid:           uint32(os.Getgid()),
+		mtime:         uint64(time.Now().Unix()),
+	}
+	opts := &fuse.MountOptions{
+		MaxWrite:           fuseMaxWrite,
+		MaxBackground:      fuseMaxBackground,
+		ExtraCapabilities:  fuse.CAP_ASYNC_DIO,
+		DisableReadDirPlus: true,
+		DisableXAttrs:      true,
+		FsName:             "saddlebag:" + cfg.Name,
+		Name:               "saddlebag",
+		Logger:             log.New(lg.StandardWriter(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn}), "", 0),
+	}
+	m := &FUSEMount{dir: dir, path: filepath.Join(dir, cfg.Name), fs: fsys, log: lg, cancel: cancel, hung: cfg.HungTimeout,
+		done: make(chan struct{}), stop: make(chan struct{}), mounted: true}
+	return m, fsys, opts
 }
 
 // Path is the volume file's path.
@@ -216,7 +220,7 @@ func (m *FUSEMount) Unmount() error {
 		// replies any more.
 		m.cancel()
 	}
-	if err := m.srv.Unmount(); err != nil {
+	if err := m.unmountServer(); err != nil {
 		if errors.Is(err, syscall.EBUSY) {
 			return fmt.Errorf("unmount %s: %w: %w", m.dir, ErrFUSEBusy, err)
 		}
@@ -224,6 +228,21 @@ func (m *FUSEMount) Unmount() error {
 	}
 	m.finishLocked()
 	m.log.Info("fuse file unmounted")
+	return nil
+}
+
+// unmountServer unmounts and waits for the server loops.
+func (m *FUSEMount) unmountServer() error {
+	if m.relay == nil {
+		return m.srv.Unmount()
+	}
+	// The kernel ends the connection at unmount (every reader of its
+	// descriptor gets ENODEV), and go-fuse sees the relay's socket close.
+	if err := unix.Unmount(m.dir, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	m.relay.stop()
+	m.relay.closeDev()
 	return nil
 }
 
@@ -280,6 +299,10 @@ func (m *FUSEMount) finishLocked() {
 	m.stopped.Do(func() { close(m.stop) })
 	m.wg.Wait()
 	m.cancel()
+	if m.relay != nil {
+		m.relay.stop()
+		m.relay.closeDev()
+	}
 	m.mounted = false
 }
 

@@ -135,13 +135,13 @@ func (e *Engine) loadBitmaps(ctx context.Context, set *targetSet, hot []uint64) 
 			continue
 		}
 		var dirty *Bitmap
-		var inc uint64
+		var inc, gen uint64
 		for _, t := range set.inSync {
 			reply, err := t.c.wait(t.c.start(Frame{Type: FrameGetBitmap, Payload: []byte(p.cfg.Addr)}, nil))
 			if err != nil || len(reply.Payload) == 0 {
 				continue
 			}
-			binc, b, err := decodePeerBitmap(reply.Payload, e.cfg.Size)
+			binc, bgen, b, err := decodePeerBitmap(reply.Payload, e.cfg.Size)
 			if err != nil {
 				e.log.Warn("ignoring an unreadable persisted bitmap", "replica", p.cfg.Addr, "holder", t.p.cfg.Addr, "error", err)
 				continue
@@ -150,14 +150,22 @@ func (e *Engine) loadBitmaps(ctx context.Context, set *targetSet, hot []uint64) 
 				e.log.Warn("ignoring the persisted bitmap of an earlier incarnation of the replica", "replica", p.cfg.Addr, "holder", t.p.cfg.Addr)
 				continue
 			}
-			if dirty != nil && binc != inc {
+			if p.client != nil && bgen != p.open.Membership.Gen {
+				// It has been in sync since (a later primary wrote it
+				// without this bitmap's holder): the bitmap may miss
+				// blocks it holds.
+				e.log.Warn("ignoring a persisted bitmap older than the replica's last in-sync generation", "replica", p.cfg.Addr,
+					"holder", t.p.cfg.Addr, "bitmap_generation", bgen, "replica_generation", p.open.Membership.Gen)
+				continue
+			}
+			if dirty != nil && (binc != inc || bgen != gen) {
 				// Two holders disagree on which replica it describes:
 				// trust neither.
 				dirty = nil
 				break
 			}
 			if dirty == nil {
-				dirty, inc = NewBitmap(e.cfg.Size), binc
+				dirty, inc, gen = NewBitmap(e.cfg.Size), binc, bgen
 			}
 			if err := dirty.MergeEncoded(b.Encode(maxControlPayload)); err != nil {
 				continue
@@ -170,7 +178,7 @@ func (e *Engine) loadBitmaps(ctx context.Context, set *targetSet, hot []uint64) 
 		for _, x := range hot {
 			dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
 		}
-		p.dirty, p.dirtyInc, p.persisted = dirty, inc, ^uint64(0)
+		p.dirty, p.dirtyInc, p.dirtyGen, p.persisted = dirty, inc, gen, ^uint64(0)
 		e.log.Info("loaded the bitmap of a replica that is behind", "replica", p.cfg.Addr, "dirty_bytes", dirty.Count()*BlockSize)
 	}
 }

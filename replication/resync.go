@@ -199,7 +199,7 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		if lostUnflushed {
 			p.reason = "its host restarted: may have lost unflushed writes"
 		}
-		p.dirty, p.dirtyInc, p.persisted = NewBitmap(e.cfg.Size), open.Incarnation, ^uint64(0)
+		p.dirty, p.dirtyInc, p.dirtyGen, p.persisted = NewBitmap(e.cfg.Size), open.Incarnation, open.Membership.Gen, ^uint64(0)
 		p.takeUncertain()
 		if lostUnflushed {
 			for _, x := range e.al.all() {
@@ -228,7 +228,7 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		// now, with those extents.
 		for _, q := range waiting {
 			q.state, q.reason = StateDropped, "an in-sync replica that lost power came back first and is the volume's copy"
-			q.dirty, q.dirtyInc, q.persisted = NewBitmap(e.cfg.Size), q.open.Incarnation, ^uint64(0)
+			q.startBitmap(e.cfg.Size)
 			q.takeUncertain()
 			if q.client != nil {
 				go q.client.close()
@@ -283,6 +283,14 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 			// Not the replica the bitmap was kept for (its data was lost
 			// and it was made again): compare everything.
 			e.log.Warn("replica was re-created since its bitmap was kept: comparing it whole", "replica", p.cfg.Addr)
+			p.dirty = nil
+		case p.dirty != nil && p.dirtyGen != open.Membership.Gen:
+			// It was a member of a later in-sync set than the one it left
+			// when the bitmap was started: written by a primary that did
+			// not keep this bitmap, it may hold blocks the bitmap does not
+			// name.
+			e.log.Warn("replica joined a later in-sync set since its bitmap was kept: comparing it whole", "replica", p.cfg.Addr,
+				"bitmap_generation", p.dirtyGen, "replica_generation", open.Membership.Gen)
 			p.dirty = nil
 		}
 		if p.dirty != nil {

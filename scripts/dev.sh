@@ -4,6 +4,8 @@
 #   scripts/dev.sh up       start it, or show the one already running
 #   scripts/dev.sh status   show it
 #   scripts/dev.sh failover kill the node under Postgres and time the failover
+#   scripts/dev.sh upgrade  rebuild saddlebag from this tree and upgrade the
+#                           running saddlebag-node job in place under load
 #   scripts/dev.sh down     tear it down (every process, namespace, mount, rule)
 #
 # The cluster itself is e2e/cmd/devcluster, the same harness the
@@ -17,12 +19,12 @@ export SADDLEBAG_CONSUL_BIN="${SADDLEBAG_CONSUL_BIN:-$(bash e2e/tools/build.sh c
 export SADDLEBAG_NOMAD_BIN="${SADDLEBAG_NOMAD_BIN:-$(bash e2e/tools/build.sh nomad)}"
 
 case "${1:-}" in
-  up|status|failover|down)
+  up|status|failover|upgrade|down)
     go build -o bin/devcluster ./e2e/cmd/devcluster
     exec bin/devcluster "$1"
     ;;
   *)
-    echo "usage: $0 up|status|failover|down" >&2
+    echo "usage: $0 up|status|failover|upgrade|down" >&2
     exit 2
     ;;
 esac

@@ -160,17 +160,33 @@ func runNode(ctx context.Context, args []string) error {
 	waitMetrics := startMetrics(ctx, f.metricsAddr, log, sampleNode(f.dataDir))
 	defer waitMetrics()
 	wg.Go(func() { primary.PublishProgress(ctx, client, f.node, primary.ProgressInterval, log) })
+	// The replica server outlives the CSI service, so that the engines
+	// it stops (unstaged, or handed over to the next process) flush to
+	// this node's replica too instead of dropping it.
+	csiDone := make(chan struct{})
+	replicaCtx, stopReplicas := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopReplicas()
+	go func() {
+		<-ctx.Done()
+		<-csiDone
+		stopReplicas()
+	}()
 	var serveErr error
 	wg.Go(func() {
 		log.Info("serving replicas", "data_dir", f.dataDir, "addr", ln.Addr().String(), "advertise", advertise, "tls", !f.insecure)
-		serveErr = replication.NewServer(store, log).WithGuard(tr.replicaGuard()).Serve(ctx, ln)
+		serveErr = replication.NewServer(store, log).WithGuard(tr.replicaGuard()).Serve(replicaCtx, ln)
 	})
 	if f.serveVolume != "" {
 		wg.Go(func() { candidate(ctx, f, agent, client, tr.replicaDialer(), log) })
 	}
 	var csiErr error
 	if f.csi.endpoint != "" {
-		wg.Go(func() { csiErr = serveCSINode(ctx, f, agent, client, labels, tr.replicaDialer(), log) })
+		wg.Go(func() {
+			defer close(csiDone)
+			csiErr = serveCSINode(ctx, f, agent, client, labels, tr.replicaDialer(), log)
+		})
+	} else {
+		close(csiDone)
 	}
 	wg.Wait()
 	stopAgent()

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 
+	"github.com/saddlebag/saddlebag/internal/fdkeeper"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin"
 	"github.com/saddlebag/saddlebag/replication"
@@ -21,6 +22,8 @@ import (
 // csiNodeFlags are `saddlebag node`'s CSI settings.
 type csiNodeFlags struct {
 	endpoint, stateDir, hostDir, pluginMount string
+	keeperSocket                             string
+	handOverTimeout                          time.Duration
 	maxVolumes                               int64
 	stageTimeout                             time.Duration
 }
@@ -32,6 +35,8 @@ func addCSINodeFlags(fs *flag.FlagSet, f *csiNodeFlags) {
 	fs.StringVar(&f.pluginMount, "csi-plugin-mount", plugin.DefaultPluginMount, "the stage_publish_base_dir Nomad passes paths under (translated with --host-csi-dir)")
 	fs.Int64Var(&f.maxVolumes, "max-volumes", 0, "volumes this node takes, reported as max_volumes_per_node (0: no limit)")
 	fs.DurationVar(&f.stageTimeout, "stage-timeout", 60*time.Second, "how long NodeStageVolume waits for the volume's primary lease")
+	fs.StringVar(&f.keeperSocket, "keeper-socket", "", "socket of `saddlebag keeper`: staged volumes are parked there and survive a restart, crash or upgrade of this process (empty: volumes are unstaged when it stops)")
+	fs.DurationVar(&f.handOverTimeout, "hand-over-timeout", plugin.DefaultHandOverTimeout, "with --keeper-socket: how long a stop waits for FUSE requests already read before handing the volumes over")
 }
 
 func (f *csiNodeFlags) check(node string) error {
@@ -54,10 +59,20 @@ func (f *csiNodeFlags) check(node string) error {
 // then unstages whatever is still staged (releasing the leases).
 func serveCSINode(ctx context.Context, f *nodeFlags, agent *leader.Agent, client *leader.Client, labels map[string]string,
 	dial replication.Dialer, log hclog.Logger) error {
+	var keeper *fdkeeper.Client
+	if f.csi.keeperSocket != "" {
+		// The FUSE directory lets the keeper free this process should it
+		// get stuck exiting (plugin's fuseDir: <state dir>/fuse/<id>).
+		stateDir, err := filepath.Abs(f.csi.stateDir)
+		if err != nil {
+			return err
+		}
+		keeper = &fdkeeper.Client{Path: f.csi.keeperSocket, FUSEDir: filepath.Join(stateDir, "fuse")}
+	}
 	node, err := plugin.NewNode(plugin.NodeConfig{
 		Agent: agent, Client: client, NodeID: f.node, Labels: labels, MaxVolumes: f.csi.maxVolumes,
 		StateDir: f.csi.stateDir, Paths: plugin.PathMapper{HostDir: f.csi.hostDir, PluginMount: f.csi.pluginMount},
-		StageTimeout: f.csi.stageTimeout, ResyncRate: int64(f.resyncRate), Dial: dial, Log: log,
+		StageTimeout: f.csi.stageTimeout, ResyncRate: int64(f.resyncRate), Dial: dial, Log: log, Keeper: keeper, HandOverTimeout: f.csi.handOverTimeout,
 	})
 	if err != nil {
 		return err
@@ -66,8 +81,19 @@ func serveCSINode(ctx context.Context, f *nodeFlags, agent *leader.Agent, client
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		if keeper != nil {
+			// An upgrade or a restart: the volumes stay staged, parked
+			// in the keeper, for the next node process.
+			node.HandOver(sctx)
+			return
+		}
 		node.Shutdown(sctx)
 	}()
+	// Volumes a previous process parked are served again before any
+	// CSI call is.
+	if err := node.Adopt(ctx); err != nil {
+		return err
+	}
 	id := &plugin.Identity{Version: version, Ready: func() bool { return agent.SessionID() != "" }}
 	return plugin.Serve(ctx, f.csi.endpoint, log, func(s *grpc.Server) {
 		csi.RegisterIdentityServer(s, id)

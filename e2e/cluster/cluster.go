@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -616,4 +617,19 @@ func (nd *Node) WaitNodeStatus(ctx context.Context, id, want string) (time.Time,
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// RestartNomad restarts the node's Nomad client agent alone, as
+// `systemctl restart nomad` would: SIGTERM (a client leaves its tasks
+// running), start it again, and wait until Nomad has the node ready.
+// It returns when the old agent had exited.
+func (nd *Node) RestartNomad(ctx context.Context) (time.Time, error) {
+	if !nd.Nomad.Stop(syscall.SIGTERM, 30*time.Second) {
+		nd.c.logf("nomad client on %s did not exit on SIGTERM within 30s: killed", nd.Name)
+	}
+	stopped := time.Now()
+	if err := nd.c.startRecorded(nd.Nomad); err != nil {
+		return stopped, err
+	}
+	return stopped, nd.c.WaitNodesReady(ctx, nd)
 }

@@ -47,7 +47,7 @@
 // an earlier test process that died without cleaning up left behind.
 //
 // Of Saddlebag's packages it imports only internal/testcluster (for the
-// Consul agents, and its Process, which starts, waits for and kills the
+// Consul agents, and its Process, which starts, waits for, stops and kills the
 // Nomad agents and the docker form's dockerds too: one implementation of
 // process handling); the product packages (plugin, leader, replication, ...)
 // it must not import: it drives Saddlebag as an operator would, through

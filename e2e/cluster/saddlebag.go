@@ -57,6 +57,13 @@ func (c *Cluster) NodeJobVars(bin string) []string {
 	}
 }
 
+// KeeperJobVars are the -var arguments for
+// jobs/saddlebag-keeper.nomad.hcl on this cluster (its run_dir is the
+// node job's).
+func (c *Cluster) KeeperJobVars(bin string) []string {
+	return []string{"-var", "binary=" + bin, "-var", "run_dir=" + filepath.Join(c.Dir, "${node.unique.name}", "run")}
+}
+
 // ControllerJobVars are the -var arguments for
 // jobs/saddlebag-controller.nomad.hcl on this cluster.
 func (c *Cluster) ControllerJobVars(bin string) []string {
@@ -123,6 +130,12 @@ func (c *Cluster) DeploySaddlebag(ctx context.Context, repoRoot, bin string) err
 	}
 	c.logf("%s", strings.TrimSpace(out))
 	jobs := filepath.Join(repoRoot, "jobs")
+	// The descriptor keeper first, so that the node parks every volume
+	// from its first stage.
+	if out, err := c.NomadCLI(ctx, append(append([]string{"job", "run", "-detach"}, c.KeeperJobVars(bin)...),
+		filepath.Join(jobs, "saddlebag-keeper.nomad.hcl"))...); err != nil {
+		return fmt.Errorf("%w\n%s", err, out)
+	}
 	if out, err := c.NomadCLI(ctx, append(append([]string{"job", "run", "-detach"}, c.NodeJobVars(bin)...),
 		filepath.Join(jobs, "saddlebag-node.nomad.hcl"))...); err != nil {
 		return fmt.Errorf("%w\n%s", err, out)

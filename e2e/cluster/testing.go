@@ -26,6 +26,7 @@ func New(t testing.TB, o Options) *Cluster {
 	t.Cleanup(func() {
 		if t.Failed() {
 			c.DumpLogs(t.Logf)
+			c.dumpStall(t.Logf)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()

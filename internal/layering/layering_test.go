@@ -47,7 +47,7 @@ var rules = []rule{
 	{pkg: "leader", doc: "leader/doc.go", mustNot: []string{"replication", "plugin", "scheduler", "hcl"}},
 	{pkg: "scheduler", doc: "scheduler/doc.go", only: none},
 	{pkg: "plugin", doc: "plugin/doc.go",
-		directOnly: []string{"leader", "scheduler", "replication", "hcl/volspec", "internal/primary", "internal/volkey", "plugin/mount", "plugin/reconcile", "internal/ctxutil", "internal/units", "internal/telemetry"},
+		directOnly: []string{"leader", "scheduler", "replication", "hcl/volspec", "internal/primary", "internal/volkey", "internal/fdkeeper", "plugin/mount", "plugin/reconcile", "internal/ctxutil", "internal/units", "internal/telemetry"},
 		importedBy: []string{"cmd/saddlebag"}},
 	{pkg: "plugin/reconcile", doc: "plugin/reconcile/doc.go",
 		mustNot:    []string{"plugin/mount", "internal/primary", "google.golang.org/grpc/status", "google.golang.org/grpc/codes", "github.com/container-storage-interface/spec"},

@@ -113,7 +113,7 @@ func (a *Agent) PID() int { return a.process().PID() }
 func (a *Agent) Kill() { a.process().Kill() }
 
 // Stop ends the agent gracefully (SIGTERM; SIGKILL after 10s).
-func (a *Agent) Stop() { a.process().Stop(syscall.SIGTERM, 10*time.Second) }
+func (a *Agent) Stop() { _ = a.process().Stop(syscall.SIGTERM, 10*time.Second) }
 
 // Restart starts the agent again with the same addresses and ports (a dev
 // agent comes back empty: it keeps nothing in memory across restarts).

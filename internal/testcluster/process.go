@@ -97,32 +97,39 @@ func (p *Process) Exited() <-chan struct{} {
 }
 
 // Kill sends SIGKILL (by PID) and waits for the process to be reaped.
-func (p *Process) Kill() { p.Stop(syscall.SIGKILL, 0) }
+func (p *Process) Kill() { _ = p.Stop(syscall.SIGKILL, 0) }
 
 // Stop sends sig (by PID); when grace is positive and the process has not
-// exited within it, SIGKILL. It returns once the process is reaped.
-func (p *Process) Stop(sig syscall.Signal, grace time.Duration) {
+// exited within it, SIGKILL. It returns once the process is reaped, and
+// reports whether it exited of sig, within grace: false only when it had
+// to be killed. A process not running counts as exited.
+func (p *Process) Stop(sig syscall.Signal, grace time.Duration) bool {
 	p.mu.Lock()
 	cmd, done := p.cmd, p.done
 	p.mu.Unlock()
 	if cmd == nil {
-		return
+		return true
 	}
 	select {
 	case <-done:
-		return
+		return true
 	default:
 	}
 	_ = cmd.Process.Signal(sig)
 	if grace > 0 {
+		t := time.NewTimer(grace)
+		defer t.Stop()
 		select {
 		case <-done:
-			return
-		case <-time.After(grace):
+			return true
+		case <-t.C:
 			_ = cmd.Process.Signal(syscall.SIGKILL)
+			<-done
+			return false
 		}
 	}
 	<-done
+	return true
 }
 
 // LogPath is the file the process's output goes to.

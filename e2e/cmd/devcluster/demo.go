@@ -39,7 +39,7 @@ func deploy(ctx context.Context, c *cluster.Cluster) error {
 		return err
 	}
 	done()
-	done = step("nomad job run jobs/saddlebag-node.nomad.hcl, jobs/saddlebag-controller.nomad.hcl; waiting for the plugin")
+	done = step("nomad job run jobs/saddlebag-keeper.nomad.hcl, jobs/saddlebag-node.nomad.hcl, jobs/saddlebag-controller.nomad.hcl; waiting for the plugin")
 	if err := c.DeploySaddlebag(ctx, root, bin); err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ var marker = filepath.Join(cluster.StateDir, "dev")
 
 func main() {
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: devcluster up|status|failover|down")
+		fmt.Fprintln(os.Stderr, "usage: devcluster up|status|failover|upgrade|down")
 		os.Exit(2)
 	}
 	var err error
@@ -29,10 +29,12 @@ func main() {
 		err = status()
 	case "failover":
 		err = failover()
+	case "upgrade":
+		err = upgrade()
 	case "down":
 		err = down()
 	default:
-		err = fmt.Errorf("unknown command %q (want up, status, failover or down)", os.Args[1])
+		err = fmt.Errorf("unknown command %q (want up, status, failover, upgrade or down)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "devcluster:", err)
@@ -103,7 +105,7 @@ func describe(s *cluster.State) {
 	host := strings.Split(s.NomadAddr, ":")[0]
 	fmt.Printf(`
 Saddlebag demo cluster (instance %d): 1 Consul server, 1 Nomad server, 3 nodes,
-Saddlebag deployed (jobs saddlebag-node, saddlebag-controller), a 2-replica
+Saddlebag deployed (jobs saddlebag-keeper, saddlebag-node, saddlebag-controller), a 2-replica
 volume "postgres" and the job "postgres" on it.
   Consul UI:  http://%s/ui   (ACLs on, default deny: log in with the
               management token %s)
@@ -126,6 +128,8 @@ Try:
   ip netns exec %s curl -s 'http://127.0.0.1:7420/v1/metrics?format=prometheus' | grep saddlebag_
   PGPASSWORD=saddlebag psql -h <node address of the postgres allocation> -U postgres -c 'SELECT count(*) FROM demo'
   make dev-failover       # SIGKILL the node running Postgres; time it back on the other replica
+  make dev-upgrade        # rebuild Saddlebag from this tree and upgrade the running saddlebag-node job
+                          # in place under a Postgres insert load (prints upgrade_write_stall_seconds)
 
 Tear down: make dev-down
 `, s.Instance, s.ConsulAddr, cluster.ConsulManagementToken, s.NomadAddr, nodeList(s, host), s.Dir, s.NomadAddr, s.ConsulAddr,
