@@ -942,7 +942,9 @@ func (e *Engine) recordLocked(ctx context.Context) error {
 		// reads the set again after.
 		e.holding.Add(1)
 		e.stateMu.Unlock()
-		werr := ctxutil.Sleep(ctx, backoff.Delay(50*time.Millisecond, time.Second, attempt))
+		// Held writes resume at most 250 ms after the hook works again
+		// (a Consul blip): asking the local agent is cheap.
+		werr := ctxutil.Sleep(ctx, backoff.Delay(50*time.Millisecond, 250*time.Millisecond, attempt))
 		e.stateMu.Lock()
 		e.holding.Add(-1)
 		if werr != nil {
