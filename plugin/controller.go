@@ -244,7 +244,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if field, msg := volspec.EncryptionProblem(params, req.GetSecrets()); field != "" {
 		return nil, errf(codes.InvalidArgument, "%s: %s", field, msg)
 	}
-	fsType, err := resolveFSType(params.FSType, req.GetVolumeCapabilities())
+	fsType, err := resolveFSType(params, req.GetVolumeCapabilities())
 	if err != nil {
 		return nil, errf(codes.InvalidArgument, "%v", err)
 	}

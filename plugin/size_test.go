@@ -107,3 +107,37 @@ func TestCreateVolumeChecksFileSystemSize(t *testing.T) {
 		})
 	}
 }
+
+// TestResolveFSType: a CreateVolume's file system comes from volspec's one
+// rule (the parameters and the mount capability must agree; ext4 when
+// neither names one), and mount capabilities naming different file
+// systems are refused with both names.
+func TestResolveFSType(t *testing.T) {
+	cases := []struct {
+		name   string
+		param  string
+		caps   []*csi.VolumeCapability
+		want   string
+		errHas string
+	}{
+		{"default", "", []*csi.VolumeCapability{mountCap("")}, volspec.DefaultFSType, ""},
+		{"block only", "", []*csi.VolumeCapability{blockCap()}, volspec.DefaultFSType, ""},
+		{"parameter", "xfs", []*csi.VolumeCapability{mountCap("")}, "xfs", ""},
+		{"capability", "", []*csi.VolumeCapability{mountCap("xfs")}, "xfs", ""},
+		{"both agree", "xfs", []*csi.VolumeCapability{mountCap("xfs"), blockCap()}, "xfs", ""},
+		{"parameter and capability differ", "ext4", []*csi.VolumeCapability{mountCap("xfs")}, "", "the fs_type parameter (ext4) and the mount fs_type (xfs) differ"},
+		{"capabilities differ", "", []*csi.VolumeCapability{mountCap("ext4"), mountCap("xfs")}, "", "different file systems (ext4 and xfs)"},
+		{"unsupported capability", "", []*csi.VolumeCapability{mountCap("zfs")}, "", "must be ext4 or xfs"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := resolveFSType(volspec.Params{FSType: tc.param}, tc.caps)
+			if tc.errHas != "" {
+				must.ErrorContains(t, err, tc.errHas)
+				return
+			}
+			must.NoError(t, err)
+			must.Eq(t, tc.want, got)
+		})
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
@@ -51,28 +53,26 @@ func checkCapability(c *csi.VolumeCapability) (string, error) {
 	if !supportedMode(mode) {
 		return fmt.Sprintf("access mode %s is not supported: a volume has one primary node (use SINGLE_NODE_WRITER or SINGLE_NODE_READER_ONLY)", mode), nil
 	}
-	if m := c.GetMount(); m != nil && m.GetFsType() != "" && m.GetFsType() != "ext4" && m.GetFsType() != "xfs" {
-		return fmt.Sprintf("fs_type %q is not supported (ext4 or xfs)", m.GetFsType()), nil
+	if m := c.GetMount(); m != nil && m.GetFsType() != "" && !slices.Contains(volspec.FSTypes, m.GetFsType()) {
+		return fmt.Sprintf("fs_type %q is not supported (%s)", m.GetFsType(), strings.Join(volspec.FSTypes, " or ")), nil
 	}
 	return "", nil
 }
 
-// resolveFSType combines the parameters' fs_type with the mount
-// capabilities' fs_type: they must agree; the default is ext4.
-func resolveFSType(param string, caps []*csi.VolumeCapability) (string, error) {
-	fs := param
+// resolveFSType is volspec's rule (Params.ResolveFSType) for a CSI
+// request, whose mount capabilities may each name an fs_type: they must
+// agree with each other, and then with the parameters.
+func resolveFSType(params volspec.Params, caps []*csi.VolumeCapability) (string, error) {
+	mountFS := ""
 	for _, c := range caps {
 		if m := c.GetMount(); m != nil && m.GetFsType() != "" {
-			if fs != "" && fs != m.GetFsType() {
-				return "", fmt.Errorf("fs_type %q in the parameters differs from fs_type %q in a mount capability", fs, m.GetFsType())
+			if mountFS != "" && mountFS != m.GetFsType() {
+				return "", fmt.Errorf("the mount capabilities ask for different file systems (%s and %s): give one", mountFS, m.GetFsType())
 			}
-			fs = m.GetFsType()
+			mountFS = m.GetFsType()
 		}
 	}
-	if fs == "" {
-		fs = volspec.DefaultFSType
-	}
-	return fs, nil
+	return params.ResolveFSType(mountFS)
 }
 
 // capabilityFits says whether a valid, supported capability fits a volume
