@@ -16,11 +16,12 @@
 // The keeper also frees a node process stuck exiting (reap.go): killed
 // while a thread of it waits in the kernel for I/O on its own FUSE file
 // (mount(2) or umount(2) of the file system over it), such a process
-// never exits by itself (its group leader a zombie, that thread in D
-// state holding every descriptor) and Nomad starts no successor. A
+// never exits by itself (that thread in D state holding every
+// descriptor; the leader a zombie, or itself that thread with SIGKILL
+// pending) and Nomad starts no successor. A
 // client that names its FUSE directory (Client.FUSEDir: the node does)
-// is watched through its pid (SO_PEERCRED); once it has been such a
-// zombie for Grace, the keeper aborts the FUSE connections of its
+// is watched through its pid (SO_PEERCRED); once it has been stuck so
+// for Grace, the keeper aborts the FUSE connections of its
 // volumes that are not parked here, after another Grace the parked ones
 // with requests waiting, after a third every parked one left, each
 // logged at Error. A live process, even in D state, is never touched.

@@ -4,8 +4,9 @@ package fdkeeper
 // is killed while one of its threads waits, in the kernel, for I/O on
 // its own FUSE file (mount(2) of the file system on the loop device,
 // umount(2) flushing dirty data, the loop attach) never exits: the other
-// threads die, the group leader becomes a zombie, and the waiting thread
-// stays in D state, holding the file table (so the /dev/fuse descriptors
+// threads die, the group leader becomes a zombie (or, when the leader is
+// the waiting thread, stays in D state with SIGKILL pending), and the
+// waiting thread stays in D state, holding the file table (so the /dev/fuse descriptors
 // that would end those connections are never closed) and waiting for a
 // reply only the dead process could send. Nomad waits for that process
 // to exit before it starts the next one, so every volume of the host
@@ -13,8 +14,8 @@ package fdkeeper
 // frees it.
 //
 // So the keeper watches each node process that talked to it (its pid
-// from SO_PEERCRED, its FUSE directory from the request) and, once its
-// group leader has been a zombie with a thread still alive for Grace,
+// from SO_PEERCRED, its FUSE directory from the request) and, once it has
+// been stuck (procState.stuck) for Grace,
 // aborts the connections of that node's volumes that are not parked here
 // (nobody else holds them: they would end with the process anyway);
 // after another Grace, if it still lingers, the parked ones with requests
@@ -64,6 +65,16 @@ type procState struct {
 	start   uint64
 	state   byte // R, S, D, Z, ...
 	threads int
+	killed  bool // SIGKILL pending on the group leader (SigPnd)
+}
+
+// stuck reports whether the process was killed and cannot finish dying:
+// its leader is a zombie while another thread lives on, or the leader
+// itself waits in D state with SIGKILL pending (which thread of a Go
+// process makes the syscall that hangs is chance). A process blocked in
+// D state that nobody killed is alive, and never stuck.
+func (ps procState) stuck() bool {
+	return (ps.state == 'Z' && ps.threads > 1) || (ps.state == 'D' && ps.killed)
 }
 
 // readProc reads pid's start time, state and thread count; an error
@@ -105,6 +116,11 @@ func readProc(pid int) (procState, error) {
 			}
 		case "Threads":
 			ps.threads, _ = strconv.Atoi(v)
+		case "SigPnd":
+			// A fatal signal is queued on every thread: bit 8 is SIGKILL.
+			if mask, err := strconv.ParseUint(v, 16, 64); err == nil {
+				ps.killed = mask&(1<<(unix.SIGKILL-1)) != 0
+			}
 		}
 	}
 	return ps, nil
@@ -184,17 +200,17 @@ func (k *Keeper) check(now time.Time) {
 		if !ok {
 			continue
 		}
-		// Alive (in any state but zombie, D included), or a zombie whose
+		// Alive (D state included, unless killed), or a zombie whose
 		// every thread has exited (its descriptors are closed; it only
 		// waits to be reaped): nothing to free.
-		if ps.state != 'Z' || ps.threads <= 1 {
+		if !ps.stuck() {
 			p.zombieSince, p.warned = time.Time{}, false
 			continue
 		}
 		if p.zombieSince.IsZero() {
 			p.zombieSince = now
-			k.log.Warn("node process is stuck exiting: its group leader is a zombie while a thread still waits in the kernel",
-				"pid", p.pid, "threads", ps.threads, "grace", k.grace().String())
+			k.log.Warn("node process is stuck exiting: killed, a thread of it still waits in the kernel",
+				"pid", p.pid, "state", string(ps.state), "threads", ps.threads, "grace", k.grace().String())
 			continue
 		}
 		// Another live node process on the same FUSE directory may have
@@ -220,7 +236,7 @@ func (k *Keeper) liveSibling(p *nodeProc, procs []*nodeProc, states map[int]proc
 		if o == p || o.fuseDir != p.fuseDir {
 			continue
 		}
-		if s, ok := states[o.pid]; ok && s.state != 'Z' {
+		if s, ok := states[o.pid]; ok && s.state != 'Z' && !s.stuck() {
 			return o.pid
 		}
 	}
@@ -252,9 +268,6 @@ func nodeMounts(p *nodeProc) ([]volumeMount, error) {
 	var err error = errors.New("no live thread")
 	if tids, derr := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.pid)); derr == nil {
 		for _, t := range tids {
-			if t.Name() == strconv.Itoa(p.pid) {
-				continue
-			}
 			var f *os.File
 			if f, err = os.Open(fmt.Sprintf("/proc/%d/task/%s/mountinfo", p.pid, t.Name())); err != nil {
 				continue

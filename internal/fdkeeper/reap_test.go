@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -56,18 +57,37 @@ func (d *blockingDevice) WriteAt(_ context.Context, p []byte, off int64, _ bool)
 func (d *blockingDevice) Flush(context.Context) error              { d.wait(); return d.f.Sync() }
 func (d *blockingDevice) Trim(context.Context, int64, int64) error { return nil }
 
-// TestKeeperStuckNodeHelper is the node process of the stuck-node tests,
-// run only as their child. In dir ($SADDLEBAG_KEEPER_STUCK_DIR) it
-// serves the volumes "stuck" and "idle" as the node does with a keeper
+// The child process of the stuck-node tests (TestMain runs it when
+// $SADDLEBAG_KEEPER_STUCK_HELPER is set). In dir ($SADDLEBAG_KEEPER_STUCK_DIR)
+// it serves the volumes "stuck" and "idle" as the node does with a keeper
 // (dir/fuse/<id>/<id>, relayed), registers with the keeper at
 // $SADDLEBAG_KEEPER_STUCK_SOCK with dir/fuse as its FUSE directory and
 // parks the volumes listed in $SADDLEBAG_KEEPER_STUCK_PARK; then it
 // makes ext4 on a loop device over "stuck", makes that volume block and
 // mounts the file system: mount(2) waits for I/O only this process
-// would answer.
-func TestKeeperStuckNodeHelper(t *testing.T) {
-	if os.Getenv(stuckHelperEnv) == "" {
-		t.Skip("only run as a child of the stuck-node tests")
+// would answer. With $SADDLEBAG_KEEPER_STUCK_HELPER "leader" the main
+// thread (the group leader) makes that call, with "thread" another one:
+// in a Go node process either can happen.
+func init() {
+	if os.Getenv(stuckHelperEnv) != "" {
+		runtime.LockOSThread() // the main goroutine stays on the leader
+	}
+}
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(stuckHelperEnv); mode != "" {
+		stuckNodeHelper(mode)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func stuckNodeHelper(mode string) {
+	check := func(err error, what string) {
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "stuck-node helper: %s: %v\n", what, err)
+			os.Exit(2)
+		}
 	}
 	dir := os.Getenv("SADDLEBAG_KEEPER_STUCK_DIR")
 	fuseDir := filepath.Join(dir, "fuse")
@@ -78,40 +98,50 @@ func TestKeeperStuckNodeHelper(t *testing.T) {
 	mounts := map[string]*replication.FUSEMount{}
 	for _, id := range []string{"stuck", "idle"} {
 		bf, err := os.OpenFile(filepath.Join(dir, id+".img"), os.O_RDWR, 0)
-		must.NoError(t, err)
+		check(err, "open backing file")
 		st, err := bf.Stat()
-		must.NoError(t, err)
+		check(err, "stat backing file")
 		devs[id] = &blockingDevice{f: bf, size: st.Size()}
 		m, err := replication.MountFUSEHandoff(context.Background(), devs[id],
 			replication.FUSEConfig{Dir: filepath.Join(fuseDir, id), Name: id, HungTimeout: -1, Log: log})
-		must.NoError(t, err)
+		check(err, "mount fuse")
 		mounts[id] = m
 		fmt.Printf("conn %s %d\n", id, m.Connection())
 	}
 	loop, err := mount.AttachLoop(mounts["stuck"].Path())
-	must.NoError(t, err)
+	check(err, "attach loop")
 	out, err := exec.Command("mkfs.ext4", "-q", "-F", loop).CombinedOutput()
-	must.NoError(t, err, must.Sprint(string(out)))
+	check(err, "mkfs.ext4: "+string(out))
 	lf, err := os.OpenFile(loop, os.O_RDWR, 0)
-	must.NoError(t, err)
-	must.NoError(t, unix.IoctlSetInt(int(lf.Fd()), unix.BLKFLSBUF, 0)) // the mount must read through FUSE
+	check(err, "open loop")
+	check(unix.IoctlSetInt(int(lf.Fd()), unix.BLKFLSBUF, 0), "flush loop buffers") // the mount must read through FUSE
 	lf.Close()
 	_, err = client.Names()
-	must.NoError(t, err)
+	check(err, "keeper names")
 	for _, id := range park {
 		if id == "" {
 			continue
 		}
 		conn, err := mounts[id].Conn()
-		must.NoError(t, err)
-		must.NoError(t, client.Put(id, []byte(`{}`), conn.Dev))
+		check(err, "conn")
+		check(client.Put(id, []byte(`{}`), conn.Dev), "park")
 	}
 	devs["stuck"].mu.Lock()
 	devs["stuck"].blocked = true
 	devs["stuck"].mu.Unlock()
-	fmt.Println("mounting")
-	err = unix.Mount(loop, filepath.Join(dir, "mnt"), "ext4", 0, "")
-	fmt.Printf("mount returned: %v\n", err)
+	mountFS := func() {
+		fmt.Println("mounting")
+		err := unix.Mount(loop, filepath.Join(dir, "mnt"), "ext4", 0, "")
+		fmt.Printf("mount returned: %v\n", err)
+	}
+	if mode == "leader" {
+		mountFS()
+	} else {
+		go func() {
+			runtime.LockOSThread() // not the main goroutine's thread
+			mountFS()
+		}()
+	}
 	select {}
 }
 
@@ -136,7 +166,7 @@ func (s *stuckNode) abortedIDs() []string {
 // startStuckNode runs a keeper with grace and a helper node process
 // parking park, and returns once the node waits in mount(2). Everything
 // is cleaned up at the end of the test, whatever happened.
-func startStuckNode(t *testing.T, grace time.Duration, park string) *stuckNode {
+func startStuckNode(t *testing.T, grace time.Duration, park, thread string) *stuckNode {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (FUSE mounts, loop devices)")
 	}
@@ -176,8 +206,8 @@ func startStuckNode(t *testing.T, grace time.Duration, park string) *stuckNode {
 	t.Cleanup(func() { cancel(); <-served; s.k.Close() })
 	must.Wait(t, untilOK(func() bool { _, err := (Client{Path: sock}).Names(); return err == nil }))
 
-	s.cmd = exec.Command(os.Args[0], "-test.run=^TestKeeperStuckNodeHelper$", "-test.count=1")
-	s.cmd.Env = append(os.Environ(), stuckHelperEnv+"=1", "SADDLEBAG_KEEPER_STUCK_DIR="+s.dir,
+	s.cmd = exec.Command(os.Args[0])
+	s.cmd.Env = append(os.Environ(), stuckHelperEnv+"="+thread, "SADDLEBAG_KEEPER_STUCK_DIR="+s.dir,
 		"SADDLEBAG_KEEPER_STUCK_SOCK="+sock, "SADDLEBAG_KEEPER_STUCK_PARK="+park)
 	s.cmd.Stderr = os.Stderr
 	stdout, err := s.cmd.StdoutPipe()
@@ -293,19 +323,29 @@ func (s *stuckNode) testLoops() []string {
 func TestKeeperFreesStuckNode(t *testing.T) {
 	const grace = time.Second
 	for _, tc := range []struct {
-		name, park string
-		wantNames  []string
+		name, park, thread string
+		wantNames          []string
 	}{
-		{name: "unparked", park: "idle", wantNames: []string{"idle"}},
-		{name: "parked", park: "stuck,idle", wantNames: []string{"idle"}},
+		{name: "unparked, another thread stuck", park: "idle", thread: "thread", wantNames: []string{"idle"}},
+		{name: "unparked, the leader stuck", park: "idle", thread: "leader", wantNames: []string{"idle"}},
+		{name: "parked, another thread stuck", park: "stuck,idle", thread: "thread", wantNames: []string{"idle"}},
+		{name: "parked, the leader stuck", park: "stuck,idle", thread: "leader", wantNames: []string{"idle"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := startStuckNode(t, grace, tc.park)
+			s := startStuckNode(t, grace, tc.park, tc.thread)
 			pid := s.cmd.Process.Pid
 			killed := time.Now()
 			must.NoError(t, s.cmd.Process.Signal(syscall.SIGKILL))
-			// Without the keeper it would stay like this forever.
-			must.Wait(t, untilOK(func() bool { ps, err := readProc(pid); return err == nil && ps.state == 'Z' && ps.threads > 1 }))
+			// Without the keeper it would stay like this forever: a
+			// zombie leader with the thread in D state, or the leader
+			// itself in D state with SIGKILL pending.
+			must.Wait(t, untilOK(func() bool {
+				ps, err := readProc(pid)
+				if tc.thread == "leader" {
+					return err == nil && ps.state == 'D' && ps.killed
+				}
+				return err == nil && ps.state == 'Z' && ps.threads > 1
+			}))
 			limit := 2*grace + 10*time.Second
 			select {
 			case <-s.exited:
@@ -327,7 +367,7 @@ func TestKeeperFreesStuckNode(t *testing.T) {
 // keeper aborts nothing.
 func TestKeeperSparesLiveNode(t *testing.T) {
 	const grace = time.Second
-	s := startStuckNode(t, grace, "idle")
+	s := startStuckNode(t, grace, "idle", "leader")
 	time.Sleep(4 * grace)
 	select {
 	case <-s.exited:
