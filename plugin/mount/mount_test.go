@@ -207,7 +207,8 @@ func TestStageNeverFormatsWrittenVolume(t *testing.T) {
 	must.ErrorIs(t, err, ErrHoldsData)
 	data, err := os.ReadFile(backing)
 	must.NoError(t, err)
-	must.Eq(t, make([]byte, len(data)), data)
+	// Not must.Eq on the 64 MiB: comparing with go-cmp took minutes.
+	must.Eq(t, -1, slices.IndexFunc(data, func(b byte) bool { return b != 0 }), must.Sprint("Stage wrote to a volume that holds data"))
 
 	must.NoError(t, saveState(req.StateFile, stageState{Step: stepProbe, Formatting: true, FSType: FSExt4}))
 	st, err := Stage(ctx, req)
