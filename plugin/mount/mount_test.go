@@ -298,8 +298,15 @@ func TestParseMountOptions(t *testing.T) {
 
 // fuseStage serves dev through a FUSE file and stages ext4 on it.
 func fuseStage(t *testing.T, dev replication.Device) (*replication.FUSEMount, StageRequest, RecoverRequest) {
+	return fuseStageWith(t, replication.MountFUSE, dev)
+}
+
+// fuseStageWith is fuseStage with the given way of serving the FUSE file
+// (replication.MountFUSEHandoff: relayed).
+func fuseStageWith(t *testing.T, mountFUSE func(context.Context, replication.Device, replication.FUSEConfig) (*replication.FUSEMount, error),
+	dev replication.Device) (*replication.FUSEMount, StageRequest, RecoverRequest) {
 	t.Helper()
-	m, err := replication.MountFUSE(context.Background(), dev, replication.FUSEConfig{Dir: t.TempDir(), Name: "vol", HungTimeout: -1, Log: testLog(t)})
+	m, err := mountFUSE(context.Background(), dev, replication.FUSEConfig{Dir: t.TempDir(), Name: "vol", HungTimeout: -1, Log: testLog(t)})
 	must.NoError(t, err)
 	rreq := RecoverRequest{FUSEDir: m.Dir(), BackingFile: m.Path(), ProbeTimeout: 500 * time.Millisecond, Log: testLog(t)}
 	t.Cleanup(func() {

@@ -50,23 +50,11 @@ func TestRelayedStageUnderLoad(t *testing.T) {
 	if os.Getenv("SADDLEBAG_RELAY_STRESS_DIRECT") != "" {
 		mountFUSE = replication.MountFUSE
 	}
-	m, err := mountFUSE(context.Background(), dev, replication.FUSEConfig{Dir: t.TempDir(), Name: "vol", HungTimeout: -1, Log: testLog(t)})
-	must.NoError(t, err)
-	rreq := RecoverRequest{FUSEDir: m.Dir(), BackingFile: m.Path(), ProbeTimeout: 500 * time.Millisecond, Log: testLog(t)}
-	t.Cleanup(func() {
-		rr := rreq
-		rr.Force = true
-		if _, err := Recover(context.Background(), rr); err != nil {
-			t.Errorf("cleanup recover: %v", err)
-		}
-		m.Close()
-	})
-	req := stageReq(t, m.Path(), FSExt4)
-	_, err = Stage(context.Background(), req)
-	must.NoError(t, err)
+	m, req, _ := fuseStageWith(t, mountFUSE, dev)
 
 	duration := 20 * time.Second
 	if s := os.Getenv("SADDLEBAG_RELAY_STRESS"); s != "" {
+		var err error
 		duration, err = time.ParseDuration(s)
 		must.NoError(t, err)
 	}
