@@ -264,35 +264,52 @@ func (e *Engine) clearActivityLog(ctx context.Context) error {
 	return nil
 }
 
-// A persisted peer bitmap is a version byte (3), the incarnation of the
-// replica it describes (8 bytes, 0 when unknown), the in-sync generation
-// that replica held when the bitmap was started (8 bytes), then the
-// encoded runs. The leading version byte makes an empty bitmap ("misses
-// nothing") differ from none ("history unknown"); the incarnation keeps
-// a bitmap from being applied to a replica that was wiped and made
-// again, and the generation from one that has been in sync since (with
-// writes the bitmap's holder never saw). A bitmap of version 2 (no
-// generation) is read as unknown: that replica is compared whole.
-const peerBitmapVersion = 3
+// A persisted peer bitmap is a version byte (4), the subject it describes
+// (the replica's incarnation, 0 when unknown, its in-sync generation and
+// its resync-target generation, 8 bytes each), then the encoded runs. The
+// leading version byte makes an empty bitmap ("misses nothing") differ
+// from none ("history unknown"); the incarnation keeps a bitmap from being
+// applied to a replica that was wiped and made again, the generations
+// from one that has been in sync since, or a resync target since a
+// member left (either way, with writes the bitmap's holder never saw).
+// Version 3 (no target generation) is read with target generation 0,
+// which a replica never made a target by this version reports too; a
+// bitmap of version 2 (no generation) is read as unknown: that replica is
+// compared whole.
+const peerBitmapVersion = 4
 
-func encodePeerBitmap(incarnation, gen uint64, b *Bitmap) []byte {
-	enc := binary.BigEndian.AppendUint64([]byte{peerBitmapVersion}, incarnation)
-	enc = binary.BigEndian.AppendUint64(enc, gen)
+const peerBitmapHeader = 1 + 3*8
+
+func encodePeerBitmap(of subject, b *Bitmap) []byte {
+	enc := binary.BigEndian.AppendUint64([]byte{peerBitmapVersion}, of.inc)
+	enc = binary.BigEndian.AppendUint64(enc, of.gen)
+	enc = binary.BigEndian.AppendUint64(enc, of.target)
 	return append(enc, b.Encode(maxControlPayload-1024)...)
 }
 
 // decodePeerBitmap parses a persisted peer bitmap into a bitmap of a
-// volume of size bytes, with the incarnation and generation of the
-// replica it describes.
-func decodePeerBitmap(p []byte, size int64) (incarnation, gen uint64, b *Bitmap, err error) {
-	if len(p) < 17 || p[0] != peerBitmapVersion {
-		return 0, 0, nil, fmt.Errorf("%w: persisted bitmap: unknown format (an older version's bitmaps carry no generation)", ErrInvalid)
+// volume of size bytes, with the subject it describes.
+func decodePeerBitmap(p []byte, size int64) (of subject, b *Bitmap, err error) {
+	header := peerBitmapHeader
+	switch {
+	case len(p) > 0 && p[0] == 3:
+		header = 1 + 2*8
+	case len(p) > 0 && p[0] == peerBitmapVersion:
+	default:
+		return subject{}, nil, fmt.Errorf("%w: persisted bitmap: unknown format (an older version's bitmaps carry no generation)", ErrInvalid)
+	}
+	if len(p) < header {
+		return subject{}, nil, fmt.Errorf("%w: persisted bitmap: %d bytes, shorter than its header", ErrInvalid, len(p))
 	}
 	b = NewBitmap(size)
-	if err := b.MergeEncoded(p[17:]); err != nil {
-		return 0, 0, nil, err
+	if err := b.MergeEncoded(p[header:]); err != nil {
+		return subject{}, nil, err
 	}
-	return binary.BigEndian.Uint64(p[1:9]), binary.BigEndian.Uint64(p[9:17]), b, nil
+	of = subject{inc: binary.BigEndian.Uint64(p[1:9]), gen: binary.BigEndian.Uint64(p[9:17])}
+	if header == peerBitmapHeader {
+		of.target = binary.BigEndian.Uint64(p[17:25])
+	}
+	return of, b, nil
 }
 
 // persistedFormLocked is what the in-sync replicas store for p: its
@@ -311,7 +328,7 @@ func (e *Engine) persistedFormLocked(p *peer) []byte {
 			b.SetRange(int64(x)*ExtentSize, ExtentSize)
 		}
 	}
-	return encodePeerBitmap(p.dirtyInc, p.dirtyGen, b)
+	return encodePeerBitmap(p.dirtyOf, b)
 }
 
 // persistBitmaps stores the bitmap of every replica that is behind on the

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"encoding/binary"
 	"math/rand/v2"
 	"testing"
 
@@ -65,4 +66,35 @@ func FuzzBitmapDecode(f *testing.F) {
 		must.NoError(t, d.MergeEncoded(c.Encode(1<<16)))
 		must.Eq(t, c.runs(), d.runs())
 	})
+}
+
+// A persisted peer bitmap names its subject; version 3 (before the
+// resync-target generation) reads with target generation 0, anything
+// older or cut short is refused by name.
+func TestPeerBitmapFormats(t *testing.T) {
+	const size = 1 << 20
+	b := NewBitmap(size)
+	b.SetRange(8192, 4096)
+	of := subject{inc: 7, gen: epochGenBase(2) + 3, target: epochGenBase(3) + 1}
+	gotOf, got, err := decodePeerBitmap(encodePeerBitmap(of, b), size)
+	must.NoError(t, err)
+	must.Eq(t, of, gotOf)
+	must.Eq(t, b.Count(), got.Count())
+
+	v3 := binary.BigEndian.AppendUint64([]byte{3}, of.inc)
+	v3 = binary.BigEndian.AppendUint64(v3, of.gen)
+	v3 = append(v3, b.Encode(maxControlPayload-1024)...)
+	gotOf, got, err = decodePeerBitmap(v3, size)
+	must.NoError(t, err)
+	must.Eq(t, subject{inc: of.inc, gen: of.gen}, gotOf)
+	must.Eq(t, b.Count(), got.Count())
+
+	for name, p := range map[string][]byte{
+		"version 2": append([]byte{2}, v3[1:]...),
+		"empty":     nil,
+		"short v4":  encodePeerBitmap(of, b)[:20],
+	} {
+		_, _, err := decodePeerBitmap(p, size)
+		must.ErrorIs(t, err, ErrInvalid, must.Sprint(name))
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -203,6 +204,9 @@ func TestResyncKeepsBitsUntilTargetFlushed(t *testing.T) {
 	}
 	must.NoError(t, e.Flush(ctx))
 	snap := snapshotReplica(t, dirs[1], "vol") // B's disk before the resync
+	// Its metadata is written with fsync (the resync-target mark the
+	// resync starts with among it): only the copies are lost.
+	delete(snap, "meta")
 	b = startTestReplicaAt(t, dirs[1], b.addr)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -1001,7 +1005,7 @@ func TestRejoinedReplicaHoldsNoStaleBitmaps(t *testing.T) {
 	must.NoError(t, err)
 	old := NewBitmap(size)
 	old.SetRange(0, 4096)
-	must.NoError(t, v.PutPeerBitmap(1, addrC, encodePeerBitmap(incC, genC, old)))
+	must.NoError(t, v.PutPeerBitmap(1, addrC, encodePeerBitmap(subject{inc: incC, gen: genC}, old)))
 
 	// The next primary starts with A alone: it knows nothing of what B
 	// and C miss. It writes W; B comes back and rejoins; C stays away.
@@ -1340,4 +1344,77 @@ func TestBitmapOfReplicaInSyncSinceNotTrusted(t *testing.T) {
 	dataB, dataC := replicaData(t, b), replicaData(t, c)
 	must.Eq(t, dataB[w2off:w2off+4096], dataC[w2off:w2off+4096], must.Sprint("C kept a block B never had"))
 	must.True(t, bytes.Equal(dataB, dataC), must.Sprint("replicas B and C differ"))
+}
+
+// A replica resyncing from a bitmap receives the primary's writes; once a
+// holder of that bitmap leaves the in-sync set, the replica may receive
+// writes the holder never gets, while its own generation (it is not a
+// member) stays as it was. If the record then rolls back to the holder,
+// the holder's bitmap must not be trusted for it: it would leave the
+// replica with blocks the copy never had (simulator seed 678034, the
+// variant left after TestBitmapOfReplicaInSyncSinceNotTrusted). The write
+// comes before the resync restarts under the new in-sync set (the abort
+// keeps it from the replica) or after (the new mark makes the holder's
+// bitmap not match).
+func TestBitmapNotTrustedAfterHolderLeftDuringResync(t *testing.T) {
+	for _, restarted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("restarted=%v", restarted), func(t *testing.T) {
+			testBitmapNotTrustedAfterHolderLeft(t, restarted)
+		})
+	}
+}
+
+func testBitmapNotTrustedAfterHolderLeft(t *testing.T, restarted bool) {
+	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
+	pa := startFrameProxy(t, a.addr, func(Frame) {})
+	pb := startFrameProxy(t, b.addr, func(Frame) {})
+	pc := startFrameProxy(t, c.addr, func(Frame) {})
+	addrA, addrB, addrC := pa.ln.Addr().String(), pb.ln.Addr().String(), pc.ln.Addr().String()
+	const size = 16 << 20
+	ctx := context.Background()
+	cfg := engineConfig(t, "vol", size, 1)
+	cfg.Replicas = []ReplicaConfig{{Addr: addrA}, {Addr: addrB}, {Addr: addrC}}
+	// So slow that the resync never copies its first chunk: C stays a
+	// resync target, receiving every write, for the whole test.
+	cfg.ResyncRate = 1
+	e1, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	t.Cleanup(e1.Close)
+	waitInSync(t, e1, 3)
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
+
+	// C falls behind (A and B hold its bitmap: W1), then comes back and
+	// resyncs; A and B store the bitmap again.
+	pc.refuse.Store(true)
+	pc.cut()
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 4<<20, true))
+	must.Eq(t, 2, e1.Status().InSync)
+	pc.refuse.Store(false)
+	waitReplicaState(t, e1, addrC, StateResyncing)
+	must.NoError(t, e1.persistBitmaps(ctx, true))
+
+	// A leaves; W2, in an extent no activity log of A's names, reaches B
+	// and whatever C is sent.
+	pa.refuse.Store(true)
+	pa.cut()
+	if restarted {
+		must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{4}, 4096), 4096, true))
+		must.Eq(t, 1, e1.Status().InSync)
+		waitReplicaState(t, e1, addrC, StateResyncing)
+	}
+	const w2off = 8 << 20
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{3}, 4096), w2off, true))
+	must.Eq(t, 1, e1.Status().InSync)
+	e1.Close()
+
+	// The record rolled back to A's generation while B is away: A is the
+	// copy, with its bitmap for C. C must end as A.
+	pb.refuse.Store(true)
+	pa.refuse.Store(false)
+	e2 := nextPrimary(t, 2, a, size, addrA, addrB, addrC)
+	waitInSync(t, e2, 2)
+	must.NoError(t, e2.Shutdown(ctx))
+	dataA, dataC := replicaData(t, a), replicaData(t, c)
+	must.Eq(t, dataA[w2off:w2off+4096], dataC[w2off:w2off+4096], must.Sprint("C kept a block A never had"))
+	must.True(t, bytes.Equal(dataA, dataC), must.Sprint("replicas A and C differ"))
 }

@@ -170,14 +170,13 @@ type peer struct {
 	created bool // known to be a new, empty replica: resync copies everything
 	// dirty holds the blocks the replica misses while it is behind; nil
 	// while in sync, or when its history is unknown (checksum resync).
-	dirty    *Bitmap
-	dirtyInc uint64 // incarnation of the replica dirty describes; 0: the one connected
-	// dirtyGen is the in-sync generation the replica held when dirty was
-	// started (it is behind since then, so holds it still). A replica
-	// reporting another one has been a member of a later set, written
-	// by a primary that did not keep this bitmap: dirty no longer says
-	// what it differs in (simulator seed 678034).
-	dirtyGen uint64
+	dirty *Bitmap
+	// dirtyOf is the replica dirty describes. A replica reporting another
+	// in-sync or resync-target generation has been written since by a
+	// primary that did not keep this bitmap, or while a holder of it was
+	// away: dirty no longer says what it differs in (simulator seed
+	// 678034). Its incarnation is 0 when it is the one connected.
+	dirtyOf subject
 	// unflushed are the activity log's extents when the replica failed:
 	// lost if its host (boot id unflushedBoot then) lost power.
 	unflushed     map[uint64]bool
@@ -196,11 +195,21 @@ type peer struct {
 	retryAt   time.Time // no resync attempt before this
 }
 
+// subject names the state of a replica a bitmap describes: its
+// incarnation, its in-sync generation and its resync-target generation
+// (see Meta), as when the bitmap was started.
+type subject struct{ inc, gen, target uint64 }
+
+// subjectOf is the subject a replica's open or promise reply reports.
+func subjectOf(o openReply) subject {
+	return subject{inc: o.Incarnation, gen: o.Membership.Gen, target: o.TargetGen}
+}
+
 // startBitmap starts an empty bitmap of what p misses from now on, for
-// the replica it is connected to (incarnation and generation as it last
-// reported or acknowledged them).
+// the replica it is connected to (as it last reported or acknowledged
+// its state).
 func (p *peer) startBitmap(size int64) {
-	p.dirty, p.dirtyInc, p.dirtyGen, p.persisted = NewBitmap(size), p.open.Incarnation, p.open.Membership.Gen, ^uint64(0)
+	p.dirty, p.dirtyOf, p.persisted = NewBitmap(size), subjectOf(p.open), ^uint64(0)
 }
 
 // takeUncertain moves the peer's uncertain ranges into its bitmap (not
@@ -696,11 +705,22 @@ func (e *Engine) notifyLocked() {
 }
 
 // rebuildLocked derives a snapshot from the peers' states, bumping the
-// version when in-sync membership changed. Callers hold stateMu and order.
+// version when in-sync membership changed. When a member left, resyncs
+// in progress are aborted: their targets must not receive a write the
+// member misses before they are marked with the next generation (see
+// Meta.TargetGen); they restart with the next attempt. Callers hold stateMu and order.
 func (e *Engine) rebuildLocked() *targetSet {
 	cur := e.targets
 	next := &targetSet{version: cur.version}
+	left := slices.ContainsFunc(cur.inSync, func(t target) bool { return t.p.state != StateInSync })
 	for _, p := range e.peers {
+		if left && p.state == StateResyncing {
+			p.state, p.reason = StateDropped, "an in-sync replica left during its resync: it restarts under the new in-sync set"
+			if p.client != nil {
+				go p.client.close()
+			}
+			e.log.Warn("resync aborted: an in-sync replica left; it restarts under the new in-sync set", "replica", p.cfg.Addr)
+		}
 		switch {
 		case p.state == StateInSync:
 			next.inSync = append(next.inSync, target{p, p.client})

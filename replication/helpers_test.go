@@ -132,3 +132,21 @@ func (s *Store) openEpoch(volume string) uint64 {
 	}
 	return v.Meta().Epoch
 }
+
+// waitReplicaState waits until e reports the replica at addr in state.
+func waitReplicaState(t testing.TB, e *Engine, addr string, state ReplicaState) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := e.Status()
+		for _, r := range st.Replicas {
+			if r.Addr == addr && r.State == state {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica %s never %s; status %+v", addr, state, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

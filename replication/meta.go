@@ -46,6 +46,16 @@ type Meta struct {
 	// a replica whose generation is below the volume's newest one is stale
 	// whatever Consul remembers (see Membership).
 	Membership Membership `json:"membership"`
+	// TargetGen is the in-sync generation of the primary that last made
+	// this replica a resync target, recorded before it sends the replica
+	// anything. A resync target receives writes without being a member,
+	// so its Membership does not change with them; a member that leaves
+	// the in-sync set misses writes the target still gets, and the
+	// bitmaps that member holds for it then no longer say where it
+	// differs. Bitmaps name the TargetGen they were kept for, and the
+	// primary restarts every resync, marked with the new generation, when
+	// a member leaves: a bitmap naming another one is not trusted.
+	TargetGen uint64 `json:"target_gen,omitempty"`
 }
 
 // Membership is an in-sync set and its generation (DRBD's current data

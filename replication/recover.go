@@ -135,37 +135,38 @@ func (e *Engine) loadBitmaps(ctx context.Context, set *targetSet, hot []uint64) 
 			continue
 		}
 		var dirty *Bitmap
-		var inc, gen uint64
+		var of subject
 		for _, t := range set.inSync {
 			reply, err := t.c.wait(t.c.start(Frame{Type: FrameGetBitmap, Payload: []byte(p.cfg.Addr)}, nil))
 			if err != nil || len(reply.Payload) == 0 {
 				continue
 			}
-			binc, bgen, b, err := decodePeerBitmap(reply.Payload, e.cfg.Size)
+			bof, b, err := decodePeerBitmap(reply.Payload, e.cfg.Size)
 			if err != nil {
 				e.log.Warn("ignoring an unreadable persisted bitmap", "replica", p.cfg.Addr, "holder", t.p.cfg.Addr, "error", err)
 				continue
 			}
-			if p.client != nil && binc != p.open.Incarnation {
+			if p.client != nil && bof.inc != p.open.Incarnation {
 				e.log.Warn("ignoring the persisted bitmap of an earlier incarnation of the replica", "replica", p.cfg.Addr, "holder", t.p.cfg.Addr)
 				continue
 			}
-			if p.client != nil && bgen != p.open.Membership.Gen {
-				// It has been in sync since (a later primary wrote it
-				// without this bitmap's holder): the bitmap may miss
-				// blocks it holds.
-				e.log.Warn("ignoring a persisted bitmap older than the replica's last in-sync generation", "replica", p.cfg.Addr,
-					"holder", t.p.cfg.Addr, "bitmap_generation", bgen, "replica_generation", p.open.Membership.Gen)
+			if p.client != nil && (bof.gen != p.open.Membership.Gen || bof.target != p.open.TargetGen) {
+				// It has been in sync since, or a resync target after a
+				// member left (written without this bitmap's holder): the
+				// bitmap may miss blocks it holds.
+				e.log.Warn("ignoring a persisted bitmap older than the replica's last in-sync or resync-target generation", "replica", p.cfg.Addr,
+					"holder", t.p.cfg.Addr, "bitmap_generation", bof.gen, "replica_generation", p.open.Membership.Gen,
+					"bitmap_target_generation", bof.target, "replica_target_generation", p.open.TargetGen)
 				continue
 			}
-			if dirty != nil && (binc != inc || bgen != gen) {
+			if dirty != nil && bof != of {
 				// Two holders disagree on which replica it describes:
 				// trust neither.
 				dirty = nil
 				break
 			}
 			if dirty == nil {
-				dirty, inc, gen = NewBitmap(e.cfg.Size), binc, bgen
+				dirty, of = NewBitmap(e.cfg.Size), bof
 			}
 			if err := dirty.MergeEncoded(b.Encode(maxControlPayload)); err != nil {
 				continue
@@ -178,7 +179,7 @@ func (e *Engine) loadBitmaps(ctx context.Context, set *targetSet, hot []uint64) 
 		for _, x := range hot {
 			dirty.SetRange(int64(x)*ExtentSize, ExtentSize)
 		}
-		p.dirty, p.dirtyInc, p.dirtyGen, p.persisted = dirty, inc, gen, ^uint64(0)
+		p.dirty, p.dirtyOf, p.persisted = dirty, of, ^uint64(0)
 		e.log.Info("loaded the bitmap of a replica that is behind", "replica", p.cfg.Addr, "dirty_bytes", dirty.Count()*BlockSize)
 	}
 }

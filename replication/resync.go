@@ -199,7 +199,7 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 		if lostUnflushed {
 			p.reason = "its host restarted: may have lost unflushed writes"
 		}
-		p.dirty, p.dirtyInc, p.dirtyGen, p.persisted = NewBitmap(e.cfg.Size), open.Incarnation, open.Membership.Gen, ^uint64(0)
+		p.dirty, p.dirtyOf, p.persisted = NewBitmap(e.cfg.Size), subjectOf(open), ^uint64(0)
 		p.takeUncertain()
 		if lostUnflushed {
 			for _, x := range e.al.all() {
@@ -279,22 +279,24 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 			// It holds nothing (new, or its data is gone: a new disk, a
 			// wiped data dir): a full copy of what is allocated.
 			p.created, p.dirty = true, nil
-		case p.dirty != nil && p.dirtyInc != 0 && p.dirtyInc != open.Incarnation:
+		case p.dirty != nil && p.dirtyOf.inc != 0 && p.dirtyOf.inc != open.Incarnation:
 			// Not the replica the bitmap was kept for (its data was lost
 			// and it was made again): compare everything.
 			e.log.Warn("replica was re-created since its bitmap was kept: comparing it whole", "replica", p.cfg.Addr)
 			p.dirty = nil
-		case p.dirty != nil && p.dirtyGen != open.Membership.Gen:
+		case p.dirty != nil && (p.dirtyOf.gen != open.Membership.Gen || p.dirtyOf.target != open.TargetGen):
 			// It was a member of a later in-sync set than the one it left
-			// when the bitmap was started: written by a primary that did
-			// not keep this bitmap, it may hold blocks the bitmap does not
-			// name.
-			e.log.Warn("replica joined a later in-sync set since its bitmap was kept: comparing it whole", "replica", p.cfg.Addr,
-				"bitmap_generation", p.dirtyGen, "replica_generation", open.Membership.Gen)
+			// when the bitmap was started, or a resync target since a
+			// member left: written by a primary that did not keep this
+			// bitmap, or while this one's holder was away, it may hold
+			// blocks the bitmap does not name.
+			e.log.Warn("replica written since its bitmap was kept: comparing it whole", "replica", p.cfg.Addr,
+				"bitmap_generation", p.dirtyOf.gen, "replica_generation", open.Membership.Gen,
+				"bitmap_target_generation", p.dirtyOf.target, "replica_target_generation", open.TargetGen)
 			p.dirty = nil
 		}
 		if p.dirty != nil {
-			p.dirtyInc = open.Incarnation
+			p.dirtyOf.inc = open.Incarnation
 		}
 		e.stateMu.Unlock()
 		e.log.Info("replica reachable again", "replica", p.cfg.Addr, "was", wasState, "clean", open.Clean)
@@ -315,7 +317,47 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		return
 	}
 
+	// Before it receives anything, it learns it is a resync target under
+	// the in-sync generation now recorded on the members (Meta.TargetGen):
+	// bitmaps that members which leave later hold for it then no longer
+	// match it. A member leaving aborts the resync (rebuildLocked), so it
+	// never receives a write under a later set with this mark.
 	e.stateMu.Lock()
+	e.order.Lock()
+	gen, version, recorded := e.gen, e.targets.version, e.genSet == e.targets.version
+	e.order.Unlock()
+	e.stateMu.Unlock()
+	if !recorded {
+		e.log.Debug("resync waits until the in-sync set is recorded on its members", "replica", p.cfg.Addr)
+		return
+	}
+	if _, err := c.wait(c.start(Frame{Type: FrameTarget, Payload: binary.BigEndian.AppendUint64(nil, gen)}, nil)); err != nil {
+		e.stateMu.Lock()
+		e.backOffLocked(p)
+		e.stateMu.Unlock()
+		c.close()
+		if ctx.Err() == nil {
+			e.log.Warn("resync not started: recording the replica as a resync target failed", "replica", p.cfg.Addr, "error", err)
+		}
+		return
+	}
+
+	e.stateMu.Lock()
+	e.order.Lock()
+	changed := e.gen != gen || e.targets.version != version
+	e.order.Unlock()
+	if changed {
+		e.stateMu.Unlock()
+		e.log.Debug("the in-sync set changed while the resync target was recorded: recorded again", "replica", p.cfg.Addr)
+		return
+	}
+	p.open.TargetGen = gen
+	if p.dirty != nil && p.dirtyOf.target != gen {
+		// This engine keeps the bitmap and now makes the writes: it
+		// describes the replica as marked. Copies held under the old mark
+		// are stored again.
+		p.dirtyOf.target, p.persisted = gen, ^uint64(0)
+	}
 	mode := ResyncChecksum
 	switch {
 	case p.created:
@@ -355,7 +397,18 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		err = e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(p.cfg.Addr, nil)})
 	}
 	if err == nil {
-		err = e.resyncPass(ctx, c, dirty, fresh, prog)
+		// The pass ends as soon as the connection does (the resync was
+		// aborted): not after a throttle's wait.
+		pctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-c.readerDone:
+				cancel()
+			case <-pctx.Done():
+			}
+		}()
+		err = e.resyncPass(pctx, c, dirty, fresh, prog)
+		cancel()
 	}
 	if err == nil {
 		err = e.rejoin(ctx, p, c, prog, dirtyChanges, missed)

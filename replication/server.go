@@ -33,9 +33,10 @@ type openReply struct {
 	Created bool `json:"created"`
 	// ActivityLog is the replica's activity log (hot extents).
 	ActivityLog []uint64 `json:"activity_log,omitempty"`
-	// Incarnation and Membership are the replica's (see Meta).
+	// Incarnation, Membership and TargetGen are the replica's (see Meta).
 	Incarnation uint64     `json:"incarnation"`
 	Membership  Membership `json:"membership"`
+	TargetGen   uint64     `json:"target_gen,omitempty"`
 	// BootID identifies the replica host's boot: when it changed since a
 	// replica was dropped, the host restarted and lost what was only in
 	// its page cache.
@@ -206,6 +207,8 @@ func (s *Server) apply(vol **Volume, session *uint64, f *Frame, buf *[]byte, log
 		switch f.Type {
 		case FrameMembership:
 			args = append(args, "membership", string(f.Payload))
+		case FrameTarget:
+			args = append(args, "target_gen", binary.BigEndian.Uint64(f.Payload))
 		case FrameActivity:
 			extents := make([]uint64, len(f.Payload)/8)
 			for i := range extents {
@@ -283,6 +286,11 @@ func (s *Server) applyErr(vol **Volume, session *uint64, f *Frame, buf *[]byte, 
 			return fmt.Errorf("%w: membership: %w", ErrInvalid, err)
 		}
 		return v.SetMembership(f.Epoch, m)
+	case FrameTarget:
+		if len(f.Payload) != 8 {
+			return fmt.Errorf("%w: resync target generation of %d bytes, want 8", ErrInvalid, len(f.Payload))
+		}
+		return v.SetTargetGen(f.Epoch, binary.BigEndian.Uint64(f.Payload))
 	case FrameWrite:
 		err = v.WriteAt(f.Epoch, f.Payload, int64(f.Offset), f.Flags&FlagFUA != 0)
 	case FrameRead:
@@ -344,7 +352,7 @@ func (s *Server) applyErr(vol **Volume, session *uint64, f *Frame, buf *[]byte, 
 func stateReply(v *Volume, created bool) openReply {
 	m := v.Meta()
 	return openReply{Size: v.Size(), Epoch: m.Epoch, Generation: m.Generation, Clean: v.WasClean(), Created: created,
-		ActivityLog: m.ActivityLog, Incarnation: m.Incarnation, Membership: m.Membership, BootID: v.store.bootID}
+		ActivityLog: m.ActivityLog, Incarnation: m.Incarnation, Membership: m.Membership, TargetGen: m.TargetGen, BootID: v.store.bootID}
 }
 
 // peerPayload encodes a FramePutBitmap payload.

@@ -363,6 +363,27 @@ func (v *Volume) SetMembership(epoch uint64, m Membership) error {
 	return classifyIOError(v.meta.store(cur))
 }
 
+// SetTargetGen records, durably, that the primary at epoch makes the
+// replica a resync target under in-sync generation gen (see
+// Meta.TargetGen). Generations only grow; recording the current one again
+// does nothing.
+func (v *Volume) SetTargetGen(epoch, gen uint64) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.promiseLocked(epoch); err != nil {
+		return err
+	}
+	cur := v.meta.cur
+	switch {
+	case gen < cur.TargetGen:
+		return fmt.Errorf("%w: resync target generation %d is below the recorded %d", ErrInvalid, gen, cur.TargetGen)
+	case gen == cur.TargetGen:
+		return nil
+	}
+	cur.TargetGen = gen
+	return classifyIOError(v.meta.store(cur))
+}
+
 // admit takes the shared lock for an operation at epoch, fencing stale ones.
 // A higher epoch than promised is an implicit promise. On success the caller
 // must call v.mu.RUnlock.

@@ -183,3 +183,26 @@ func TestInterruptedCreateIsAbsent(t *testing.T) {
 	_, _, err = s.Open("v", 1<<20, true)
 	must.ErrorIs(t, err, ErrMetaCorrupt)
 }
+
+// The resync-target generation is stored durably, only grows, and only
+// from the promised epoch on (Meta.TargetGen).
+func TestTargetGenPersistsAndOnlyGrows(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir, testLogger(t))
+	must.NoError(t, err)
+	v, _, err := s.Open("vol", 1<<20, true)
+	must.NoError(t, err)
+	must.NoError(t, v.SetTargetGen(2, epochGenBase(2)+1))
+	must.NoError(t, v.SetTargetGen(2, epochGenBase(2)+1)) // again: nothing to do
+	must.ErrorIs(t, v.SetTargetGen(2, epochGenBase(2)), ErrInvalid)
+	must.ErrorIs(t, v.SetTargetGen(1, epochGenBase(2)+5), ErrStaleEpoch)
+	must.NoError(t, v.Close())
+
+	s, err = OpenStore(dir, testLogger(t))
+	must.NoError(t, err)
+	v, _, err = s.Open("vol", 1<<20, false)
+	must.NoError(t, err)
+	defer v.Close()
+	must.Eq(t, epochGenBase(2)+1, v.Meta().TargetGen)
+	must.Eq(t, epochGenBase(2)+1, stateReply(v, false).TargetGen)
+}

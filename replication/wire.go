@@ -85,6 +85,10 @@ const (
 	// FrameMembership records the in-sync set the replica is a member of:
 	// payload is the JSON Membership.
 	FrameMembership FrameType = 13
+	// FrameTarget records that a primary makes the replica a resync
+	// target under its in-sync generation: payload is that generation,
+	// a big-endian uint64 (see Meta.TargetGen).
+	FrameTarget FrameType = 14
 
 	replyBit FrameType = 0x80
 )
@@ -93,7 +97,8 @@ func (t FrameType) String() string {
 	names := map[FrameType]string{FrameOpen: "open", FramePromise: "promise", FrameWrite: "write",
 		FrameRead: "read", FrameFlush: "flush", FrameTrim: "trim", FrameActivity: "activity",
 		FramePutBitmap: "put-bitmap", FrameGetBitmap: "get-bitmap", FrameChecksum: "checksum",
-		FrameAllocated: "allocated", FrameDelete: "delete", FrameMembership: "membership"}
+		FrameAllocated: "allocated", FrameDelete: "delete", FrameMembership: "membership",
+		FrameTarget: "target"}
 	if n, ok := names[t&^replyBit]; ok {
 		if t&replyBit != 0 {
 			return n + "-reply"
