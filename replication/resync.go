@@ -129,10 +129,10 @@ func (e *Engine) startResyncs(ctx context.Context) {
 
 // reconnectInSync reconnects an in-sync replica whose connection broke
 // with no request failing on it, or while it was the last one (drop keeps
-// it as the volume's copy). It must
-// come back as the same replica with the same history: never created
-// anew, same incarnation, same generation; otherwise it is no longer the
-// copy and I/O stays held (the volume is offline until an operator acts).
+// it as the volume's copy). It must come back as the same replica with
+// the same history: never created anew, same incarnation, same
+// generation; otherwise it is no longer the copy and I/O stays held (the
+// volume is offline until an operator acts).
 func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 	nc, open, err := dialReplica(ctx, e.cfg.Dial, p.cfg.Addr, e.cfg.Volume, e.cfg.Size, e.cfg.Epoch, e.owner, false, e.cfg.Timeout, e.log)
 	if err != nil {
@@ -140,7 +140,7 @@ func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 			e.Fence(err)
 			return
 		}
-		e.log.Trace("last in-sync replica still unreachable", "replica", p.cfg.Addr, "error", err)
+		e.log.Trace("in-sync replica still unreachable", "replica", p.cfg.Addr, "error", err)
 		return
 	}
 	e.stateMu.Lock()
