@@ -159,10 +159,10 @@ func (s *simulation) recoverAndCheck(ctx context.Context) {
 	}
 	s.restartTrapped() // one may have fired before it was disarmed
 	for _, n := range s.nodes {
-		n.proxy.setHold(false)
-		n.proxy.setDelay(0)
+		n.proxy.SetHold(false)
+		n.proxy.SetDelay(0)
 		if n.cut {
-			n.proxy.setCut(false)
+			n.proxy.SetCut(false)
 		}
 		n.cut, n.delayed = false, false
 		if n.diskFull {

@@ -115,7 +115,7 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		s.tryPromote(ctx, 2)
 	case FaultPartition:
 		n.cut = !n.cut
-		n.proxy.setCut(n.cut)
+		n.proxy.SetCut(n.cut)
 		s.note("partition node%d: %v", n.i, n.cut)
 	case FaultDelay:
 		n.delayed = !n.delayed
@@ -123,14 +123,14 @@ func (s *simulation) inject(ctx context.Context, st step) {
 		if n.delayed {
 			d = time.Duration(1+int(st.frac*4)) * time.Millisecond
 		}
-		n.proxy.setDelay(d)
+		n.proxy.SetDelay(d)
 		s.note("delay node%d up to %s per connection", n.i, d)
 	case FaultHold:
-		n.proxy.setHold(true)
+		n.proxy.SetHold(true)
 		n.held.Add(1)
 		s.note("hold node%d's frames for %s", n.i, st.dur)
 		time.AfterFunc(st.dur, func() {
-			n.proxy.setHold(false)
+			n.proxy.SetHold(false)
 			n.held.Add(-1)
 		})
 	case FaultDiskFull:

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/replication/internal/faultproxy"
 )
 
 // Config is one schedule.
@@ -26,7 +28,7 @@ type Config struct {
 	// Processes runs each replica as a real process (this test binary,
 	// re-executed) on real files, SIGKILLed for a kill; as root each on
 	// its own small tmpfs, made full for a disk-full fault. Power loss then
-	// degrades to a kill: it needs the in-process CrashFS.
+	// degrades to a kill: it needs the in-process crashfs.
 	Processes bool
 	// Log receives the engines' and replicas' logs; nil discards them.
 	Log hclog.Logger
@@ -175,12 +177,12 @@ func Run(ctx context.Context, cfg Config) (res *Result) {
 		proxies.Wait()
 	}()
 	for i := range cfg.Replicas {
-		px, err := newFaultProxy(cfg.Seed*16 + uint64(i))
+		px, err := faultproxy.Listen(cfg.Seed*16 + uint64(i))
 		if err != nil {
 			s.problem("setup: %v", err)
 			return res
 		}
-		proxies.Go(func() { px.serve(pctx) })
+		proxies.Go(func() { px.Serve(pctx) })
 		n, err := s.newNode(i, px)
 		if err != nil {
 			s.problem("setup: %v", err)
