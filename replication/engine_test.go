@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	mrand "math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"github.com/shoenig/test/must"
+
+	"github.com/saddlebag/saddlebag/replication/internal/faultproxy"
 )
 
 // recordingHook records every in-sync set, and can be made to fail.
@@ -419,101 +420,24 @@ func TestAllConnectionsBrokenKeepsEveryCandidate(t *testing.T) {
 	must.Eq(t, fileSum(t, a.store.DataPath("vol")), fileSum(t, b.store.DataPath("vol")))
 }
 
-// testProxy forwards TCP connections to a replica; it can hold what the
-// engine sends (delivered when released) and cut every connection (new
-// ones are closed at once until it heals).
-type testProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cond   *sync.Cond
-	held   bool
-	cut    bool
-	conns  []net.Conn
-}
-
-func startTestProxy(t testing.TB, target string) *testProxy {
+// startTestProxy puts a fault proxy (the simulator's, which found seed
+// 851711047) in front of the replica at target, until the test ends.
+func startTestProxy(t testing.TB, target string) *faultproxy.Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := faultproxy.Listen(0)
 	must.NoError(t, err)
-	p := &testProxy{ln: ln, target: target}
-	p.cond = sync.NewCond(&p.mu)
-	t.Cleanup(func() {
-		ln.Close()
-		p.setCut(true)
-	})
+	p.SetTarget(target)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			p.mu.Lock()
-			if err != nil || p.cut {
-				p.mu.Unlock()
-				c.Close()
-				if s != nil {
-					s.Close()
-				}
-				continue
-			}
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go p.forward(s, c, true)
-			go p.forward(c, s, false)
-		}
+		defer close(done)
+		p.Serve(ctx)
 	}()
+	t.Cleanup(func() {
+		stop()
+		<-done
+	})
 	return p
-}
-
-func (p *testProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *testProxy) forward(dst, src net.Conn, holdable bool) {
-	defer dst.Close()
-	defer src.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.mu.Lock()
-			for holdable && p.held && !p.cut {
-				p.cond.Wait()
-			}
-			cut := p.cut
-			p.mu.Unlock()
-			if cut {
-				return
-			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (p *testProxy) setHold(on bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.held = on
-	p.cond.Broadcast()
-}
-
-// setCut cuts (closing every connection, held frames lost) or heals.
-func (p *testProxy) setCut(on bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = on
-	if on {
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.conns, p.held = nil, false
-	}
-	p.cond.Broadcast()
 }
 
 // A write is held at in-sync replica A (its frames held) after B applied
@@ -530,14 +454,14 @@ func TestBrokenConnectionNotDroppedForAnAwayReplica(t *testing.T) {
 	pa := startTestProxy(t, a.addr)
 	cfg := EngineConfig{Volume: "vol", Size: 1 << 20, Epoch: 1, Log: testLogger(t), Timeout: 10 * time.Second,
 		ReconnectInterval: 20 * time.Millisecond,
-		Replicas:          []ReplicaConfig{{Addr: pa.addr()}, {Addr: b.addr}}}
+		Replicas:          []ReplicaConfig{{Addr: pa.Addr()}, {Addr: b.addr}}}
 	e, err := StartEngine(context.Background(), cfg)
 	must.NoError(t, err)
 	t.Cleanup(e.Close)
 	ctx := context.Background()
 	must.NoError(t, e.WriteAt(ctx, []byte("acknowledged"), 0, true))
 
-	pa.setHold(true)
+	pa.SetHold(true)
 	done := make(chan error, 1)
 	go func() { done <- e.WriteAt(ctx, []byte("held"), 8192, false) }()
 	// B applies it; A's copy is held in the proxy.
@@ -569,9 +493,10 @@ func TestBrokenConnectionNotDroppedForAnAwayReplica(t *testing.T) {
 	default:
 	}
 
-	pa.setCut(true) // A's connection breaks: the write fails there
+	pa.SetCut(true)   // A's connection breaks: the write fails there
+	pa.SetHold(false) // what A's connection held is lost with it
 	time.Sleep(200 * time.Millisecond)
-	pa.setCut(false) // A is reachable again, with everything it held
+	pa.SetCut(false) // A is reachable again, with everything it held
 	select {
 	case err := <-done:
 		must.NoError(t, err)

@@ -44,6 +44,12 @@ var none = []string{}
 // rules are the import rules of the doc.go files, in their words.
 var rules = []rule{
 	{pkg: "replication", doc: "replication/doc.go", mustNot: []string{"plugin", "leader", "scheduler", "hcl"}},
+	{pkg: "replication/internal/faultproxy", doc: "replication/internal/faultproxy/faultproxy.go", only: none,
+		importedBy: []string{"replication/sim"}},
+	{pkg: "replication/sim", doc: "replication/sim/doc.go",
+		directOnly: []string{"replication", "replication/internal/faultproxy", "replication/sim/crashfs"}, importedBy: none},
+	{pkg: "replication/sim/crashfs", doc: "replication/sim/crashfs/crashfs.go", directOnly: []string{"replication"},
+		importedBy: []string{"replication/sim"}},
 	{pkg: "leader", doc: "leader/doc.go", mustNot: []string{"replication", "plugin", "scheduler", "hcl"}},
 	{pkg: "scheduler", doc: "scheduler/doc.go", only: none},
 	{pkg: "plugin", doc: "plugin/doc.go",

@@ -6,12 +6,13 @@
 // # One schedule
 //
 // Three replica servers (the real replication.Server and Store, in
-// process, on loopback ports) each keep their files on a CrashFS, an
-// in-memory replication.FileSystem (the Store's seam, OpenStoreWith) that
-// remembers every block written or punched since each file's last sync.
-// Each replica is reached only through a fault proxy whose address names
-// it (in engine configs and in the in-sync record), so it can restart on
-// a new port. A coordinator stands in for Consul with the semantics of
+// process, on loopback ports) each keep their files on a crashfs.FS
+// (replication/sim/crashfs), an in-memory replication.FileSystem (the
+// Store's seam, OpenStoreWith) that remembers every block written or
+// punched since each file's last sync. Each replica is reached only
+// through a fault proxy (replication/internal/faultproxy) whose address
+// names it (in engine configs and in the in-sync record), so it can
+// restart on a new port. A coordinator stands in for Consul with the semantics of
 // leader/lease.go and leader/insync.go: the primary lock's index is the
 // epoch, the in-sync record is written only by the lock holder and never
 // over a newer epoch's record; the epoch is the lock index plus an epoch
@@ -129,8 +130,8 @@
 // is this test binary re-executed as a replica server on real files, on
 // a small tmpfs of its own when running as root: a kill is a real
 // SIGKILL, disk full a real full tmpfs (a remount to just above what is
-// used), a wipe a real rm -r; power loss needs CrashFS and degrades to a
-// kill there. CrashFS keeps the namespace (create, remove, truncate)
+// used), a wipe a real rm -r; power loss needs crashfs and degrades to a
+// kill there. crashfs keeps the namespace (create, remove, truncate)
 // durable at once, as if each change were followed by a directory sync
 // (which the Store does).
 //
@@ -148,4 +149,22 @@
 // fail; see issue #10) unless -strict; make torture runs it for DURATION
 // (default 10m), or SEEDS schedules, or replays SEED; FAULTS picks the
 // fault classes. See the flags in torture_test.go.
+//
+// # Layout
+//
+// sim.go holds Config, Result and Run; schedule.go the steps drawn from
+// the seed and their injection; faults.go the fault classes; primary.go
+// promotion, primary crashes and the judgement of undetectable
+// rollbacks; coord.go the Consul stand-in; node.go the replica servers
+// (in process or as processes); model.go the writers and the block
+// versions they write; check.go recovery and the checks; report.go the
+// schedule's trace and the descriptions of what a check found. Two
+// seams are packages of their own: replication/sim/crashfs, the
+// crash-recording file system, and replication/internal/faultproxy, the
+// fault proxy, which package replication's own tests use too (so it
+// imports none of Saddlebag's packages).
+//
+// Of Saddlebag's packages it imports only replication,
+// replication/internal/faultproxy and replication/sim/crashfs; nothing
+// imports it (its tests run it).
 package sim

@@ -59,6 +59,9 @@ type writer struct {
 	issued, acked, flushes int
 }
 
+// blockSize is the unit the writers write and the checks compare.
+const blockSize = replication.BlockSize
+
 const blockMagic = 0x53424c4b // "SBLK"
 
 // blockContent is the content of block blk written by writer w's op seq:

@@ -18,19 +18,21 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/internal/faultproxy"
+	"github.com/saddlebag/saddlebag/replication/sim/crashfs"
 )
 
 // node is one replica server and its disk, named by its proxy's address.
-// In process (the default) its Store keeps its files on a CrashFS; with
+// In process (the default) its Store keeps its files on a crashfs.FS; with
 // Config.Processes it is a real process on real files (dir on a tmpfs of
 // its own when running as root).
 type node struct {
 	i     int
 	dir   string
-	proxy *faultProxy
+	proxy *faultproxy.Proxy
 	up    bool
 
-	fs     *CrashFS // in process
+	fs     *crashfs.FS // in process
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -45,7 +47,7 @@ type node struct {
 	cutByTrap              atomic.Bool  // the trap fired: the node is powered off
 }
 
-func (n *node) addr() string { return n.proxy.addr() }
+func (n *node) addr() string { return n.proxy.Addr() }
 
 // impaired reports whether a fault keeps n from serving.
 func (n *node) impaired() bool {
@@ -56,10 +58,10 @@ func (n *node) impaired() bool {
 // metadata and bitmaps, and slack.
 func (s *simulation) tmpfsSize() int64 { return s.cfg.Size + 8<<20 }
 
-func (s *simulation) newNode(i int, px *faultProxy) (*node, error) {
+func (s *simulation) newNode(i int, px *faultproxy.Proxy) (*node, error) {
 	n := &node{i: i, proxy: px}
 	if !s.cfg.Processes {
-		n.dir, n.fs = fmt.Sprintf("/sim/node%d", i), NewCrashFS()
+		n.dir, n.fs = fmt.Sprintf("/sim/node%d", i), crashfs.New()
 		return n, nil
 	}
 	dir, err := os.MkdirTemp("", fmt.Sprintf("saddlebag-sim-%d-node%d-", s.cfg.Seed, i))
@@ -101,7 +103,7 @@ func (s *simulation) startNode(n *node) error {
 		defer close(done)
 		_ = srv.Serve(ctx, ln)
 	}()
-	n.proxy.setTarget(ln.Addr().String())
+	n.proxy.SetTarget(ln.Addr().String())
 	n.cancel, n.done, n.up = cancel, done, true
 	return nil
 }
@@ -118,7 +120,7 @@ func (s *simulation) stopNode(n *node) {
 	if !n.up || n.fs == nil {
 		return
 	}
-	n.proxy.setTarget("")
+	n.proxy.SetTarget("")
 	n.cancel()
 	<-n.done
 	n.up = false
@@ -133,7 +135,7 @@ func (s *simulation) killNode(n *node) {
 		return
 	}
 	if n.up {
-		n.proxy.setTarget("")
+		n.proxy.SetTarget("")
 		_ = n.cmd.Process.Kill()
 		_ = n.cmd.Wait()
 		n.up = false
@@ -243,7 +245,7 @@ func (s *simulation) startProcess(n *node) error {
 	}()
 	select {
 	case a := <-addr:
-		n.proxy.setTarget(a)
+		n.proxy.SetTarget(a)
 		n.cmd, n.up = cmd, true
 		return nil
 	case <-time.After(10 * time.Second):

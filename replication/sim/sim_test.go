@@ -13,6 +13,7 @@ import (
 	"github.com/shoenig/test/must"
 
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/internal/faultproxy"
 )
 
 // Without faults (and with a generous timeout, so a busy machine drops no
@@ -119,9 +120,9 @@ func TestProcessReplicaDiskFullOnTmpfs(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	for i := range 3 {
-		px, err := newFaultProxy(uint64(i))
+		px, err := faultproxy.Listen(uint64(i))
 		must.NoError(t, err)
-		go px.serve(ctx)
+		go px.Serve(ctx)
 		n, err := s.newNode(i, px)
 		must.NoError(t, err)
 		must.True(t, n.tmpfs)

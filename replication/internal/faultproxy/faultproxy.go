@@ -1,4 +1,14 @@
-package sim
+// Package faultproxy is a TCP proxy that injects network faults between
+// a primary's engine and one replica server: the fault simulator's
+// (replication/sim, one per replica) and the one package replication's
+// own tests put in front of a replica to hold or cut what reaches it
+// (TestBrokenConnectionNotDroppedForAnAwayReplica, seed 851711047).
+//
+// It imports none of Saddlebag's packages: package replication's
+// internal tests import it, so it must not import replication. Of
+// production code only replication/sim imports it: the data plane never
+// carries it.
+package faultproxy
 
 import (
 	"context"
@@ -8,14 +18,16 @@ import (
 	"time"
 )
 
-// faultProxy stands between every primary and one replica; its address
-// names the replica (in engine configs and in-sync records), so a replica
-// can restart on a new port behind it. Faults: cut (drop every connection
-// and black-hole new ones, a partition), delay (each new connection gets
-// its own latency, up to a maximum, so frames of different connections
-// reorder against each other), and hold (forwarding pauses, then resumes
-// with everything queued: a stall).
-type faultProxy struct {
+// Proxy stands between every primary and one replica; its address names
+// the replica (in engine configs and in-sync records), so a replica can
+// restart on a new port behind it. Faults: cut (drop every connection and
+// black-hole new ones, a partition), delay (each new connection gets its
+// own latency, up to a maximum, so frames of different connections
+// reorder against each other), and hold (forwarding pauses, in both
+// directions, then resumes with everything queued: a stall). A cut does
+// not end a hold: frames held on a connection the cut closed are lost
+// when the hold ends.
+type Proxy struct {
 	ln net.Listener
 
 	mu       sync.Mutex
@@ -28,28 +40,31 @@ type faultProxy struct {
 	wg       sync.WaitGroup
 }
 
-func newFaultProxy(seed uint64) (*faultProxy, error) {
+// Listen opens a proxy on a free loopback port, with no target yet
+// (SetTarget); seed draws the per-connection delays. Serve runs it.
+func Listen(seed uint64) (*Proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	return &faultProxy{ln: ln, conns: map[net.Conn]struct{}{}, rng: rand.New(rand.NewPCG(seed, 7))}, nil
+	return &Proxy{ln: ln, conns: map[net.Conn]struct{}{}, rng: rand.New(rand.NewPCG(seed, 7))}, nil
 }
 
-func (p *faultProxy) addr() string { return p.ln.Addr().String() }
+// Addr is the proxy's address, the one that names its replica.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// setTarget names the replica's current address; "" while it is down,
+// SetTarget names the replica's current address; "" while it is down,
 // when connections are refused: its old port may be reused by any
 // process, another simulation's replica included (seed 420912562 wrote
 // another schedule's blocks that way).
-func (p *faultProxy) setTarget(target string) {
+func (p *Proxy) SetTarget(target string) {
 	p.mu.Lock()
 	p.target = target
 	p.mu.Unlock()
 }
 
-// setCut partitions (true) or heals (false); either drops open connections.
-func (p *faultProxy) setCut(cut bool) {
+// SetCut partitions (true) or heals (false); either drops open connections.
+func (p *Proxy) SetCut(cut bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = cut
@@ -59,14 +74,16 @@ func (p *faultProxy) setCut(cut bool) {
 	clear(p.conns)
 }
 
-func (p *faultProxy) setDelay(d time.Duration) {
+// SetDelay gives each new connection its own latency, drawn up to d
+// (0: none).
+func (p *Proxy) SetDelay(d time.Duration) {
 	p.mu.Lock()
 	p.maxDelay = d
 	p.mu.Unlock()
 }
 
-// setHold pauses (true) or resumes (false) forwarding.
-func (p *faultProxy) setHold(hold bool) {
+// SetHold pauses (true) or resumes (false) forwarding.
+func (p *Proxy) SetHold(hold bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if hold && p.hold == nil {
@@ -77,11 +94,14 @@ func (p *faultProxy) setHold(hold bool) {
 	}
 }
 
-func (p *faultProxy) serve(ctx context.Context) {
+// Serve forwards connections until ctx ends; then it closes the
+// listener, ends any hold and cut (closing every connection) and returns
+// once every forwarding goroutine has.
+func (p *Proxy) Serve(ctx context.Context) {
 	stop := context.AfterFunc(ctx, func() {
 		p.ln.Close()
-		p.setHold(false)
-		p.setCut(false)
+		p.SetHold(false)
+		p.SetCut(false)
 	})
 	defer stop()
 	defer p.wg.Wait()
@@ -105,7 +125,7 @@ func (p *faultProxy) serve(ctx context.Context) {
 	}
 }
 
-func (p *faultProxy) forward(ctx context.Context, c net.Conn, target string, delay time.Duration) {
+func (p *Proxy) forward(ctx context.Context, c net.Conn, target string, delay time.Duration) {
 	d := net.Dialer{Timeout: time.Second}
 	up, err := d.DialContext(ctx, "tcp", target)
 	if err != nil {
@@ -132,7 +152,7 @@ func (p *faultProxy) forward(ctx context.Context, c net.Conn, target string, del
 	p.forget(c, up)
 }
 
-func (p *faultProxy) forget(cs ...net.Conn) {
+func (p *Proxy) forget(cs ...net.Conn) {
 	p.mu.Lock()
 	for _, c := range cs {
 		delete(p.conns, c)
@@ -142,7 +162,7 @@ func (p *faultProxy) forget(cs ...net.Conn) {
 
 // pipe copies src to dst, each chunk after the connection's delay and
 // not while the proxy is held.
-func (p *faultProxy) pipe(dst, src net.Conn, delay time.Duration) {
+func (p *Proxy) pipe(dst, src net.Conn, delay time.Duration) {
 	defer dst.Close()
 	defer src.Close()
 	buf := make([]byte, 64<<10)

@@ -1,4 +1,4 @@
-package sim
+package crashfs
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ func fill(v byte) []byte { return bytes.Repeat([]byte{v}, blockSize) }
 func TestCrashFSPowerLossKeepsSyncedAndSomeUnsynced(t *testing.T) {
 	sawLost, sawKept := false, false
 	for seed := uint64(0); seed < 32; seed++ {
-		c := NewCrashFS()
+		c := New()
 		f, err := c.OpenFile("/d/data", os.O_RDWR|os.O_CREATE, 0)
 		must.NoError(t, err)
 		must.NoError(t, f.Truncate(4*blockSize))
@@ -61,7 +61,7 @@ func TestCrashFSPowerLossKeepsSyncedAndSomeUnsynced(t *testing.T) {
 }
 
 func TestCrashFSQuotaAndHoles(t *testing.T) {
-	c := NewCrashFS()
+	c := New()
 	f, err := c.OpenFile("/d/data", os.O_RDWR|os.O_CREATE, 0)
 	must.NoError(t, err)
 	must.NoError(t, f.Truncate(16*blockSize))
@@ -86,7 +86,7 @@ func TestCrashFSQuotaAndHoles(t *testing.T) {
 }
 
 func TestStoreOnCrashFSSurvivesPowerLoss(t *testing.T) {
-	c := NewCrashFS()
+	c := New()
 	log := hclog.NewNullLogger()
 	s, err := replication.OpenStoreWith("/n", log, replication.StoreOptions{Files: c})
 	must.NoError(t, err)
@@ -112,7 +112,7 @@ func TestStoreOnCrashFSSurvivesPowerLoss(t *testing.T) {
 }
 
 func TestCrashFSArmedPowerLossFiresOnTheNthMatchingWrite(t *testing.T) {
-	c := NewCrashFS()
+	c := New()
 	data, err := c.OpenFile("/d/data", os.O_RDWR|os.O_CREATE, 0)
 	must.NoError(t, err)
 	meta, err := c.OpenFile("/d/meta", os.O_RDWR|os.O_CREATE, 0)

@@ -1,4 +1,14 @@
-package sim
+// Package crashfs is the fault simulator's disk (replication/sim): an
+// in-memory replication.FileSystem (the Store's seam, OpenStoreWith)
+// that remembers every block written or punched since each file's last
+// sync, so that a simulated power loss leaves exactly what a real one
+// may, and that a simulated SIGKILL, full disk or power cut on a chosen
+// write can hit.
+//
+// It imports, of Saddlebag's packages, only replication (the FileSystem
+// and File interfaces and the block size); only replication/sim imports
+// it.
+package crashfs
 
 import (
 	"errors"
@@ -22,7 +32,7 @@ const blockSize = replication.BlockSize
 // ErrKilled is what a file handle of a killed replica process returns.
 var ErrKilled = errors.New("replica process killed")
 
-// CrashFS is an in-memory replication.FileSystem that remembers, per file,
+// FS is an in-memory replication.FileSystem that remembers, per file,
 // the last synced (durable) content and every block written or punched
 // since, in order. Kill invalidates every open handle (a SIGKILL: the page
 // cache, and so every completed write, survives); PowerLoss also reverts
@@ -31,12 +41,12 @@ var ErrKilled = errors.New("replica process killed")
 // states a file system that writes back whole 4 KiB pages in any order can
 // leave: per block, the synced version or any later one.
 //
-// Simplifications, documented in doc.go: the namespace (create, remove,
+// Simplifications, documented in replication/sim/doc.go: the namespace (create, remove,
 // truncate) is durable at once, as if every such change were followed by
 // a directory sync, which the store does anyway.
 //
 // A quota (SetQuota) makes writes that need new blocks fail with ENOSPC.
-type CrashFS struct {
+type FS struct {
 	mu    sync.Mutex
 	files map[string]*memFile
 	gen   uint64 // handles of an older generation belong to a killed process
@@ -52,7 +62,7 @@ type trap struct {
 	match  string
 	n      int
 	r      *rand.Rand
-	atCut  func()         // called at the cut, under the CrashFS's lock
+	atCut  func()         // called at the cut, under the FS's lock
 	onFire func(lost int) // called on its own goroutine
 }
 
@@ -68,13 +78,13 @@ type pendingWrite struct {
 	data []byte // nil: a hole
 }
 
-// NewCrashFS returns an empty file system.
-func NewCrashFS() *CrashFS { return &CrashFS{files: map[string]*memFile{}} }
+// New returns an empty file system.
+func New() *FS { return &FS{files: map[string]*memFile{}} }
 
-var _ replication.FileSystem = (*CrashFS)(nil)
+var _ replication.FileSystem = (*FS)(nil)
 
 // OpenFile implements replication.FileSystem.
-func (c *CrashFS) OpenFile(name string, flag int, _ fs.FileMode) (replication.File, error) {
+func (c *FS) OpenFile(name string, flag int, _ fs.FileMode) (replication.File, error) {
 	name = filepath.Clean(name)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -100,17 +110,17 @@ func (c *CrashFS) OpenFile(name string, flag int, _ fs.FileMode) (replication.Fi
 // Up turns the host back on after a power cut a trap fired: until then
 // no file opens, as its replica server, still running in this process,
 // must not serve what the cut left as if the host were up.
-func (c *CrashFS) Up() {
+func (c *FS) Up() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.down = false
 }
 
 // MkdirAll implements replication.FileSystem: directories are implicit.
-func (c *CrashFS) MkdirAll(string, fs.FileMode) error { return nil }
+func (c *FS) MkdirAll(string, fs.FileMode) error { return nil }
 
 // Remove implements replication.FileSystem.
-func (c *CrashFS) Remove(name string) error {
+func (c *FS) Remove(name string) error {
 	name = filepath.Clean(name)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -124,7 +134,7 @@ func (c *CrashFS) Remove(name string) error {
 }
 
 // RemoveAll implements replication.FileSystem.
-func (c *CrashFS) RemoveAll(path string) error {
+func (c *FS) RemoveAll(path string) error {
 	path = filepath.Clean(path)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -138,18 +148,18 @@ func (c *CrashFS) RemoveAll(path string) error {
 }
 
 // SyncDir implements replication.FileSystem: the namespace is always durable.
-func (c *CrashFS) SyncDir(string) error { return nil }
+func (c *FS) SyncDir(string) error { return nil }
 
 // SetQuota limits the allocated bytes; 0 lifts the limit. Used beyond a
 // new quota stays; only new allocations fail.
-func (c *CrashFS) SetQuota(bytes int64) {
+func (c *FS) SetQuota(bytes int64) {
 	c.mu.Lock()
 	c.quota = bytes
 	c.mu.Unlock()
 }
 
 // Used returns the allocated bytes.
-func (c *CrashFS) Used() int64 {
+func (c *FS) Used() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.used
@@ -157,7 +167,7 @@ func (c *CrashFS) Used() int64 {
 
 // Kill makes every open handle fail from now on, as when the process
 // holding them is killed. Content is kept.
-func (c *CrashFS) Kill() {
+func (c *FS) Kill() {
 	c.mu.Lock()
 	c.gen++
 	c.mu.Unlock()
@@ -168,16 +178,16 @@ func (c *CrashFS) Kill() {
 // reached the page cache; that write fails, as its process dies. onFire
 // then runs on a goroutine of its own with the number of block writes
 // lost; atCut, if not nil, runs at the cut itself, before the write
-// returns (it must not use the CrashFS). A new ArmPowerLoss replaces an
+// returns (it must not use the FS). A new ArmPowerLoss replaces an
 // unfired one.
-func (c *CrashFS) ArmPowerLoss(match string, n int, r *rand.Rand, atCut func(), onFire func(lost int)) {
+func (c *FS) ArmPowerLoss(match string, n int, r *rand.Rand, atCut func(), onFire func(lost int)) {
 	c.mu.Lock()
 	c.trap = &trap{match: match, n: n, r: r, atCut: atCut, onFire: onFire}
 	c.mu.Unlock()
 }
 
 // Disarm removes an unfired trap.
-func (c *CrashFS) Disarm() {
+func (c *FS) Disarm() {
 	c.mu.Lock()
 	c.trap = nil
 	c.mu.Unlock()
@@ -186,13 +196,13 @@ func (c *CrashFS) Disarm() {
 // PowerLoss kills, then leaves each file as a power cut would: its synced
 // content plus a random subset (drawn from r) of the later block writes,
 // applied in order. It returns how many unsynced block writes were lost.
-func (c *CrashFS) PowerLoss(r *rand.Rand) int {
+func (c *FS) PowerLoss(r *rand.Rand) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.powerLossLocked(r)
 }
 
-func (c *CrashFS) powerLossLocked(r *rand.Rand) int {
+func (c *FS) powerLossLocked(r *rand.Rand) int {
 	c.gen++
 	lost := 0
 	names := make([]string, 0, len(c.files))
@@ -233,10 +243,10 @@ func maps(m map[int64][]byte) map[int64][]byte {
 }
 
 // Wipe removes every file under dir, durably (a new, empty disk).
-func (c *CrashFS) Wipe(dir string) { _ = c.RemoveAll(dir) }
+func (c *FS) Wipe(dir string) { _ = c.RemoveAll(dir) }
 
 // ReadFile returns the current content of name (what a reader would see).
-func (c *CrashFS) ReadFile(name string) ([]byte, error) {
+func (c *FS) ReadFile(name string) ([]byte, error) {
 	name = filepath.Clean(name)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -255,7 +265,7 @@ func (c *CrashFS) ReadFile(name string) ([]byte, error) {
 
 // memHandle is one open file of one process generation.
 type memHandle struct {
-	c    *CrashFS
+	c    *FS
 	f    *memFile
 	name string
 	gen  uint64
@@ -446,7 +456,7 @@ func (h *memHandle) Truncate(size int64) error {
 	return nil
 }
 
-func (c *CrashFS) truncateLocked(f *memFile, size int64) {
+func (c *FS) truncateLocked(f *memFile, size int64) {
 	for b := range f.cur {
 		if b*blockSize >= size {
 			delete(f.cur, b)
