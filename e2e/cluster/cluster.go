@@ -16,6 +16,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/saddlebag/saddlebag/internal/procstat"
 	"github.com/saddlebag/saddlebag/internal/testcluster"
 )
 
@@ -123,9 +124,11 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	st := &State{Instance: n, Bridge: bridgeName(n)}
 	if !o.Detach {
 		st.OwnerPID = os.Getpid()
-		if st.OwnerStart, err = procStartTime(st.OwnerPID); err != nil {
+		own, err := procstat.Read(st.OwnerPID)
+		if err != nil {
 			return nil, err
 		}
+		st.OwnerStart = own.StartTime
 	}
 	c = &Cluster{Instance: n, NomadBin: nomadBin, ConsulBin: consulBin, logf: o.Logf, state: st}
 	defer func() {

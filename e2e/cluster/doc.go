@@ -49,7 +49,8 @@
 // Of Saddlebag's packages it imports only internal/testcluster (for the
 // Consul agents, and its Process, which starts, waits for, stops and kills the
 // Nomad agents and the docker form's dockerds too: one implementation of
-// process handling); the product packages (plugin, leader, replication, ...)
-// it must not import: it drives Saddlebag as an operator would, through
-// Nomad jobs.
+// process handling) and internal/procstat (the one reader of
+// /proc/<pid>/stat, which the descriptor keeper uses too); the product
+// packages (plugin, leader, replication, ...) it must not import: it
+// drives Saddlebag as an operator would, through Nomad jobs.
 package cluster

@@ -78,7 +78,8 @@ var rules = []rule{
 	{pkg: "internal/clusterstatus", doc: "internal/clusterstatus/doc.go", directOnly: []string{"leader"}},
 	{pkg: "internal/connecttls", doc: "internal/connecttls/doc.go", mustNot: []string{"replication", "plugin", "github.com/container-storage-interface/spec"}},
 	{pkg: "internal/bench", doc: "internal/bench/doc.go", importedBy: []string{"cmd/saddlebag"}},
-	{pkg: "e2e/cluster", doc: "e2e/cluster/doc.go", only: []string{"internal/testcluster"}},
+	{pkg: "internal/procstat", doc: "internal/procstat/procstat.go", only: none},
+	{pkg: "e2e/cluster", doc: "e2e/cluster/doc.go", only: []string{"internal/testcluster", "internal/procstat"}},
 }
 
 // pkgInfo is what `go list -json` says of one package.
