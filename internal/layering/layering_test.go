@@ -79,7 +79,9 @@ var rules = []rule{
 	{pkg: "internal/connecttls", doc: "internal/connecttls/doc.go", mustNot: []string{"replication", "plugin", "github.com/container-storage-interface/spec"}},
 	{pkg: "internal/bench", doc: "internal/bench/doc.go", importedBy: []string{"cmd/saddlebag"}},
 	{pkg: "internal/procstat", doc: "internal/procstat/procstat.go", only: none},
-	{pkg: "e2e/cluster", doc: "e2e/cluster/doc.go", only: []string{"internal/testcluster", "internal/procstat"}},
+	{pkg: "e2e/cluster", doc: "e2e/cluster/doc.go", only: []string{"internal/testcluster", "internal/procstat", "e2e/cluster/image"}},
+	{pkg: "e2e/cluster/timeline", doc: "e2e/cluster/timeline/doc.go", only: none},
+	{pkg: "e2e/cluster/image", doc: "e2e/cluster/image/doc.go", only: none},
 }
 
 // pkgInfo is what `go list -json` says of one package.
