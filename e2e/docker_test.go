@@ -15,6 +15,7 @@ import (
 	"github.com/shoenig/test/must"
 
 	"github.com/saddlebag/saddlebag/e2e/cluster"
+	"github.com/saddlebag/saddlebag/e2e/cluster/image"
 )
 
 // TestDockerForms is issue 15's docker scenario: every node runs dockerd
@@ -24,7 +25,7 @@ import (
 // and the node under it is killed: Postgres comes back on the other
 // replica's node with every committed row. No registry is reachable, so
 // the images are imported from this host's own Debian packages
-// (cluster.SaddlebagImage, cluster.PostgresImage).
+// (image.Saddlebag, image.Postgres).
 func TestDockerForms(t *testing.T) {
 	c := cluster.New(t, cluster.Options{Docker: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -47,10 +48,10 @@ func TestDockerForms(t *testing.T) {
 
 	step("images imported into every node's dockerd", func(t *testing.T) {
 		start := time.Now()
-		sb, err := c.SaddlebagImage(ctx, root, "saddlebag:e2e")
+		sb, err := image.Saddlebag(ctx, root, filepath.Join(c.Dir, "bin"), "saddlebag:e2e")
 		must.NoError(t, err)
 		must.NoError(t, c.ImportImage(ctx, sb))
-		pg, err := cluster.PostgresImage("saddlebag-postgres:15")
+		pg, err := image.Postgres("saddlebag-postgres:15")
 		must.NoError(t, err)
 		must.NoError(t, c.ImportImage(ctx, pg))
 		t.Logf("images made and imported into %d dockerds in %.1fs", len(c.Nodes), time.Since(start).Seconds())

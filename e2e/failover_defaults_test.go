@@ -14,6 +14,7 @@ import (
 	"github.com/shoenig/test/must"
 
 	"github.com/saddlebag/saddlebag/e2e/cluster"
+	"github.com/saddlebag/saddlebag/e2e/cluster/timeline"
 )
 
 // NomadDefaultTiming is Nomad's own server failure detection
@@ -72,7 +73,7 @@ func TestFailoverNomadDefaults(t *testing.T) {
 
 	t0, err := dead.Kill()
 	must.NoError(t, err)
-	tl := cluster.WatchFailover(t0, cluster.TimelineConfig{Nomad: napi, Consul: capi, Volume: volID, Job: "postgres",
+	tl := timeline.Watch(t0, timeline.Config{Nomad: napi, Consul: capi, Volume: volID, Job: "postgres",
 		Node: dead.Name, NodeID: id, Dir: c.Dir})
 	ready, err := waitQuery(ctx, other.IP, 4*time.Minute)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/shoenig/test/wait"
 
 	"github.com/saddlebag/saddlebag/e2e/cluster"
+	"github.com/saddlebag/saddlebag/e2e/cluster/timeline"
 )
 
 const volID = "postgres"
@@ -148,7 +149,7 @@ func TestSaddlebag(t *testing.T) {
 		downCh := make(chan time.Time, 1)
 		t0, err := dead.Kill()
 		must.NoError(t, err)
-		tl := cluster.WatchFailover(t0, cluster.TimelineConfig{Nomad: napi, Consul: capi, Volume: volID, Job: "postgres",
+		tl := timeline.Watch(t0, timeline.Config{Nomad: napi, Consul: capi, Volume: volID, Job: "postgres",
 			Node: dead.Name, NodeID: id, Dir: c.Dir})
 		go func() {
 			wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -237,7 +238,7 @@ func TestSaddlebag(t *testing.T) {
 		t0 := time.Now()
 		must.NoError(t, cut.Partition(ctx))
 		t.Cleanup(func() { _ = cut.Heal(context.Background()) })
-		tl := cluster.WatchFailover(t0, cluster.TimelineConfig{Nomad: napi, Consul: capi, Volume: volID, Job: "postgres",
+		tl := timeline.Watch(t0, timeline.Config{Nomad: napi, Consul: capi, Volume: volID, Job: "postgres",
 			Node: cut.Name, NodeID: cutID, Dir: c.Dir})
 
 		// A client on the cut-off node itself still reaches its Postgres;
@@ -503,7 +504,7 @@ func waitQuery(ctx context.Context, ip string, timeout time.Duration) (time.Time
 // when Consul saw the node fail and freed the primary lock (session
 // invalidation), when Nomad released the old claim and granted the new
 // one, when the new primary took the lease and served.
-func printFigures(tl *cluster.Timeline, suffix string) {
+func printFigures(tl *timeline.Timeline, suffix string) {
 	for _, f := range []struct{ name, step string }{
 		{"consul_serf_failed_seconds", "serfHealth critical"},
 		{"consul_session_invalidated_seconds", "primary lock free"},
@@ -524,7 +525,7 @@ func printFigures(tl *cluster.Timeline, suffix string) {
 
 // firstOf returns the first step whose text starts with prefix and
 // contains any of subs.
-func firstOf(tl *cluster.Timeline, prefix string, subs ...string) (cluster.TimelineEvent, bool) {
+func firstOf(tl *timeline.Timeline, prefix string, subs ...string) (timeline.Event, bool) {
 	for _, e := range tl.Events() {
 		if !strings.HasPrefix(e.What, prefix) {
 			continue
@@ -535,7 +536,7 @@ func firstOf(tl *cluster.Timeline, prefix string, subs ...string) (cluster.Timel
 			}
 		}
 	}
-	return cluster.TimelineEvent{}, false
+	return timeline.Event{}, false
 }
 
 type volRecord struct {

@@ -18,6 +18,7 @@ import (
 	"github.com/saddlebag/saddlebag/internal/telemetry"
 	"github.com/saddlebag/saddlebag/internal/volkey"
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 	"github.com/saddlebag/saddlebag/plugin/reconcile"
 	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
@@ -81,7 +82,7 @@ type Controller struct {
 	csi.UnimplementedControllerServer
 	cfg   ControllerConfig
 	log   hclog.Logger
-	locks volumeLocks
+	locks rpc.VolumeLocks
 	fwd   *forwarder
 
 	mu    sync.Mutex
@@ -146,7 +147,7 @@ func (c *Controller) leadership() (*leader.Lease, error) {
 	l := c.lease
 	c.mu.Unlock()
 	if l == nil || l.Err() != nil {
-		return nil, errf(codes.Unavailable, "this controller is a standby (another instance holds the leadership lock): retry")
+		return nil, rpc.Errf(codes.Unavailable, "this controller is a standby (another instance holds the leadership lock): retry")
 	}
 	return l, nil
 }
@@ -158,9 +159,9 @@ func (c *Controller) begin(id string) (*leader.Lease, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	unlock := c.locks.tryLock(id)
-	if unlock == nil {
-		return nil, nil, errf(codes.Aborted, "an operation on volume %s is already in progress", id)
+	unlock, err := c.locks.Lock(id)
+	if err != nil {
+		return nil, nil, err
 	}
 	return lease, unlock, nil
 }
@@ -188,15 +189,15 @@ func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 func volumeSize(cr *csi.CapacityRange, fsType string) (int64, error) {
 	req, limit := cr.GetRequiredBytes(), cr.GetLimitBytes()
 	if req < 0 || limit < 0 {
-		return 0, errf(codes.InvalidArgument, "capacity range has a negative bound")
+		return 0, rpc.Errf(codes.InvalidArgument, "capacity range has a negative bound")
 	}
 	size, err := volspec.Size(req, limit, fsType)
 	var se *volspec.SizeError
 	switch {
 	case errors.As(err, &se) && se.Problem == volspec.RangeInverted:
-		return 0, errf(codes.InvalidArgument, "capacity range [required_bytes %d, limit_bytes %d]: %v", req, limit, err)
+		return 0, rpc.Errf(codes.InvalidArgument, "capacity range [required_bytes %d, limit_bytes %d]: %v", req, limit, err)
 	case err != nil:
-		return 0, errf(codes.OutOfRange, "capacity range [required_bytes %d, limit_bytes %d]: %v", req, limit, err)
+		return 0, rpc.Errf(codes.OutOfRange, "capacity range [required_bytes %d, limit_bytes %d]: %v", req, limit, err)
 	}
 	return size, nil
 }
@@ -216,37 +217,37 @@ func mountedFS(fsType string, caps []*csi.VolumeCapability) string {
 // the volume already created under the same name.
 func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	name := req.GetName()
-	if err := checkName(name); err != nil {
+	if err := rpc.CheckName(name); err != nil {
 		return nil, err
 	}
 	if !c.Active() {
 		return forward(ctx, c, "CreateVolume", req, csi.ControllerClient.CreateVolume)
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, errf(codes.InvalidArgument, "volume_capabilities are required")
+		return nil, rpc.Errf(codes.InvalidArgument, "volume_capabilities are required")
 	}
 	for _, vc := range req.GetVolumeCapabilities() {
-		why, err := checkCapability(vc)
+		why, err := rpc.CheckCapability(vc)
 		if err != nil {
-			return nil, errf(codes.InvalidArgument, "%v", err)
+			return nil, rpc.Errf(codes.InvalidArgument, "%v", err)
 		}
 		if why != "" {
-			return nil, errf(codes.InvalidArgument, "%s", why)
+			return nil, rpc.Errf(codes.InvalidArgument, "%s", why)
 		}
 	}
 	if req.GetVolumeContentSource() != nil {
-		return nil, errf(codes.InvalidArgument, "volume content source (snapshot or clone) is not supported")
+		return nil, rpc.Errf(codes.InvalidArgument, "volume content source (snapshot or clone) is not supported")
 	}
 	params, err := volspec.ParseParams(req.GetParameters())
 	if err != nil {
-		return nil, toStatus(err, "parameters")
+		return nil, rpc.ToStatus(err, "parameters")
 	}
 	if field, msg := volspec.EncryptionProblem(params, req.GetSecrets()); field != "" {
-		return nil, errf(codes.InvalidArgument, "%s: %s", field, msg)
+		return nil, rpc.Errf(codes.InvalidArgument, "%s: %s", field, msg)
 	}
 	fsType, err := resolveFSType(params, req.GetVolumeCapabilities())
 	if err != nil {
-		return nil, errf(codes.InvalidArgument, "%v", err)
+		return nil, rpc.Errf(codes.InvalidArgument, "%v", err)
 	}
 	size, err := volumeSize(req.GetCapacityRange(), mountedFS(fsType, req.GetVolumeCapabilities()))
 	if err != nil {
@@ -264,16 +265,16 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	switch {
 	case err == nil:
 		if why := compatible(rec, name, size, req.GetCapacityRange(), params, fsType); why != "" {
-			return nil, errf(codes.AlreadyExists, "volume %q exists and differs: %s", name, why)
+			return nil, rpc.Errf(codes.AlreadyExists, "volume %q exists and differs: %s", name, why)
 		}
-		if err := checkPassphrase(rec, req.GetSecrets()); err != nil {
+		if err := rpc.CheckPassphrase(rec, req.GetSecrets()); err != nil {
 			return nil, err
 		}
 		switch rec.State {
 		case leader.VolumeReady:
 			return c.createResponse(ctx, rec)
 		case leader.VolumeDeleting:
-			return nil, errf(codes.Aborted, "volume %q is being deleted: retry", name)
+			return nil, rpc.Errf(codes.Aborted, "volume %q is being deleted: retry", name)
 		}
 		log.Info("resuming an interrupted create", "replicas", rec.Replicas)
 	case errors.Is(err, leader.ErrNotFound):
@@ -282,7 +283,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			return nil, err
 		}
 	default:
-		return nil, toStatus(err, "read volume record")
+		return nil, rpc.ToStatus(err, "read volume record")
 	}
 
 	if err := c.makeReplicas(ctx, rec); err != nil {
@@ -290,7 +291,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		if uerr := c.undoCreate(ctx, lease, rec, index); uerr != nil {
 			log.Error("undo create failed: a retry resumes it", "error", uerr)
 		}
-		return nil, errf(codes.Unavailable, "create volume %q: %v", name, err)
+		return nil, rpc.Errf(codes.Unavailable, "create volume %q: %v", name, err)
 	}
 	// The first in-sync record (generation 0, every replica) before the
 	// volume is ready: the first primary may then start with one replica's
@@ -300,11 +301,11 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		addrs[i] = r.Addr
 	}
 	if err := c.cfg.Client.InitInSync(ctx, id, addrs); err != nil {
-		return nil, toStatus(err, "write the first in-sync record")
+		return nil, rpc.ToStatus(err, "write the first in-sync record")
 	}
 	rec.State = leader.VolumeReady // the "completed" marker, written last
 	if _, err := c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
-		return nil, toStatus(err, "mark volume ready")
+		return nil, rpc.ToStatus(err, "mark volume ready")
 	}
 	log.Info("volume created", "size", size, "replicas", rec.Replicas, "fs_type", fsType)
 	return c.createResponse(ctx, rec)
@@ -339,13 +340,13 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 	fsType string, tr *csi.TopologyRequirement, secrets map[string]string) (leader.VolumeRecord, uint64, error) {
 	nodes, vols, err := reconcile.Snapshot(ctx, c.cfg.Client)
 	if err != nil {
-		return leader.VolumeRecord{}, 0, toStatus(err, "read nodes")
+		return leader.VolumeRecord{}, 0, rpc.ToStatus(err, "read nodes")
 	}
 	// Not where a deleted volume of this id left a replica: the replica
 	// server would reuse its data.
 	tombstoned, err := reconcile.TombstonedNodes(ctx, c.cfg.Client, id)
 	if err != nil {
-		return leader.VolumeRecord{}, 0, toStatus(err, "read tombstones")
+		return leader.VolumeRecord{}, 0, rpc.ToStatus(err, "read tombstones")
 	}
 	chosen, err := scheduler.PlaceVolume(reconcile.SchedulerNodes(nodes, vols, nil), scheduler.Request{
 		Volume: id, SizeBytes: size, Replicas: p.Replicas, Spread: p.Spread,
@@ -353,7 +354,7 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 	})
 	if err != nil {
 		telemetry.PlacementFailure("create")
-		return leader.VolumeRecord{}, 0, toStatus(err, "place replicas")
+		return leader.VolumeRecord{}, 0, rpc.ToStatus(err, "place replicas")
 	}
 	byName := reconcile.NodeMap(nodes)
 	rec := leader.VolumeRecord{ID: id, Name: name, State: leader.VolumeCreating,
@@ -364,7 +365,7 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 		kr, key, err := volkey.New(id, secrets[volspec.SecretPassphrase], c.cfg.KDF)
 		clear(key)
 		if err != nil {
-			return rec, 0, errf(codes.InvalidArgument, "secrets.%s: %v", volspec.SecretPassphrase, err)
+			return rec, 0, rpc.Errf(codes.InvalidArgument, "secrets.%s: %v", volspec.SecretPassphrase, err)
 		}
 		rec.Encryption = &kr
 	}
@@ -373,7 +374,7 @@ func (c *Controller) place(ctx context.Context, lease *leader.Lease, id, name st
 	}
 	index, err := c.cfg.Client.PutVolume(ctx, rec, 0, lease)
 	if err != nil {
-		return rec, 0, toStatus(err, "write volume record")
+		return rec, 0, rpc.ToStatus(err, "write volume record")
 	}
 	return rec, index, nil
 }
@@ -391,30 +392,6 @@ func paramsMap(p volspec.Params, fsType string) map[string]string {
 		m[volspec.ParamEncrypted] = "true"
 	}
 	return m
-}
-
-// checkPassphrase refuses a request for an encrypted volume whose
-// passphrase secret does not open the volume's key (a CreateVolume
-// repeated with another passphrase would otherwise succeed and leave the
-// operator believing the volume is sealed under the new one).
-func checkPassphrase(rec leader.VolumeRecord, secrets map[string]string) error {
-	if rec.Encryption == nil {
-		return nil
-	}
-	pass, ok := secrets[volspec.SecretPassphrase]
-	if !ok {
-		return errf(codes.InvalidArgument, "volume %s is encrypted: the request needs the secret %s", rec.ID, volspec.SecretPassphrase)
-	}
-	key, err := rec.Encryption.Open(rec.ID, pass)
-	clear(key)
-	switch {
-	case errors.Is(err, volkey.ErrWrongPassphrase):
-		return errf(codes.InvalidArgument, "volume %s: secrets.%s is wrong: it does not open the volume's data key; nothing was done",
-			rec.ID, volspec.SecretPassphrase)
-	case err != nil:
-		return errf(codes.Internal, "volume %s: its key record in Consul is unusable: %v", rec.ID, err)
-	}
-	return nil
 }
 
 // makeReplicas creates the record's replicas on their nodes (idempotent).
@@ -441,7 +418,7 @@ func (c *Controller) undoCreate(ctx context.Context, lease *leader.Lease, rec le
 func (c *Controller) createResponse(ctx context.Context, rec leader.VolumeRecord) (*csi.CreateVolumeResponse, error) {
 	nodes, err := c.cfg.Client.ListNodes(ctx)
 	if err != nil {
-		return nil, toStatus(err, "read nodes")
+		return nil, rpc.ToStatus(err, "read nodes")
 	}
 	return &csi.CreateVolumeResponse{Volume: csiVolume(rec, reconcile.NodeMap(nodes))}, nil
 }
@@ -465,7 +442,7 @@ func csiVolume(rec leader.VolumeRecord, nodes map[string]leader.NodeState) *csi.
 // is back (tombstones.go).
 func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	id := req.GetVolumeId()
-	if err := checkVolumeID("volume_id", id); err != nil {
+	if err := rpc.CheckVolumeID("volume_id", id); err != nil {
 		return nil, err
 	}
 	if !c.Active() {
@@ -481,19 +458,19 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 		return &csi.DeleteVolumeResponse{}, nil
 	}
 	if err != nil {
-		return nil, toStatus(err, "read volume record")
+		return nil, rpc.ToStatus(err, "read volume record")
 	}
 	holder, err := c.cfg.Client.ReadPrimary(ctx, id)
 	if err != nil {
-		return nil, toStatus(err, "read primary lock")
+		return nil, rpc.ToStatus(err, "read primary lock")
 	}
 	if holder.Node != "" {
-		return nil, errf(codes.FailedPrecondition, "volume %s is in use: staged on node %s (epoch %d)", id, holder.Node, holder.Epoch)
+		return nil, rpc.Errf(codes.FailedPrecondition, "volume %s is in use: staged on node %s (epoch %d)", id, holder.Node, holder.Epoch)
 	}
 	if rec.State != leader.VolumeDeleting {
 		rec.State = leader.VolumeDeleting
 		if index, err = c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
-			return nil, toStatus(err, "mark volume deleting")
+			return nil, rpc.ToStatus(err, "mark volume deleting")
 		}
 	}
 	left, err := c.removeReplicas(ctx, rec)
@@ -503,7 +480,7 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 	// The record goes, and a tombstone stays for each replica on a node
 	// that is down, in one transaction (tombstones.go).
 	if err := c.cfg.Client.DeleteVolumeLeaving(ctx, id, index, lease, left); err != nil {
-		return nil, toStatus(err, "delete volume record")
+		return nil, rpc.ToStatus(err, "delete volume record")
 	}
 	if len(left) > 0 {
 		c.log.Warn("volume deleted; replicas on nodes that are down are removed when their node is back", "volume_id", id, "left", left)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 	"github.com/saddlebag/saddlebag/plugin/reconcile"
 	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
@@ -26,21 +27,21 @@ import (
 // not wait for Nomad's claim GC, docs/architecture.md, "What we measured about Nomad").
 func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
 	id, node := req.GetVolumeId(), req.GetNodeId()
-	if err := checkVolumeID("volume_id", id); err != nil {
+	if err := rpc.CheckVolumeID("volume_id", id); err != nil {
 		return nil, err
 	}
-	if err := checkNodeID("node_id", node); err != nil {
+	if err := rpc.CheckNodeID("node_id", node); err != nil {
 		return nil, err
 	}
 	if !c.Active() {
 		return forward(ctx, c, "ControllerPublishVolume", req, csi.ControllerClient.ControllerPublishVolume)
 	}
-	why, err := checkCapability(req.GetVolumeCapability())
+	why, err := rpc.CheckCapability(req.GetVolumeCapability())
 	if err != nil {
-		return nil, errf(codes.InvalidArgument, "%v", err)
+		return nil, rpc.Errf(codes.InvalidArgument, "%v", err)
 	}
 	if why != "" {
-		return nil, errf(codes.InvalidArgument, "%s", why)
+		return nil, rpc.Errf(codes.InvalidArgument, "%s", why)
 	}
 	lease, unlock, err := c.begin(id)
 	if err != nil {
@@ -49,22 +50,22 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 	defer unlock()
 	rec, index, err := c.cfg.Client.GetVolume(ctx, id)
 	if err != nil {
-		return nil, toStatus(err, "read volume")
+		return nil, rpc.ToStatus(err, "read volume")
 	}
 	if rec.State != leader.VolumeReady {
-		return nil, errf(codes.NotFound, "volume %s is %s", id, rec.State)
+		return nil, rpc.Errf(codes.NotFound, "volume %s is %s", id, rec.State)
 	}
-	if why := capabilityFits(req.GetVolumeCapability(), rec); why != "" {
-		return nil, errf(codes.AlreadyExists, "%s", why)
+	if why := rpc.CapabilityFits(req.GetVolumeCapability(), rec); why != "" {
+		return nil, rpc.Errf(codes.AlreadyExists, "%s", why)
 	}
 	nodes, vols, err := reconcile.Snapshot(ctx, c.cfg.Client)
 	if err != nil {
-		return nil, toStatus(err, "read nodes")
+		return nil, rpc.ToStatus(err, "read nodes")
 	}
 	byName := reconcile.NodeMap(nodes)
 	target, ok := byName[node]
 	if !ok {
-		return nil, errf(codes.NotFound, "node %s is not a saddlebag node", node)
+		return nil, rpc.Errf(codes.NotFound, "node %s is not a saddlebag node", node)
 	}
 	if slices.Contains(rec.Published, node) {
 		return &csi.ControllerPublishVolumeResponse{}, nil
@@ -77,16 +78,16 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 			}
 		}
 		if n >= target.MaxVolumes {
-			return nil, errf(codes.ResourceExhausted, "node %s already has %d volumes published, its maximum", node, n)
+			return nil, rpc.Errf(codes.ResourceExhausted, "node %s already has %d volumes published, its maximum", node, n)
 		}
 	}
 	holder, err := c.cfg.Client.ReadPrimary(ctx, id)
 	if err != nil {
-		return nil, toStatus(err, "read primary lock")
+		return nil, rpc.ToStatus(err, "read primary lock")
 	}
 	for _, other := range rec.Published {
 		if holder.Node == other && byName[other].Healthy {
-			return nil, errf(codes.FailedPrecondition, "volume %s is published to node %s, which is healthy and serves it; unpublish it there first", id, other)
+			return nil, rpc.Errf(codes.FailedPrecondition, "volume %s is published to node %s, which is healthy and serves it; unpublish it there first", id, other)
 		}
 		if holder.Node == other {
 			rec.Fenced = fence(rec.Fenced, other, holder.Epoch)
@@ -96,7 +97,7 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 	rec.Published = []string{node}
 	delete(rec.Fenced, node)
 	if _, err := c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
-		return nil, toStatus(err, "record publication")
+		return nil, rpc.ToStatus(err, "record publication")
 	}
 	return &csi.ControllerPublishVolumeResponse{}, nil
 }
@@ -119,11 +120,11 @@ func fence(m map[string]uint64, node string, epoch uint64) map[string]uint64 {
 // node waits for the lease), or Unavailable after FenceWait.
 func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
 	id, node := req.GetVolumeId(), req.GetNodeId()
-	if err := checkVolumeID("volume_id", id); err != nil {
+	if err := rpc.CheckVolumeID("volume_id", id); err != nil {
 		return nil, err
 	}
 	if node != "" { // empty: unpublish from every node (CSI)
-		if err := checkNodeID("node_id", node); err != nil {
+		if err := rpc.CheckNodeID("node_id", node); err != nil {
 			return nil, err
 		}
 	}
@@ -140,11 +141,11 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 		return &csi.ControllerUnpublishVolumeResponse{}, nil
 	}
 	if err != nil {
-		return nil, toStatus(err, "read volume")
+		return nil, rpc.ToStatus(err, "read volume")
 	}
 	holder, err := c.cfg.Client.ReadPrimary(ctx, id)
 	if err != nil {
-		return nil, toStatus(err, "read primary lock")
+		return nil, rpc.ToStatus(err, "read primary lock")
 	}
 	changed := false
 	if node == "" || slices.Contains(rec.Published, node) {
@@ -158,7 +159,7 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 	}
 	if changed {
 		if _, err := c.cfg.Client.PutVolume(ctx, rec, index, lease); err != nil {
-			return nil, toStatus(err, "record unpublication")
+			return nil, rpc.ToStatus(err, "record unpublication")
 		}
 	}
 	if !fenced {
@@ -190,27 +191,27 @@ func (c *Controller) ControllerUnpublishVolume(ctx context.Context, req *csi.Con
 		}
 		select {
 		case <-ctx.Done():
-			return nil, toStatus(ctx.Err(), "wait for fence")
+			return nil, rpc.ToStatus(ctx.Err(), "wait for fence")
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	return nil, errf(codes.Unavailable, "node %s still holds volume %s at epoch %d: retry", holder.Node, id, holder.Epoch)
+	return nil, rpc.Errf(codes.Unavailable, "node %s still holds volume %s at epoch %d: retry", holder.Node, id, holder.Epoch)
 }
 
 // ValidateVolumeCapabilities confirms the capabilities a volume supports.
 func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	id := req.GetVolumeId()
-	if err := checkVolumeID("volume_id", id); err != nil {
+	if err := rpc.CheckVolumeID("volume_id", id); err != nil {
 		return nil, err
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, errf(codes.InvalidArgument, "volume_capabilities are required")
+		return nil, rpc.Errf(codes.InvalidArgument, "volume_capabilities are required")
 	}
 	var whys []string
 	for _, vc := range req.GetVolumeCapabilities() {
-		why, err := checkCapability(vc)
+		why, err := rpc.CheckCapability(vc)
 		if err != nil {
-			return nil, errf(codes.InvalidArgument, "%v", err)
+			return nil, rpc.Errf(codes.InvalidArgument, "%v", err)
 		}
 		if why != "" {
 			whys = append(whys, why)
@@ -218,10 +219,10 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	}
 	rec, _, err := c.cfg.Client.GetVolume(ctx, id)
 	if err != nil {
-		return nil, toStatus(err, "read volume")
+		return nil, rpc.ToStatus(err, "read volume")
 	}
 	for _, vc := range req.GetVolumeCapabilities() {
-		if why := capabilityFits(vc, rec); why != "" {
+		if why := rpc.CapabilityFits(vc, rec); why != "" {
 			whys = append(whys, why)
 		}
 	}
@@ -242,19 +243,19 @@ const listTokenPrefix = "after:"
 // make is Aborted.
 func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if req.GetMaxEntries() < 0 {
-		return nil, errf(codes.InvalidArgument, "max_entries is negative")
+		return nil, rpc.Errf(codes.InvalidArgument, "max_entries is negative")
 	}
 	after := ""
 	if tok := req.GetStartingToken(); tok != "" {
 		var ok bool
 		after, ok = strings.CutPrefix(tok, listTokenPrefix)
 		if !ok || replication.ValidateVolumeID(after) != nil {
-			return nil, errf(codes.Aborted, "starting_token %q was not returned by ListVolumes", tok)
+			return nil, rpc.Errf(codes.Aborted, "starting_token %q was not returned by ListVolumes", tok)
 		}
 	}
 	nodes, vols, err := reconcile.Snapshot(ctx, c.cfg.Client)
 	if err != nil {
-		return nil, toStatus(err, "list volumes")
+		return nil, rpc.ToStatus(err, "list volumes")
 	}
 	sort.Slice(vols, func(i, j int) bool { return vols[i].ID < vols[j].ID })
 	byName := reconcile.NodeMap(nodes)
@@ -281,9 +282,9 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 // node ranked replicas-th by free space among the healthy nodes there.
 func (c *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	for _, vc := range req.GetVolumeCapabilities() {
-		why, err := checkCapability(vc)
+		why, err := rpc.CheckCapability(vc)
 		if err != nil {
-			return nil, errf(codes.InvalidArgument, "%v", err)
+			return nil, rpc.Errf(codes.InvalidArgument, "%v", err)
 		}
 		if why != "" {
 			return &csi.GetCapacityResponse{}, nil
@@ -291,11 +292,11 @@ func (c *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	}
 	p, err := volspec.ParseParams(req.GetParameters())
 	if err != nil {
-		return nil, toStatus(err, "parameters")
+		return nil, rpc.ToStatus(err, "parameters")
 	}
 	nodes, vols, err := reconcile.Snapshot(ctx, c.cfg.Client)
 	if err != nil {
-		return nil, toStatus(err, "read nodes")
+		return nil, rpc.ToStatus(err, "read nodes")
 	}
 	var seg []map[string]string
 	if t := req.GetAccessibleTopology(); t != nil && len(t.GetSegments()) > 0 {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 )
 
 // ForwardedKey is the gRPC metadata key a standby sets on a mutating call
@@ -66,20 +67,20 @@ func (f *forwarder) target(ctx context.Context, self leader.LeaderRecord) (csi.C
 	active, err := f.client.ReadLeader(ctx)
 	switch {
 	case errors.Is(err, leader.ErrNotFound):
-		return nil, "", errf(codes.Unavailable, "this controller is a standby and no controller holds the leadership lock (none running, or one taking over after lock-delay): retry")
+		return nil, "", rpc.Errf(codes.Unavailable, "this controller is a standby and no controller holds the leadership lock (none running, or one taking over after lock-delay): retry")
 	case err != nil:
-		return nil, "", errf(codes.Unavailable, "this controller is a standby and cannot find the active one: %v", err)
+		return nil, "", rpc.Errf(codes.Unavailable, "this controller is a standby and cannot find the active one: %v", err)
 	case active.ForwardAddr == "":
-		return nil, "", errf(codes.Unavailable, "this controller is a standby and the active controller %s publishes no forward address", active.Node)
+		return nil, "", rpc.Errf(codes.Unavailable, "this controller is a standby and the active controller %s publishes no forward address", active.Node)
 	case active.Node == self.Node && active.ForwardAddr == self.ForwardAddr:
-		return nil, "", errf(codes.Unavailable, "this controller is taking over the leadership lock: retry")
+		return nil, "", rpc.Errf(codes.Unavailable, "this controller is taking over the leadership lock: retry")
 	}
 	if f.conn != nil && f.addr == active.ForwardAddr {
 		return csi.NewControllerClient(f.conn), f.addr, nil
 	}
 	conn, err := grpc.NewClient("passthrough:///"+active.ForwardAddr, grpc.WithTransportCredentials(f.creds))
 	if err != nil {
-		return nil, "", errf(codes.Unavailable, "dial the active controller %s at %s: %v", active.Node, active.ForwardAddr, err)
+		return nil, "", rpc.Errf(codes.Unavailable, "dial the active controller %s at %s: %v", active.Node, active.ForwardAddr, err)
 	}
 	if f.conn != nil {
 		_ = f.conn.Close()
@@ -109,7 +110,7 @@ func forward[Req, Resp any](ctx context.Context, c *Controller, method string, r
 	call func(csi.ControllerClient, context.Context, Req, ...grpc.CallOption) (Resp, error)) (Resp, error) {
 	var zero Resp
 	if by := forwardedBy(ctx); by != "" {
-		return zero, errf(codes.Unavailable, "this controller is a standby and %s already forwarded this call here: the leadership moved meanwhile; retry", by)
+		return zero, rpc.Errf(codes.Unavailable, "this controller is a standby and %s already forwarded this call here: the leadership moved meanwhile; retry", by)
 	}
 	out := metadata.AppendToOutgoingContext(ctx, ForwardedKey, c.cfg.Agent.Node())
 	self := leader.LeaderRecord{Node: c.cfg.Agent.Node(), ForwardAddr: c.cfg.ForwardAddr}

@@ -48,7 +48,7 @@ func (c *Controller) Run(ctx context.Context) error {
 // controller (plugin/reconcile), sharing the RPCs' volume locks.
 func (c *Controller) reconciler() *reconcile.Reconciler {
 	r, err := reconcile.New(reconcile.Config{Client: c.cfg.Client, Dial: c.cfg.Dial, ReplicaTimeout: c.cfg.ReplicaTimeout,
-		Grace: c.cfg.Grace, CreateTimeout: c.cfg.CreateTimeout, TryLock: c.locks.tryLock, Log: c.log.Named("reconcile"), Now: c.cfg.Now})
+		Grace: c.cfg.Grace, CreateTimeout: c.cfg.CreateTimeout, TryLock: c.locks.TryLock, Log: c.log.Named("reconcile"), Now: c.cfg.Now})
 	if err != nil {
 		panic(err) // NewController set every field reconcile needs
 	}

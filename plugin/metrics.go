@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/saddlebag/saddlebag/internal/telemetry"
+	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 )
 
 // metricsInterceptor counts every CSI call by service, method and the
@@ -17,14 +18,7 @@ import (
 func metricsInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := handler(ctx, req)
-	code := status.Code(toStatus(err, info.FullMethod))
+	code := status.Code(rpc.ToStatus(err, info.FullMethod))
 	telemetry.CSICall(info.FullMethod, code.String(), time.Since(start))
 	return resp, err
-}
-
-// StagedVolumes returns how many volumes are staged on this node.
-func (n *Node) StagedVolumes() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return len(n.staged)
 }

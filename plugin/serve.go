@@ -14,6 +14,8 @@ import (
 	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+
+	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 )
 
 // EndpointEnv is the environment variable Nomad sets to the socket a CSI
@@ -96,7 +98,7 @@ func LoggingInterceptor(log hclog.Logger) grpc.UnaryServerInterceptor {
 		resp, err := handler(ctx, req)
 		if err != nil {
 			if _, ok := status.FromError(err); !ok {
-				err = toStatus(err, info.FullMethod)
+				err = rpc.ToStatus(err, info.FullMethod)
 			}
 		}
 		code := status.Code(err)

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 	"github.com/saddlebag/saddlebag/plugin/reconcile"
 	"github.com/saddlebag/saddlebag/replication"
 )
@@ -30,7 +31,7 @@ import (
 func (c *Controller) removeReplicas(ctx context.Context, rec leader.VolumeRecord) ([]leader.ReplicaRecord, error) {
 	nodes, err := c.cfg.Client.ListNodes(ctx)
 	if err != nil {
-		return nil, toStatus(err, "read nodes")
+		return nil, rpc.ToStatus(err, "read nodes")
 	}
 	byName := reconcile.NodeMap(nodes)
 	var left []leader.ReplicaRecord
@@ -49,9 +50,9 @@ func (c *Controller) removeReplicas(ctx context.Context, rec leader.VolumeRecord
 	}
 	switch {
 	case len(busy) > 0:
-		return nil, errf(codes.FailedPrecondition, "delete volume %s: %v", rec.ID, errors.Join(append(busy, failed...)...))
+		return nil, rpc.Errf(codes.FailedPrecondition, "delete volume %s: %v", rec.ID, errors.Join(append(busy, failed...)...))
 	case len(failed) > 0:
-		return nil, errf(codes.Unavailable, "delete volume %s: %v", rec.ID, errors.Join(failed...))
+		return nil, rpc.Errf(codes.Unavailable, "delete volume %s: %v", rec.ID, errors.Join(failed...))
 	}
 	return left, nil
 }

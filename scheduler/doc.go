@@ -29,7 +29,7 @@
 // modified, and every function is safe to call from many goroutines at once.
 //
 // Callers read the snapshot from Consul (leader) and turn a *ShortfallError
-// into the CSI status ResourceExhausted (plugin); those translations live with
-// them. scheduler must import no other Saddlebag package: not plugin, leader,
+// into the CSI status ResourceExhausted (plugin/internal/rpc); those
+// translations live with them. scheduler must import no other Saddlebag package: not plugin, leader,
 // replication or hcl.
 package scheduler

@@ -10,7 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/saddlebag/saddlebag/internal/telemetry"
-	"github.com/saddlebag/saddlebag/plugin"
+	csinode "github.com/saddlebag/saddlebag/plugin/node"
 	"github.com/saddlebag/saddlebag/replication"
 )
 
@@ -54,7 +54,7 @@ func startMetrics(ctx context.Context, addr string, log hclog.Logger, sample fun
 
 // csiNodeService is the CSI node service of this process once it serves
 // one (for the staged-volumes gauge).
-var csiNodeService atomic.Pointer[plugin.Node]
+var csiNodeService atomic.Pointer[csinode.Node]
 
 // sampleNode sets the node's gauges: staged volumes, volumes it is
 // primary of, and the data directory's capacity and free space.

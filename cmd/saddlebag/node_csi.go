@@ -16,6 +16,7 @@ import (
 	"github.com/saddlebag/saddlebag/internal/fdkeeper"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin"
+	csinode "github.com/saddlebag/saddlebag/plugin/node"
 	"github.com/saddlebag/saddlebag/replication"
 )
 
@@ -32,11 +33,11 @@ func addCSINodeFlags(fs *flag.FlagSet, f *csiNodeFlags) {
 	fs.StringVar(&f.endpoint, "csi-endpoint", os.Getenv(plugin.EndpointEnv), "serve the CSI node service on this unix socket (unix:///path; default $CSI_ENDPOINT, which Nomad sets; empty: no CSI)")
 	fs.StringVar(&f.stateDir, "csi-state-dir", "", "where staged volumes' FUSE files and checkpoints live (default /run/saddlebag/csi-<node>)")
 	fs.StringVar(&f.hostDir, "host-csi-dir", "", "under raw_exec with Nomad's default stage_publish_base_dir: the host directory <client data_dir>/client/csi/node/<plugin id> that --csi-plugin-mount paths are translated to")
-	fs.StringVar(&f.pluginMount, "csi-plugin-mount", plugin.DefaultPluginMount, "the stage_publish_base_dir Nomad passes paths under (translated with --host-csi-dir)")
+	fs.StringVar(&f.pluginMount, "csi-plugin-mount", csinode.DefaultPluginMount, "the stage_publish_base_dir Nomad passes paths under (translated with --host-csi-dir)")
 	fs.Int64Var(&f.maxVolumes, "max-volumes", 0, "volumes this node takes, reported as max_volumes_per_node (0: no limit)")
 	fs.DurationVar(&f.stageTimeout, "stage-timeout", 60*time.Second, "how long NodeStageVolume waits for the volume's primary lease")
 	fs.StringVar(&f.keeperSocket, "keeper-socket", "", "socket of `saddlebag keeper`: staged volumes are parked there and survive a restart, crash or upgrade of this process (empty: volumes are unstaged when it stops)")
-	fs.DurationVar(&f.handOverTimeout, "hand-over-timeout", plugin.DefaultHandOverTimeout, "with --keeper-socket: how long a stop waits for FUSE requests already read before handing the volumes over")
+	fs.DurationVar(&f.handOverTimeout, "hand-over-timeout", csinode.DefaultHandOverTimeout, "with --keeper-socket: how long a stop waits for FUSE requests already read before handing the volumes over")
 }
 
 func (f *csiNodeFlags) check(node string) error {
@@ -62,16 +63,16 @@ func serveCSINode(ctx context.Context, f *nodeFlags, agent *leader.Agent, client
 	var keeper *fdkeeper.Client
 	if f.csi.keeperSocket != "" {
 		// The FUSE directory lets the keeper free this process should it
-		// get stuck exiting (plugin's fuseDir: <state dir>/fuse/<id>).
+		// get stuck exiting (plugin/node's fuseDir: <state dir>/fuse/<id>).
 		stateDir, err := filepath.Abs(f.csi.stateDir)
 		if err != nil {
 			return err
 		}
 		keeper = &fdkeeper.Client{Path: f.csi.keeperSocket, FUSEDir: filepath.Join(stateDir, "fuse")}
 	}
-	node, err := plugin.NewNode(plugin.NodeConfig{
+	node, err := csinode.New(csinode.Config{
 		Agent: agent, Client: client, NodeID: f.node, Labels: labels, MaxVolumes: f.csi.maxVolumes,
-		StateDir: f.csi.stateDir, Paths: plugin.PathMapper{HostDir: f.csi.hostDir, PluginMount: f.csi.pluginMount},
+		StateDir: f.csi.stateDir, Paths: csinode.PathMapper{HostDir: f.csi.hostDir, PluginMount: f.csi.pluginMount},
 		StageTimeout: f.csi.stageTimeout, ResyncRate: int64(f.resyncRate), Dial: dial, Log: log, Keeper: keeper, HandOverTimeout: f.csi.handOverTimeout,
 	})
 	if err != nil {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/moby/sys/mountinfo"
+
+	"github.com/saddlebag/saddlebag/internal/procstat"
 )
 
 // dumpStall writes what a hung test needs to be understood afterwards:
@@ -41,16 +43,13 @@ func (c *Cluster) dumpStall(logf func(string, ...any)) {
 			if name == "saddlebag" {
 				quit = append(quit, pid)
 			}
-			tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-			for _, tk := range tasks {
-				stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, tk.Name()))
-				// The state follows the parenthesised command name.
-				s := string(stat)
-				if i := strings.LastIndexByte(s, ')'); i < 0 || i+2 >= len(s) || s[i+2] != 'D' {
+			tids, _ := procstat.Tasks(pid)
+			for _, tid := range tids {
+				if st, err := procstat.ReadTask(pid, tid); err != nil || st.State != 'D' {
 					continue
 				}
-				stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stack", pid, tk.Name()))
-				fmt.Fprintf(&sb, "%s: %s pid %d thread %s in D state:\n%s", nd.Name, name, pid, tk.Name(), stack)
+				stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stack", pid, tid))
+				fmt.Fprintf(&sb, "%s: %s pid %d thread %d in D state:\n%s", nd.Name, name, pid, tid, stack)
 			}
 		}
 	}

@@ -49,7 +49,12 @@
 // Of Saddlebag's packages it imports only internal/testcluster (for the
 // Consul agents, and its Process, which starts, waits for, stops and kills the
 // Nomad agents and the docker form's dockerds too: one implementation of
-// process handling); the product packages (plugin, leader, replication, ...)
-// it must not import: it drives Saddlebag as an operator would, through
-// Nomad jobs.
+// process handling) and internal/procstat (the one reader of
+// /proc/<pid>/stat, which the descriptor keeper uses too), and of its
+// own sub-packages e2e/cluster/image (the docker form's images, which
+// ImportImage loads); the product packages (plugin, leader, replication,
+// ...) it must not import: it drives Saddlebag as an operator would,
+// through Nomad jobs. What the tests read of a failover is
+// e2e/cluster/timeline's, which needs nothing of the cluster but its
+// clients and directory.
 package cluster

@@ -79,23 +79,3 @@ func killRecorded(r ProcRecord, timeout time.Duration) error {
 	}
 	return nil
 }
-
-// procStartTime returns field 22 of /proc/PID/stat (start time in clock
-// ticks since boot), which with the PID identifies a process for good.
-func procStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces; fields restart after ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	return strconv.ParseUint(f[19], 10, 64)
-}

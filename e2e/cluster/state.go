@@ -16,6 +16,8 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/saddlebag/saddlebag/internal/procstat"
 )
 
 // StateDir holds one state file per running instance.
@@ -102,8 +104,8 @@ func (s *State) orphaned() bool {
 	if s.OwnerPID == 0 {
 		return false
 	}
-	start, err := procStartTime(s.OwnerPID)
-	return err != nil || start != s.OwnerStart
+	own, err := procstat.Read(s.OwnerPID)
+	return err != nil || own.StartTime != s.OwnerStart
 }
 
 // Destroy tears down everything s records, in an order that lets each

@@ -39,6 +39,8 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/saddlebag/saddlebag/internal/procstat"
 )
 
 // DefaultGrace is how long a node process may linger as a zombie before
@@ -52,7 +54,7 @@ const fuseConnectionsDir = "/sys/fs/fuse/connections"
 // nodeProc is a node process the keeper watches.
 type nodeProc struct {
 	pid     int
-	start   uint64 // start time (/proc/PID/stat field 22): tells a reused pid apart
+	start   uint64 // start time (procstat.Stat.StartTime): tells a reused pid apart
 	fuseDir string
 
 	zombieSince time.Time
@@ -81,23 +83,11 @@ func (ps procState) stuck() bool {
 // means it is gone (reaped).
 func readProc(pid int) (procState, error) {
 	var ps procState
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.Read(pid)
 	if err != nil {
 		return ps, err
 	}
-	// comm may hold spaces and parentheses: fields start after the last ')'.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return ps, errors.New("malformed stat")
-	}
-	f := strings.Fields(string(stat[i+1:]))
-	if len(f) < 20 {
-		return ps, errors.New("malformed stat")
-	}
-	// f[0] is field 3 (state), so field 22 (starttime) is f[19].
-	if ps.start, err = strconv.ParseUint(f[19], 10, 64); err != nil {
-		return ps, err
-	}
+	ps.start = st.StartTime
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return ps, err

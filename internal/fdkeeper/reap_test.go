@@ -20,6 +20,7 @@ import (
 	"github.com/shoenig/test/must"
 	"golang.org/x/sys/unix"
 
+	"github.com/saddlebag/saddlebag/internal/procstat"
 	"github.com/saddlebag/saddlebag/plugin/mount"
 	"github.com/saddlebag/saddlebag/replication"
 )
@@ -249,10 +250,9 @@ func startStuckNode(t *testing.T, grace time.Duration, park, thread string) *stu
 
 // threadInD reports whether a thread of pid is in D state.
 func threadInD(pid int) bool {
-	tids, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	tids, _ := procstat.Tasks(pid)
 	for _, tid := range tids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, tid.Name()))
-		if i := strings.LastIndexByte(string(b), ')'); err == nil && i > 0 && strings.HasPrefix(string(b[i+1:]), " D") {
+		if st, err := procstat.ReadTask(pid, tid); err == nil && st.State == 'D' {
 			return true
 		}
 	}

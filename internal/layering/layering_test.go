@@ -53,8 +53,18 @@ var rules = []rule{
 	{pkg: "leader", doc: "leader/doc.go", mustNot: []string{"replication", "plugin", "scheduler", "hcl"}},
 	{pkg: "scheduler", doc: "scheduler/doc.go", only: none},
 	{pkg: "plugin", doc: "plugin/doc.go",
-		directOnly: []string{"leader", "scheduler", "replication", "hcl/volspec", "internal/primary", "internal/volkey", "internal/fdkeeper", "plugin/mount", "plugin/reconcile", "internal/ctxutil", "internal/units", "internal/telemetry"},
+		mustNot:    []string{"plugin/node", "internal/primary", "internal/fdkeeper"},
+		directOnly: []string{"leader", "scheduler", "replication", "hcl/volspec", "internal/volkey", "plugin/reconcile", "plugin/internal/rpc", "internal/ctxutil", "internal/units", "internal/telemetry"},
 		importedBy: []string{"cmd/saddlebag"}},
+	{pkg: "plugin/node", doc: "plugin/node/doc.go",
+		mustNot:    []string{"plugin/reconcile"},
+		directOnly: []string{"leader", "scheduler", "replication", "hcl/volspec", "internal/primary", "internal/volkey", "internal/fdkeeper", "plugin/mount", "plugin/internal/rpc", "internal/ctxutil"},
+		importedBy: []string{"cmd/saddlebag"}},
+	// "plugin" covers plugin/node; plugin/reconcile and plugin/mount are
+	// kept out by their own rules (no gRPC status codes).
+	{pkg: "plugin/internal/rpc", doc: "plugin/internal/rpc/doc.go",
+		directOnly: []string{"leader", "scheduler", "replication", "hcl/volspec", "internal/volkey", "plugin/mount"},
+		importedBy: []string{"plugin"}},
 	{pkg: "plugin/reconcile", doc: "plugin/reconcile/doc.go",
 		mustNot:    []string{"plugin/mount", "internal/primary", "google.golang.org/grpc/status", "google.golang.org/grpc/codes", "github.com/container-storage-interface/spec"},
 		directOnly: []string{"leader", "scheduler", "replication", "hcl/volspec", "internal/ctxutil", "internal/units", "internal/telemetry"},
@@ -74,7 +84,10 @@ var rules = []rule{
 	{pkg: "internal/clusterstatus", doc: "internal/clusterstatus/doc.go", directOnly: []string{"leader"}},
 	{pkg: "internal/connecttls", doc: "internal/connecttls/doc.go", mustNot: []string{"replication", "plugin", "github.com/container-storage-interface/spec"}},
 	{pkg: "internal/bench", doc: "internal/bench/doc.go", importedBy: []string{"cmd/saddlebag"}},
-	{pkg: "e2e/cluster", doc: "e2e/cluster/doc.go", only: []string{"internal/testcluster"}},
+	{pkg: "internal/procstat", doc: "internal/procstat/procstat.go", only: none},
+	{pkg: "e2e/cluster", doc: "e2e/cluster/doc.go", only: []string{"internal/testcluster", "internal/procstat", "e2e/cluster/image"}},
+	{pkg: "e2e/cluster/timeline", doc: "e2e/cluster/timeline/doc.go", only: none},
+	{pkg: "e2e/cluster/image", doc: "e2e/cluster/image/doc.go", only: none},
 }
 
 // pkgInfo is what `go list -json` says of one package.

@@ -18,7 +18,7 @@
 // It shells out to the real tools where they are the interface (blkid,
 // mkfs.ext4, mkfs.xfs, e2fsck) and uses golang.org/x/sys/unix for loop
 // ioctls and mount(2). It must not speak gRPC status codes (the CSI
-// services in plugin/ map its typed errors) and must not import leader or
-// scheduler; it imports replication only to abort a FUSE connection, and
-// hcl/volspec only for the size rule.
+// services map its typed errors, in plugin/internal/rpc) and must not
+// import leader or scheduler; it imports replication only to abort a
+// FUSE connection, and hcl/volspec only for the size rule.
 package mount

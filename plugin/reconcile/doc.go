@@ -23,8 +23,8 @@
 // the pass is handed, and a volume is touched only while holding its
 // per-volume lock (Config.TryLock, the Controller's own, shared with the
 // RPCs); a busy volume is left to the next pass. Errors are returned
-// joined, never as gRPC status codes: plugin is the only package that
-// speaks those.
+// joined, never as gRPC status codes: plugin and plugin/node are the
+// only packages that speak those (plugin/internal/rpc maps them).
 //
 // It may import leader, scheduler, replication and hcl/volspec (and the
 // leaf utilities internal/ctxutil, internal/units and internal/telemetry,

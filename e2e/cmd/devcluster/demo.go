@@ -15,6 +15,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/saddlebag/saddlebag/e2e/cluster"
+	"github.com/saddlebag/saddlebag/e2e/cluster/timeline"
 )
 
 // The demo's volume spec: the example's, at 512 MiB (the end-to-end
@@ -174,7 +175,7 @@ func failover() error {
 	if err != nil {
 		return err
 	}
-	tl := cluster.WatchFailover(t0, cluster.TimelineConfig{Nomad: napi, Consul: capi, Volume: "postgres", Job: "postgres",
+	tl := timeline.Watch(t0, timeline.Config{Nomad: napi, Consul: capi, Volume: "postgres", Job: "postgres",
 		Node: primary, NodeID: primaryID, Dir: s.Dir})
 	downCh := make(chan time.Duration, 1)
 	go func() {

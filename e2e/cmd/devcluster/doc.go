@@ -6,7 +6,7 @@
 //	devcluster up      start it (or show the one already running)
 //	devcluster status  show it
 //	devcluster failover  SIGKILL the node under Postgres; print the failover
-//	                   step by step (e2e/cluster.Timeline) and failover_seconds
+//	                   step by step (e2e/cluster/timeline) and failover_seconds
 //	devcluster down    tear it down: every process, namespace, mount and rule
 //
 // It only wires flags to package e2e/cluster; the cluster logic lives there.

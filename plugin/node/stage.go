@@ -1,4 +1,4 @@
-package plugin
+package node
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 	"github.com/saddlebag/saddlebag/internal/primary"
 	"github.com/saddlebag/saddlebag/internal/volkey"
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 	"github.com/saddlebag/saddlebag/plugin/mount"
 	"github.com/saddlebag/saddlebag/replication"
 )
@@ -37,7 +38,7 @@ type stagedVolume struct {
 	// repeated NodeStageVolume must bring the passphrase too.
 	keyRec *volkey.Record
 	// parkMeta and parkDev are what the descriptor keeper holds for the
-	// volume (node_handoff.go); parkDev nil: not parked.
+	// volume (handoff.go); parkDev nil: not parked.
 	parkMeta []byte
 	parkDev  *os.File
 
@@ -64,7 +65,7 @@ func (n *Node) fuseDir(id string) string { return filepath.Join(n.cfg.StateDir, 
 // use and mount it.
 func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	id := req.GetVolumeId()
-	if err := checkVolumeID("volume_id", id); err != nil {
+	if err := rpc.CheckVolumeID("volume_id", id); err != nil {
 		return nil, err
 	}
 	staging, err := n.hostPath("staging_target_path", req.GetStagingTargetPath())
@@ -72,12 +73,12 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return nil, err
 	}
 	vc := req.GetVolumeCapability()
-	why, err := checkCapability(vc)
+	why, err := rpc.CheckCapability(vc)
 	if err != nil {
-		return nil, errf(codes.InvalidArgument, "%v", err)
+		return nil, rpc.Errf(codes.InvalidArgument, "%v", err)
 	}
 	if why != "" {
-		return nil, errf(codes.InvalidArgument, "%s", why)
+		return nil, rpc.Errf(codes.InvalidArgument, "%s", why)
 	}
 	unlock, err := n.lock(id)
 	if err != nil {
@@ -87,29 +88,29 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	log := n.log.With("volume_id", id)
 	if sv := n.get(id); sv != nil {
 		if sv.stagingPath != staging || sv.block != (vc.GetBlock() != nil) {
-			return nil, errf(codes.AlreadyExists, "volume %s is already staged here at %s", id, sv.stagingPath)
+			return nil, rpc.Errf(codes.AlreadyExists, "volume %s is already staged here at %s", id, sv.stagingPath)
 		}
 		if sv.prim.Lease.Err() == nil {
-			if err := checkPassphrase(leader.VolumeRecord{ID: id, Encryption: sv.keyRec}, req.GetSecrets()); err != nil {
+			if err := rpc.CheckPassphrase(leader.VolumeRecord{ID: id, Encryption: sv.keyRec}, req.GetSecrets()); err != nil {
 				return nil, err
 			}
 			return &csi.NodeStageVolumeResponse{}, nil
 		}
 		// The lease was lost (fenced): undo and stage again at a new epoch.
 		if err := n.unstage(ctx, sv, true); err != nil {
-			return nil, toStatus(err, "clear a fenced stage")
+			return nil, rpc.ToStatus(err, "clear a fenced stage")
 		}
 	}
 	log.Info("staging volume: opening its key, then taking the primary lease", "staging", staging)
 	rec, _, err := n.cfg.Client.GetVolume(ctx, id)
 	if err != nil {
-		return nil, toStatus(err, "read volume")
+		return nil, rpc.ToStatus(err, "read volume")
 	}
 	if rec.State != leader.VolumeReady {
-		return nil, errf(codes.NotFound, "volume %s is %s", id, rec.State)
+		return nil, rpc.Errf(codes.NotFound, "volume %s is %s", id, rec.State)
 	}
-	if why := capabilityFits(vc, rec); why != "" {
-		return nil, errf(codes.FailedPrecondition, "%s", why)
+	if why := rpc.CapabilityFits(vc, rec); why != "" {
+		return nil, rpc.Errf(codes.FailedPrecondition, "%s", why)
 	}
 	fsType := rec.Spec.FSType
 	if fsType == "" {
@@ -131,7 +132,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	fuseDir := n.fuseDir(id)
 	backing := filepath.Join(fuseDir, id)
 	if rc, err := mount.Recover(ctx, mount.RecoverRequest{FUSEDir: fuseDir, BackingFile: backing, Force: true, Log: log}); err != nil {
-		return nil, toStatus(err, "clear what an earlier engine left")
+		return nil, rpc.ToStatus(err, "clear what an earlier engine left")
 	} else if rc.Server != mount.ServerAbsent {
 		log.Warn("cleaned up after an earlier engine", "server", rc.Server, "unmounted", rc.Unmounted, "detached", rc.Detached)
 	}
@@ -146,9 +147,9 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	if err != nil {
 		if pctx.Err() != nil && ctx.Err() == nil {
 			holder, _ := n.cfg.Client.ReadPrimary(ctx, id)
-			return nil, errf(codes.Unavailable, "volume %s: primary lease not free within %s (held by node %q): retry", id, n.cfg.StageTimeout, holder.Node)
+			return nil, rpc.Errf(codes.Unavailable, "volume %s: primary lease not free within %s (held by node %q): retry", id, n.cfg.StageTimeout, holder.Node)
 		}
-		return nil, toStatus(err, "promote")
+		return nil, rpc.ToStatus(err, "promote")
 	}
 	sv.prim = prim
 	ok := false
@@ -164,31 +165,31 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	// Recorded before anything is mounted there, so that the unstage of
 	// a later process still knows this is the volume's staging path.
 	if err := n.writePaths(id, pathRecord{Staging: staging}); err != nil {
-		return nil, toStatus(err, "record the staging path")
+		return nil, rpc.ToStatus(err, "record the staging path")
 	}
 	var dev replication.Device = prim.Engine
 	if key != nil {
 		// Every block is encrypted before the engine replicates it.
 		if dev, err = replication.NewEncryptedDevice(prim.Engine, key); err != nil {
-			return nil, toStatus(err, "encrypt the volume")
+			return nil, rpc.ToStatus(err, "encrypt the volume")
 		}
 	}
 	sv.fuse, err = n.mountFUSE(ctx, dev, id)
 	if err != nil {
-		return nil, toStatus(err, "serve the volume file")
+		return nil, rpc.ToStatus(err, "serve the volume file")
 	}
 	if sv.block {
 		if sv.device, err = mount.AttachLoop(sv.fuse.Path()); err != nil {
-			return nil, toStatus(err, "attach loop device")
+			return nil, rpc.ToStatus(err, "attach loop device")
 		}
 		if err := os.MkdirAll(staging, 0o750); err != nil {
-			return nil, toStatus(err, "staging path")
+			return nil, rpc.ToStatus(err, "staging path")
 		}
 	} else {
 		st, err := mount.Stage(ctx, mount.StageRequest{BackingFile: sv.fuse.Path(), StagingPath: staging, FSType: fsType, Written: prim.Engine.Written(),
 			MountOptions: vc.GetMount().GetMountFlags(), StateFile: sv.stateFile, Log: log})
 		if err != nil {
-			return nil, toStatus(err, "stage")
+			return nil, rpc.ToStatus(err, "stage")
 		}
 		sv.device = st.Device
 		log.Info("volume staged", "staging", staging, "device", st.Device, "fs_type", st.FSType, "formatted", st.Formatted,
@@ -217,22 +218,22 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 func stageKey(rec leader.VolumeRecord, secrets map[string]string) ([]byte, error) {
 	if rec.Encryption == nil {
 		if p, _ := volspec.ParseParams(rec.Spec.Parameters); p.Encrypted {
-			return nil, errf(codes.Internal, "volume %s is marked encrypted but its record in Consul holds no key record", rec.ID)
+			return nil, rpc.Errf(codes.Internal, "volume %s is marked encrypted but its record in Consul holds no key record", rec.ID)
 		}
 		return nil, nil
 	}
 	pass, ok := secrets[volspec.SecretPassphrase]
 	if !ok {
-		return nil, errf(codes.InvalidArgument, "volume %s is encrypted: NodeStageVolume needs the secret %s (set it in the volume's secrets block; Nomad passes it at every stage)",
+		return nil, rpc.Errf(codes.InvalidArgument, "volume %s is encrypted: NodeStageVolume needs the secret %s (set it in the volume's secrets block; Nomad passes it at every stage)",
 			rec.ID, volspec.SecretPassphrase)
 	}
 	key, err := rec.Encryption.Open(rec.ID, pass)
 	switch {
 	case errors.Is(err, volkey.ErrWrongPassphrase):
-		return nil, errf(codes.InvalidArgument, "volume %s: secrets.%s is wrong: it does not open the volume's data key; nothing was staged",
+		return nil, rpc.Errf(codes.InvalidArgument, "volume %s: secrets.%s is wrong: it does not open the volume's data key; nothing was staged",
 			rec.ID, volspec.SecretPassphrase)
 	case err != nil:
-		return nil, errf(codes.Internal, "volume %s: its key record in Consul is unusable: %v", rec.ID, err)
+		return nil, rpc.Errf(codes.Internal, "volume %s: its key record in Consul is unusable: %v", rec.ID, err)
 	}
 	return key, nil
 }
@@ -253,7 +254,7 @@ func (n *Node) replicaConfigs(rec leader.VolumeRecord) []replication.ReplicaConf
 // for the volume is acted on: another one is InvalidArgument.
 func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	id := req.GetVolumeId()
-	if err := checkVolumeID("volume_id", id); err != nil {
+	if err := rpc.CheckVolumeID("volume_id", id); err != nil {
 		return nil, err
 	}
 	staging, err := n.hostPath("staging_target_path", req.GetStagingTargetPath())
@@ -267,29 +268,29 @@ func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 	defer unlock()
 	rec, recorded, err := n.readPaths(id)
 	if err != nil {
-		return nil, toStatus(err, "unstage")
+		return nil, rpc.ToStatus(err, "unstage")
 	}
 	sv := n.get(id)
 	if sv != nil {
 		rec.Staging, recorded = sv.stagingPath, true
 	}
 	if recorded && rec.Staging != staging {
-		return nil, errf(codes.InvalidArgument, "volume %s is staged at another staging_target_path on this node; unstage acts only on the path it was staged at", id)
+		return nil, rpc.Errf(codes.InvalidArgument, "volume %s is staged at another staging_target_path on this node; unstage acts only on the path it was staged at", id)
 	}
 	if sv != nil {
 		if err := n.unstage(ctx, sv, false); err != nil {
-			return nil, toStatus(err, "unstage")
+			return nil, rpc.ToStatus(err, "unstage")
 		}
-		return &csi.NodeUnstageVolumeResponse{}, toStatus(n.removePaths(id), "unstage")
+		return &csi.NodeUnstageVolumeResponse{}, rpc.ToStatus(n.removePaths(id), "unstage")
 	}
 	// Not staged by this process: clear what an earlier one left, all of
 	// it inside the plugin's own directory or mounted from it.
 	fuseDir := n.fuseDir(id)
 	if _, err := mount.Recover(ctx, mount.RecoverRequest{FUSEDir: fuseDir, BackingFile: filepath.Join(fuseDir, id), Force: true,
 		Log: n.log}); err != nil {
-		return nil, toStatus(err, "clear what an earlier engine left")
+		return nil, rpc.ToStatus(err, "clear what an earlier engine left")
 	}
-	return &csi.NodeUnstageVolumeResponse{}, toStatus(n.removePaths(id), "unstage")
+	return &csi.NodeUnstageVolumeResponse{}, rpc.ToStatus(n.removePaths(id), "unstage")
 }
 
 // unstage undoes NodeStageVolume for sv and forgets it.
@@ -357,7 +358,7 @@ func unmountFUSE(m *replication.FUSEMount) error {
 // access, the loop device) at the target path, read-only when asked.
 func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	id := req.GetVolumeId()
-	if err := checkVolumeID("volume_id", id); err != nil {
+	if err := rpc.CheckVolumeID("volume_id", id); err != nil {
 		return nil, err
 	}
 	target, err := n.hostPath("target_path", req.GetTargetPath())
@@ -365,22 +366,22 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 		return nil, err
 	}
 	if req.GetStagingTargetPath() == "" {
-		return nil, errf(codes.InvalidArgument, "staging_target_path is required (the plugin stages volumes)")
+		return nil, rpc.Errf(codes.InvalidArgument, "staging_target_path is required (the plugin stages volumes)")
 	}
 	staging, err := n.hostPath("staging_target_path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
 	}
 	if within(target, staging) || within(staging, target) {
-		return nil, errf(codes.InvalidArgument, "target_path and staging_target_path overlap")
+		return nil, rpc.Errf(codes.InvalidArgument, "target_path and staging_target_path overlap")
 	}
 	vc := req.GetVolumeCapability()
-	why, err := checkCapability(vc)
+	why, err := rpc.CheckCapability(vc)
 	if err != nil {
-		return nil, errf(codes.InvalidArgument, "%v", err)
+		return nil, rpc.Errf(codes.InvalidArgument, "%v", err)
 	}
 	if why != "" {
-		return nil, errf(codes.InvalidArgument, "%s", why)
+		return nil, rpc.Errf(codes.InvalidArgument, "%s", why)
 	}
 	unlock, err := n.lock(id)
 	if err != nil {
@@ -389,17 +390,17 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	defer unlock()
 	sv := n.get(id)
 	if sv == nil {
-		return nil, errf(codes.FailedPrecondition, "volume %s is not staged on this node", id)
+		return nil, rpc.Errf(codes.FailedPrecondition, "volume %s is not staged on this node", id)
 	}
 	if sv.stagingPath != staging {
-		return nil, errf(codes.FailedPrecondition, "volume %s is staged at %s, not %s", id, sv.stagingPath, staging)
+		return nil, rpc.Errf(codes.FailedPrecondition, "volume %s is staged at %s, not %s", id, sv.stagingPath, staging)
 	}
 	if sv.block != (vc.GetBlock() != nil) {
-		return nil, errf(codes.AlreadyExists, "volume %s was staged with another access type", id)
+		return nil, rpc.Errf(codes.AlreadyExists, "volume %s was staged with another access type", id)
 	}
 	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 	if err := n.addTarget(id, target); err != nil { // before the mount: unpublish must know it
-		return nil, toStatus(err, "record the target path")
+		return nil, rpc.ToStatus(err, "record the target path")
 	}
 	if sv.block {
 		err = publishBlock(sv.device, target, readOnly)
@@ -407,7 +408,7 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 		err = mount.Publish(staging, target, readOnly)
 	}
 	if err != nil {
-		return nil, toStatus(err, "publish")
+		return nil, rpc.ToStatus(err, "publish")
 	}
 	sv.mu.Lock()
 	sv.targets[target] = true
@@ -441,12 +442,12 @@ func publishBlock(device, target string, readOnly bool) error {
 }
 
 // NodeUnpublishVolume unmounts the target and removes it, if it is one
-// the volume was published at (node_paths.go); a path that does not exist
+// the volume was published at (pathrecord.go); a path that does not exist
 // is unpublished already, and any other path is InvalidArgument, with
 // nothing touched.
 func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	id := req.GetVolumeId()
-	if err := checkVolumeID("volume_id", id); err != nil {
+	if err := rpc.CheckVolumeID("volume_id", id); err != nil {
 		return nil, err
 	}
 	target, err := n.hostPath("target_path", req.GetTargetPath())
@@ -460,7 +461,7 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 	defer unlock()
 	rec, _, err := n.readPaths(id)
 	if err != nil {
-		return nil, toStatus(err, "unpublish")
+		return nil, rpc.ToStatus(err, "unpublish")
 	}
 	published := slices.Contains(rec.Targets, target)
 	if sv := n.get(id); sv != nil {
@@ -478,21 +479,21 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 		// before the records) is still this volume's when the file system
 		// mounted there comes from the volume's own loop device.
 		if ours, err := mount.MountedFrom(target, filepath.Join(n.fuseDir(id), id)); err != nil || !ours {
-			return nil, errf(codes.InvalidArgument, "target_path is not where volume %s is published on this node; unpublish acts only on its own targets", id)
+			return nil, rpc.Errf(codes.InvalidArgument, "target_path is not where volume %s is published on this node; unpublish acts only on its own targets", id)
 		}
 	}
 	if err := mount.Unpublish(target, n.log); err != nil {
-		return nil, toStatus(err, "unpublish")
+		return nil, rpc.ToStatus(err, "unpublish")
 	}
 	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, errf(codes.Internal, "remove target %s: %v", target, err)
+		return nil, rpc.Errf(codes.Internal, "remove target %s: %v", target, err)
 	}
 	if sv := n.get(id); sv != nil {
 		sv.mu.Lock()
 		delete(sv.targets, target)
 		sv.mu.Unlock()
 	}
-	return &csi.NodeUnpublishVolumeResponse{}, toStatus(n.removeTarget(id, target), "unpublish")
+	return &csi.NodeUnpublishVolumeResponse{}, rpc.ToStatus(n.removeTarget(id, target), "unpublish")
 }
 
 // follow keeps a staged volume's engine in line with its volume record

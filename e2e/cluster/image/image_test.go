@@ -1,4 +1,4 @@
-package cluster
+package image
 
 import (
 	"archive/tar"
@@ -19,10 +19,10 @@ func TestImageHoldsWhatItsBinariesLoad(t *testing.T) {
 	if _, err := os.Stat("/usr/lib/postgresql/15/bin/postgres"); err != nil {
 		t.Skip("Debian's postgresql 15 is not installed (scripts/install-deps.sh)")
 	}
-	im, err := PostgresImage("test:1")
+	im, err := Postgres("test:1")
 	must.NoError(t, err)
 	var buf bytes.Buffer
-	must.NoError(t, im.writeTar(&buf))
+	must.NoError(t, im.WriteTar(&buf))
 	entries := map[string]*tar.Header{}
 	tr := tar.NewReader(&buf)
 	for {

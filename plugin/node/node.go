@@ -1,4 +1,4 @@
-package plugin
+package node
 
 import (
 	"context"
@@ -16,12 +16,13 @@ import (
 
 	"github.com/saddlebag/saddlebag/internal/fdkeeper"
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
-// NodeConfig configures the Node service of a `saddlebag node` agent.
-type NodeConfig struct {
+// Config configures the Node service of a `saddlebag node` agent.
+type Config struct {
 	Agent  *leader.Agent
 	Client *leader.Client
 	// NodeID is the node's name (as in Consul and the volume records).
@@ -49,7 +50,7 @@ type NodeConfig struct {
 	// FUSEHungTimeout is the FUSE watchdog's bound (0: default).
 	FUSEHungTimeout time.Duration
 	// Keeper, when set, is the descriptor keeper staged volumes are
-	// parked in so that they outlive this process (node_handoff.go).
+	// parked in so that they outlive this process (handoff.go).
 	Keeper *fdkeeper.Client
 	// HandOverTimeout bounds HandOver's wait for FUSE requests already
 	// read (0: DefaultHandOverTimeout).
@@ -63,9 +64,9 @@ type NodeConfig struct {
 // previous process left (plugin/mount.Recover) and promotes again.
 type Node struct {
 	csi.UnimplementedNodeServer
-	cfg   NodeConfig
+	cfg   Config
 	log   hclog.Logger
-	locks volumeLocks
+	locks rpc.VolumeLocks
 
 	mu     sync.Mutex
 	staged map[string]*stagedVolume
@@ -73,8 +74,8 @@ type Node struct {
 
 var _ csi.NodeServer = (*Node)(nil)
 
-// NewNode validates cfg and returns the service.
-func NewNode(cfg NodeConfig) (*Node, error) {
+// New validates cfg and returns the service.
+func New(cfg Config) (*Node, error) {
 	if cfg.Agent == nil || cfg.Client == nil || cfg.NodeID == "" || cfg.StateDir == "" {
 		return nil, fmt.Errorf("%w: node service needs an agent, a client, a node id and a state dir", leader.ErrInvalid)
 	}
@@ -90,13 +91,7 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	return &Node{cfg: cfg, log: cfg.Log.Named("csi-node"), staged: map[string]*stagedVolume{}}, nil
 }
 
-func (n *Node) lock(id string) (func(), error) {
-	unlock := n.locks.tryLock(id)
-	if unlock == nil {
-		return nil, errf(codes.Aborted, "an operation on volume %s is already in progress", id)
-	}
-	return unlock, nil
-}
+func (n *Node) lock(id string) (func(), error) { return n.locks.Lock(id) }
 
 func (n *Node) get(id string) *stagedVolume {
 	n.mu.Lock()
@@ -138,43 +133,43 @@ func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeG
 // one spec contradicts the CSI spec and is excluded in TestCSISanity.
 func (n *Node) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	id, p := req.GetVolumeId(), req.GetVolumePath()
-	if err := checkVolumeID("volume_id", id); err != nil {
+	if err := rpc.CheckVolumeID("volume_id", id); err != nil {
 		return nil, err
 	}
 	if p == "" {
-		return nil, errf(codes.InvalidArgument, "volume_path is required")
+		return nil, rpc.Errf(codes.InvalidArgument, "volume_path is required")
 	}
 	why := pathProblem(p)
 	if !filepath.IsAbs(p) {
 		why = pathProblem("/" + p) // the elements are checked first; relativity after the id
 	}
 	if why != "" {
-		return nil, errf(codes.InvalidArgument, "volume_path %.200q %s", p, why)
+		return nil, rpc.Errf(codes.InvalidArgument, "volume_path %.200q %s", p, why)
 	}
 	sv := n.get(id)
 	if sv == nil {
-		return nil, errf(codes.NotFound, "volume %s is not staged on this node", id)
+		return nil, rpc.Errf(codes.NotFound, "volume %s is not staged on this node", id)
 	}
 	if !filepath.IsAbs(p) {
-		return nil, errf(codes.InvalidArgument, "volume_path %.200q is not absolute", p)
+		return nil, rpc.Errf(codes.InvalidArgument, "volume_path %.200q is not absolute", p)
 	}
 	path := n.cfg.Paths.Host(p)
 	if !sv.hasPath(path) {
-		return nil, errf(codes.InvalidArgument, "volume %s is not staged or published at volume_path %q on this node", id, p)
+		return nil, rpc.Errf(codes.InvalidArgument, "volume %s is not staged or published at volume_path %q on this node", id, p)
 	}
 	st, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, errf(codes.NotFound, "volume path %s does not exist", path)
+		return nil, rpc.Errf(codes.NotFound, "volume path %s does not exist", path)
 	}
 	if err != nil {
-		return nil, errf(codes.Internal, "stat %s: %v", path, err)
+		return nil, rpc.Errf(codes.Internal, "stat %s: %v", path, err)
 	}
 	if st.Mode()&os.ModeDevice != 0 || sv.block {
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: sv.size}}}, nil
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(path, &fs); err != nil {
-		return nil, errf(codes.Internal, "statfs %s: %v", path, err)
+		return nil, rpc.Errf(codes.Internal, "statfs %s: %v", path, err)
 	}
 	bs := fs.Bsize
 	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
@@ -182,6 +177,13 @@ func (n *Node) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStats
 			Used: int64(fs.Blocks-fs.Bfree) * bs},
 		{Unit: csi.VolumeUsage_INODES, Total: int64(fs.Files), Available: int64(fs.Ffree), Used: int64(fs.Files - fs.Ffree)},
 	}}, nil
+}
+
+// StagedVolumes returns how many volumes are staged on this node.
+func (n *Node) StagedVolumes() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.staged)
 }
 
 // Shutdown unstages every volume staged here (file systems still in use

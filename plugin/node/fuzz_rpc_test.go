@@ -1,4 +1,4 @@
-package plugin
+package node
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin"
 )
 
 // keyRecorder is a stand-in for Consul's HTTP API that records every KV
@@ -100,13 +101,13 @@ func FuzzRPCRequests(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	ctrl, err := NewController(ControllerConfig{Client: c, Agent: a})
+	ctrl, err := plugin.NewController(plugin.ControllerConfig{Client: c, Agent: a})
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(ctrl.Close)
 	root := f.TempDir()
-	node, err := NewNode(NodeConfig{Agent: a, Client: c, NodeID: "n1", StateDir: filepath.Join(root, "state")})
+	node, err := New(Config{Agent: a, Client: c, NodeID: "n1", StateDir: filepath.Join(root, "state")})
 	if err != nil {
 		f.Fatal(err)
 	}

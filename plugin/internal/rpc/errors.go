@@ -1,4 +1,4 @@
-package plugin
+package rpc
 
 import (
 	"context"
@@ -15,14 +15,17 @@ import (
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
-// errf returns a gRPC status error.
-func errf(c codes.Code, format string, args ...any) error {
+// Errf returns a gRPC status error.
+func Errf(c codes.Code, format string, args ...any) error {
 	return status.Errorf(c, format, args...)
 }
 
-// toStatus turns an error from the layers below into a gRPC status error,
-// branching on type only. An error that is already a status passes through.
-func toStatus(err error, what string) error {
+// ToStatus turns an error from the layers below into a gRPC status error,
+// branching on type only; what says what failed. An error that is
+// already a status passes through. It is the one mapping of Saddlebag's
+// typed errors to codes: the Controller and Node services and the
+// interceptors of plugin's gRPC servers all use it.
+func ToStatus(err error, what string) error {
 	if err == nil {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package cluster
+package timeline
 
 import (
 	"bufio"
@@ -16,8 +16,8 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 )
 
-// TimelineConfig says what a failover Timeline watches.
-type TimelineConfig struct {
+// Config says what a failover Timeline watches.
+type Config struct {
 	Nomad  *nomadapi.Client
 	Consul *consulapi.Client
 	// Volume is the volume ID, Job the job whose allocation claims it.
@@ -29,8 +29,8 @@ type TimelineConfig struct {
 	Dir string
 }
 
-// TimelineEvent is one step of a failover, at the moment it was seen.
-type TimelineEvent struct {
+// Event is one step of a failover, at the moment it was seen.
+type Event struct {
 	At   time.Time
 	What string
 }
@@ -44,17 +44,17 @@ type TimelineEvent struct {
 // host's.
 type Timeline struct {
 	T0  time.Time
-	cfg TimelineConfig
+	cfg Config
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
 	mu     sync.Mutex
-	events []TimelineEvent
+	events []Event
 }
 
-// WatchFailover starts watching; the fault happened at t0.
-func WatchFailover(t0 time.Time, cfg TimelineConfig) *Timeline {
+// Watch starts watching; the fault happened at t0.
+func Watch(t0 time.Time, cfg Config) *Timeline {
 	ctx, cancel := context.WithCancel(context.Background())
 	tl := &Timeline{T0: t0, cfg: cfg, cancel: cancel}
 	tl.wg.Go(func() { tl.watchNode(ctx) })
@@ -68,26 +68,26 @@ func WatchFailover(t0 time.Time, cfg TimelineConfig) *Timeline {
 func (tl *Timeline) Add(at time.Time, what string) {
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
-	tl.events = append(tl.events, TimelineEvent{At: at, What: what})
+	tl.events = append(tl.events, Event{At: at, What: what})
 }
 
 // Events returns the steps recorded so far, in time order.
-func (tl *Timeline) Events() []TimelineEvent {
+func (tl *Timeline) Events() []Event {
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
 	ev := slices.Clone(tl.events)
-	slices.SortStableFunc(ev, func(a, b TimelineEvent) int { return a.At.Compare(b.At) })
+	slices.SortStableFunc(ev, func(a, b Event) int { return a.At.Compare(b.At) })
 	return ev
 }
 
 // First returns the first step whose text contains s.
-func (tl *Timeline) First(s string) (TimelineEvent, bool) {
+func (tl *Timeline) First(s string) (Event, bool) {
 	for _, e := range tl.Events() {
 		if strings.Contains(e.What, s) {
 			return e, true
 		}
 	}
-	return TimelineEvent{}, false
+	return Event{}, false
 }
 
 // Stop ends the watching, then adds the allocations' task events and the

@@ -1,4 +1,4 @@
-package plugin
+package node
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/saddlebag/saddlebag/leader"
+	"github.com/saddlebag/saddlebag/plugin"
+	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 )
 
 // hostileIDs are ids an adversarial caller sends: path syntax, URL
@@ -28,15 +30,15 @@ var hostilePaths = []string{"relative", "some/path", "./x", "/a/../b", "/a/./b",
 
 // unreachableClient is a Consul client that no request can reach: a test
 // that gets an answer through it proves the RPC never asked Consul.
-func testServices(t testing.TB) (*Controller, *Node) {
+func testServices(t testing.TB) (*plugin.Controller, *Node) {
 	t.Helper()
 	c, err := leader.NewClient(leader.ConsulConfig{Address: "127.0.0.1:1"}, nil)
 	must.NoError(t, err)
 	a, err := leader.NewAgent(leader.AgentConfig{Client: c, Node: "n1"})
 	must.NoError(t, err)
-	ctrl, err := NewController(ControllerConfig{Client: c, Agent: a})
+	ctrl, err := plugin.NewController(plugin.ControllerConfig{Client: c, Agent: a})
 	must.NoError(t, err)
-	node, err := NewNode(NodeConfig{Agent: a, Client: c, NodeID: "n1", StateDir: t.TempDir(), Log: hclog.NewNullLogger()})
+	node, err := New(Config{Agent: a, Client: c, NodeID: "n1", StateDir: t.TempDir(), Log: hclog.NewNullLogger()})
 	must.NoError(t, err)
 	return ctrl, node
 }
@@ -213,7 +215,7 @@ func TestHostPathRefusesSymlinkEscape(t *testing.T) {
 // builds files only inside the state directory, and an accepted path is
 // absolute, clean, free of "..", and outside the state directory.
 func checkNodePaths(t *testing.T, node *Node, id, p string) {
-	if checkVolumeID("volume_id", id) == nil {
+	if rpc.CheckVolumeID("volume_id", id) == nil {
 		for _, f := range []string{node.fuseDir(id), node.pathFile(id), filepath.Join(node.cfg.StateDir, "stage", id+".json")} {
 			if !within(f, node.cfg.StateDir) || f == node.cfg.StateDir || filepath.Clean(f) != f {
 				t.Fatalf("id %q builds %q outside %q", id, f, node.cfg.StateDir)

@@ -1,7 +1,7 @@
-package plugin
+package node
 
 // Volumes that outlive the node process (issue 13). With a descriptor
-// keeper (NodeConfig.Keeper, internal/fdkeeper), each staged volume's
+// keeper (Config.Keeper, internal/fdkeeper), each staged volume's
 // FUSE connection is relayed (replication.MountFUSEHandoff) and a
 // duplicate of its /dev/fuse descriptor is parked in the keeper with
 // what a successor needs to serve it again (parkedVolume). Then:
@@ -192,7 +192,7 @@ func (n *Node) Adopt(ctx context.Context) error {
 		entries = nil
 	}
 	for _, e := range entries {
-		unlock := n.locks.tryLock(e.Name)
+		unlock := n.locks.TryLock(e.Name)
 		if unlock == nil {
 			e.File.Close()
 			continue
