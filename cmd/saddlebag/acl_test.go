@@ -54,12 +54,14 @@ func shippedPolicyToken(t *testing.T, c *api.Client, name string) string {
 // TestLeastPrivilegeACLPolicies: against Consul with ACLs in
 // default-deny mode, the policies shipped in jobs/acl are enough, and
 // only just: the operator's token installs the intentions (the node's
-// cannot); two nodes with the node policy register, take a primary
-// lease and serve a volume over mutual TLS (leaf, authorize, sessions,
-// the in-sync transaction, health checks); two controllers with the
-// controller policy elect a leader, place and create a volume on a node
-// and forward a standby's call to the active one; and a node given the
-// controller's token is refused the saddlebag-node registration.
+// cannot); two nodes with the node policy register, and one of them,
+// staging a volume through its CSI node plugin, reads the volume's
+// record, takes its primary lease and serves it over mutual TLS (leaf,
+// authorize, sessions, the in-sync transaction, health checks); two
+// controllers with the controller policy elect a leader, place and
+// create volumes on the nodes and forward a standby's call to the
+// active one; and a node given the controller's token is refused the
+// saddlebag-node registration.
 func TestLeastPrivilegeACLPolicies(t *testing.T) {
 	requireRoot(t)
 	dev, admin := aclConsul(t)
@@ -80,30 +82,39 @@ func TestLeastPrivilegeACLPolicies(t *testing.T) {
 	must.StrContains(t, string(out), "intention * -> saddlebag-node: deny")
 
 	dir := t.TempDir()
+	t.Cleanup(func() { assertNothingMountedUnder(t, dir) })
+	recoverOnFailure(t, dir, filepath.Join(dir, "n1-csi"), "vol1")
 	a1 := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	a2 := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	nodeArgs := func(name, addr string, extra ...string) []string {
 		return append([]string{"node", "--node", name, "--data-dir", filepath.Join(dir, name), "--listen", addr,
-			"--consul-addr", dev.HTTPAddr, "--consul-token", nodeTok, "--ttl", "1500ms", "--lock-delay", "1s"}, extra...)
+			"--consul-addr", dev.HTTPAddr, "--consul-token", nodeTok, "--ttl", "1500ms", "--lock-delay", "1s", "--metrics-addr", ""}, extra...)
 	}
 	n2 := startProc(t, nodeArgs("n2", a2)...)
 	n2.waitLine(t, nodeSessionRE, 60*time.Second)
-	n1 := startProc(t, nodeArgs("n1", a1, "--serve-volume", "vol1", "--serve-size", "16MiB",
-		"--serve-replica", a1, "--serve-replica", a2)...)
-	n1.waitLine(t, nodePrimaryRE, 60*time.Second)
+	n1Sock := filepath.Join(dir, "n1-csi.sock")
+	n1 := startProc(t, nodeArgs("n1", a1, "--csi-endpoint", "unix://"+n1Sock, "--csi-state-dir", filepath.Join(dir, "n1-csi"),
+		"--stage-timeout", "30s")...)
+	n1.waitLine(t, nodeSessionRE, 60*time.Second)
+	n1.waitLine(t, csiServingRE, 10*time.Second)
 
 	c, err := leader.NewClient(leader.ConsulConfig{Address: dev.HTTPAddr, Token: aclManagementToken}, hclog.NewNullLogger())
 	must.NoError(t, err)
 	waitHealthyNodes(t, c, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	p1, s1 := startController(t, dev.HTTPAddr, "c1", dir, "--consul-token", ctlTok)
+	p1.waitLine(t, activeControlRE, 30*time.Second)
+	// n1's CSI node plugin, with the node's token, stages vol1: it reads
+	// the volume record, takes the primary lease and serves the volume
+	// over mutual TLS to both replicas, recording them in sync.
+	serveBlockVolume(t, ctx, s1, n1Sock, "n1", dir, "vol1", 16<<20, 2)
+	n1.waitLine(t, nodePrimaryRE, 60*time.Second)
 	rec, err := c.RecordedInSync(ctx, "vol1")
 	must.NoError(t, err)
 	must.NotNil(t, rec)
 	must.SliceContainsAll(t, []string{a1, a2}, rec.Replicas)
 
-	p1, s1 := startController(t, dev.HTTPAddr, "c1", dir, "--consul-token", ctlTok)
-	p1.waitLine(t, activeControlRE, 30*time.Second)
 	p2, s2 := startController(t, dev.HTTPAddr, "c2", dir, "--consul-token", ctlTok)
 	p2.waitLine(t, regexpMust(`created consul session`), 30*time.Second)
 	for i, sock := range []string{s1, s2} {

@@ -168,3 +168,77 @@ func recoverOnFailure(t *testing.T, dir, stateDir string, volumes ...string) {
 		}
 	})
 }
+
+// blockCap is raw block access for a single writer: the volume is the
+// loop device on its FUSE file, bound at the publish target.
+var blockCap = &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+
+// csiVolume is a volume served through the CSI path: created by a
+// controller, published to a node and staged there (the node's CSI node
+// plugin takes the primary lease and starts the engine).
+type csiVolume struct {
+	id, staging, target string
+	ctl                 csi.ControllerClient
+	node                csi.NodeClient
+}
+
+// createVolume creates a volume of size bytes with replicas replicas
+// through the controller at ctlSock, retrying while no controller is
+// active yet.
+func createVolume(t *testing.T, ctx context.Context, ctlSock, id string, size int64, replicas int) csi.ControllerClient {
+	t.Helper()
+	ctl := csi.NewControllerClient(dialCSI(t, ctlSock))
+	waitForCond(t, 60*time.Second, "CreateVolume "+id, func() bool {
+		_, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: id, Parameters: map[string]string{"replicas": fmt.Sprint(replicas)},
+			CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{blockCap}})
+		if status.Code(err) == codes.Unavailable {
+			return false
+		}
+		must.NoError(t, err)
+		return true
+	})
+	return ctl
+}
+
+// serveBlockVolume creates volume id (see createVolume), publishes it to
+// nodeName, and stages it on that node's CSI socket as a block volume,
+// which makes the node its primary. A cleanup unpublishes and unstages
+// it (flushing the engine and releasing the lease) before the node's
+// process is stopped; writers on a published target must stop first.
+func serveBlockVolume(t *testing.T, ctx context.Context, ctlSock, nodeSock, nodeName, dir, id string, size int64, replicas int) *csiVolume {
+	t.Helper()
+	v := &csiVolume{id: id, staging: filepath.Join(dir, "staging", id), target: filepath.Join(dir, "target", id),
+		ctl: createVolume(t, ctx, ctlSock, id, size, replicas), node: csi.NewNodeClient(dialCSI(t, nodeSock))}
+	_, err := v.ctl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: id, NodeId: nodeName, VolumeCapability: blockCap})
+	must.NoError(t, err)
+	v.stage(t, ctx)
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := v.node.NodeUnpublishVolume(cctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: v.target}); err != nil {
+			t.Errorf("unpublish %s: %v", id, err)
+		}
+		if _, err := v.node.NodeUnstageVolume(cctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: v.staging}); err != nil {
+			t.Errorf("unstage %s: %v", id, err)
+		}
+	})
+	return v
+}
+
+// stage stages the volume (again: a stage whose lease was lost is undone
+// and done over at a new epoch).
+func (v *csiVolume) stage(t *testing.T, ctx context.Context) {
+	t.Helper()
+	_, err := v.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, VolumeCapability: blockCap})
+	must.NoError(t, err)
+}
+
+// publish binds the staged volume's device at its target (under the
+// test's directory), where a workload writes to it.
+func (v *csiVolume) publish(t *testing.T, ctx context.Context) {
+	t.Helper()
+	_, err := v.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging,
+		TargetPath: v.target, VolumeCapability: blockCap})
+	must.NoError(t, err)
+}

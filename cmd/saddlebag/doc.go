@@ -5,7 +5,7 @@
 //
 //	saddlebag replica --data-dir DIR --listen ADDR [--consul-addr ADDR | --insecure]
 //	saddlebag engine --volume NAME --size SIZE --epoch N --replica ADDR... --nbd-socket PATH [--consul-addr ADDR | --insecure]
-//	saddlebag node [-config FILE] --data-dir DIR --listen ADDR --consul-addr ADDR [--metrics-addr ADDR] [--resync-rate RATE] [--serve-volume NAME ...]
+//	saddlebag node [-config FILE] --data-dir DIR --listen ADDR --consul-addr ADDR [--metrics-addr ADDR] [--resync-rate RATE] [--csi-endpoint unix:///PATH]
 //	saddlebag controller [-config FILE] --csi-endpoint unix:///PATH --consul-addr ADDR [--metrics-addr ADDR]
 //	saddlebag setup-intentions [--consul-addr ADDR]
 //	saddlebag status [VOLUME] [--json] [--consul-addr ADDR]

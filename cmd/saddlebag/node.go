@@ -10,11 +10,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"github.com/saddlebag/saddlebag/internal/connecttls"
-	"github.com/saddlebag/saddlebag/internal/ctxutil"
 	"github.com/saddlebag/saddlebag/internal/primary"
 	"github.com/saddlebag/saddlebag/internal/telemetry"
 	"github.com/saddlebag/saddlebag/leader"
@@ -32,9 +30,6 @@ type nodeFlags struct {
 	consul                                     leader.ConsulConfig
 	labels                                     stringList
 	lockDelay, ttl                             time.Duration
-	serveVolume, nbdSocket                     string
-	serveSize                                  sizeFlag
-	serveReplicas                              stringList
 	csi                                        csiNodeFlags
 	insecure                                   bool
 	metricsAddr                                string
@@ -52,10 +47,6 @@ func parseNodeFlags(args []string) (*nodeFlags, error) {
 	addConsulFlags(fs, &f.consul)
 	fs.DurationVar(&f.lockDelay, "lock-delay", 5*time.Second, "session lock-delay: how long nobody may take a lock this node held after its session dies; a cut-off primary holds I/O after half of it")
 	fs.DurationVar(&f.ttl, "ttl", 10*time.Second, "TTL of the agent's Consul check (fed every ttl/3); its session dies when the check goes critical")
-	fs.StringVar(&f.serveVolume, "serve-volume", "", "stand as candidate primary for this volume (until the CSI plugin drives promotion)")
-	fs.Var(&f.serveSize, "serve-size", "size of --serve-volume, with units")
-	fs.Var(&f.serveReplicas, "serve-replica", "replica server host:port of --serve-volume (repeat)")
-	fs.StringVar(&f.nbdSocket, "nbd-socket", "", "unix socket to serve --serve-volume over NBD while primary (optional)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	addCSINodeFlags(fs, &f.csi)
 	addInsecureFlag(fs, &f.insecure)
@@ -84,17 +75,6 @@ func parseNodeFlags(args []string) (*nodeFlags, error) {
 	}
 	if err := f.csi.check(f.node); err != nil {
 		return nil, err
-	}
-	if f.serveVolume != "" {
-		if err := replication.ValidateVolumeID(f.serveVolume); err != nil {
-			return nil, usageError{fmt.Errorf("--serve-volume: %w", err)}
-		}
-		if err := replication.ValidateSize(int64(f.serveSize)); err != nil {
-			return nil, usageError{fmt.Errorf("--serve-size: %w", err)}
-		}
-		if len(f.serveReplicas) == 0 {
-			return nil, usageError{errors.New("--serve-volume needs at least one --serve-replica")}
-		}
 	}
 	return f, nil
 }
@@ -152,7 +132,7 @@ func runNode(ctx context.Context, args []string) error {
 		return usageError{err}
 	}
 
-	// The agent outlives the primary loop so that it can release leases
+	// The agent outlives the CSI service so that it can release leases
 	// cleanly; the replica server stops with ctx.
 	agentCtx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
 	var agentWG, wg sync.WaitGroup
@@ -176,9 +156,6 @@ func runNode(ctx context.Context, args []string) error {
 		log.Info("serving replicas", "data_dir", f.dataDir, "addr", ln.Addr().String(), "advertise", advertise, "tls", !f.insecure)
 		serveErr = replication.NewServer(store, log).WithGuard(tr.replicaGuard()).Serve(replicaCtx, ln)
 	})
-	if f.serveVolume != "" {
-		wg.Go(func() { candidate(ctx, f, agent, client, tr.replicaDialer(), log) })
-	}
 	var csiErr error
 	if f.csi.endpoint != "" {
 		wg.Go(func() {
@@ -192,85 +169,6 @@ func runNode(ctx context.Context, args []string) error {
 	stopAgent()
 	agentWG.Wait()
 	return errors.Join(serveErr, csiErr)
-}
-
-// candidate stands for --serve-volume until ctx ends: it becomes primary
-// when the lease is free, serves until the lease is lost, and stands
-// again. A lost lease is reported and never assumed back: a new lease
-// means a new epoch and a new engine.
-func candidate(ctx context.Context, f *nodeFlags, agent *leader.Agent, client *leader.Client, dial replication.Dialer, log hclog.Logger) {
-	log = log.Named("candidate").With("volume_id", f.serveVolume)
-	cfg := primary.Config{Agent: agent, Client: client, Volume: f.serveVolume, Size: int64(f.serveSize), ResyncRate: int64(f.resyncRate),
-		Dial: dial, Log: log}
-	for _, r := range f.serveReplicas {
-		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: r})
-	}
-	for failures := 0; ctx.Err() == nil; {
-		p, err := primary.Promote(ctx, cfg)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			failures++
-			log.Error("cannot become primary; standing again", "error", err, "attempt", failures)
-			_ = ctxutil.Sleep(ctx, min(time.Duration(failures)*time.Second, 30*time.Second))
-			continue
-		}
-		failures = 0
-		serveAsPrimary(ctx, f, p, log)
-		select {
-		case <-p.Lease.Lost():
-			if ctx.Err() == nil {
-				log.Error("primary lease lost; engine fenced; standing again", "epoch", p.Lease.Epoch(), "error", p.Lease.Err())
-				p.Engine.Close()
-				// The next primary reports the volume's health from its own agent.
-				if err := agent.ForgetVolume(ctx, f.serveVolume); err != nil {
-					log.Warn("drop volume health check", "error", err)
-				}
-				continue
-			}
-		default:
-		}
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		if err := p.Demote(dctx); err != nil {
-			log.Error("demote", "error", err)
-		}
-		cancel()
-	}
-}
-
-// serveAsPrimary serves the engine over NBD (when asked) until the lease
-// is lost or ctx ends.
-func serveAsPrimary(ctx context.Context, f *nodeFlags, p *primary.Primary, log hclog.Logger) {
-	sctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	wg.Go(func() {
-		select {
-		case <-p.Lease.Lost():
-			cancel()
-		case <-sctx.Done():
-		}
-	})
-	if f.nbdSocket == "" {
-		<-sctx.Done()
-		return
-	}
-	if err := os.Remove(f.nbdSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		log.Error("remove stale nbd socket", "error", err)
-	}
-	ln, err := net.Listen("unix", f.nbdSocket)
-	if err != nil {
-		log.Error("listen on nbd socket; serving without it", "error", err)
-		<-sctx.Done()
-		return
-	}
-	defer os.Remove(f.nbdSocket)
-	log.Info("serving volume over nbd", "socket", f.nbdSocket, "epoch", p.Lease.Epoch())
-	if err := replication.NewNBDServer(p.Engine, f.serveVolume, log).Serve(sctx, ln); err != nil {
-		log.Error("nbd server", "error", err)
-	}
 }
 
 func splitHostPort(addr string) (string, int, error) {

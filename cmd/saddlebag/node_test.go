@@ -50,23 +50,25 @@ var (
 	nodeSessionRE    = regexp.MustCompile(`created consul session`)
 	nodeRegisteredRE = regexp.MustCompile(`registered with consul`)
 	nodePrimaryRE    = regexp.MustCompile(`serving as primary.*volume_id=vol1`)
-	nodeLeaseLostRE  = regexp.MustCompile(`primary lease lost.*volume_id=vol1`)
+	nodeLeaseLostRE  = regexp.MustCompile(`lease lost; I/O fenced.*volume_id=vol1`)
 )
 
 // `saddlebag node` registers in Consul, publishes its node record, keeps a
-// session, serves replicas and stands as primary; when Consul restarts
-// under it (a dev agent forgets everything) it re-registers, recreates
-// its session, reports the lease it lost and keeps serving.
+// session, serves replicas and, staging a volume through its CSI node
+// plugin, is the volume's primary; when Consul restarts under it (a dev
+// agent forgets everything) it re-registers, recreates its session,
+// reports the lease it lost and keeps serving. Once the volume's records
+// are restored (as from a backup of Consul's data), staging it again
+// makes it primary under the new session.
 func TestNodeAgentSurvivesConsulRestart(t *testing.T) {
+	requireRoot(t)
 	dev := testcluster.Dev(t, testcluster.Options{})
 	work := t.TempDir()
-	_, volReplica := startSecureReplica(t, filepath.Join(work, "vol-replica"), dev.HTTPAddr)
-	node := startProc(t, "node", "--data-dir", filepath.Join(work, "node"), "--listen", "127.0.0.1:0",
-		"--node", "n1", "--consul-addr", dev.HTTPAddr, "--label", "rack=r1", "--ttl", "1500ms", "--lock-delay", "1s",
-		"--serve-volume", "vol1", "--serve-size", "16MiB", "--serve-replica", volReplica)
-	addr := node.waitLine(t, replicaAddrRE, 10*time.Second)[1]
-	node.waitLine(t, nodeSessionRE, 30*time.Second)
-	node.waitLine(t, nodePrimaryRE, 30*time.Second)
+	t.Cleanup(func() { assertNothingMountedUnder(t, work) })
+	recoverOnFailure(t, work, filepath.Join(work, "n1", "csi"), "vol1")
+	node := startCSINode(t, dev.HTTPAddr, "127.0.0.1", "n1", work, true, "rack=r1")
+	addr := node.addr
+	_, ctlSock := startController(t, dev.HTTPAddr, "c1", work)
 
 	c, err := leader.NewClient(leader.ConsulConfig{Address: dev.HTTPAddr}, hclog.NewNullLogger())
 	must.NoError(t, err)
@@ -88,10 +90,26 @@ func TestNodeAgentSurvivesConsulRestart(t *testing.T) {
 		return err == nil && rec.ReplicaAddr == addr && rec.Labels["rack"] == "r1" && rec.CapacityBytes > 0 && rec.FreeBytes > 0
 	}
 	waitForCond(t, 10*time.Second, "service, check and node record", checkRegistered)
-	pair, _, err := c.API().KV().Get(c.Keys().Primary("vol1"), nil)
+	vol := serveBlockVolume(t, ctx, ctlSock, node.sock, "n1", work, "vol1", 16<<20, 1)
+	node.waitLine(t, nodePrimaryRE, 30*time.Second)
+	kv := c.API().KV()
+	pair, _, err := kv.Get(c.Keys().Primary("vol1"), nil)
 	must.NoError(t, err)
 	must.NotNil(t, pair)
 	must.NotEq(t, "", pair.Session)
+	oldSession := pair.Session
+	before, err := c.ReadPrimary(ctx, "vol1")
+	must.NoError(t, err)
+	// What a restore of Consul's data brings back (`consul kv export` and
+	// `import` of the volume's keys): its record and in-sync record, not
+	// its lock (a session cannot be restored).
+	var saved []*api.KVPair
+	for _, k := range []string{c.Keys().Volume("vol1"), c.Keys().InSync("vol1")} {
+		p, _, err := kv.Get(k, nil)
+		must.NoError(t, err)
+		must.NotNil(t, p, must.Sprint(k))
+		saved = append(saved, &api.KVPair{Key: p.Key, Flags: p.Flags, Value: p.Value})
+	}
 
 	dev.Stop()
 	must.NoError(t, dev.Restart(ctx))
@@ -99,8 +117,23 @@ func TestNodeAgentSurvivesConsulRestart(t *testing.T) {
 	node.waitCount(t, nodeRegisteredRE, 2, 30*time.Second)
 	node.waitCount(t, nodeSessionRE, 2, 30*time.Second)
 	waitForCond(t, 20*time.Second, "service, check and node record after the restart", checkRegistered)
-	// It stands again and is primary under the new session.
+	// Staged again (its stage lost the lease: it is undone and done over),
+	// it is primary under the new session, at a new epoch.
+	for _, p := range saved {
+		_, err := kv.Put(p, nil)
+		must.NoError(t, err)
+	}
+	vol.stage(t, ctx)
 	node.waitCount(t, nodePrimaryRE, 2, 30*time.Second)
+	pair, _, err = kv.Get(c.Keys().Primary("vol1"), nil)
+	must.NoError(t, err)
+	must.NotNil(t, pair)
+	must.NotEq(t, "", pair.Session)
+	must.NotEq(t, oldSession, pair.Session)
+	must.Eq(t, "n1", string(pair.Value))
+	after, err := c.ReadPrimary(ctx, "vol1")
+	must.NoError(t, err)
+	must.Greater(t, before.Epoch, after.Epoch)
 
 	// Its replica server kept serving throughout, over mutual TLS with the
 	// certificates of the restarted (dev: new) CA.
@@ -136,8 +169,6 @@ func TestNodeFlagErrors(t *testing.T) {
 	}{
 		{"no data dir", []string{"--listen", "127.0.0.1:0"}},
 		{"bad label", []string{"--data-dir", "d", "--listen", "l", "--label", "rack"}},
-		{"serve without replicas", []string{"--data-dir", "d", "--listen", "l", "--serve-volume", "v", "--serve-size", "1MiB"}},
-		{"serve bad size", []string{"--data-dir", "d", "--listen", "l", "--serve-volume", "v", "--serve-size", "1000", "--serve-replica", "a:1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseNodeFlags(tc.args)

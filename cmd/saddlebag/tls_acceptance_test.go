@@ -1,17 +1,18 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
+	crand "crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -21,13 +22,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/hashicorp/consul/api"
 	"github.com/shoenig/test/must"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -38,19 +40,21 @@ import (
 	"github.com/saddlebag/saddlebag/replication"
 )
 
-// securedVolume is a 2-replica volume served over NBD by a real
-// `saddlebag node` (n1, primary, replica a1) with a second node (n2,
-// replica a2), both secure against one dev Consul with the default
-// intentions installed by `saddlebag setup-intentions`, and a writer
-// keeping writes going through NBD.
+// securedVolume is a 2-replica volume served through the CSI path by
+// real `saddlebag node` processes, both secure against one dev Consul
+// with the default intentions installed by `saddlebag setup-intentions`:
+// a controller created it with a replica on n1 (a1) and one on n2 (a2),
+// n1's CSI node plugin staged it (n1 is its primary) and published it as
+// a block device, and a writer keeps writes going to that device.
 type securedVolume struct {
 	dev          *testcluster.Agent
 	api          *api.Client
 	n1, n2       *proc
+	n2Args       []string
 	a1, a2       string
 	d1, d2       string // data directories
-	sock         string
-	writer       *exec.Cmd
+	vol          *csiVolume
+	stop         atomic.Bool
 	writerDone   chan struct{}
 	mu           sync.Mutex
 	acked        int
@@ -63,14 +67,13 @@ const (
 	// The writer writes the first half of the volume only; attackers aim
 	// at the second half, which must stay zero.
 	attackOffset = securedVolumeSize - 64<<10
+	// writersInFlight is how many writes the writer keeps going at once.
+	writersInFlight = 4
 )
-
-// halfWriter is randomWriter confined to the first half of the device.
-var halfWriter = strings.Replace(randomWriter, "nblk = h.get_size() // 4096", "nblk = h.get_size() // 4096 // 2", 1)
 
 func startSecuredVolume(t *testing.T) *securedVolume {
 	t.Helper()
-	requireTool(t, "nbdsh")
+	requireRoot(t)
 	v := &securedVolume{dev: testcluster.Dev(t, testcluster.Options{})}
 	var err error
 	v.api, err = api.NewClient(&api.Config{Address: v.dev.HTTPAddr})
@@ -81,54 +84,97 @@ func startSecuredVolume(t *testing.T) *securedVolume {
 	must.StrContains(t, string(out), "intention saddlebag-controller -> saddlebag-node: allow")
 
 	work := t.TempDir()
+	t.Cleanup(func() { assertNothingMountedUnder(t, work) })
+	recoverOnFailure(t, work, filepath.Join(work, "n1-csi"), securedVolumeName)
 	v.a1 = "127.0.0.1:" + strconv.Itoa(freePort(t))
 	v.a2 = "127.0.0.1:" + strconv.Itoa(freePort(t))
 	v.d1, v.d2 = filepath.Join(work, "n1"), filepath.Join(work, "n2")
-	v.sock = filepath.Join(work, "nbd.sock")
-	v.n2 = startProc(t, "node", "--node", "n2", "--data-dir", v.d2, "--listen", v.a2, "--consul-addr", v.dev.HTTPAddr,
-		"--ttl", "1500ms", "--lock-delay", "1s")
+	nodeArgs := func(name, dataDir, listen string, extra ...string) []string {
+		return append([]string{"node", "--node", name, "--data-dir", dataDir, "--listen", listen, "--consul-addr", v.dev.HTTPAddr,
+			"--ttl", "1500ms", "--lock-delay", "1s", "--metrics-addr", ""}, extra...)
+	}
+	v.n2Args = nodeArgs("n2", v.d2, v.a2)
+	v.n2 = startProc(t, v.n2Args...)
 	v.n2.waitLine(t, nodeSessionRE, 60*time.Second)
-	v.n1 = startProc(t, "node", "--node", "n1", "--data-dir", v.d1, "--listen", v.a1, "--consul-addr", v.dev.HTTPAddr,
-		"--ttl", "1500ms", "--lock-delay", "1s", "--serve-volume", securedVolumeName, "--serve-size", "16MiB",
-		"--serve-replica", v.a1, "--serve-replica", v.a2, "--nbd-socket", v.sock)
-	v.n1.waitLine(t, regexpMust(`serving volume over nbd`), 60*time.Second)
+	n1Sock := filepath.Join(work, "n1.sock")
+	v.n1 = startProc(t, nodeArgs("n1", v.d1, v.a1, "--csi-endpoint", "unix://"+n1Sock, "--csi-state-dir", filepath.Join(work, "n1-csi"),
+		"--stage-timeout", "30s")...)
+	v.n1.waitLine(t, nodeSessionRE, 60*time.Second)
+	v.n1.waitLine(t, csiServingRE, 10*time.Second)
+	_, ctlSock := startController(t, v.dev.HTTPAddr, "c1", work)
+	waitHealthyNodes(t, consulClient(t, v.dev.HTTPAddr), 2)
 
-	v.writer = nbdsh(v.sock, halfWriter)
-	stdout, err := v.writer.StdoutPipe()
-	must.NoError(t, err)
-	var stderr bytes.Buffer
-	v.writer.Stderr = &stderr
-	must.NoError(t, v.writer.Start())
-	v.writerDone = make(chan struct{})
-	go func() {
-		defer close(v.writerDone)
-		s := bufio.NewScanner(stdout)
-		for s.Scan() {
-			v.mu.Lock()
-			v.acked++
-			v.mu.Unlock()
-		}
-		v.writer.Wait()
-		v.mu.Lock()
-		v.writerFailed = strings.TrimSpace(stderr.String())
-		v.mu.Unlock()
-	}()
-	t.Cleanup(func() { v.stopWriter() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	v.vol = serveBlockVolume(t, ctx, ctlSock, n1Sock, "n1", work, securedVolumeName, securedVolumeSize, 2)
+	v.vol.publish(t, ctx)
+	v.n1.waitLine(t, regexpMust(`serving as primary.*volume_id=`+securedVolumeName), 10*time.Second)
+	for _, d := range []string{v.d1, v.d2} {
+		_, err := replication.ReadMeta(d, securedVolumeName)
+		must.NoError(t, err, must.Sprintf("the volume's replica in %s", d))
+	}
+	v.startWriter(t)
+	t.Cleanup(func() { v.stopWriter() }) // before the volume's unpublish
 	v.waitAcked(t, 200)
 	return v
 }
 
-// stopWriter stops the writer (by its PID) and waits for it.
+// startWriter keeps writersInFlight writes going to distinct random
+// 4 KiB blocks of the first half of the published device, each opened
+// O_DIRECT|O_DSYNC so that an acknowledged write went through the loop
+// device, FUSE and the engine to the replicas. Each acknowledged write
+// counts; the first failure stops it.
+func (v *securedVolume) startWriter(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile(v.vol.target, os.O_WRONLY|unix.O_DIRECT|unix.O_DSYNC, 0)
+	must.NoError(t, err)
+	v.writerDone = make(chan struct{})
+	var wg sync.WaitGroup
+	const nblk = securedVolumeSize / 4096 / 2
+	for w := range writersInFlight {
+		// O_DIRECT wants a page-aligned buffer: an anonymous mapping is one.
+		buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+		must.NoError(t, err)
+		rnd := rand.New(rand.NewPCG(11, uint64(w)))
+		wg.Go(func() {
+			defer unix.Munmap(buf)
+			for seq := uint64(1); !v.stop.Load(); seq++ {
+				// Worker w writes the blocks ≡ w (mod writersInFlight): no
+				// two writes in flight overlap.
+				blk := uint64(rnd.IntN(nblk/writersInFlight)*writersInFlight + w)
+				for i := 0; i < len(buf); i += 16 {
+					binary.LittleEndian.PutUint64(buf[i:], seq)
+					binary.LittleEndian.PutUint64(buf[i+8:], blk)
+				}
+				if _, err := f.WriteAt(buf, int64(blk)*4096); err != nil {
+					v.mu.Lock()
+					if v.writerFailed == "" {
+						v.writerFailed = fmt.Sprintf("write of block %d: %v", blk, err)
+					}
+					v.mu.Unlock()
+					v.stop.Store(true)
+					return
+				}
+				v.mu.Lock()
+				v.acked++
+				v.mu.Unlock()
+			}
+		})
+	}
+	go func() {
+		wg.Wait()
+		f.Close()
+		close(v.writerDone)
+	}()
+}
+
+// stopWriter stops the writer and waits for its writes in flight.
 func (v *securedVolume) stopWriter() {
-	if v.writer == nil || v.writer.Process == nil {
+	if v.writerDone == nil {
 		return
 	}
-	select {
-	case <-v.writerDone:
-	default:
-		v.writer.Process.Signal(syscall.SIGKILL)
-		<-v.writerDone
-	}
+	v.stop.Store(true)
+	<-v.writerDone
 }
 
 // waitAcked waits until n more writes than now are acknowledged, and
@@ -143,10 +189,8 @@ func (v *securedVolume) waitAcked(t *testing.T, n int) {
 		v.mu.Lock()
 		acked, failed := v.acked, v.writerFailed
 		v.mu.Unlock()
-		select {
-		case <-v.writerDone:
+		if failed != "" {
 			t.Fatalf("the writer stopped after %d acknowledged writes: %s", acked, failed)
-		default:
 		}
 		if acked >= target {
 			return
@@ -304,7 +348,7 @@ func TestReplicaPortRefusesUnauthorizedClients(t *testing.T) {
 	for _, n := range []*proc{v.n1, v.n2} {
 		n.mu.Lock()
 		for _, l := range n.lines {
-			if strings.Contains(l, "fenced") || strings.Contains(l, "primary lease lost") {
+			if strings.Contains(l, "fenced") || strings.Contains(l, "lease lost") {
 				t.Errorf("the primary was disturbed: %s", l)
 			}
 		}
@@ -316,7 +360,7 @@ func TestReplicaPortRefusesUnauthorizedClients(t *testing.T) {
 // new root, publishes it beside the old one, and re-signs every leaf.
 func rotateCA(t *testing.T, c *api.Client) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
 	must.NoError(t, err)
 	der, err := x509.MarshalECPrivateKey(key)
 	must.NoError(t, err)
@@ -360,8 +404,7 @@ func TestCertificateRotationUnderWrites(t *testing.T) {
 	// A new handshake with the new certificates: n2 restarted.
 	v.n2.kill()
 	v.waitAcked(t, 100) // writes go on with n1 alone
-	v.n2 = startProc(t, "node", "--node", "n2", "--data-dir", v.d2, "--listen", v.a2, "--consul-addr", v.dev.HTTPAddr,
-		"--ttl", "1500ms", "--lock-delay", "1s")
+	v.n2 = startProc(t, v.n2Args...)
 	v.n1.waitLine(t, regexpMust(`resync complete: replica back in sync: .*replica=`+regexp.QuoteMeta(v.a2)), 90*time.Second)
 	controller := secureDialer(t, v.dev.HTTPAddr, connecttls.ControllerService)
 	_, err := replication.CreateReplica(ctx, controller, v.a1, "after-rotation", 1<<20, 10*time.Second)

@@ -35,11 +35,3 @@ func secureDialer(t *testing.T, consulAddr, service string) replication.Dialer {
 		return src.Dial(ctx, addr, connecttls.NodeService, timeout)
 	}
 }
-
-// startSecureReplica runs `saddlebag replica` with its certificate from
-// the Consul agent at consulAddr (mutual TLS, as in production).
-func startSecureReplica(t *testing.T, dataDir, consulAddr string) (*proc, string) {
-	t.Helper()
-	p := startProc(t, "replica", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--consul-addr", consulAddr)
-	return p, p.waitLine(t, replicaAddrRE, 60*time.Second)[1]
-}

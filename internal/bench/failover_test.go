@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -16,9 +17,13 @@ import (
 
 var failoverRE = regexp.MustCompile(`(?m)^storage_failover_seconds (\S+)$`)
 
-// The failover figure runs against real Consul and real processes, and is
-// never below lock-delay (nobody may take the lease sooner).
+// The failover figure runs against real Consul and real processes, through
+// the CSI node plugin, and is never below lock-delay (nobody may take the
+// lease sooner).
 func TestFailoverFigure(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the failover figure stages its volume on FUSE and a loop device: run it as root")
+	}
 	bin := filepath.Join(t.TempDir(), "saddlebag")
 	build := exec.Command("go", "build", "-o", bin, "../../cmd/saddlebag")
 	out, err := build.CombinedOutput()

@@ -49,8 +49,8 @@ func PublishProgress(ctx context.Context, client *leader.Client, node string, in
 			err := client.PutResync(ctx, e.Volume(), stamped)
 			switch {
 			case errors.Is(err, leader.ErrNotFound):
-				// No volume record (a --serve-volume candidate, or the
-				// volume was deleted): tried again only when it changes.
+				// No volume record (the volume was deleted under its
+				// primary): tried again only when it changes.
 			case err != nil:
 				if ctx.Err() == nil {
 					log.Debug("write resync progress", "volume_id", e.Volume(), "error", err)

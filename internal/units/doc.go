@@ -2,8 +2,8 @@
 // unit everywhere in Saddlebag: Nomad's. Nomad reads a volume spec's
 // capacity_min and capacity_max with go-humanize's ParseBytes, so that is
 // what ParseBytes is, for the spec checks (hcl/volspec) and for every
-// size flag of the CLI (engine --size and --resync-rate, node
-// --serve-size, bench's sizes) alike:
+// size flag of the CLI (engine --size, --resync-rate, bench's sizes)
+// alike:
 //
 //   - a bare number is bytes: "4096";
 //   - binary suffixes are powers of 1024: "Ki"/"KiB", "Mi"/"MiB",
