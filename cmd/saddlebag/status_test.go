@@ -121,9 +121,21 @@ func TestClusterStatus(t *testing.T) {
 	fmt.Printf("saddlebag_status_during_resync:\n%s", during)
 	t.Logf("during the resync:\n%s", during)
 	must.StrContains(t, during, "health   degraded")
-	js := saddlebagStatus(t, consul, "--json", "pg")
+	// Read the JSON once the resync has copied something (its rate is
+	// what it did over the time it took: zero at its start), or ended.
+	var js string
 	var v clusterstatus.Volume
-	must.NoError(t, json.Unmarshal([]byte(js), &v), must.Sprint(js))
+	waitForCond(t, 60*time.Second, "n2's resync under way or over in the JSON status", func() bool {
+		js = saddlebagStatus(t, consul, "--json", "pg")
+		v = clusterstatus.Volume{}
+		must.NoError(t, json.Unmarshal([]byte(js), &v), must.Sprint(js))
+		for _, r := range v.Replicas {
+			if r.Node == "n2" && r.Resync != nil && r.Resync.DoneBytes == 0 {
+				return false
+			}
+		}
+		return true
+	})
 	must.Eq(t, "pg", v.ID)
 	must.Eq(t, "n1", v.Primary)
 	var seenResync bool
