@@ -1298,26 +1298,11 @@ func TestResyncTargetHoldsNoBitmapsForOthers(t *testing.T) {
 // generation its replica held when it was started, and a replica
 // reporting another one is compared whole.
 func TestBitmapOfReplicaInSyncSinceNotTrusted(t *testing.T) {
-	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
-	pa := startFrameProxy(t, a.addr, func(Frame) {})
-	pb := startFrameProxy(t, b.addr, func(Frame) {})
-	pc := startFrameProxy(t, c.addr, func(Frame) {})
-	addrA, addrB, addrC := pa.ln.Addr().String(), pb.ln.Addr().String(), pc.ln.Addr().String()
 	const size = 16 << 20
 	ctx := context.Background()
-	cfg := engineConfig(t, "vol", size, 1)
-	cfg.Replicas = []ReplicaConfig{{Addr: addrA}, {Addr: addrB}, {Addr: addrC}}
-	e1, err := StartEngine(ctx, cfg)
-	must.NoError(t, err)
-	t.Cleanup(e1.Close)
-	waitInSync(t, e1, 3)
-	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
-
-	// C falls behind: A and B keep the bitmap of what it misses (W1).
-	pc.refuse.Store(true)
-	pc.cut()
-	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 4<<20, true))
-	must.Eq(t, 2, e1.Status().InSync)
+	r, e1 := startWithCBehind(t, size, 0)
+	a, b, c, pa, pb, pc := r.a, r.b, r.c, r.pa, r.pb, r.pc
+	addrA, addrB, addrC := r.addrs[0], r.addrs[1], r.addrs[2]
 	must.NoError(t, e1.Shutdown(ctx))
 
 	// The next primary, with B away: C is resynced from A's bitmap and
@@ -1346,6 +1331,43 @@ func TestBitmapOfReplicaInSyncSinceNotTrusted(t *testing.T) {
 	must.True(t, bytes.Equal(dataB, dataC), must.Sprint("replicas B and C differ"))
 }
 
+// threeProxied are three replicas, each behind a frame proxy the engine
+// dials (addrs).
+type threeProxied struct {
+	a, b, c    *testReplica
+	pa, pb, pc *frameProxy
+	addrs      [3]string
+}
+
+// startWithCBehind starts the primary at epoch 1 over three replicas
+// (resyncing at resyncRate, 0: unlimited), writes W0 at 0 on all three,
+// then cuts C (its proxy refusing) and writes W1 at 4 MiB: A and B keep
+// the bitmap of what C misses.
+func startWithCBehind(t *testing.T, size int64, resyncRate int64) (*threeProxied, *Engine) {
+	t.Helper()
+	r := &threeProxied{a: startTestReplica(t, t.TempDir()), b: startTestReplica(t, t.TempDir()), c: startTestReplica(t, t.TempDir())}
+	r.pa = startFrameProxy(t, r.a.addr, func(Frame) {})
+	r.pb = startFrameProxy(t, r.b.addr, func(Frame) {})
+	r.pc = startFrameProxy(t, r.c.addr, func(Frame) {})
+	ctx := context.Background()
+	cfg := engineConfig(t, "vol", size, 1)
+	for i, p := range []*frameProxy{r.pa, r.pb, r.pc} {
+		r.addrs[i] = p.ln.Addr().String()
+		cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: r.addrs[i]})
+	}
+	cfg.ResyncRate = resyncRate
+	e1, err := StartEngine(ctx, cfg)
+	must.NoError(t, err)
+	t.Cleanup(e1.Close)
+	waitInSync(t, e1, 3)
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
+	r.pc.refuse.Store(true)
+	r.pc.cut()
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 4<<20, true))
+	must.Eq(t, 2, e1.Status().InSync)
+	return r, e1
+}
+
 // A replica resyncing from a bitmap receives the primary's writes; once a
 // holder of that bitmap leaves the in-sync set, the replica may receive
 // writes the holder never gets, while its own generation (it is not a
@@ -1365,30 +1387,15 @@ func TestBitmapNotTrustedAfterHolderLeftDuringResync(t *testing.T) {
 }
 
 func testBitmapNotTrustedAfterHolderLeft(t *testing.T, restarted bool) {
-	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
-	pa := startFrameProxy(t, a.addr, func(Frame) {})
-	pb := startFrameProxy(t, b.addr, func(Frame) {})
-	pc := startFrameProxy(t, c.addr, func(Frame) {})
-	addrA, addrB, addrC := pa.ln.Addr().String(), pb.ln.Addr().String(), pc.ln.Addr().String()
 	const size = 16 << 20
 	ctx := context.Background()
-	cfg := engineConfig(t, "vol", size, 1)
-	cfg.Replicas = []ReplicaConfig{{Addr: addrA}, {Addr: addrB}, {Addr: addrC}}
 	// So slow that the resync never copies its first chunk: C stays a
 	// resync target, receiving every write, for the whole test.
-	cfg.ResyncRate = 1
-	e1, err := StartEngine(ctx, cfg)
-	must.NoError(t, err)
-	t.Cleanup(e1.Close)
-	waitInSync(t, e1, 3)
-	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, true))
+	r, e1 := startWithCBehind(t, size, 1)
+	a, c, pa, pb, pc := r.a, r.c, r.pa, r.pb, r.pc
+	addrA, addrB, addrC := r.addrs[0], r.addrs[1], r.addrs[2]
 
-	// C falls behind (A and B hold its bitmap: W1), then comes back and
-	// resyncs; A and B store the bitmap again.
-	pc.refuse.Store(true)
-	pc.cut()
-	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 4<<20, true))
-	must.Eq(t, 2, e1.Status().InSync)
+	// C comes back and resyncs; A and B store its bitmap again.
 	pc.refuse.Store(false)
 	waitReplicaState(t, e1, addrC, StateResyncing)
 	must.NoError(t, e1.persistBitmaps(ctx, true))
