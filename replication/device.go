@@ -2,8 +2,9 @@ package replication
 
 import "context"
 
-// Device is a block device as a frontend (NBD, FUSE) sees it: the primary
-// engine implements it.
+// Device is a block device as a frontend (replication/frontend/nbd,
+// replication/frontend/fuse) sees it: the primary engine implements it, and
+// so does replication/encrypt's wrapper of it.
 //
 // Contract: every method may be called concurrently from many goroutines.
 // WriteAt returns only when every in-sync replica holds the data; with fua it

@@ -47,12 +47,6 @@
 //   - replica administration for the control plane (admin.go): create a
 //     new volume's replica on a node and delete it, without promising an
 //     epoch;
-//   - encryption at rest (encrypt.go, xts.go): EncryptedDevice, a Device
-//     wrapper that encrypts every 4 KiB block with AES-256-XTS (tweak =
-//     block number) before the engine sees it, so replicas and resync only
-//     hold ciphertext; requests of any alignment by read-modify-write
-//     under per-block locks; an all-zero ciphertext block (trimmed, never
-//     written) reads as plaintext zeros;
 //   - the transport (transport.go): a Dialer for every connection a
 //     primary or the control plane makes, and a Guard the server runs on
 //     every accepted connection before reading a frame (mutual TLS and
@@ -61,12 +55,9 @@
 //     answered StatusDenied with the reason, and nothing it sends is
 //     applied. Probe (probe.go) sends a hostile peer's requests, for
 //     drills and the acceptance test;
-//   - frontends that serve the engine as a Device: NBD (nbd.go), and FUSE
-//     (fuse.go), which serves the volume as one file for a loop device,
-//     with a watchdog that aborts the connection when requests stop
-//     completing while the Device is not deliberately holding them (a
-//     HoldingDevice may hold for as long as it takes; plugin/mount formats
-//     and mounts what is on top).
+//   - the seam to the frontends (device.go): Device, the block device the
+//     engine is to a frontend, and HoldingDevice, which tells a
+//     frontend's watchdog a deliberate hold from a hung engine.
 //
 // For metrics (metrics.go), the engine counts I/O by op (requests, bytes,
 // errors, latency buckets) with atomics on its I/O path, and holds,
@@ -74,7 +65,16 @@
 // and resync figures without waiting on the in-sync recording, and
 // RunningEngines lists the engines of the process.
 //
+// The packages under it build on that seam, and replication knows nothing
+// of them: the frontends that serve a Device, replication/frontend/nbd and
+// replication/frontend/fuse (the volume as one file for a loop device),
+// and replication/encrypt, the Device wrapper that encrypts every block
+// before the engine sees it. A caller (plugin, cmd/saddlebag) composes
+// them: engine, then encryption, then a frontend. Their tests share
+// in-process replicas and engines from replication/internal/replicatest.
+//
 // It knows nothing of Consul, CSI or Nomad: it is handed epochs, replica
 // addresses and an InSyncHook. It must not import plugin, leader, scheduler
-// or hcl.
+// or hcl, nor the packages built on it (replication/frontend,
+// replication/encrypt).
 package replication

@@ -18,6 +18,7 @@ import (
 	"github.com/saddlebag/saddlebag/internal/units"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/frontend/nbd"
 )
 
 // stringList is a repeatable string flag.
@@ -162,7 +163,7 @@ func runEngine(ctx context.Context, args []string) error {
 	}
 	defer os.Remove(*socket)
 	log.Info("serving volume over nbd", "volume_id", *volume, "socket", *socket, "uri", "nbd+unix:///?socket="+*socket)
-	serveErr := replication.NewNBDServer(eng, *volume, log).Serve(ctx, ln)
+	serveErr := nbd.NewServer(eng, *volume, log).Serve(ctx, ln)
 
 	shutdown(eng, *timeout, log)
 	return serveErr

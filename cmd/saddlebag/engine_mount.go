@@ -22,6 +22,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/plugin/mount"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/frontend/fuse"
 )
 
 // mountFlags are the engine's --mount flags.
@@ -41,7 +42,7 @@ func addMountFlags(fs *flag.FlagSet) *mountFlags {
 	fs.StringVar(&m.options, "mount-flags", "", "with --mount: comma-separated mount options, e.g. noatime,discard")
 	fs.StringVar(&m.mkfsOptions, "mkfs-options", "", "with --mount: extra mkfs arguments, space-separated, used on first use only")
 	fs.StringVar(&m.fuseDir, "fuse-dir", "", "with --mount: directory the volume file is served in over FUSE (default /run/saddlebag/<volume>/fuse)")
-	fs.DurationVar(&m.hungTimeout, "fuse-hung-timeout", replication.DefaultFUSEHungTimeout,
+	fs.DurationVar(&m.hungTimeout, "fuse-hung-timeout", fuse.DefaultHungTimeout,
 		"with --mount: abort the FUSE connection when requests wait this long with none completing while the engine is not deliberately holding them (lease, min_in_sync)")
 	return m
 }
@@ -89,7 +90,7 @@ func (m *mountFlags) clearLeftovers(ctx context.Context, volume string, log hclo
 func serveMounted(ctx context.Context, eng *replication.Engine, volume string, m *mountFlags, timeout time.Duration, log hclog.Logger) error {
 	log = log.With("volume_id", volume)
 
-	fm, err := replication.MountFUSE(ctx, eng, replication.FUSEConfig{Dir: m.fuseDir, Name: volume, HungTimeout: m.hungTimeout, Log: log})
+	fm, err := fuse.New(ctx, eng, fuse.Config{Dir: m.fuseDir, Name: volume, HungTimeout: m.hungTimeout, Log: log})
 	if err != nil {
 		return err
 	}
@@ -108,7 +109,7 @@ func serveMounted(ctx context.Context, eng *replication.Engine, volume string, m
 	case <-fm.Done():
 		serveErr = fmt.Errorf("fuse server under %s stopped", m.path)
 		if fm.Aborted() {
-			serveErr = fmt.Errorf("%w: %w", serveErr, replication.ErrFUSEAborted)
+			serveErr = fmt.Errorf("%w: %w", serveErr, fuse.ErrAborted)
 		}
 		log.Error("fuse server stopped under the mount: unwinding", "aborted", fm.Aborted())
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/plugin/mount"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/frontend/fuse"
 )
 
 // node is one simulated node's paths for a mounted volume.
@@ -86,7 +87,7 @@ func fsckVolume(t *testing.T, volume string, size int64, epoch uint64, fsType st
 	eng, err := replication.StartEngine(ctx, cfg)
 	must.NoError(t, err)
 	defer eng.Close()
-	fm, err := replication.MountFUSE(ctx, eng, replication.FUSEConfig{Dir: t.TempDir(), Name: volume, Log: cfg.Log})
+	fm, err := fuse.New(ctx, eng, fuse.Config{Dir: t.TempDir(), Name: volume, Log: cfg.Log})
 	must.NoError(t, err)
 	defer fm.Close()
 	dev, err := mount.AttachLoop(fm.Path())

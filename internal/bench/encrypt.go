@@ -9,6 +9,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/internal/volkey"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/encrypt"
 )
 
 // runEncryption compares an encrypted volume with a plain one over the
@@ -33,11 +34,11 @@ func runEncryption(ctx context.Context, out io.Writer, o Options, addrs []string
 		return err
 	}
 	defer encEng.Close()
-	key := make([]byte, replication.EncryptionKeySize)
+	key := make([]byte, encrypt.KeySize)
 	if _, err := rand.Read(key); err != nil {
 		return err
 	}
-	enc, err := replication.NewEncryptedDevice(encEng, key)
+	enc, err := encrypt.NewDevice(encEng, key)
 	clear(key)
 	if err != nil {
 		return err

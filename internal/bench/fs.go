@@ -20,6 +20,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/plugin/mount"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/frontend/fuse"
 )
 
 const (
@@ -128,7 +129,7 @@ func saddlebagStack(ctx context.Context, o Options, addrs []string) (*fsStack, e
 	if err != nil {
 		return nil, err
 	}
-	fm, err := replication.MountFUSE(ctx, eng, replication.FUSEConfig{Dir: filepath.Join(o.Dir, "fuse"), Name: "fsbench", Log: o.Log})
+	fm, err := fuse.New(ctx, eng, fuse.Config{Dir: filepath.Join(o.Dir, "fuse"), Name: "fsbench", Log: o.Log})
 	if err != nil {
 		eng.Close()
 		return nil, err

@@ -5,7 +5,7 @@
 // the file system mounted above outlive the `saddlebag node` process that
 // serves them: a crash, a restart or an upgrade of that process leaves
 // the task's I/O waiting in the kernel, not failing, until the next
-// process takes the descriptor back (replication.AdoptFUSE).
+// process takes the descriptor back (replication/frontend/fuse.Adopt).
 //
 // Protocol: a unix SOCK_SEQPACKET socket, one request per connection;
 // each message is one JSON object, a descriptor travels with its message

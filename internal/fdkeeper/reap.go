@@ -362,7 +362,7 @@ func mountFusectl() error {
 const fusectlMagic = 0x65735543
 
 // abortFUSEConnection writes 1 to the abort file of FUSE connection id,
-// mounting fusectl first if needed (replication.AbortFUSEConnection;
+// mounting fusectl first if needed (replication/frontend/fuse.AbortConnection;
 // repeated so that the keeper stays small).
 func abortFUSEConnection(id uint32) error {
 	if err := mountFusectl(); err != nil {

@@ -22,7 +22,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/internal/procstat"
 	"github.com/saddlebag/saddlebag/plugin/mount"
-	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/frontend/fuse"
 )
 
 const stuckHelperEnv = "SADDLEBAG_KEEPER_STUCK_HELPER"
@@ -96,15 +96,15 @@ func stuckNodeHelper(mode string) {
 	client := Client{Path: os.Getenv("SADDLEBAG_KEEPER_STUCK_SOCK"), FUSEDir: fuseDir}
 	log := hclog.New(&hclog.LoggerOptions{Output: os.Stderr, Level: hclog.Warn})
 	devs := map[string]*blockingDevice{}
-	mounts := map[string]*replication.FUSEMount{}
+	mounts := map[string]*fuse.Mount{}
 	for _, id := range []string{"stuck", "idle"} {
 		bf, err := os.OpenFile(filepath.Join(dir, id+".img"), os.O_RDWR, 0)
 		check(err, "open backing file")
 		st, err := bf.Stat()
 		check(err, "stat backing file")
 		devs[id] = &blockingDevice{f: bf, size: st.Size()}
-		m, err := replication.MountFUSEHandoff(context.Background(), devs[id],
-			replication.FUSEConfig{Dir: filepath.Join(fuseDir, id), Name: id, HungTimeout: -1, Log: log})
+		m, err := fuse.NewHandoff(context.Background(), devs[id],
+			fuse.Config{Dir: filepath.Join(fuseDir, id), Name: id, HungTimeout: -1, Log: log})
 		check(err, "mount fuse")
 		mounts[id] = m
 		fmt.Printf("conn %s %d\n", id, m.Connection())

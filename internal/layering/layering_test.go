@@ -43,7 +43,18 @@ var none = []string{}
 
 // rules are the import rules of the doc.go files, in their words.
 var rules = []rule{
-	{pkg: "replication", doc: "replication/doc.go", mustNot: []string{"plugin", "leader", "scheduler", "hcl"}},
+	{pkg: "replication", doc: "replication/doc.go", mustNot: []string{"plugin", "leader", "scheduler", "hcl", "replication/frontend", "replication/encrypt"}},
+	{pkg: "replication/frontend/nbd", doc: "replication/frontend/nbd/doc.go",
+		mustNot:    []string{"replication/frontend/fuse", "replication/encrypt"},
+		directOnly: []string{"replication", "internal/backoff"}},
+	{pkg: "replication/frontend/fuse", doc: "replication/frontend/fuse/doc.go",
+		mustNot:    []string{"replication/frontend/nbd", "replication/encrypt"},
+		directOnly: []string{"replication"}},
+	{pkg: "replication/encrypt", doc: "replication/encrypt/doc.go",
+		mustNot:    []string{"replication/frontend"},
+		directOnly: []string{"replication"}},
+	{pkg: "replication/internal/replicatest", doc: "replication/internal/replicatest/doc.go",
+		directOnly: []string{"replication"}, importedBy: none},
 	{pkg: "replication/internal/faultproxy", doc: "replication/internal/faultproxy/faultproxy.go", only: none,
 		importedBy: []string{"replication/sim"}},
 	{pkg: "replication/sim", doc: "replication/sim/doc.go",
@@ -71,7 +82,7 @@ var rules = []rule{
 		importedBy: []string{"plugin"}},
 	{pkg: "plugin/mount", doc: "plugin/mount/doc.go",
 		mustNot:    []string{"leader", "scheduler", "google.golang.org/grpc/status", "google.golang.org/grpc/codes"},
-		directOnly: []string{"replication", "hcl/volspec"}},
+		directOnly: []string{"replication/frontend/fuse", "hcl/volspec"}},
 	{pkg: "hcl/volspec", doc: "hcl/volspec/doc.go", only: []string{"hcl/internal/hclutil", "internal/units"}},
 	{pkg: "hcl/agentconfig", doc: "hcl/agentconfig/doc.go", only: []string{"hcl/internal/hclutil"}},
 	{pkg: "hcl/internal/hclutil", doc: "hcl/internal/hclutil/doc.go", only: none, importedBy: []string{"hcl"}},

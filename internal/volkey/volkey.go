@@ -3,7 +3,7 @@
 //
 // Each encrypted volume has a random 64-byte data key (AES-256-XTS: two
 // AES-256 keys), which the primary uses to encrypt every block before it
-// is replicated (replication.EncryptedDevice). The data key is never
+// is replicated (replication/encrypt.Device). The data key is never
 // stored in the clear: it is sealed with AES-256-GCM under a key derived
 // from the operator's passphrase with argon2id, and the Record (salt,
 // argon2id parameters, nonce, sealed key) is what the volume record in

@@ -19,6 +19,6 @@
 // mkfs.ext4, mkfs.xfs, e2fsck) and uses golang.org/x/sys/unix for loop
 // ioctls and mount(2). It must not speak gRPC status codes (the CSI
 // services map its typed errors, in plugin/internal/rpc) and must not
-// import leader or scheduler; it imports replication only to abort a
-// FUSE connection, and hcl/volspec only for the size rule.
+// import leader or scheduler; it imports replication/frontend/fuse only
+// to abort a FUSE connection, and hcl/volspec only for the size rule.
 package mount

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/frontend/fuse"
 )
 
 func testLog(t *testing.T) hclog.Logger {
@@ -297,16 +298,16 @@ func TestParseMountOptions(t *testing.T) {
 }
 
 // fuseStage serves dev through a FUSE file and stages ext4 on it.
-func fuseStage(t *testing.T, dev replication.Device) (*replication.FUSEMount, StageRequest, RecoverRequest) {
-	return fuseStageWith(t, replication.MountFUSE, dev)
+func fuseStage(t *testing.T, dev replication.Device) (*fuse.Mount, StageRequest, RecoverRequest) {
+	return fuseStageWith(t, fuse.New, dev)
 }
 
 // fuseStageWith is fuseStage with the given way of serving the FUSE file
-// (replication.MountFUSEHandoff: relayed).
-func fuseStageWith(t *testing.T, mountFUSE func(context.Context, replication.Device, replication.FUSEConfig) (*replication.FUSEMount, error),
-	dev replication.Device) (*replication.FUSEMount, StageRequest, RecoverRequest) {
+// (fuse.NewHandoff: relayed).
+func fuseStageWith(t *testing.T, mountFUSE func(context.Context, replication.Device, fuse.Config) (*fuse.Mount, error),
+	dev replication.Device) (*fuse.Mount, StageRequest, RecoverRequest) {
 	t.Helper()
-	m, err := mountFUSE(context.Background(), dev, replication.FUSEConfig{Dir: t.TempDir(), Name: "vol", HungTimeout: -1, Log: testLog(t)})
+	m, err := mountFUSE(context.Background(), dev, fuse.Config{Dir: t.TempDir(), Name: "vol", HungTimeout: -1, Log: testLog(t)})
 	must.NoError(t, err)
 	rreq := RecoverRequest{FUSEDir: m.Dir(), BackingFile: m.Path(), ProbeTimeout: 500 * time.Millisecond, Log: testLog(t)}
 	t.Cleanup(func() {

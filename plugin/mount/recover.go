@@ -12,7 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
-	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/frontend/fuse"
 )
 
 // Server states Recover reports.
@@ -96,7 +96,7 @@ func Recover(ctx context.Context, req RecoverRequest) (*Recovered, error) {
 			return res, fmt.Errorf("%w: %s", ErrServerAlive, req.FUSEDir)
 		case state == ServerHung || state == ServerAlive:
 			log.Warn("aborting fuse connection", "server", state, "connection", top.Minor)
-			if err := replication.AbortFUSEConnection(top.Minor); err != nil {
+			if err := fuse.AbortConnection(top.Minor); err != nil {
 				return res, err
 			}
 			res.Aborted = true

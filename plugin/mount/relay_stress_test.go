@@ -15,7 +15,7 @@ import (
 
 	"github.com/shoenig/test/must"
 
-	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/frontend/fuse"
 )
 
 // slowDevice delays each request by up to max, as replicas on a loaded
@@ -46,9 +46,9 @@ func (d slowDevice) Flush(ctx context.Context) error { d.pause(); return d.memDe
 func TestRelayedStageUnderLoad(t *testing.T) {
 	requireRoot(t)
 	dev := slowDevice{memDevice: newMemDevice(256 << 20), max: 3 * time.Millisecond}
-	mountFUSE := replication.MountFUSEHandoff
+	mountFUSE := fuse.NewHandoff
 	if os.Getenv("SADDLEBAG_RELAY_STRESS_DIRECT") != "" {
-		mountFUSE = replication.MountFUSE
+		mountFUSE = fuse.New
 	}
 	m, req, _ := fuseStageWith(t, mountFUSE, dev)
 
@@ -131,7 +131,7 @@ func TestRelayedStageUnderLoad(t *testing.T) {
 		if time.Since(lastChange) > 15*time.Second {
 			var sb strings.Builder
 			_ = pprof.Lookup("goroutine").WriteTo(&sb, 2)
-			waiting, _ := os.ReadFile(filepath.Join(replication.FUSEConnectionsDir, fmt.Sprint(m.Connection()), "waiting"))
+			waiting, _ := os.ReadFile(filepath.Join(fuse.ConnectionsDir, fmt.Sprint(m.Connection()), "waiting"))
 			t.Logf("stalled; connection %d waiting=%s\n%s", m.Connection(), strings.TrimSpace(string(waiting)), sb.String())
 			stop.Store(true)
 			_ = m.Abort()

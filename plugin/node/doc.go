@@ -5,9 +5,10 @@
 //   - stage.go: NodeStageVolume opens an encrypted volume's data key with
 //     the passphrase secret (before anything else: a wrong one takes no
 //     lease), takes the volume's primary lease and starts its engine
-//     (internal/primary), wraps it in replication.EncryptedDevice when
-//     the volume is encrypted, serves it through FUSE and a loop device
-//     and mounts it (plugin/mount); while staged, it follows the volume
+//     (internal/primary), wraps it in encrypt.Device (replication/encrypt)
+//     when the volume is encrypted, serves it through FUSE
+//     (replication/frontend/fuse) and a loop device and mounts it
+//     (plugin/mount); while staged, it follows the volume
 //     record (replicas the controller added or retired, a fence from
 //     ControllerUnpublishVolume); NodePublishVolume bind-mounts it into
 //     a task's target; the unstage and unpublish undo each;
@@ -35,9 +36,10 @@
 // serialised per volume (Aborted when another is in flight) and
 // idempotent on its natural key.
 //
-// It may import leader, scheduler, replication, hcl/volspec,
-// internal/primary, internal/volkey, internal/fdkeeper, plugin/mount
-// and plugin/internal/rpc (and the leaf utility internal/ctxutil); it
+// It may import leader, scheduler, replication (with replication/encrypt
+// and replication/frontend/fuse), hcl/volspec, internal/primary,
+// internal/volkey, internal/fdkeeper, plugin/mount and
+// plugin/internal/rpc (and the leaf utility internal/ctxutil); it
 // must not import plugin (the controller) or plugin/reconcile: the node
 // never runs the controller's work. Only cmd/saddlebag imports it.
 // internal/layering enforces all three.

@@ -2,7 +2,7 @@ package node
 
 // Volumes that outlive the node process (issue 13). With a descriptor
 // keeper (Config.Keeper, internal/fdkeeper), each staged volume's
-// FUSE connection is relayed (replication.MountFUSEHandoff) and a
+// FUSE connection is relayed (fuse.NewHandoff) and a
 // duplicate of its /dev/fuse descriptor is parked in the keeper with
 // what a successor needs to serve it again (parkedVolume). Then:
 //
@@ -38,6 +38,8 @@ import (
 	"github.com/saddlebag/saddlebag/internal/primary"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/encrypt"
+	"github.com/saddlebag/saddlebag/replication/frontend/fuse"
 )
 
 // parkedVolume is the state a successor needs, kept beside the
@@ -59,12 +61,12 @@ type parkedVolume struct {
 // successor has the kernel resend any left).
 const DefaultHandOverTimeout = 10 * time.Second
 
-func (n *Node) mountFUSE(ctx context.Context, dev replication.Device, id string) (*replication.FUSEMount, error) {
-	cfg := replication.FUSEConfig{Dir: n.fuseDir(id), Name: id, HungTimeout: n.cfg.FUSEHungTimeout, Log: n.log.With("volume_id", id)}
+func (n *Node) mountFUSE(ctx context.Context, dev replication.Device, id string) (*fuse.Mount, error) {
+	cfg := fuse.Config{Dir: n.fuseDir(id), Name: id, HungTimeout: n.cfg.FUSEHungTimeout, Log: n.log.With("volume_id", id)}
 	if n.cfg.Keeper == nil {
-		return replication.MountFUSE(ctx, dev, cfg)
+		return fuse.New(ctx, dev, cfg)
 	}
-	return replication.MountFUSEHandoff(ctx, dev, cfg)
+	return fuse.NewHandoff(ctx, dev, cfg)
 }
 
 // park deposits sv's descriptor and state in the keeper. A failure
@@ -231,7 +233,7 @@ func (n *Node) adopt(ctx context.Context, e fdkeeper.Entry) {
 	log.Error("cannot adopt a parked volume: aborting its FUSE connection; the task sees I/O errors and the volume must be staged again", "error", err)
 	var st unix.Stat_t
 	if serr := unix.Stat(n.fuseDir(e.Name), &st); serr == nil {
-		_ = replication.AbortFUSEConnection(unix.Minor(st.Dev))
+		_ = fuse.AbortConnection(unix.Minor(st.Dev))
 	}
 	e.File.Close()
 	if err := n.cfg.Keeper.Drop(e.Name); err != nil {
@@ -263,7 +265,7 @@ func (n *Node) adoptVolume(ctx context.Context, pv parkedVolume, devFile *os.Fil
 	}
 	var dev replication.Device = prim.Engine
 	if pv.Key != nil {
-		if dev, err = replication.NewEncryptedDevice(prim.Engine, pv.Key); err != nil {
+		if dev, err = encrypt.NewDevice(prim.Engine, pv.Key); err != nil {
 			_ = prim.Demote(context.WithoutCancel(ctx))
 			return err
 		}
@@ -273,8 +275,8 @@ func (n *Node) adoptVolume(ctx context.Context, pv parkedVolume, devFile *os.Fil
 		_ = prim.Demote(context.WithoutCancel(ctx))
 		return err
 	}
-	fm, err := replication.AdoptFUSE(ctx, dev, replication.FUSEConfig{Dir: n.fuseDir(pv.ID), Name: pv.ID,
-		HungTimeout: n.cfg.FUSEHungTimeout, Log: log}, replication.FUSEConn{Dev: devFile, Init: pv.Init})
+	fm, err := fuse.Adopt(ctx, dev, fuse.Config{Dir: n.fuseDir(pv.ID), Name: pv.ID,
+		HungTimeout: n.cfg.FUSEHungTimeout, Log: log}, fuse.Conn{Dev: devFile, Init: pv.Init})
 	if err != nil {
 		keep.Close()
 		_ = prim.Demote(context.WithoutCancel(ctx))

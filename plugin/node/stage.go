@@ -22,6 +22,8 @@ import (
 	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 	"github.com/saddlebag/saddlebag/plugin/mount"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/encrypt"
+	"github.com/saddlebag/saddlebag/replication/frontend/fuse"
 )
 
 // stagedVolume is a volume staged on this node: its primary, the FUSE
@@ -32,7 +34,7 @@ type stagedVolume struct {
 	size            int64
 	device          string // the loop device
 	prim            *primary.Primary
-	fuse            *replication.FUSEMount
+	fuse            *fuse.Mount
 	stateFile       string
 	// keyRec is the key record of an encrypted volume (nil if plain): a
 	// repeated NodeStageVolume must bring the passphrase too.
@@ -170,7 +172,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	var dev replication.Device = prim.Engine
 	if key != nil {
 		// Every block is encrypted before the engine replicates it.
-		if dev, err = replication.NewEncryptedDevice(prim.Engine, key); err != nil {
+		if dev, err = encrypt.NewDevice(prim.Engine, key); err != nil {
 			return nil, rpc.ToStatus(err, "encrypt the volume")
 		}
 	}
@@ -340,11 +342,11 @@ func (n *Node) teardown(ctx context.Context, sv *stagedVolume, lazy bool) error 
 
 // unmountFUSE unmounts the volume file, waiting briefly for the loop
 // device to let go of it, and aborts it as a last resort.
-func unmountFUSE(m *replication.FUSEMount) error {
+func unmountFUSE(m *fuse.Mount) error {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		err := m.Unmount()
-		if err == nil || !errors.Is(err, replication.ErrFUSEBusy) {
+		if err == nil || !errors.Is(err, fuse.ErrBusy) {
 			return err
 		}
 		if time.Now().After(deadline) {

@@ -1,4 +1,4 @@
-package replication
+package encrypt
 
 import (
 	"crypto/aes"
@@ -7,7 +7,7 @@ import (
 	"encoding/binary"
 )
 
-// xtsCipher is AES-XTS (IEEE 1619) over whole BlockSize sectors, the
+// xtsCipher is AES-XTS (IEEE 1619) over whole blockSize sectors, the
 // sector number as tweak, producing exactly what golang.org/x/crypto/xts
 // produces (TestXTSMatchesXCrypto checks it bit for bit) but about five
 // times faster: x/crypto/xts XORs and doubles the tweak one byte at a
@@ -37,12 +37,12 @@ func newXTS(key []byte) (*xtsCipher, error) {
 // tweaks fills tw (BlockSize bytes) with the tweak of every 16-byte
 // block of sector: T_0 = AES(k2, sector as little-endian 128 bits),
 // T_{j+1} = T_j·α in GF(2^128).
-func (x *xtsCipher) tweaks(tw *[BlockSize]byte, sector uint64) {
+func (x *xtsCipher) tweaks(tw *[blockSize]byte, sector uint64) {
 	var t [16]byte
 	binary.LittleEndian.PutUint64(t[:8], sector)
 	x.k2.Encrypt(t[:], t[:])
 	lo, hi := binary.LittleEndian.Uint64(t[:8]), binary.LittleEndian.Uint64(t[8:])
-	for j := 0; j < BlockSize; j += 16 {
+	for j := 0; j < blockSize; j += 16 {
 		binary.LittleEndian.PutUint64(tw[j:], lo)
 		binary.LittleEndian.PutUint64(tw[j+8:], hi)
 		carry := hi >> 63
@@ -53,11 +53,11 @@ func (x *xtsCipher) tweaks(tw *[BlockSize]byte, sector uint64) {
 
 // encryptSector encrypts one BlockSize sector in place.
 func (x *xtsCipher) encryptSector(b []byte, sector uint64) {
-	var tw [BlockSize]byte
+	var tw [blockSize]byte
 	x.tweaks(&tw, sector)
-	b = b[:BlockSize]
+	b = b[:blockSize]
 	subtle.XORBytes(b, b, tw[:])
-	for j := 0; j < BlockSize; j += 16 {
+	for j := 0; j < blockSize; j += 16 {
 		x.k1.Encrypt(b[j:j+16], b[j:j+16])
 	}
 	subtle.XORBytes(b, b, tw[:])
@@ -65,11 +65,11 @@ func (x *xtsCipher) encryptSector(b []byte, sector uint64) {
 
 // decryptSector decrypts one BlockSize sector in place.
 func (x *xtsCipher) decryptSector(b []byte, sector uint64) {
-	var tw [BlockSize]byte
+	var tw [blockSize]byte
 	x.tweaks(&tw, sector)
-	b = b[:BlockSize]
+	b = b[:blockSize]
 	subtle.XORBytes(b, b, tw[:])
-	for j := 0; j < BlockSize; j += 16 {
+	for j := 0; j < blockSize; j += 16 {
 		x.k1.Decrypt(b[j:j+16], b[j:j+16])
 	}
 	subtle.XORBytes(b, b, tw[:])

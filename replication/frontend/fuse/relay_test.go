@@ -1,4 +1,4 @@
-package replication
+package fuse
 
 import (
 	"bufio"
@@ -21,6 +21,8 @@ import (
 	"github.com/shoenig/test/must"
 	"github.com/shoenig/test/wait"
 	"golang.org/x/sys/unix"
+
+	"github.com/saddlebag/saddlebag/replication/internal/replicatest"
 )
 
 // fileDevice is a Device over a plain file, each write slowed by delay
@@ -69,12 +71,12 @@ func TestFUSERelayHelper(t *testing.T) {
 	st, err := bf.Stat()
 	must.NoError(t, err)
 	dev := &fileDevice{f: bf, size: st.Size(), delay: 2 * time.Millisecond}
-	cfg := FUSEConfig{Dir: os.Getenv("SADDLEBAG_FUSE_RELAY_DIR"), Name: "vol", HungTimeout: -1,
+	cfg := Config{Dir: os.Getenv("SADDLEBAG_FUSE_RELAY_DIR"), Name: "vol", HungTimeout: -1,
 		Log: hclog.New(&hclog.LoggerOptions{Output: os.Stderr, Level: hclog.Info})}
-	var m *FUSEMount
+	var m *Mount
 	switch mode {
 	case "mount":
-		m, err = MountFUSEHandoff(context.Background(), dev, cfg)
+		m, err = NewHandoff(context.Background(), dev, cfg)
 		must.NoError(t, err)
 		conn, err := m.Conn()
 		must.NoError(t, err)
@@ -87,7 +89,7 @@ func TestFUSERelayHelper(t *testing.T) {
 	case "adopt":
 		init, err := hex.DecodeString(os.Getenv("SADDLEBAG_FUSE_RELAY_INIT"))
 		must.NoError(t, err)
-		m, err = AdoptFUSE(context.Background(), dev, cfg, FUSEConn{Dev: os.NewFile(4, "/dev/fuse"), Init: init})
+		m, err = Adopt(context.Background(), dev, cfg, Conn{Dev: os.NewFile(4, "/dev/fuse"), Init: init})
 		must.NoError(t, err)
 		_, err = ctl.Write([]byte("ready"))
 		must.NoError(t, err)
@@ -179,7 +181,7 @@ func TestFUSEHandoffAcrossProcesses(t *testing.T) {
 		// Abort first: a writer blocked on a server that is gone must
 		// not hang the test binary.
 		if connID != 0 {
-			_ = AbortFUSEConnection(connID)
+			_ = AbortConnection(connID)
 		}
 		_ = unix.Unmount(dir, unix.MNT_DETACH)
 		if kept != nil {
@@ -354,8 +356,8 @@ func TestFUSEHandoffLargeIO(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("FUSE tests mount file systems and must run as root")
 	}
-	dev := &countingDevice{Device: nbdNewMemDevice(16 << 20)}
-	m, err := MountFUSEHandoff(context.Background(), dev, FUSEConfig{Dir: t.TempDir(), Name: "vol", Log: testLogger(t)})
+	dev := &countingDevice{Device: replicatest.NewMemDevice(make([]byte, 16<<20))}
+	m, err := NewHandoff(context.Background(), dev, Config{Dir: t.TempDir(), Name: "vol", Log: replicatest.Logger(t)})
 	must.NoError(t, err)
 	t.Cleanup(func() { must.NoError(t, m.Close()) })
 	f, err := os.OpenFile(m.Path(), os.O_RDWR|unix.O_DIRECT|unix.O_CLOEXEC, 0)

@@ -1,4 +1,4 @@
-package replication
+package encrypt
 
 import (
 	"bytes"
@@ -15,6 +15,9 @@ import (
 	"github.com/shoenig/test/must"
 	"golang.org/x/crypto/xts"
 	"pgregory.net/rapid"
+
+	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/internal/replicatest"
 )
 
 // recDevice is a Device in memory, recording the requests it is sent.
@@ -31,7 +34,7 @@ func (m *recDevice) Size() int64 { return int64(len(m.data)) }
 
 func (m *recDevice) check(off, n int64) error {
 	if off < 0 || n < 0 || off+n > int64(len(m.data)) {
-		return ErrOutOfRange
+		return replication.ErrOutOfRange
 	}
 	return nil
 }
@@ -71,7 +74,7 @@ func (m *recDevice) Trim(_ context.Context, off, n int64) error {
 }
 
 func testKey(t testing.TB) []byte {
-	k := make([]byte, EncryptionKeySize)
+	k := make([]byte, KeySize)
 	_, err := rand.Read(k)
 	must.NoError(t, err)
 	return k
@@ -79,17 +82,17 @@ func testKey(t testing.TB) []byte {
 
 func TestEncryptedDeviceRefusesBadConfig(t *testing.T) {
 	t.Parallel()
-	_, err := NewEncryptedDevice(newRecDevice(8192), make([]byte, 32))
-	must.ErrorIs(t, err, ErrInvalid)
-	_, err = NewEncryptedDevice(newRecDevice(8192+512), testKey(t))
-	must.ErrorIs(t, err, ErrInvalid)
+	_, err := NewDevice(newRecDevice(8192), make([]byte, 32))
+	must.ErrorIs(t, err, replication.ErrInvalid)
+	_, err = NewDevice(newRecDevice(8192+512), testKey(t))
+	must.ErrorIs(t, err, replication.ErrInvalid)
 }
 
 func TestEncryptedDeviceRoundTrip(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	mem := newRecDevice(64 << 10)
-	d, err := NewEncryptedDevice(mem, testKey(t))
+	d, err := NewDevice(mem, testKey(t))
 	must.NoError(t, err)
 
 	// Never written: zeros.
@@ -106,20 +109,20 @@ func TestEncryptedDeviceRoundTrip(t *testing.T) {
 	must.False(t, bytes.Contains(mem.data, plain[:16]))
 	must.False(t, bytes.Contains(mem.data, []byte("quick brown")))
 	// Equal plaintext blocks at different places encrypt differently.
-	same := bytes.Repeat([]byte{0xAB}, 2*BlockSize)
-	must.NoError(t, d.WriteAt(ctx, same, 8*BlockSize, false))
-	must.NotEq(t, mem.data[8*BlockSize:9*BlockSize], mem.data[9*BlockSize:10*BlockSize])
+	same := bytes.Repeat([]byte{0xAB}, 2*blockSize)
+	must.NoError(t, d.WriteAt(ctx, same, 8*blockSize, false))
+	must.NotEq(t, mem.data[8*blockSize:9*blockSize], mem.data[9*blockSize:10*blockSize])
 
 	// Out of range is refused, nothing written.
 	err = d.WriteAt(ctx, []byte{1}, 64<<10, false)
-	must.ErrorIs(t, err, ErrOutOfRange)
+	must.ErrorIs(t, err, replication.ErrOutOfRange)
 	err = d.ReadAt(ctx, make([]byte, 2), 64<<10-1)
-	must.ErrorIs(t, err, ErrOutOfRange)
+	must.ErrorIs(t, err, replication.ErrOutOfRange)
 	err = d.Trim(ctx, -1, 10)
-	must.ErrorIs(t, err, ErrOutOfRange)
+	must.ErrorIs(t, err, replication.ErrOutOfRange)
 
 	// Another key reads garbage, not the plaintext.
-	other, err := NewEncryptedDevice(mem, testKey(t))
+	other, err := NewDevice(mem, testKey(t))
 	must.NoError(t, err)
 	must.NoError(t, other.ReadAt(ctx, got, 4096))
 	must.NotEq(t, plain, got)
@@ -130,13 +133,13 @@ func TestEncryptedDeviceUnaligned(t *testing.T) {
 	ctx := context.Background()
 	const size = 16 << 10
 	mem := newRecDevice(size)
-	d, err := NewEncryptedDevice(mem, testKey(t))
+	d, err := NewDevice(mem, testKey(t))
 	must.NoError(t, err)
 	model := make([]byte, size)
 	r := mrand.New(mrand.NewPCG(1, 2))
 	for i := 0; i < 150; i++ {
 		off := r.IntN(size - 1)
-		n := 1 + r.IntN(min(size-off, 3*BlockSize))
+		n := 1 + r.IntN(min(size-off, 3*blockSize))
 		p := make([]byte, n)
 		for j := range p {
 			p[j] = byte(r.Uint32())
@@ -145,8 +148,8 @@ func TestEncryptedDeviceUnaligned(t *testing.T) {
 		copy(model[off:], p)
 		// Below, only whole blocks are written.
 		last := mem.writes[len(mem.writes)-1]
-		must.Eq(t, int64(0), last[0]%BlockSize)
-		must.Eq(t, int64(0), last[1]%BlockSize)
+		must.Eq(t, int64(0), last[0]%blockSize)
+		must.Eq(t, int64(0), last[1]%blockSize)
 		ro := r.IntN(size - 1)
 		rn := 1 + r.IntN(size-ro)
 		got := make([]byte, rn)
@@ -158,35 +161,35 @@ func TestEncryptedDeviceUnaligned(t *testing.T) {
 func TestEncryptedDeviceTrimReadsZeros(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	const size = 16 * BlockSize
+	const size = 16 * blockSize
 	mem := newRecDevice(size)
-	d, err := NewEncryptedDevice(mem, testKey(t))
+	d, err := NewDevice(mem, testKey(t))
 	must.NoError(t, err)
 	full := bytes.Repeat([]byte{0x5A}, size)
 	must.NoError(t, d.WriteAt(ctx, full, 0, false))
 
 	// From the middle of block 1 to the middle of block 5: blocks 2-4 are
 	// trimmed below, the parts of 1 and 5 rewritten as encrypted zeros.
-	off, n := int64(BlockSize+100), int64(4*BlockSize)
+	off, n := int64(blockSize+100), int64(4*blockSize)
 	must.NoError(t, d.Trim(ctx, off, n))
-	must.Eq(t, [][2]int64{{2 * BlockSize, 3 * BlockSize}}, mem.trims)
+	must.Eq(t, [][2]int64{{2 * blockSize, 3 * blockSize}}, mem.trims)
 	got := make([]byte, size)
 	must.NoError(t, d.ReadAt(ctx, got, 0))
 	want := bytes.Clone(full)
 	clear(want[off : off+n])
 	must.Eq(t, want, got)
 	// The parts of blocks are not zeros below: they are ciphertext.
-	must.NotEq(t, make([]byte, BlockSize), mem.data[BlockSize:2*BlockSize])
+	must.NotEq(t, make([]byte, blockSize), mem.data[blockSize:2*blockSize])
 
 	// A trim inside one block trims nothing below.
-	must.NoError(t, d.Trim(ctx, 8*BlockSize+10, 20))
+	must.NoError(t, d.Trim(ctx, 8*blockSize+10, 20))
 	must.Len(t, 1, mem.trims)
-	clear(want[8*BlockSize+10 : 8*BlockSize+30])
+	clear(want[8*blockSize+10 : 8*blockSize+30])
 	// An aligned trim is a trim, nothing else.
 	writes := len(mem.writes)
-	must.NoError(t, d.Trim(ctx, 12*BlockSize, 4*BlockSize))
+	must.NoError(t, d.Trim(ctx, 12*blockSize, 4*blockSize))
 	must.Eq(t, writes, len(mem.writes))
-	clear(want[12*BlockSize:])
+	clear(want[12*blockSize:])
 	must.NoError(t, d.ReadAt(ctx, got, 0))
 	must.Eq(t, want, got)
 }
@@ -199,9 +202,9 @@ func TestEncryptedDeviceModel(t *testing.T) {
 	rapid.Check(t, func(rt *rapid.T) {
 		ctx := context.Background()
 		nblocks := rapid.IntRange(1, 8).Draw(rt, "blocks")
-		size := nblocks * BlockSize
+		size := nblocks * blockSize
 		mem := newRecDevice(size)
-		d, err := NewEncryptedDevice(mem, key)
+		d, err := NewDevice(mem, key)
 		if err != nil {
 			rt.Fatal(err)
 		}
@@ -250,8 +253,8 @@ func TestEncryptedDeviceModel(t *testing.T) {
 func TestEncryptedDeviceConcurrentPartialWrites(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	const size = 4 * BlockSize
-	d, err := NewEncryptedDevice(newRecDevice(size), testKey(t))
+	const size = 4 * blockSize
+	d, err := NewDevice(newRecDevice(size), testKey(t))
 	must.NoError(t, err)
 	var wg sync.WaitGroup
 	const pieces = size / 512
@@ -300,37 +303,37 @@ func TestEncryptedDeviceLockWaitCancelled(t *testing.T) {
 // replicas (a failover) reads it back with the key.
 func TestEncryptedEngineReplicasHoldNoPlaintext(t *testing.T) {
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
-	rs := []*testReplica{startTestReplica(t, dirs[0]), startTestReplica(t, dirs[1]), startTestReplica(t, dirs[2])}
+	rs := []*replicatest.Replica{replicatest.StartReplica(t, dirs[0]), replicatest.StartReplica(t, dirs[1]), replicatest.StartReplica(t, dirs[2])}
 	const size = 4 << 20
 	ctx := context.Background()
 	key := testKey(t)
-	e := startTestEngine(t, "encvol", size, 1, &recordingHook{}, rs...)
-	d, err := NewEncryptedDevice(e, key)
+	e := replicatest.StartEngine(t, "encvol", size, 1, rs...)
+	d, err := NewDevice(e, key)
 	must.NoError(t, err)
 	marker := []byte("SADDLEBAG-PLAINTEXT-MARKER-0123456789")
 	plain := bytes.Repeat(marker, 256<<10/len(marker))
 	must.NoError(t, d.WriteAt(ctx, plain, 513, false))  // unaligned
 	must.NoError(t, d.WriteAt(ctx, plain, 2<<20, true)) // aligned, FUA
-	must.NoError(t, d.Trim(ctx, 2<<20+BlockSize, 8*BlockSize))
+	must.NoError(t, d.Trim(ctx, 2<<20+blockSize, 8*blockSize))
 	must.NoError(t, d.Flush(ctx))
 	must.NoError(t, e.Shutdown(ctx))
 
 	for i, r := range rs {
-		data, err := os.ReadFile(r.store.DataPath("encvol"))
+		data, err := os.ReadFile(r.Store.DataPath("encvol"))
 		must.NoError(t, err)
 		must.Greater(t, 2<<20, len(bytes.TrimRight(data, "\x00")), must.Sprintf("replica %d holds no data at all", i))
 		must.False(t, bytes.Contains(data, marker[:16]), must.Sprintf("replica %d holds plaintext", i))
 	}
 
-	e2 := startTestEngine(t, "encvol", size, 2, &recordingHook{}, rs...)
-	d2, err := NewEncryptedDevice(e2, key)
+	e2 := replicatest.StartEngine(t, "encvol", size, 2, rs...)
+	d2, err := NewDevice(e2, key)
 	must.NoError(t, err)
 	got := make([]byte, len(plain))
 	must.NoError(t, d2.ReadAt(ctx, got, 513))
 	must.Eq(t, plain, got)
 	must.NoError(t, d2.ReadAt(ctx, got, 2<<20))
 	want := bytes.Clone(plain)
-	clear(want[BlockSize : 9*BlockSize])
+	clear(want[blockSize : 9*blockSize])
 	must.Eq(t, want, got)
 }
 
@@ -342,7 +345,7 @@ func TestXTSMatchesXCrypto(t *testing.T) {
 	t.Parallel()
 	r := mrand.New(mrand.NewPCG(7, 11))
 	for i := 0; i < 60; i++ {
-		key := make([]byte, EncryptionKeySize)
+		key := make([]byte, KeySize)
 		for j := range key {
 			key[j] = byte(r.Uint32())
 		}
@@ -354,11 +357,11 @@ func TestXTSMatchesXCrypto(t *testing.T) {
 		if i%4 == 0 {
 			sector = uint64(i)
 		}
-		plain := make([]byte, BlockSize)
+		plain := make([]byte, blockSize)
 		for j := range plain {
 			plain[j] = byte(r.Uint32())
 		}
-		want := make([]byte, BlockSize)
+		want := make([]byte, blockSize)
 		ref.Encrypt(want, plain, sector)
 		got := bytes.Clone(plain)
 		mine.encryptSector(got, sector)

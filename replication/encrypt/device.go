@@ -1,22 +1,23 @@
-package replication
-
-// Encryption at rest (issue #11): a Device wrapper that encrypts every
-// block before the engine replicates it, so replicas, resync and anything
-// reading a replica's data file only ever see ciphertext. The cipher is in
-// xts.go.
+package encrypt
 
 import (
 	"bytes"
 	"context"
 	"fmt"
 	"sync"
+
+	"github.com/saddlebag/saddlebag/replication"
 )
 
-// EncryptionKeySize is the size of an EncryptedDevice's key: AES-256-XTS
-// takes two AES-256 keys.
-const EncryptionKeySize = 64
+// KeySize is the size of a Device's key: AES-256-XTS takes two AES-256
+// keys.
+const KeySize = 64
 
-// EncryptedDevice serves a Device's blocks decrypted: every BlockSize
+// blockSize is the unit of encryption (one XTS sector): the replication
+// block, so that a block the engine tracks is a block encrypted whole.
+const blockSize = replication.BlockSize
+
+// Device serves a replication.Device's blocks decrypted: every blockSize
 // (4 KiB) block is encrypted with AES-256-XTS, its tweak the block number
 // (as dm-crypt's aes-xts-plain64 with 4096-byte sectors), before it is
 // written to the Device underneath, and decrypted after it is read. The
@@ -42,59 +43,60 @@ const EncryptionKeySize = 64
 // parts of blocks at its ends. What replicas learn from this is which
 // blocks were trimmed or never written, as with dm-crypt and discards.
 //
-// EncryptedDevice is safe for concurrent use. It implements HoldingDevice
-// by asking the Device underneath.
-type EncryptedDevice struct {
-	dev   Device
+// Device is safe for concurrent use. It implements
+// replication.Device, and replication.HoldingDevice by asking the Device
+// underneath.
+type Device struct {
+	dev   replication.Device
 	c     *xtsCipher
 	locks blockLocks
 }
 
-// NewEncryptedDevice wraps dev, whose size must be a whole number of
-// blocks, with AES-256-XTS under key (EncryptionKeySize bytes). The key's
-// bytes are not kept: the caller may clear them.
-func NewEncryptedDevice(dev Device, key []byte) (*EncryptedDevice, error) {
-	if len(key) != EncryptionKeySize {
-		return nil, fmt.Errorf("%w: an encryption key is %d bytes, got %d", ErrInvalid, EncryptionKeySize, len(key))
+// NewDevice wraps dev, whose size must be a whole number of blocks, with
+// AES-256-XTS under key (KeySize bytes). The key's bytes are not kept:
+// the caller may clear them.
+func NewDevice(dev replication.Device, key []byte) (*Device, error) {
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("%w: an encryption key is %d bytes, got %d", replication.ErrInvalid, KeySize, len(key))
 	}
-	if dev.Size()%BlockSize != 0 {
+	if dev.Size()%blockSize != 0 {
 		return nil, fmt.Errorf("%w: an encrypted device must be a whole number of %d-byte blocks, not %d bytes",
-			ErrInvalid, BlockSize, dev.Size())
+			replication.ErrInvalid, blockSize, dev.Size())
 	}
 	c, err := newXTS(key)
 	if err != nil {
-		return nil, fmt.Errorf("%w: encryption key refused by the cipher", ErrInvalid)
+		return nil, fmt.Errorf("%w: encryption key refused by the cipher", replication.ErrInvalid)
 	}
-	return &EncryptedDevice{dev: dev, c: c}, nil
+	return &Device{dev: dev, c: c}, nil
 }
 
-// Size implements Device.
-func (d *EncryptedDevice) Size() int64 { return d.dev.Size() }
+// Size implements replication.Device.
+func (d *Device) Size() int64 { return d.dev.Size() }
 
-// Flush implements Device.
-func (d *EncryptedDevice) Flush(ctx context.Context) error { return d.dev.Flush(ctx) }
+// Flush implements replication.Device.
+func (d *Device) Flush(ctx context.Context) error { return d.dev.Flush(ctx) }
 
-// Holding implements HoldingDevice.
-func (d *EncryptedDevice) Holding() (bool, string) {
-	if h, ok := d.dev.(HoldingDevice); ok {
+// Holding implements replication.HoldingDevice.
+func (d *Device) Holding() (bool, string) {
+	if h, ok := d.dev.(replication.HoldingDevice); ok {
 		return h.Holding()
 	}
 	return false, ""
 }
 
-func (d *EncryptedDevice) checkRange(off, n int64) error {
+func (d *Device) checkRange(off, n int64) error {
 	size := d.dev.Size()
 	if off < 0 || n < 0 || off > size || n > size-off {
-		return fmt.Errorf("%w: [%d, %d) outside a device of %d bytes", ErrOutOfRange, off, off+n, size)
+		return fmt.Errorf("%w: [%d, %d) outside a device of %d bytes", replication.ErrOutOfRange, off, off+n, size)
 	}
 	return nil
 }
 
 // blocks returns the first and last block a non-empty range touches.
-func blocks(off, n int64) (int64, int64) { return off / BlockSize, (off + n - 1) / BlockSize }
+func blocks(off, n int64) (int64, int64) { return off / blockSize, (off + n - 1) / blockSize }
 
-// ReadAt implements Device.
-func (d *EncryptedDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+// ReadAt implements replication.Device.
+func (d *Device) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := d.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -107,25 +109,25 @@ func (d *EncryptedDevice) ReadAt(ctx context.Context, p []byte, off int64) error
 		return err
 	}
 	defer unlock()
-	if off%BlockSize == 0 && len(p)%BlockSize == 0 {
+	if off%blockSize == 0 && len(p)%blockSize == 0 {
 		if err := d.dev.ReadAt(ctx, p, off); err != nil {
 			return err
 		}
 		d.decrypt(p, first)
 		return nil
 	}
-	buf := getBuf(int(last-first+1) * BlockSize)
+	buf := getBuf(int(last-first+1) * blockSize)
 	defer putBuf(buf)
-	if err := d.dev.ReadAt(ctx, *buf, first*BlockSize); err != nil {
+	if err := d.dev.ReadAt(ctx, *buf, first*blockSize); err != nil {
 		return err
 	}
 	d.decrypt(*buf, first)
-	copy(p, (*buf)[off-first*BlockSize:])
+	copy(p, (*buf)[off-first*blockSize:])
 	return nil
 }
 
-// WriteAt implements Device.
-func (d *EncryptedDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+// WriteAt implements replication.Device.
+func (d *Device) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if err := d.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -138,25 +140,25 @@ func (d *EncryptedDevice) WriteAt(ctx context.Context, p []byte, off int64, fua 
 		return err
 	}
 	defer unlock()
-	buf := getBuf(int(last-first+1) * BlockSize)
+	buf := getBuf(int(last-first+1) * blockSize)
 	defer putBuf(buf)
 	b := *buf
 	if err := d.readPartial(ctx, b, first, last, off, int64(len(p))); err != nil {
 		return err
 	}
-	copy(b[off-first*BlockSize:], p)
+	copy(b[off-first*blockSize:], p)
 	d.encrypt(b, first)
-	return d.dev.WriteAt(ctx, b, first*BlockSize, fua)
+	return d.dev.WriteAt(ctx, b, first*blockSize, fua)
 }
 
 // readPartial reads and decrypts, into b (blocks first..last), the blocks
 // at either end that [off, off+n) covers only in part.
-func (d *EncryptedDevice) readPartial(ctx context.Context, b []byte, first, last, off, n int64) error {
-	headPartial := off%BlockSize != 0 || (first == last && n < BlockSize)
-	tailPartial := (off+n)%BlockSize != 0
+func (d *Device) readPartial(ctx context.Context, b []byte, first, last, off, n int64) error {
+	headPartial := off%blockSize != 0 || (first == last && n < blockSize)
+	tailPartial := (off+n)%blockSize != 0
 	read := func(blk int64) error {
-		at := b[(blk-first)*BlockSize:][:BlockSize]
-		if err := d.dev.ReadAt(ctx, at, blk*BlockSize); err != nil {
+		at := b[(blk-first)*blockSize:][:blockSize]
+		if err := d.dev.ReadAt(ctx, at, blk*blockSize); err != nil {
 			return err
 		}
 		d.decrypt(at, blk)
@@ -173,10 +175,10 @@ func (d *EncryptedDevice) readPartial(ctx context.Context, b []byte, first, last
 	return nil
 }
 
-// Trim implements Device: whole blocks are trimmed below (they read as
+// Trim implements replication.Device: whole blocks are trimmed below (they read as
 // zeros), the parts of blocks at the ends are overwritten with encrypted
 // zeros.
-func (d *EncryptedDevice) Trim(ctx context.Context, off, n int64) error {
+func (d *Device) Trim(ctx context.Context, off, n int64) error {
 	if err := d.checkRange(off, n); err != nil {
 		return err
 	}
@@ -190,43 +192,43 @@ func (d *EncryptedDevice) Trim(ctx context.Context, off, n int64) error {
 	}
 	defer unlock()
 	zeroPart := func(blk int64) error {
-		buf := getBuf(BlockSize)
+		buf := getBuf(blockSize)
 		defer putBuf(buf)
 		b := *buf
-		if err := d.dev.ReadAt(ctx, b, blk*BlockSize); err != nil {
+		if err := d.dev.ReadAt(ctx, b, blk*blockSize); err != nil {
 			return err
 		}
 		d.decrypt(b, blk)
-		start, end := max(off, blk*BlockSize), min(off+n, (blk+1)*BlockSize)
-		clear(b[start-blk*BlockSize : end-blk*BlockSize])
+		start, end := max(off, blk*blockSize), min(off+n, (blk+1)*blockSize)
+		clear(b[start-blk*blockSize : end-blk*blockSize])
 		d.encrypt(b, blk)
-		return d.dev.WriteAt(ctx, b, blk*BlockSize, false)
+		return d.dev.WriteAt(ctx, b, blk*blockSize, false)
 	}
-	whole0 := (off + BlockSize - 1) / BlockSize // first whole block
-	whole1 := (off + n) / BlockSize             // one past the last whole block
-	if off%BlockSize != 0 {
+	whole0 := (off + blockSize - 1) / blockSize // first whole block
+	whole1 := (off + n) / blockSize             // one past the last whole block
+	if off%blockSize != 0 {
 		if err := zeroPart(first); err != nil {
 			return err
 		}
 	}
-	if (off+n)%BlockSize != 0 && (last != first || off%BlockSize == 0) {
+	if (off+n)%blockSize != 0 && (last != first || off%blockSize == 0) {
 		if err := zeroPart(last); err != nil {
 			return err
 		}
 	}
 	if whole0 < whole1 {
-		return d.dev.Trim(ctx, whole0*BlockSize, (whole1-whole0)*BlockSize)
+		return d.dev.Trim(ctx, whole0*blockSize, (whole1-whole0)*blockSize)
 	}
 	return nil
 }
 
-var zeroBlock [BlockSize]byte
+var zeroBlock [blockSize]byte
 
 // decrypt decrypts whole blocks in place, b starting at block blk; an
 // all-zero block (trimmed or never written) stays plaintext zeros.
-func (d *EncryptedDevice) decrypt(b []byte, blk int64) {
-	for i := 0; i < len(b); i, blk = i+BlockSize, blk+1 {
-		blkb := b[i : i+BlockSize]
+func (d *Device) decrypt(b []byte, blk int64) {
+	for i := 0; i < len(b); i, blk = i+blockSize, blk+1 {
+		blkb := b[i : i+blockSize]
 		if bytes.Equal(blkb, zeroBlock[:]) {
 			continue
 		}
@@ -235,15 +237,15 @@ func (d *EncryptedDevice) decrypt(b []byte, blk int64) {
 }
 
 // encrypt encrypts whole blocks in place, b starting at block blk.
-func (d *EncryptedDevice) encrypt(b []byte, blk int64) {
-	for i := 0; i < len(b); i, blk = i+BlockSize, blk+1 {
-		d.c.encryptSector(b[i:i+BlockSize], uint64(blk))
+func (d *Device) encrypt(b []byte, blk int64) {
+	for i := 0; i < len(b); i, blk = i+blockSize, blk+1 {
+		d.c.encryptSector(b[i:i+blockSize], uint64(blk))
 	}
 }
 
 // Buffers up to encPoolSize are pooled (a FUSE or NBD request is at most
 // a few MiB); larger ones are allocated.
-const encPoolSize = 1<<20 + 2*BlockSize
+const encPoolSize = 1<<20 + 2*blockSize
 
 var encPool = sync.Pool{New: func() any {
 	b := make([]byte, encPoolSize)
@@ -331,6 +333,6 @@ func (l *blockLocks) release(me *blockLock) {
 }
 
 var (
-	_ Device        = (*EncryptedDevice)(nil)
-	_ HoldingDevice = (*EncryptedDevice)(nil)
+	_ replication.Device        = (*Device)(nil)
+	_ replication.HoldingDevice = (*Device)(nil)
 )

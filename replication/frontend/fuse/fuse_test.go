@@ -1,4 +1,4 @@
-package replication
+package fuse
 
 import (
 	"bytes"
@@ -13,11 +13,14 @@ import (
 
 	"github.com/shoenig/test/must"
 	"golang.org/x/sys/unix"
+
+	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/internal/replicatest"
 )
 
 // countingDevice wraps a Device and counts the calls that reached it.
 type countingDevice struct {
-	Device
+	replication.Device
 	flushes, trims atomic.Int64
 	// fail, when set, is returned by every call instead of calling Device.
 	fail atomic.Pointer[error]
@@ -59,18 +62,18 @@ func (d *countingDevice) Trim(ctx context.Context, off, n int64) error {
 }
 
 // mountTestFUSE serves a 3-replica engine of size bytes through FUSE.
-func mountTestFUSE(t *testing.T, size int64, hung time.Duration) (*FUSEMount, *countingDevice, []*testReplica) {
+func mountTestFUSE(t *testing.T, size int64, hung time.Duration) (*Mount, *countingDevice, []*replicatest.Replica) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("FUSE tests mount file systems and must run as root")
 	}
-	var reps []*testReplica
+	var reps []*replicatest.Replica
 	for i := 0; i < 3; i++ {
-		reps = append(reps, startTestReplica(t, t.TempDir()))
+		reps = append(reps, replicatest.StartReplica(t, t.TempDir()))
 	}
-	eng := startTestEngine(t, "vol", size, 1, nil, reps...)
+	eng := replicatest.StartEngine(t, "vol", size, 1, reps...)
 	dev := &countingDevice{Device: eng}
-	m, err := MountFUSE(context.Background(), dev, FUSEConfig{Dir: t.TempDir(), Name: "vol", HungTimeout: hung, Log: testLogger(t)})
+	m, err := New(context.Background(), dev, Config{Dir: t.TempDir(), Name: "vol", HungTimeout: hung, Log: replicatest.Logger(t)})
 	must.NoError(t, err)
 	t.Cleanup(func() { must.NoError(t, m.Close()) })
 	return m, dev, reps
@@ -110,9 +113,9 @@ func TestFUSEFileReadWriteFsync(t *testing.T) {
 
 	// Every replica holds the data once fsync returned.
 	for _, r := range reps {
-		data, err := os.ReadFile(r.store.DataPath("vol"))
+		data, err := os.ReadFile(r.Store.DataPath("vol"))
 		must.NoError(t, err)
-		must.True(t, bytes.Equal(buf, data[3<<20:4<<20]), must.Sprint("replica ", r.addr))
+		must.True(t, bytes.Equal(buf, data[3<<20:4<<20]), must.Sprint("replica ", r.Addr))
 	}
 
 	// Reads at and past the end are short, writes past it fail.
@@ -152,9 +155,9 @@ func TestFUSEErrnoMapping(t *testing.T) {
 		err  error
 		want unix.Errno
 	}{
-		{ErrFenced, unix.EIO},
-		{ErrNoSpace, unix.ENOSPC},
-		{ErrNoReplicas, unix.EIO},
+		{replication.ErrFenced, unix.EIO},
+		{replication.ErrNoSpace, unix.ENOSPC},
+		{replication.ErrNoReplicas, unix.EIO},
 	}
 	for _, c := range cases {
 		t.Run(c.err.Error(), func(t *testing.T) {
@@ -173,7 +176,7 @@ func TestFUSEUnmountRefusedWhileOpen(t *testing.T) {
 	f, err := os.Open(m.Path())
 	must.NoError(t, err)
 	err = m.Unmount()
-	must.ErrorIs(t, err, ErrFUSEBusy)
+	must.ErrorIs(t, err, ErrBusy)
 	must.NoError(t, f.Close())
 	must.NoError(t, m.Unmount())
 	<-m.Done()
@@ -228,12 +231,12 @@ func alignedBuf(n int) []byte {
 // mountDeviceFUSE serves dev itself (not a wrapper, so that whatever
 // optional interfaces it implements reach the mount) through FUSE with the
 // given watchdog timeout.
-func mountDeviceFUSE(t *testing.T, dev Device, hung time.Duration) *FUSEMount {
+func mountDeviceFUSE(t *testing.T, dev replication.Device, hung time.Duration) *Mount {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("FUSE tests mount file systems and must run as root")
 	}
-	m, err := MountFUSE(context.Background(), dev, FUSEConfig{Dir: t.TempDir(), Name: "vol", HungTimeout: hung, Log: testLogger(t)})
+	m, err := New(context.Background(), dev, Config{Dir: t.TempDir(), Name: "vol", HungTimeout: hung, Log: replicatest.Logger(t)})
 	must.NoError(t, err)
 	t.Cleanup(func() { must.NoError(t, m.Close()) })
 	return m
@@ -261,8 +264,8 @@ func writeInBackground(t *testing.T, path string, data []byte, off int64) <-chan
 // timeouts leaves the mount alive, and completes once the hold is lifted.
 func TestFUSEWatchdogSparesHeldEngine(t *testing.T) {
 	const hung = 400 * time.Millisecond
-	reps := []*testReplica{startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())}
-	eng := startTestEngine(t, "vol", 4<<20, 1, nil, reps...)
+	reps := []*replicatest.Replica{replicatest.StartReplica(t, t.TempDir()), replicatest.StartReplica(t, t.TempDir())}
+	eng := replicatest.StartEngine(t, "vol", 4<<20, 1, reps...)
 	m := mountDeviceFUSE(t, eng, hung)
 	t.Cleanup(eng.Release) // a failed test must not leave the mount's requests held
 
@@ -288,9 +291,9 @@ func TestFUSEWatchdogSparesHeldEngine(t *testing.T) {
 	}
 	must.False(t, m.Aborted())
 	for _, r := range reps {
-		got, err := os.ReadFile(r.store.DataPath("vol"))
+		got, err := os.ReadFile(r.Store.DataPath("vol"))
 		must.NoError(t, err)
-		must.True(t, bytes.Equal(data, got[1<<20:1<<20+len(data)]), must.Sprint("replica ", r.addr))
+		must.True(t, bytes.Equal(data, got[1<<20:1<<20+len(data)]), must.Sprint("replica ", r.Addr))
 	}
 }
 
@@ -300,18 +303,15 @@ func TestFUSEWatchdogSparesHeldEngine(t *testing.T) {
 func TestFUSEWatchdogSparesMinInSyncWait(t *testing.T) {
 	const hung = 400 * time.Millisecond
 	dirs := []string{t.TempDir(), t.TempDir()}
-	reps := []*testReplica{startTestReplica(t, dirs[0]), startTestReplica(t, dirs[1])}
-	cfg := EngineConfig{Volume: "vol", Size: 4 << 20, Epoch: 1, MinInSync: 2, Log: testLogger(t),
-		Timeout: 5 * time.Second, ReconnectInterval: 50 * time.Millisecond}
-	for _, r := range reps {
-		cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: r.addr})
-	}
-	eng, err := StartEngine(context.Background(), cfg)
+	reps := []*replicatest.Replica{replicatest.StartReplica(t, dirs[0]), replicatest.StartReplica(t, dirs[1])}
+	cfg := replicatest.EngineConfig(t, "vol", 4<<20, 1, reps...)
+	cfg.MinInSync = 2
+	eng, err := replication.StartEngine(context.Background(), cfg)
 	must.NoError(t, err)
 	t.Cleanup(eng.Close)
 	m := mountDeviceFUSE(t, eng, hung)
 
-	reps[1].stop()
+	reps[1].Stop()
 	data := alignedBuf(4096)
 	copy(data, "written while below min_in_sync")
 	errc := writeInBackground(t, m.Path(), data, 8192)
@@ -322,7 +322,7 @@ func TestFUSEWatchdogSparesMinInSyncWait(t *testing.T) {
 	}
 	must.False(t, m.Aborted(), must.Sprint("watchdog aborted a mount whose engine waits for min_in_sync"))
 
-	reps[1] = startTestReplicaAt(t, dirs[1], reps[1].addr)
+	reps[1] = replicatest.StartReplicaAt(t, dirs[1], reps[1].Addr)
 	select {
 	case err := <-errc:
 		must.NoError(t, err)
@@ -330,7 +330,7 @@ func TestFUSEWatchdogSparesMinInSyncWait(t *testing.T) {
 		t.Fatal("write still blocked 30s after the replica came back")
 	}
 	must.False(t, m.Aborted())
-	got, err := os.ReadFile(reps[1].store.DataPath("vol"))
+	got, err := os.ReadFile(reps[1].Store.DataPath("vol"))
 	must.NoError(t, err)
 	must.True(t, bytes.Equal(data, got[8192:8192+4096]))
 }
@@ -351,7 +351,7 @@ func (d *flickerDevice) Holding() (bool, string) {
 // count of stalled ticks, they do not reset it.
 func TestFUSEWatchdogAbortsHungServerFlickeringHold(t *testing.T) {
 	const hung = 400 * time.Millisecond
-	eng := startTestEngine(t, "vol", 4<<20, 1, nil, startTestReplica(t, t.TempDir()))
+	eng := replicatest.StartEngine(t, "vol", 4<<20, 1, replicatest.StartReplica(t, t.TempDir()))
 	dev := &flickerDevice{countingDevice: &countingDevice{Device: eng}}
 	release := make(chan struct{})
 	dev.block.Store(&release)
@@ -376,9 +376,9 @@ func TestFUSEWatchdogAbortsHungServerFlickeringHold(t *testing.T) {
 // connection was aborted while the engine still holds a request returns
 // instead of waiting for the hold to end.
 func TestFUSECloseAbortedMountWithHeldRequest(t *testing.T) {
-	eng := startTestEngine(t, "vol", 4<<20, 1, nil, startTestReplica(t, t.TempDir()))
+	eng := replicatest.StartEngine(t, "vol", 4<<20, 1, replicatest.StartReplica(t, t.TempDir()))
 	t.Cleanup(eng.Release)
-	m, err := MountFUSE(context.Background(), eng, FUSEConfig{Dir: t.TempDir(), Name: "vol", HungTimeout: -1, Log: testLogger(t)})
+	m, err := New(context.Background(), eng, Config{Dir: t.TempDir(), Name: "vol", HungTimeout: -1, Log: replicatest.Logger(t)})
 	must.NoError(t, err)
 	eng.Hold()
 	errc := writeInBackground(t, m.Path(), alignedBuf(4096), 0)

@@ -1,4 +1,4 @@
-package replication
+package fuse
 
 // A FUSE connection whose /dev/fuse descriptor can outlive the process
 // serving it (issue 13). The kernel keeps a FUSE connection, and so the
@@ -34,9 +34,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	"github.com/saddlebag/saddlebag/replication"
 )
 
 const (
@@ -50,12 +52,12 @@ const (
 	fuseRelaySockBuf  = 8 << 20
 )
 
-// ErrFUSEHandoff wraps failures to hand a FUSE connection over.
-var ErrFUSEHandoff = errors.New("fuse handoff")
+// ErrHandoff wraps failures to hand a FUSE connection over.
+var ErrHandoff = errors.New("fuse handoff")
 
-// FUSEConn is what a successor needs to take a FUSE connection over: its
+// Conn is what a successor needs to take a FUSE connection over: its
 // /dev/fuse descriptor and the kernel's INIT request.
-type FUSEConn struct {
+type Conn struct {
 	Dev  *os.File
 	Init []byte
 }
@@ -161,7 +163,7 @@ func (r *fuseRelay) readInit() error {
 // replayInit gives go-fuse the INIT the kernel sent the first server.
 func (r *fuseRelay) replayInit(init []byte) error {
 	if len(init) < 40 || binary.LittleEndian.Uint32(init[4:8]) != fuseOpInit {
-		return fmt.Errorf("%w: the saved INIT request is malformed", ErrFUSEHandoff)
+		return fmt.Errorf("%w: the saved INIT request is malformed", ErrHandoff)
 	}
 	r.init = init
 	r.initUnique = binary.LittleEndian.Uint64(init[8:16])
@@ -308,7 +310,7 @@ func (r *fuseRelay) pause(timeout time.Duration) error {
 		r.drained.Broadcast()
 		r.mu.Unlock()
 		<-done
-		return fmt.Errorf("%w: %d requests still unanswered after %s (the successor has the kernel resend them)", ErrFUSEHandoff, left, timeout)
+		return fmt.Errorf("%w: %d requests still unanswered after %s (the successor has the kernel resend them)", ErrHandoff, left, timeout)
 	}
 }
 
@@ -336,11 +338,11 @@ func (r *fuseRelay) closeDev() {
 	})
 }
 
-// MountFUSEHandoff is MountFUSE for a connection that can be handed
+// NewHandoff is New for a connection that can be handed
 // over: the same file system, served through the relay. It mounts at
 // cfg.Dir itself (fuse.<"saddlebag">, no fusermount).
-func MountFUSEHandoff(ctx context.Context, dev Device, cfg FUSEConfig) (*FUSEMount, error) {
-	dir, err := fuseMountDir(cfg)
+func NewHandoff(ctx context.Context, dev replication.Device, cfg Config) (*Mount, error) {
+	dir, err := mountDir(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -368,21 +370,21 @@ func MountFUSEHandoff(ctx context.Context, dev Device, cfg FUSEConfig) (*FUSEMou
 	return m, nil
 }
 
-// AdoptFUSE serves a FUSE connection another process mounted and served
-// (with MountFUSEHandoff or AdoptFUSE) and handed over: conn is its
+// Adopt serves a FUSE connection another process mounted and served
+// (with NewHandoff or Adopt) and handed over: conn is its
 // descriptor and INIT request (the mount at cfg.Dir, the loop device and
 // the file system above are untouched). Requests the previous server
 // read and never answered are resent by the kernel. conn.Dev belongs to
 // the mount from then on.
-func AdoptFUSE(ctx context.Context, dev Device, cfg FUSEConfig, conn FUSEConn) (*FUSEMount, error) {
-	dir, err := fuseMountDir(cfg)
+func Adopt(ctx context.Context, dev replication.Device, cfg Config, conn Conn) (*Mount, error) {
+	dir, err := mountDir(cfg)
 	if err != nil {
 		return nil, err
 	}
 	// A fresh descriptor of the same open file, wrapped pollable.
 	fd, err := dupFile(conn.Dev)
 	if err != nil {
-		return nil, fmt.Errorf("%w: dup: %v", ErrFUSEHandoff, err)
+		return nil, fmt.Errorf("%w: dup: %v", ErrHandoff, err)
 	}
 	conn.Dev.Close()
 	devF, err := pollable(fd, "/dev/fuse")
@@ -416,24 +418,10 @@ func dupFile(f *os.File) (int, error) {
 	return fd, derr
 }
 
-func fuseMountDir(cfg FUSEConfig) (string, error) {
-	if cfg.Dir == "" || cfg.Name == "" || filepath.Base(cfg.Name) != cfg.Name {
-		return "", fmt.Errorf("%w: fuse mount needs a directory and a plain file name, got %q and %q", ErrInvalid, cfg.Dir, cfg.Name)
-	}
-	dir, err := filepath.Abs(cfg.Dir)
-	if err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("fuse mount point: %w", err)
-	}
-	return dir, nil
-}
-
 // serveRelayed starts go-fuse on a socket pair relayed to devF; init nil
 // means a fresh connection (the kernel's INIT is read and kept), else
 // init is replayed.
-func serveRelayed(ctx context.Context, dev Device, cfg FUSEConfig, dir string, devF *os.File, init []byte) (*FUSEMount, error) {
+func serveRelayed(ctx context.Context, dev replication.Device, cfg Config, dir string, devF *os.File, init []byte) (*Mount, error) {
 	ours, theirs, err := newSeqpacketPair()
 	if err != nil {
 		return nil, err
@@ -460,12 +448,12 @@ func serveRelayed(ctx context.Context, dev Device, cfg FUSEConfig, dir string, d
 		unix.Close(theirs)
 		return nil, err
 	}
-	m, fsys, opts := newFUSEMount(ctx, dev, cfg, dir)
+	m, fsys, opts := newMount(ctx, dev, cfg, dir)
 	opts.DisableSplice = true // the socket is not /dev/fuse
 	// go-fuse reads INIT from the socket and answers; the reply loop
 	// passes the answer to the kernel (or drops it for a replayed INIT).
 	relay.replies.Go(relay.replyLoop)
-	srv, err := fuse.NewServer(fsys, fmt.Sprintf("/dev/fd/%d", theirs), opts)
+	srv, err := gofuse.NewServer(fsys, fmt.Sprintf("/dev/fd/%d", theirs), opts)
 	if err != nil {
 		relay.stop()
 		unix.Close(theirs)
@@ -505,30 +493,30 @@ func serveRelayed(ctx context.Context, dev Device, cfg FUSEConfig, dir string, d
 }
 
 // Conn returns the connection's descriptor (a duplicate, for the
-// keeper) and INIT request. Only a mount made by MountFUSEHandoff or
-// AdoptFUSE has one.
-func (m *FUSEMount) Conn() (FUSEConn, error) {
+// keeper) and INIT request. Only a mount made by NewHandoff or
+// Adopt has one.
+func (m *Mount) Conn() (Conn, error) {
 	if m.relay == nil {
-		return FUSEConn{}, fmt.Errorf("%w: this fuse mount is not relayed", ErrFUSEHandoff)
+		return Conn{}, fmt.Errorf("%w: this fuse mount is not relayed", ErrHandoff)
 	}
 	fd, err := dupFile(m.relay.dev)
 	if err != nil {
-		return FUSEConn{}, err
+		return Conn{}, err
 	}
-	return FUSEConn{Dev: os.NewFile(uintptr(fd), "/dev/fuse"), Init: m.relay.init}, nil
+	return Conn{Dev: os.NewFile(uintptr(fd), "/dev/fuse"), Init: m.relay.init}, nil
 }
 
 // HandOver stops serving without ending the connection, for a successor
-// that takes it over with AdoptFUSE: no new request is read (they wait
+// that takes it over with Adopt: no new request is read (they wait
 // in the kernel), requests read already are answered (up to timeout;
 // the successor has the kernel resend any left), and go-fuse stops. The
 // mount, the loop device and the file system above stay. Afterwards
 // Unmount and Close do nothing.
-func (m *FUSEMount) HandOver(timeout time.Duration) error {
+func (m *Mount) HandOver(timeout time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.relay == nil {
-		return fmt.Errorf("%w: this fuse mount is not relayed", ErrFUSEHandoff)
+		return fmt.Errorf("%w: this fuse mount is not relayed", ErrHandoff)
 	}
 	if !m.mounted {
 		return nil

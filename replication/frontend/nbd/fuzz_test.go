@@ -1,4 +1,4 @@
-package replication
+package nbd
 
 import (
 	"bytes"
@@ -121,7 +121,7 @@ func FuzzNBDConn(f *testing.F) {
 	// Seeds: testdata/fuzz/FuzzNBDConn (see nbdFuzzSeeds).
 	f.Fuzz(func(t *testing.T, in []byte) {
 		dev := nbdNewMemDevice(nbdFuzzDevSize)
-		srv := NewNBDServer(dev, "vol0", hclog.NewNullLogger())
+		srv := NewServer(dev, "vol0", hclog.NewNullLogger())
 		conn := &nbdFuzzConn{in: bytes.NewReader(in)}
 		done := make(chan struct{})
 		go func() {
@@ -133,11 +133,11 @@ func FuzzNBDConn(f *testing.F) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("connection handler did not return for input %q", in)
 		}
-		st := dev.snapshot()
+		st := dev.Stats()
 		must.Zero(t, st.OutOfRange, must.Sprint("server passed an out-of-range request to the device"))
 		must.GreaterEq(t, nbdHandshakeGreetingLen, conn.wrote)
 		if st.Writes == 0 && st.Trims == 0 {
-			must.True(t, bytes.Equal(make([]byte, nbdFuzzDevSize), dev.contents()), must.Sprint("device changed without a write"))
+			must.True(t, bytes.Equal(make([]byte, nbdFuzzDevSize), dev.Contents()), must.Sprint("device changed without a write"))
 		}
 	})
 }
