@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/replication/frontend/fuse"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -111,6 +113,10 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// newLogger makes a command's logger; the standard library's logger (go-fuse
+// writes a few messages to it) goes through it too.
 func newLogger(name, level string) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.LevelFromString(level), Output: os.Stderr})
+	lg := hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.LevelFromString(level), Output: os.Stderr})
+	fuse.RouteStdLog(lg)
+	return lg
 }

@@ -224,6 +224,7 @@ func (r *fuseRelay) readLoop() {
 				r.log.Error("fuse relay: reading /dev/fuse failed; the connection is over", "error", err)
 			}
 			r.kernelGone()
+			r.stopping.Store(true)
 			r.shutdownSock() // go-fuse sees EOF and stops
 			return
 		}
@@ -450,6 +451,7 @@ func serveRelayed(ctx context.Context, dev replication.Device, cfg Config, dir s
 	}
 	m, fsys, opts := newMount(ctx, dev, cfg, dir)
 	opts.DisableSplice = true // the socket is not /dev/fuse
+	opts.Logger = relayLogger(opts.Logger, &relay.stopping)
 	// go-fuse reads INIT from the socket and answers; the reply loop
 	// passes the answer to the kernel (or drops it for a replayed INIT).
 	relay.replies.Go(relay.replyLoop)
