@@ -107,10 +107,10 @@ func TestDockerForms(t *testing.T) {
 		}
 		// They are containers of the nodes' dockerds.
 		for _, nd := range c.Nodes {
-			out, err := nd.DockerCLI(ctx, "ps", "--format", "{{.Image}} {{.Command}}")
+			out, err := nd.DockerCLI(ctx, "ps", "--no-trunc", "--format", "{{.Image}} {{.Command}}")
 			must.NoError(t, err, must.Sprint(out))
 			must.StrContains(t, out, "saddlebag:e2e", must.Sprintf("%s: %s", nd.Name, out))
-			must.StrContains(t, out, `"/usr/local/bin/saddlebag keeper`, must.Sprintf("%s: %s", nd.Name, out))
+			must.StrContains(t, out, "/usr/local/bin/saddlebag keeper --socket", must.Sprintf("%s: %s", nd.Name, out))
 		}
 	})
 
