@@ -210,7 +210,8 @@ func keeperWatches(ctx context.Context, t *testing.T, c *cluster.Cluster, napi *
 	must.NoError(t, err)
 	var pid int
 	var logs string
-	deadline := time.Now().Add(30 * time.Second)
+	start := time.Now()
+	deadline := start.Add(30 * time.Second)
 	for {
 		pid, err = saddlebagPID(nd, "node")
 		if err == nil {
@@ -222,6 +223,7 @@ func keeperWatches(ctx context.Context, t *testing.T, c *cluster.Cluster, napi *
 					for _, bad := range []string{"is not visible in the keeper's pid namespace", "cannot be read", "cannot be aborted from here"} {
 						must.StrNotContains(t, logs, bad, must.Sprint(lineWith(logs, bad)))
 					}
+					t.Logf("the keeper on %s watches node process %d (seen after %.1fs)", nd.Name, pid, time.Since(start).Seconds())
 					return
 				}
 			}

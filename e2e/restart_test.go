@@ -178,10 +178,12 @@ func restartEvent(ctx context.Context, t *testing.T, c *cluster.Cluster, napi *n
 	if err := c.WaitPlugin(ctx, cluster.ControllerCount, len(c.Nodes)); err != nil {
 		t.Errorf("%s: %v", name, err)
 	}
+	healthy := time.Since(t0)
 	if !ld.waitAcks(ctx, 20, 3*time.Minute) {
 		t.Errorf("%s: commits did not resume within 3 minutes", name)
 	}
 	t1 := time.Now()
+	t.Logf("%s: plugin healthy again %.1fs after the event, 20 more commits after %.1fs", name, healthy.Seconds(), t1.Sub(t0).Seconds())
 	stall := ld.maxGap(t0, t1)
 	failed := ld.failures(t0, t1)
 	pgAfter := postgresAlloc(ctx, napi)
