@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,13 +20,19 @@ import (
 )
 
 // TestDockerForms is issue 15's docker scenario: every node runs dockerd
-// (in its own network namespace), both Saddlebag jobs run in their docker
-// form (jobs/docker: the node plugin privileged), Postgres runs as a
-// docker task on a replicated volume (jobs/examples/postgres-docker.nomad.hcl),
-// and the node under it is killed: Postgres comes back on the other
-// replica's node with every committed row. No registry is reachable, so
-// the images are imported from this host's own Debian packages
-// (image.Saddlebag, image.Postgres).
+// (in its own network namespace), the three Saddlebag jobs run in their
+// docker form (jobs/docker: the keeper, then the node plugin, both
+// privileged, then the controller), Postgres runs as a docker task on a
+// replicated volume (jobs/examples/postgres-docker.nomad.hcl). Under a
+// commit every loadInterval, the saddlebag-node allocation on Postgres's
+// node is restarted through Nomad's API and then its process SIGKILLed
+// (issue 13 for the docker form): the keeper container watches the node
+// container's process by its pid, every volume is adopted by the next
+// node container and no commit fails (restartEvent prints each event's
+// longest write stall). Then the node under Postgres is killed: Postgres
+// comes back on the other replica's node with every committed row. No
+// registry is reachable, so the images are imported from this host's own
+// Debian packages (image.Saddlebag, image.Postgres).
 func TestDockerForms(t *testing.T) {
 	c := cluster.New(t, cluster.Options{Docker: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -73,7 +80,14 @@ func TestDockerForms(t *testing.T) {
 			must.NoError(t, os.MkdirAll(nd.DataDir, 0o755))
 		}
 		node := filepath.Join(c.Dir, "${node.unique.name}")
+		// The descriptor keeper first, so that the node parks every
+		// volume from its first stage.
 		out, err := c.NomadCLI(ctx, "job", "run", "-detach",
+			"-var", "image=saddlebag", "-var", "version=e2e",
+			"-var", "run_dir="+filepath.Join(node, "run"),
+			repoPath(t, "jobs/docker/saddlebag-keeper.nomad.hcl"))
+		must.NoError(t, err, must.Sprint(out))
+		out, err = c.NomadCLI(ctx, "job", "run", "-detach",
 			"-var", "image=saddlebag", "-var", "version=e2e",
 			"-var", "consul_token="+tokens["saddlebag-node"],
 			"-var", "data_dir="+filepath.Join(node, "saddlebag"),
@@ -93,9 +107,10 @@ func TestDockerForms(t *testing.T) {
 		}
 		// They are containers of the nodes' dockerds.
 		for _, nd := range c.Nodes {
-			out, err := nd.DockerCLI(ctx, "ps", "--format", "{{.Image}} {{.Command}}")
+			out, err := nd.DockerCLI(ctx, "ps", "--no-trunc", "--format", "{{.Image}} {{.Command}}")
 			must.NoError(t, err, must.Sprint(out))
 			must.StrContains(t, out, "saddlebag:e2e", must.Sprintf("%s: %s", nd.Name, out))
+			must.StrContains(t, out, "/usr/local/bin/saddlebag keeper --socket", must.Sprintf("%s: %s", nd.Name, out))
 		}
 	})
 
@@ -115,6 +130,38 @@ func TestDockerForms(t *testing.T) {
 		must.NoError(t, err)
 		must.StrContains(t, ps, "saddlebag-postgres:15", must.Sprint("postgres is not a container of ", primary.Name, ": ", ps))
 		must.NoError(t, waitCheck(ctx, capi, primary.Name, "saddlebag-volume:"+volID, consulapi.HealthPassing))
+	})
+
+	step("docker saddlebag-node restarted and SIGKILLed under postgres's load: no commit fails", func(t *testing.T) {
+		out, err := psql(ctx, primary.IP, "CREATE TABLE load (id int PRIMARY KEY, at timestamptz DEFAULT now())")
+		must.NoError(t, err, must.Sprint(out))
+		ld := startLoad(ctx, func() string { return postgresIP(ctx, c, napi) })
+		defer ld.stop()
+		time.Sleep(5 * time.Second) // a steady state to compare with
+		fmt.Printf("docker_load_baseline_max_gap_seconds %.2f\n", ld.maxGap(time.Time{}, time.Now()).Seconds())
+		// The keeper container watches the node container's process by
+		// its pid: the keeper is in the host's pid namespace (where this
+		// test is), so the peer credentials give that process's pid here.
+		keeperWatches(ctx, t, c, napi, primary)
+		t.Run("alloc restart", func(t *testing.T) {
+			restartEvent(ctx, t, c, napi, ld, "docker_plugin_restart", func(nd *cluster.Node) error { return restartNodeAlloc(ctx, napi, nd) })
+			keeperWatches(ctx, t, c, napi, primary)
+		})
+		t.Run("plugin SIGKILL", func(t *testing.T) {
+			restartEvent(ctx, t, c, napi, ld, "docker_plugin_sigkill", killNodePlugin)
+			keeperWatches(ctx, t, c, napi, primary)
+		})
+		ld.stop()
+		checkAcked(ctx, t, postgresIP(ctx, c, napi), ld, "docker_load")
+		// The volume was adopted from the keeper by each next node
+		// container, not staged again.
+		a, err := nodeAllocOn(ctx, napi, primary.Name)
+		must.NoError(t, err)
+		logs, err := c.NomadCLI(ctx, "alloc", "logs", "-stderr", a.ID, "node")
+		must.NoError(t, err)
+		adopted := strings.Count(logs, "volume adopted from the previous node process")
+		fmt.Printf("docker_volume_adoptions %d\n", adopted)
+		must.Eq(t, 2, adopted, must.Sprint(lineWith(logs, "adopt")))
 	})
 
 	step("kill the node under postgres: back on the other replica with every row", func(t *testing.T) {
@@ -148,4 +195,42 @@ func TestDockerForms(t *testing.T) {
 		must.NoError(t, err)
 		must.StrContains(t, ps, "saddlebag-postgres:15")
 	})
+}
+
+// watchingRe is the keeper's log line for a node process it watches.
+var watchingRe = regexp.MustCompile(`watching node process.* pid=([0-9]+) `)
+
+// keeperWatches checks that the keeper container on nd watches nd's
+// current `saddlebag node` process (the node container's) by its pid in
+// the host's pid namespace, and has logged neither that it cannot watch
+// a node nor that it cannot reach fusectl.
+func keeperWatches(ctx context.Context, t *testing.T, c *cluster.Cluster, napi *nomadapi.Client, nd *cluster.Node) {
+	t.Helper()
+	a, err := jobAllocOn(ctx, napi, "saddlebag-keeper", nd.Name)
+	must.NoError(t, err)
+	var pid int
+	var logs string
+	start := time.Now()
+	deadline := start.Add(30 * time.Second)
+	for {
+		pid, err = saddlebagPID(nd, "node")
+		if err == nil {
+			logs, err = c.NomadCLI(ctx, "alloc", "logs", "-stderr", a.ID, "keeper")
+		}
+		if err == nil {
+			for _, m := range watchingRe.FindAllStringSubmatch(logs, -1) {
+				if m[1] == strconv.Itoa(pid) {
+					for _, bad := range []string{"is not visible in the keeper's pid namespace", "cannot be read", "cannot be aborted from here"} {
+						must.StrNotContains(t, logs, bad, must.Sprint(lineWith(logs, bad)))
+					}
+					t.Logf("the keeper on %s watches node process %d (seen after %.1fs)", nd.Name, pid, time.Since(start).Seconds())
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the keeper on %s does not watch its node process %d: %v\n%s", nd.Name, pid, err, logs)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }

@@ -40,7 +40,7 @@ func TestJobFilesValidate(t *testing.T) {
 	bin, err := testcluster.NomadBinary()
 	must.NoError(t, err)
 	files := jobFiles(t)
-	for _, want := range []string{"saddlebag-node.nomad.hcl", "saddlebag-controller.nomad.hcl", "docker/saddlebag-node.nomad.hcl", "docker/saddlebag-controller.nomad.hcl", "examples/postgres.nomad.hcl"} {
+	for _, want := range []string{"saddlebag-node.nomad.hcl", "saddlebag-controller.nomad.hcl", "docker/saddlebag-keeper.nomad.hcl", "docker/saddlebag-node.nomad.hcl", "docker/saddlebag-controller.nomad.hcl", "examples/postgres.nomad.hcl"} {
 		found := false
 		for _, f := range files {
 			found = found || strings.HasSuffix(f, "jobs/"+want)

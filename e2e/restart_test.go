@@ -61,74 +61,15 @@ func TestRestartsUnderLoad(t *testing.T) {
 	time.Sleep(5 * time.Second) // a steady state to compare with
 	fmt.Printf("load_baseline_max_gap_seconds %.2f\n", ld.maxGap(time.Time{}, time.Now()).Seconds())
 
-	// event runs do on Postgres's node, then waits for the load to
-	// settle, and judges the window from just before it.
 	event := func(t *testing.T, name string, do func(nd *cluster.Node) error) {
-		pgBefore := postgresAlloc(ctx, napi)
-		if pgBefore == nil {
-			t.Errorf("%s: no running postgres allocation before the event", name)
-			return
-		}
-		nd := nodeNamed(t, c, pgBefore.NodeName)
-		restartsBefore := taskRestarts(ctx, napi, pgBefore.ID)
-		t0 := time.Now()
-		if err := do(nd); err != nil {
-			t.Errorf("%s: %v", name, err)
-		}
-		// Settle: the plugin healthy again, and acknowledged commits
-		// flowing for a while.
-		if err := c.WaitPlugin(ctx, cluster.ControllerCount, len(c.Nodes)); err != nil {
-			t.Errorf("%s: %v", name, err)
-		}
-		if !ld.waitAcks(ctx, 20, 3*time.Minute) {
-			t.Errorf("%s: commits did not resume within 3 minutes", name)
-		}
-		t1 := time.Now()
-		stall := ld.maxGap(t0, t1)
-		failed := ld.failures(t0, t1)
-		pgAfter := postgresAlloc(ctx, napi)
-		moved := pgAfter == nil || pgAfter.ID != pgBefore.ID
-		restarts := 0
-		if !moved {
-			restarts = taskRestarts(ctx, napi, pgAfter.ID) - restartsBefore
-		}
-		fmt.Printf("%s_write_stall_seconds %.2f\n%s_failed_inserts %d\n%s_postgres_task_restarts %d\n%s_postgres_moved %v\n",
-			name, stall.Seconds(), name, len(failed), name, restarts, name, moved)
-		for i, f := range failed {
-			if i == 3 {
-				break
-			}
-			fmt.Printf("%s_failed_insert %s\n", name, f)
-		}
-		if len(failed) > 0 || restarts > 0 || moved {
-			t.Errorf("%s: %d failed inserts, postgres task restarted %d times, moved %v", name, len(failed), restarts, moved)
-		}
-		if logs, err := c.NomadCLI(ctx, "alloc", "logs", "-stderr", pgBefore.ID, "postgres"); err == nil {
-			for _, bad := range []string{"PANIC", "Input/output error"} {
-				if strings.Contains(logs, bad) {
-					t.Errorf("%s: postgres logged %q:\n%s", name, bad, lineWith(logs, bad))
-				}
-			}
-		}
+		restartEvent(ctx, t, c, napi, ld, name, do)
 	}
 
 	t.Run("alloc restart", func(t *testing.T) {
-		event(t, "alloc_restart", func(nd *cluster.Node) error {
-			a, err := nodeAllocOn(ctx, napi, nd.Name)
-			if err != nil {
-				return err
-			}
-			return napi.Allocations().Restart(&nomadapi.Allocation{ID: a.ID, NodeID: a.NodeID}, "", nil)
-		})
+		event(t, "alloc_restart", func(nd *cluster.Node) error { return restartNodeAlloc(ctx, napi, nd) })
 	})
 	t.Run("plugin SIGKILL", func(t *testing.T) {
-		event(t, "plugin_sigkill", func(nd *cluster.Node) error {
-			pid, err := saddlebagPID(nd, "node")
-			if err != nil {
-				return err
-			}
-			return syscall.Kill(pid, syscall.SIGKILL)
-		})
+		event(t, "plugin_sigkill", killNodePlugin)
 	})
 	t.Run("upgrade", func(t *testing.T) {
 		// A new binary (another version string) at another path: the job
@@ -183,9 +124,16 @@ func TestRestartsUnderLoad(t *testing.T) {
 	})
 
 	ld.stop()
+	checkAcked(ctx, t, postgresIP(ctx, c, napi), ld, "load")
+}
+
+// checkAcked checks, once ld has stopped, that every row whose commit ld
+// saw acknowledged is in Postgres at ip, and prints
+// <name>_acknowledged_commits and <name>_lost_commits.
+func checkAcked(ctx context.Context, t *testing.T, ip string, ld *load, name string) {
+	t.Helper()
 	acked := ld.acked()
-	ip := postgresIP(ctx, c, napi)
-	out, err = psql(ctx, ip, "SELECT id FROM load ORDER BY id")
+	out, err := psql(ctx, ip, "SELECT id FROM load ORDER BY id")
 	must.NoError(t, err, must.Sprint(out))
 	have := map[int]bool{}
 	for _, l := range strings.Fields(out) {
@@ -199,8 +147,90 @@ func TestRestartsUnderLoad(t *testing.T) {
 			lost = append(lost, id)
 		}
 	}
-	fmt.Printf("load_acknowledged_commits %d\nload_lost_commits %d\n", len(acked), len(lost))
+	fmt.Printf("%s_acknowledged_commits %d\n%s_lost_commits %d\n", name, len(acked), name, len(lost))
 	must.SliceEmpty(t, lost, must.Sprintf("acknowledged commits missing: %v", lost))
+}
+
+// restartEvent runs do (a restart, crash or upgrade of Saddlebag) on
+// Postgres's node while ld commits, then waits for the plugin to be
+// healthy and the load to settle, and judges the window from just before
+// it (t.Errorf, so that one run measures every event): it prints
+// <name>_write_stall_seconds (the longest time between two acknowledged
+// commits), <name>_failed_inserts, <name>_postgres_task_restarts and
+// <name>_postgres_moved, and any of those but the stall fails it, as
+// does Postgres logging a PANIC or an I/O error. TestRestartsUnderLoad
+// (raw_exec) and TestDockerForms (docker) use it.
+func restartEvent(ctx context.Context, t *testing.T, c *cluster.Cluster, napi *nomadapi.Client, ld *load, name string, do func(nd *cluster.Node) error) {
+	t.Helper()
+	pgBefore := postgresAlloc(ctx, napi)
+	if pgBefore == nil {
+		t.Errorf("%s: no running postgres allocation before the event", name)
+		return
+	}
+	nd := nodeNamed(t, c, pgBefore.NodeName)
+	restartsBefore := taskRestarts(ctx, napi, pgBefore.ID)
+	t0 := time.Now()
+	if err := do(nd); err != nil {
+		t.Errorf("%s: %v", name, err)
+	}
+	// Settle: the plugin healthy again, and acknowledged commits
+	// flowing for a while.
+	if err := c.WaitPlugin(ctx, cluster.ControllerCount, len(c.Nodes)); err != nil {
+		t.Errorf("%s: %v", name, err)
+	}
+	healthy := time.Since(t0)
+	if !ld.waitAcks(ctx, 20, 3*time.Minute) {
+		t.Errorf("%s: commits did not resume within 3 minutes", name)
+	}
+	t1 := time.Now()
+	t.Logf("%s: plugin healthy again %.1fs after the event, 20 more commits after %.1fs", name, healthy.Seconds(), t1.Sub(t0).Seconds())
+	stall := ld.maxGap(t0, t1)
+	failed := ld.failures(t0, t1)
+	pgAfter := postgresAlloc(ctx, napi)
+	moved := pgAfter == nil || pgAfter.ID != pgBefore.ID
+	restarts := 0
+	if !moved {
+		restarts = taskRestarts(ctx, napi, pgAfter.ID) - restartsBefore
+	}
+	fmt.Printf("%s_write_stall_seconds %.2f\n%s_failed_inserts %d\n%s_postgres_task_restarts %d\n%s_postgres_moved %v\n",
+		name, stall.Seconds(), name, len(failed), name, restarts, name, moved)
+	for i, f := range failed {
+		if i == 3 {
+			break
+		}
+		fmt.Printf("%s_failed_insert %s\n", name, f)
+	}
+	if len(failed) > 0 || restarts > 0 || moved {
+		t.Errorf("%s: %d failed inserts, postgres task restarted %d times, moved %v", name, len(failed), restarts, moved)
+	}
+	if logs, err := c.NomadCLI(ctx, "alloc", "logs", "-stderr", pgBefore.ID, "postgres"); err == nil {
+		for _, bad := range []string{"PANIC", "Input/output error"} {
+			if strings.Contains(logs, bad) {
+				t.Errorf("%s: postgres logged %q:\n%s", name, bad, lineWith(logs, bad))
+			}
+		}
+	}
+}
+
+// restartNodeAlloc restarts the saddlebag-node allocation on nd through
+// Nomad's API (Nomad stops the task, SIGTERM then SIGKILL after its
+// kill_timeout, and starts it again in the same allocation).
+func restartNodeAlloc(ctx context.Context, napi *nomadapi.Client, nd *cluster.Node) error {
+	a, err := nodeAllocOn(ctx, napi, nd.Name)
+	if err != nil {
+		return err
+	}
+	return napi.Allocations().Restart(&nomadapi.Allocation{ID: a.ID, NodeID: a.NodeID}, "", nil)
+}
+
+// killNodePlugin SIGKILLs nd's `saddlebag node` process (raw_exec: the
+// task itself; docker: the container's init, so the container exits).
+func killNodePlugin(nd *cluster.Node) error {
+	pid, err := saddlebagPID(nd, "node")
+	if err != nil {
+		return err
+	}
+	return syscall.Kill(pid, syscall.SIGKILL)
 }
 
 // loadInterval is how often the load commits a row.
@@ -379,7 +409,12 @@ func taskEvent(ctx context.Context, napi *nomadapi.Client, allocID, typ string) 
 
 // nodeAllocOn is the running saddlebag-node allocation on node.
 func nodeAllocOn(ctx context.Context, napi *nomadapi.Client, node string) (*nomadapi.AllocationListStub, error) {
-	allocs, _, err := napi.Jobs().Allocations("saddlebag-node", false, (&nomadapi.QueryOptions{}).WithContext(ctx))
+	return jobAllocOn(ctx, napi, "saddlebag-node", node)
+}
+
+// jobAllocOn is the running allocation of job on node.
+func jobAllocOn(ctx context.Context, napi *nomadapi.Client, job, node string) (*nomadapi.AllocationListStub, error) {
+	allocs, _, err := napi.Jobs().Allocations(job, false, (&nomadapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -388,7 +423,7 @@ func nodeAllocOn(ctx context.Context, napi *nomadapi.Client, node string) (*noma
 			return a, nil
 		}
 	}
-	return nil, fmt.Errorf("no running saddlebag-node allocation on %s", node)
+	return nil, fmt.Errorf("no running %s allocation on %s", job, node)
 }
 
 // saddlebagPID finds the `saddlebag <sub>` process of node nd.

@@ -25,6 +25,11 @@
 // volumes that are not parked here, after another Grace the parked ones
 // with requests waiting, after a third every parked one left, each
 // logged at Error. A live process, even in D state, is never touched.
+// Watching needs the node's pid as the keeper's pid namespace sees it
+// (SO_PEERCRED reports 0 for a peer outside it) and its /proc entries,
+// and aborting needs fusectl: in containers, the keeper shares the host's
+// pid namespace and is privileged (jobs/docker/saddlebag-keeper.nomad.hcl);
+// when it cannot watch a node, or reach fusectl, it says so at Error.
 // Without the keeper such a process needs, by hand,
 // `echo 1 > /sys/fs/fuse/connections/N/abort` (N: the minor device
 // number of the stuck volume's FUSE mount).
@@ -93,6 +98,9 @@ type Keeper struct {
 	mu      sync.Mutex
 	entries map[string]*Entry
 	procs   map[int]*nodeProc
+	// unwatched is, by FUSE directory, why the node process that named
+	// it cannot be watched (logged once per cause, reap.go's track).
+	unwatched map[string]string
 }
 
 // New returns an empty keeper.
@@ -100,7 +108,8 @@ func New(log hclog.Logger) *Keeper {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Keeper{log: log, entries: map[string]*Entry{}, procs: map[int]*nodeProc{}, abortConn: abortFUSEConnection}
+	return &Keeper{log: log, entries: map[string]*Entry{}, procs: map[int]*nodeProc{}, unwatched: map[string]string{},
+		abortConn: abortFUSEConnection}
 }
 
 // Serve accepts requests on a socket at path (its directory is created
@@ -121,6 +130,7 @@ func (k *Keeper) Serve(ctx context.Context, path string) error {
 		return err
 	}
 	k.log.Info("keeping descriptors", "socket", path, "stuck_node_grace", k.grace().String())
+	k.checkFusectl()
 	go func() { <-ctx.Done(); ln.Close() }()
 	go k.watch(ctx)
 	for {

@@ -1,10 +1,15 @@
 package fdkeeper
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -105,4 +110,57 @@ func TestKeeperWatchesNodeClients(t *testing.T) {
 	must.Eq(t, map[int]string{os.Getpid(): "/run/saddlebag/csi-n1/fuse"}, watched())
 	k.check(time.Now().Add(time.Hour))
 	must.Eq(t, map[int]string{os.Getpid(): "/run/saddlebag/csi-n1/fuse"}, watched())
+}
+
+// lockedBuffer is a bytes.Buffer a child process writes while the test
+// reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestKeeperSaysWhyItCannotWatch: a keeper in a pid namespace of its own
+// (the docker form without pid_mode = "host") gets pid 0 from the peer
+// credentials of a node process outside it. It still keeps descriptors
+// for it, but cannot watch it (so could never free it, stuck exiting):
+// it says so at Error, naming the cause and the fix, once, not on every
+// request.
+func TestKeeperSaysWhyItCannotWatch(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "keeper.sock")
+	var out lockedBuffer
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), serveHelperEnv+"="+sock)
+	cmd.Stderr = &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Pdeathsig: syscall.SIGKILL}
+	must.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	c := Client{Path: sock, FUSEDir: "/run/saddlebag/csi-n1/fuse"}
+	must.Wait(t, untilOK(func() bool { _, err := c.Names(); return err == nil }))
+	r, w, err := os.Pipe()
+	must.NoError(t, err)
+	defer r.Close()
+	must.NoError(t, c.Put("vol-a", []byte("state"), w))
+	w.Close()
+	names, err := c.Names()
+	must.NoError(t, err)
+	must.Eq(t, []string{"vol-a"}, names)
+	log := out.String()
+	must.StrContains(t, log, "[ERROR]")
+	must.StrContains(t, log, "its pid is not visible in the keeper's pid namespace")
+	must.StrContains(t, log, `pid_mode = "host"`)
+	must.StrContains(t, log, "fuse_dir=/run/saddlebag/csi-n1/fuse")
+	must.Eq(t, 1, strings.Count(log, "its pid is not visible"), must.Sprint(log))
+	must.StrNotContains(t, log, "watching node process")
 }

@@ -118,23 +118,68 @@ func readProc(pid int) (procState, error) {
 
 // track starts (or goes on) watching the process pid, which named
 // fuseDir as its FUSE directory.
+//
+// pid is the peer's SO_PEERCRED pid as the keeper's pid namespace sees
+// it: 0 when the node process is not visible there (the keeper in a
+// container's own pid namespace, e.g. docker without pid_mode = "host",
+// the node outside it). Such a node can be kept for, but never freed
+// should it get stuck exiting; that is logged at Error (once per FUSE
+// directory and cause), as is a pid whose /proc entry cannot be read
+// (/proc of another pid namespace), rather than silently watching
+// nothing.
 func (k *Keeper) track(pid int, fuseDir string) {
-	if pid <= 0 || fuseDir == "" || !filepath.IsAbs(fuseDir) {
+	if fuseDir == "" || !filepath.IsAbs(fuseDir) {
+		return
+	}
+	fuseDir = filepath.Clean(fuseDir)
+	if pid <= 0 {
+		k.unwatchable(fuseDir, "pid 0",
+			"cannot watch the node process serving this FUSE directory, so cannot free it should it get stuck exiting: "+
+				"its pid is not visible in the keeper's pid namespace (the socket's peer credentials report pid 0); "+
+				"run the keeper in the host's pid namespace (docker: pid_mode = \"host\", see jobs/docker/saddlebag-keeper.nomad.hcl)",
+			"pid", pid)
 		return
 	}
 	ps, err := readProc(pid)
 	if err != nil {
+		k.unwatchable(fuseDir, "proc",
+			"cannot watch the node process serving this FUSE directory, so cannot free it should it get stuck exiting: "+
+				"its /proc entry cannot be read (the keeper's /proc is not of its pid namespace, or the keeper may not read it)",
+			"pid", pid, "error", err)
 		return
 	}
-	fuseDir = filepath.Clean(fuseDir)
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	delete(k.unwatched, fuseDir)
 	if p := k.procs[pid]; p != nil && p.start == ps.start && p.fuseDir == fuseDir {
 		return
 	}
 	// Only check changes a nodeProc: replace, never edit.
 	k.procs[pid] = &nodeProc{pid: pid, start: ps.start, fuseDir: fuseDir}
-	k.log.Debug("watching node process", "pid", pid, "fuse_dir", fuseDir)
+	k.log.Info("watching node process: it is freed should it get stuck exiting", "pid", pid, "fuse_dir", fuseDir)
+}
+
+// unwatchable logs at Error, once per FUSE directory and cause (again
+// after that directory was watched), why a node process that named
+// fuseDir cannot be watched.
+func (k *Keeper) unwatchable(fuseDir, cause, msg string, args ...any) {
+	k.mu.Lock()
+	logged := k.unwatched[fuseDir] == cause
+	k.unwatched[fuseDir] = cause
+	k.mu.Unlock()
+	if !logged {
+		k.log.Error(msg, append([]any{"fuse_dir", fuseDir}, args...)...)
+	}
+}
+
+// checkFusectl logs at Error, at start, when fusectl cannot be reached:
+// the keeper could not abort a stuck node's FUSE connections (a keeper in
+// a container that may not mount it: docker without privileged = true).
+func (k *Keeper) checkFusectl() {
+	if err := mountFusectl(); err != nil {
+		k.log.Error("FUSE connections cannot be aborted from here, so a node process stuck exiting could not be freed: "+
+			"the keeper needs fusectl at "+fuseConnectionsDir+" (root on the host, or a privileged container)", "error", err)
+	}
 }
 
 // watch checks the watched node processes every pollInterval until ctx

@@ -27,6 +27,9 @@ import (
 
 const stuckHelperEnv = "SADDLEBAG_KEEPER_STUCK_HELPER"
 
+// serveHelperEnv, set to a socket path, makes the test binary a keeper.
+const serveHelperEnv = "SADDLEBAG_KEEPER_SERVE_HELPER"
+
 // blockingDevice is a Device over a file whose requests block, once
 // told to, until the process ends (a replica set gone quiet).
 type blockingDevice struct {
@@ -78,6 +81,16 @@ func init() {
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(stuckHelperEnv); mode != "" {
 		stuckNodeHelper(mode)
+		return
+	}
+	if sock := os.Getenv(serveHelperEnv); sock != "" {
+		// A keeper alone (TestKeeperSaysWhyItCannotWatch runs it in a
+		// pid namespace of its own), logging to stderr.
+		k := New(hclog.New(&hclog.LoggerOptions{Output: os.Stderr, Level: hclog.Info}))
+		if err := k.Serve(context.Background(), sock); err != nil {
+			fmt.Fprintln(os.Stderr, "keeper helper:", err)
+			os.Exit(2)
+		}
 		return
 	}
 	os.Exit(m.Run())

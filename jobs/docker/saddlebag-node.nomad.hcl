@@ -11,6 +11,19 @@
 # Nomad mounts the host's CSI directory at stage_publish_base_dir
 # (/local/csi) inside the container with bidirectional propagation, so the
 # paths it passes need no translation here.
+#
+# Run docker/saddlebag-keeper.nomad.hcl first: with it, staged volumes
+# survive a restart, crash or upgrade of this task (README "Restarts,
+# crashes and upgrades of Saddlebag itself"); without it they are
+# unstaged when this task stops. Why that works across containers: the
+# FUSE mounts a node container makes under run_dir and the file systems
+# it mounts under Nomad's CSI directory propagate to the host (rshared,
+# bidirectional), so they outlive the container's mount namespace; the
+# FUSE connection under them lives as long as the keeper holds its
+# descriptor; the next container sees those mounts through the same bind
+# mounts and takes the descriptors back from the keeper's socket in
+# run_dir. This container needs no pid_mode = "host": the keeper, in the
+# host's pid namespace, sees its processes whatever namespace they are in.
 
 variable "datacenters" {
   type    = list(string)
@@ -78,6 +91,16 @@ job "saddlebag-node" {
   type        = "system"
 
   group "node" {
+    # Come back at once after a crash: the volumes staged here wait for
+    # this container (their I/O is held in the kernel, see the keeper
+    # job), not Nomad's default 15 s for system jobs.
+    restart {
+      attempts = 10
+      interval = "5m"
+      delay    = "1s"
+      mode     = "delay"
+    }
+
     network {
       port "replica" {
         static = var.replica_port
@@ -105,6 +128,11 @@ job "saddlebag-node" {
           "--consul-addr", var.consul_addr,
           "--csi-state-dir", "${var.run_dir}/csi-${node.unique.name}",
           "--log-level", var.log_level,
+          # Staged volumes are parked in the descriptor keeper
+          # (saddlebag-keeper.nomad.hcl here), whose container
+          # bind-mounts the same run_dir: a restart, crash or upgrade of
+          # this task leaves their I/O waiting, not failing.
+          "--keeper-socket", "${var.run_dir}/keeper.sock",
         ], var.extra_args)
 
         # No /dev mount here: Nomad bind-mounts the host's /dev into
@@ -134,6 +162,8 @@ job "saddlebag-node" {
         mount_dir = "/csi"
       }
 
+      # Time to hand the volumes over (or, without a keeper, unmount
+      # them) and release leases cleanly on a stop.
       kill_timeout = "30s"
 
       resources {
