@@ -15,8 +15,9 @@ import (
 func TestGoFuseLogs(t *testing.T) {
 	var out bytes.Buffer
 	lg := hclog.New(&hclog.LoggerOptions{Output: &out, Level: hclog.Info})
+	w, flags := log.Writer(), log.Flags()
+	t.Cleanup(func() { log.SetOutput(w); log.SetFlags(flags) })
 	RouteStdLog(lg)
-	t.Cleanup(func() { log.SetOutput(nil); log.SetFlags(log.LstdFlags) })
 	log.Printf("Short read for input header: %v", []byte{})
 	must.EqOp(t, "", out.String())
 	log.Printf("Short read for input header: %v", []byte{1, 2})

@@ -172,16 +172,16 @@ func TestFUSEHandoffAcrossProcesses(t *testing.T) {
 	t.Cleanup(func() {
 		mu.Lock()
 		defer mu.Unlock()
+		// Abort first: a writer blocked on a server that is gone never
+		// ends on SIGKILL, and waiting for it would hang the test binary.
+		if connID != 0 {
+			_ = AbortConnection(connID)
+		}
 		for _, c := range children {
 			if c.ProcessState == nil {
 				_ = c.Process.Kill()
 				_ = c.Wait()
 			}
-		}
-		// Abort first: a writer blocked on a server that is gone must
-		// not hang the test binary.
-		if connID != 0 {
-			_ = AbortConnection(connID)
 		}
 		_ = unix.Unmount(dir, unix.MNT_DETACH)
 		if kept != nil {
