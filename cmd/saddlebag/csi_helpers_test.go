@@ -227,11 +227,21 @@ func serveBlockVolume(t *testing.T, ctx context.Context, ctlSock, nodeSock, node
 }
 
 // stage stages the volume (again: a stage whose lease was lost is undone
-// and done over at a new epoch).
+// and done over at a new epoch). Like Nomad, it tries again for a while
+// on Unavailable (the node's own undoing of a lost stage may still hold
+// the replica).
 func (v *csiVolume) stage(t *testing.T, ctx context.Context) {
 	t.Helper()
-	_, err := v.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, VolumeCapability: blockCap})
-	must.NoError(t, err)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := v.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, VolumeCapability: blockCap})
+		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			must.NoError(t, err)
+			return
+		}
+		t.Logf("stage %s: %v; retrying", v.id, err)
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // publish binds the staged volume's device at its target (under the

@@ -145,9 +145,10 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		Timeout: n.cfg.ReplicaTimeout, ResyncRate: n.cfg.ResyncRate, Dial: n.cfg.Dial, Log: n.cfg.Log}
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.StageTimeout)
 	prim, err := primary.Promote(pctx, pcfg)
+	timedOut := errors.Is(pctx.Err(), context.DeadlineExceeded)
 	cancel()
 	if err != nil {
-		if pctx.Err() != nil && ctx.Err() == nil {
+		if timedOut && ctx.Err() == nil {
 			holder, _ := n.cfg.Client.ReadPrimary(ctx, id)
 			return nil, rpc.Errf(codes.Unavailable, "volume %s: primary lease not free within %s (held by node %q): retry", id, n.cfg.StageTimeout, holder.Node)
 		}
