@@ -22,6 +22,9 @@ import (
 
 	"github.com/shoenig/test/must"
 	"golang.org/x/sys/unix"
+
+	"github.com/saddlebag/saddlebag/replication/replica"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // snapshotReplica copies a stopped replica's files (data and metadata):
@@ -45,12 +48,7 @@ func powerLoss(t *testing.T, dir, volume string, snap map[string][]byte) {
 	for name, b := range snap {
 		must.NoError(t, os.WriteFile(filepath.Join(dir, volume, name), b, 0o600))
 	}
-	mf, err := openMeta(osFS{}, filepath.Join(dir, volume, "meta"))
-	must.NoError(t, err)
-	m := mf.cur
-	m.Clean = false
-	must.NoError(t, mf.store(m))
-	must.NoError(t, mf.close())
+	must.NoError(t, replica.MarkUnclean(dir, volume))
 }
 
 // waitConnected waits until the engine has a working connection to every
@@ -259,13 +257,13 @@ func TestHugeTrimKeepsReplicasInSync(t *testing.T) {
 type frameProxy struct {
 	ln     net.Listener
 	target string
-	before func(Frame)
+	before func(wire.Frame)
 	// after, if not nil, runs once a frame was passed on; true closes the
 	// client's connection (it never gets the reply).
-	after func(Frame) bool
+	after func(wire.Frame) bool
 	// reply, if not nil, runs once a reply frame was passed back to the
 	// client.
-	reply func(Frame)
+	reply func(wire.Frame)
 	// refuse closes every new connection at once (the replica looks down).
 	refuse atomic.Bool
 
@@ -273,19 +271,19 @@ type frameProxy struct {
 	conns []net.Conn
 }
 
-func startFrameProxy(t *testing.T, target string, before func(Frame)) *frameProxy {
+func startFrameProxy(t *testing.T, target string, before func(wire.Frame)) *frameProxy {
 	return startFrameProxyAfter(t, target, before, nil)
 }
 
 // startFrameProxyAfter is startFrameProxy with an after hook (see
 // frameProxy.after).
-func startFrameProxyAfter(t *testing.T, target string, before func(Frame), after func(Frame) bool) *frameProxy {
+func startFrameProxyAfter(t *testing.T, target string, before func(wire.Frame), after func(wire.Frame) bool) *frameProxy {
 	return startFrameProxyFull(t, target, before, after, nil)
 }
 
 // startFrameProxyFull is startFrameProxyAfter with a reply hook (see
 // frameProxy.reply).
-func startFrameProxyFull(t *testing.T, target string, before func(Frame), after func(Frame) bool, reply func(Frame)) *frameProxy {
+func startFrameProxyFull(t *testing.T, target string, before func(wire.Frame), after func(wire.Frame) bool, reply func(wire.Frame)) *frameProxy {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must.NoError(t, err)
 	p := &frameProxy{ln: ln, target: target, before: before, after: after, reply: reply}
@@ -316,11 +314,11 @@ func startFrameProxyFull(t *testing.T, target string, before func(Frame), after 
 					return
 				}
 				for {
-					f, err := ReadFrame(s, nil)
+					f, err := wire.ReadFrame(s, nil)
 					if err != nil {
 						return
 					}
-					if _, err := c.Write(AppendFrame(nil, &f)); err != nil {
+					if _, err := c.Write(wire.AppendFrame(nil, &f)); err != nil {
 						return
 					}
 					p.reply(f)
@@ -329,12 +327,12 @@ func startFrameProxyFull(t *testing.T, target string, before func(Frame), after 
 			wg.Go(func() {
 				defer s.Close()
 				for {
-					f, err := ReadFrame(c, nil)
+					f, err := wire.ReadFrame(c, nil)
 					if err != nil {
 						return
 					}
 					p.before(f)
-					if _, err := s.Write(AppendFrame(nil, &f)); err != nil {
+					if _, err := s.Write(wire.AppendFrame(nil, &f)); err != nil {
 						return
 					}
 					if p.after != nil && p.after(f) {
@@ -375,23 +373,23 @@ func TestNewPrimarySeesWritesBeforeItsPromise(t *testing.T) {
 	const cold = 40 << 20
 	aOpened := make(chan struct{})
 	var onceA, onceB sync.Once
-	proxyA := startFrameProxy(t, a.addr, func(f Frame) {
-		if f.Type != FramePromise {
+	proxyA := startFrameProxy(t, a.addr, func(f wire.Frame) {
+		if f.Type != wire.FramePromise {
 			return
 		}
 		onceA.Do(func() {
 			close(aOpened)
 			// Wait for B's promise, then the old primary writes.
 			deadline := time.Now().Add(10 * time.Second)
-			for b.store.openEpoch("vol") < 2 && time.Now().Before(deadline) {
+			for promisedEpoch(b, "vol") < 2 && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			err := old.WriteAt(ctx, []byte("cold"), cold, true)
 			must.Error(t, err) // refused by B: never acknowledged
 		})
 	})
-	proxyB := startFrameProxy(t, b.addr, func(f Frame) {
-		if f.Type != FramePromise {
+	proxyB := startFrameProxy(t, b.addr, func(f wire.Frame) {
+		if f.Type != wire.FramePromise {
 			return
 		}
 		onceB.Do(func() {
@@ -403,8 +401,8 @@ func TestNewPrimarySeesWritesBeforeItsPromise(t *testing.T) {
 	})
 	cfg := engineConfig(t, "vol", size, 2)
 	cfg.Replicas = []ReplicaConfig{{Addr: proxyA.ln.Addr().String()}, {Addr: proxyB.ln.Addr().String()}}
-	cfg.Recorded = &Membership{Gen: gen} // both are members (under their own addresses)
-	cfg.Timeout = 10 * time.Second       // nothing here waits for a timeout; a loaded CI machine checksums 4 MiB extents slowly
+	cfg.Recorded = &wire.Membership{Gen: gen} // both are members (under their own addresses)
+	cfg.Timeout = 10 * time.Second            // nothing here waits for a timeout; a loaded CI machine checksums 4 MiB extents slowly
 	e2, err := StartEngine(ctx, cfg)
 	must.NoError(t, err)
 	defer e2.Close()
@@ -435,7 +433,7 @@ func TestLostInSyncRecordDoesNotServeStaleReplica(t *testing.T) {
 	// replica unreachable, cannot be told from a current one: the README
 	// says what operators restoring Consul do.
 	_ = oldRecord
-	for round, rec := range []*Membership{nil, {Gen: 0, Replicas: []string{a.addr, b.addr}}} {
+	for round, rec := range []*wire.Membership{nil, {Gen: 0, Replicas: []string{a.addr, b.addr}}} {
 		epoch := uint64(10 * (round + 1))
 		// A is unreachable: B's history says A was in its set and may be
 		// newer, so nothing is served.
@@ -554,8 +552,8 @@ func TestPowerLossDuringResyncAfterProcessCrash(t *testing.T) {
 	a, b := startTestReplica(t, dirA), startTestReplica(t, dirB)
 	var holdFlush atomic.Bool
 	release := make(chan struct{})
-	proxyB := startFrameProxy(t, b.addr, func(f Frame) {
-		if f.Type == FrameFlush && holdFlush.Load() {
+	proxyB := startFrameProxy(t, b.addr, func(f wire.Frame) {
+		if f.Type == wire.FrameFlush && holdFlush.Load() {
 			<-release
 		}
 	})
@@ -589,12 +587,7 @@ func TestPowerLossDuringResyncAfterProcessCrash(t *testing.T) {
 	must.NoError(t, err)
 	copy(data[:len(w)], make([]byte, len(w)))
 	must.NoError(t, os.WriteFile(b.store.DataPath("vol"), data, 0o600))
-	mf, err := openMeta(osFS{}, filepath.Join(dirB, "vol", "meta"))
-	must.NoError(t, err)
-	m := mf.cur
-	m.Clean = false
-	must.NoError(t, mf.store(m))
-	must.NoError(t, mf.close())
+	must.NoError(t, replica.MarkUnclean(dirB, "vol"))
 	holdFlush.Store(false)
 	close(release)
 	b = startTestReplicaBoot(t, dirB, b.addr, "after-power-loss")
@@ -620,7 +613,7 @@ func TestPowerLossDuringResyncAfterProcessCrash(t *testing.T) {
 func TestFailedMembershipAttemptBurnsItsGeneration(t *testing.T) {
 	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
 	var cut atomic.Bool
-	proxyB := startFrameProxyAfter(t, b.addr, func(Frame) {}, func(f Frame) bool { return f.Type == FrameMembership && cut.Load() })
+	proxyB := startFrameProxyAfter(t, b.addr, func(wire.Frame) {}, func(f wire.Frame) bool { return f.Type == wire.FrameMembership && cut.Load() })
 	cfg := engineConfig(t, "vol", 1<<20, 1, a, c)
 	cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: proxyB.ln.Addr().String()})
 	ctx := context.Background()
@@ -663,7 +656,7 @@ func TestNewerPrimaryOutranksGenerationsItCouldNotSee(t *testing.T) {
 	// reached Consul (nothing it acknowledged depended on them).
 	v, _, err := b.store.Open("vol", size, false)
 	must.NoError(t, err)
-	must.NoError(t, v.SetMembership(2, Membership{Gen: epochGenBase(2) + 7, Replicas: []string{b.addr}}))
+	must.NoError(t, v.SetMembership(2, wire.Membership{Gen: epochGenBase(2) + 7, Replicas: []string{b.addr}}))
 	must.NoError(t, v.Close())
 	b.stop()
 	// Epoch 3 sees only a, uses the record (epoch 1's: both replicas),
@@ -715,12 +708,12 @@ func replicaData(t *testing.T, r *testReplica) []byte {
 // fullFS is the real file system on which volume data files refuse writes
 // with ENOSPC while full is set: a replica whose disk filled up.
 type fullFS struct {
-	osFS
+	replica.OSFS
 	full *atomic.Bool
 }
 
-func (f fullFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
-	file, err := f.osFS.OpenFile(name, flag, perm)
+func (f fullFS) OpenFile(name string, flag int, perm fs.FileMode) (replica.File, error) {
+	file, err := f.OSFS.OpenFile(name, flag, perm)
 	if err != nil || filepath.Base(name) != "data" {
 		return file, err
 	}
@@ -728,7 +721,7 @@ func (f fullFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) 
 }
 
 type fullFile struct {
-	File
+	replica.File
 	name string
 	full *atomic.Bool
 }
@@ -747,15 +740,15 @@ func (f fullFile) WriteAt(p []byte, off int64) (int, error) {
 // bitmap resync skips the range and it rejoins different from the copy.
 func TestFailedWriteRepairedOnAbortedResyncTarget(t *testing.T) {
 	var full atomic.Bool
-	a := startTestReplicaWith(t, t.TempDir(), "127.0.0.1:0", StoreOptions{Files: fullFS{full: &full}})
+	a := startTestReplicaWith(t, t.TempDir(), "127.0.0.1:0", replica.StoreOptions{Files: fullFS{full: &full}})
 	b := startTestReplica(t, t.TempDir())
 	const size = 16 << 20
 	const w2off = 12 << 20
 	var armed atomic.Bool
 	var onceA sync.Once
 	atA, releaseA := make(chan struct{}), make(chan struct{})
-	proxyA := startFrameProxy(t, a.addr, func(f Frame) {
-		if f.Type == FrameWrite && f.Offset == w2off && armed.Load() {
+	proxyA := startFrameProxy(t, a.addr, func(f wire.Frame) {
+		if f.Type == wire.FrameWrite && f.Offset == w2off && armed.Load() {
 			onceA.Do(func() { close(atA) })
 			<-releaseA
 		}
@@ -765,8 +758,8 @@ func TestFailedWriteRepairedOnAbortedResyncTarget(t *testing.T) {
 	var chunkID, w2ID atomic.Uint64
 	chunkDone, bReplied := make(chan struct{}), make(chan struct{})
 	var onceChunk, onceW2 sync.Once
-	proxyB := startFrameProxyFull(t, b.addr, func(f Frame) {
-		if f.Type == FrameWrite && armed.Load() {
+	proxyB := startFrameProxyFull(t, b.addr, func(f wire.Frame) {
+		if f.Type == wire.FrameWrite && armed.Load() {
 			switch f.Offset {
 			case 0:
 				chunkID.CompareAndSwap(0, f.ID)
@@ -774,7 +767,7 @@ func TestFailedWriteRepairedOnAbortedResyncTarget(t *testing.T) {
 				w2ID.Store(f.ID)
 			}
 		}
-	}, nil, func(f Frame) {
+	}, nil, func(f wire.Frame) {
 		if id := chunkID.Load(); id != 0 && f.ID == id {
 			onceChunk.Do(func() { close(chunkDone) })
 		}
@@ -843,8 +836,8 @@ func TestReconnectRacingADropKeepsTheBitmap(t *testing.T) {
 	var holdOpen atomic.Bool
 	var once sync.Once
 	atOpen, releaseOpen := make(chan struct{}), make(chan struct{})
-	proxyB := startFrameProxy(t, b.addr, func(f Frame) {
-		if f.Type == FrameOpen && holdOpen.Load() {
+	proxyB := startFrameProxy(t, b.addr, func(f wire.Frame) {
+		if f.Type == wire.FrameOpen && holdOpen.Load() {
 			once.Do(func() { close(atOpen) })
 			<-releaseOpen
 		}
@@ -909,11 +902,11 @@ func TestResyncTargetLosingPowerGetsUnflushedWritesBack(t *testing.T) {
 	var chunkID atomic.Uint64
 	chunkDone := make(chan struct{})
 	var once sync.Once
-	proxyB := startFrameProxyFull(t, b.addr, func(f Frame) {
-		if f.Type == FrameWrite && f.Offset == 0 && armed.Load() {
+	proxyB := startFrameProxyFull(t, b.addr, func(f wire.Frame) {
+		if f.Type == wire.FrameWrite && f.Offset == 0 && armed.Load() {
 			chunkID.CompareAndSwap(0, f.ID)
 		}
-	}, nil, func(f Frame) {
+	}, nil, func(f wire.Frame) {
 		if id := chunkID.Load(); id != 0 && f.ID == id {
 			once.Do(func() { close(chunkDone) })
 		}
@@ -950,12 +943,7 @@ func TestResyncTargetLosingPowerGetsUnflushedWritesBack(t *testing.T) {
 	must.NoError(t, err)
 	copy(data[woff:woff+4096], make([]byte, 4096))
 	must.NoError(t, os.WriteFile(b.store.DataPath("vol"), data, 0o600))
-	mf, err := openMeta(osFS{}, filepath.Join(dirB, "vol", "meta"))
-	must.NoError(t, err)
-	m := mf.cur
-	m.Clean = false
-	must.NoError(t, mf.store(m))
-	must.NoError(t, mf.close())
+	must.NoError(t, replica.MarkUnclean(dirB, "vol"))
 	deadline := time.Now().Add(10 * time.Second)
 	for e.Status().Replicas[1].State == StateResyncing {
 		must.True(t, time.Now().Before(deadline), must.Sprint("B's resync never ended"))
@@ -985,8 +973,8 @@ func TestResyncTargetLosingPowerGetsUnflushedWritesBack(t *testing.T) {
 // 140997034).
 func TestRejoinedReplicaHoldsNoStaleBitmaps(t *testing.T) {
 	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
-	proxyB := startFrameProxy(t, b.addr, func(Frame) {})
-	proxyC := startFrameProxy(t, c.addr, func(Frame) {})
+	proxyB := startFrameProxy(t, b.addr, func(wire.Frame) {})
+	proxyC := startFrameProxy(t, c.addr, func(wire.Frame) {})
 	addrB, addrC := proxyB.ln.Addr().String(), proxyC.ln.Addr().String()
 	const size = 16 << 20
 	ctx := context.Background()
@@ -1042,63 +1030,26 @@ func TestReplacedConnectionIsRefused(t *testing.T) {
 	c1, _, err := dialReplica(ctx, nil, r.addr, "vol", 1<<20, 1, owner, true, 2*time.Second, log)
 	must.NoError(t, err)
 	defer c1.close()
-	_, err = c1.do(Frame{Type: FrameWrite, Offset: 0, Payload: bytes.Repeat([]byte{1}, 4096)})
+	_, err = c1.do(wire.Frame{Type: wire.FrameWrite, Offset: 0, Payload: bytes.Repeat([]byte{1}, 4096)})
 	must.NoError(t, err)
 	c2, _, err := dialReplica(ctx, nil, r.addr, "vol", 1<<20, 1, owner, false, 2*time.Second, log)
 	must.NoError(t, err)
 	defer c2.close()
-	_, err = c2.do(Frame{Type: FrameWrite, Offset: 0, Payload: bytes.Repeat([]byte{2}, 4096)})
+	_, err = c2.do(wire.Frame{Type: wire.FrameWrite, Offset: 0, Payload: bytes.Repeat([]byte{2}, 4096)})
 	must.NoError(t, err)
 
 	// The old connection's late write, trim and bitmap are refused.
-	for _, f := range []Frame{
-		{Type: FrameWrite, Offset: 0, Payload: bytes.Repeat([]byte{3}, 4096)},
-		{Type: FrameTrim, Offset: 0, Length: 4096},
-		{Type: FramePutBitmap, Payload: peerPayload("x", nil)},
+	for _, f := range []wire.Frame{
+		{Type: wire.FrameWrite, Offset: 0, Payload: bytes.Repeat([]byte{3}, 4096)},
+		{Type: wire.FrameTrim, Offset: 0, Length: 4096},
+		{Type: wire.FramePutBitmap, Payload: wire.PeerPayload("x", nil)},
 	} {
 		_, err = c1.do(f)
-		must.ErrorIs(t, err, ErrSuperseded, must.Sprintf("%s", f.Type))
+		must.ErrorIs(t, err, wire.ErrSuperseded, must.Sprintf("%s", f.Type))
 	}
-	reply, err := c2.do(Frame{Type: FrameRead, Offset: 0, Length: 4096})
+	reply, err := c2.do(wire.Frame{Type: wire.FrameRead, Offset: 0, Length: 4096})
 	must.NoError(t, err)
 	must.Eq(t, bytes.Repeat([]byte{2}, 4096), reply.Payload)
-}
-
-// A replica that crashed reports itself unclean (it may have lost writes
-// it had not flushed) to the first connection that opens it. A connection
-// that never gets to use it (a fenced primary, refused at its promise; an
-// operator's tool) must not clear that when it closes: the primary that
-// needs to know would then be told the replica was shut down cleanly
-// (seed 408810906: a block lost at a power cut kept on an in-sync replica).
-func TestUncleanReplicaStaysUncleanUntilAPrimaryUsedIt(t *testing.T) {
-	dir := t.TempDir()
-	const size = 1 << 20
-	s1, err := OpenStore(dir, testLogger(t))
-	must.NoError(t, err)
-	_, _, err = s1.Open("vol", size, true)
-	must.NoError(t, err) // never closed: the process crashes
-
-	s2, err := OpenStore(dir, testLogger(t))
-	must.NoError(t, err)
-	v, _, err := s2.Open("vol", size, false)
-	must.NoError(t, err)
-	must.False(t, v.WasClean())
-	must.NoError(t, v.Close()) // a connection that only looked
-
-	v, _, err = s2.Open("vol", size, false)
-	must.NoError(t, err)
-	must.False(t, v.WasClean(), must.Sprint("the crash was forgotten by a connection that did not use the replica"))
-	sess, err := v.PromiseSession(1, 7)
-	must.NoError(t, err)
-	done, err := v.enter(sess, 1) // a request after the promise: its primary read the state
-	must.NoError(t, err)
-	done()
-	must.NoError(t, v.Close())
-
-	v, _, err = s2.Open("vol", size, false)
-	must.NoError(t, err)
-	must.True(t, v.WasClean())
-	must.NoError(t, v.Close())
 }
 
 // A write in flight when every in-sync replica's connection breaks may
@@ -1110,11 +1061,11 @@ func TestAbandonedWriteLeavesNoDifferenceBetweenReplicas(t *testing.T) {
 	a, b := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
 	const woff = 4 << 20
 	var armed atomic.Bool
-	proxyA := startFrameProxyAfter(t, a.addr, func(Frame) {}, func(f Frame) bool {
+	proxyA := startFrameProxyAfter(t, a.addr, func(wire.Frame) {}, func(f wire.Frame) bool {
 		// A applies W, and its reply is lost with its connection.
-		return armed.Load() && f.Type == FrameWrite && f.Offset == woff
+		return armed.Load() && f.Type == wire.FrameWrite && f.Offset == woff
 	})
-	proxyB := startFrameProxy(t, b.addr, func(Frame) {})
+	proxyB := startFrameProxy(t, b.addr, func(wire.Frame) {})
 	const size = 16 << 20
 	cfg := engineConfig(t, "vol", size, 1)
 	cfg.Replicas = []ReplicaConfig{{Addr: proxyA.ln.Addr().String()}, {Addr: proxyB.ln.Addr().String()}}
@@ -1173,9 +1124,9 @@ func TestAbandonedWriteLeavesNoDifferenceBetweenReplicas(t *testing.T) {
 func TestFailedActivityUpdateLeavesNoExtentUncovered(t *testing.T) {
 	a, b, c := startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())
 	var armed atomic.Bool
-	proxyC := startFrameProxyAfter(t, c.addr, func(Frame) {}, func(f Frame) bool {
+	proxyC := startFrameProxyAfter(t, c.addr, func(wire.Frame) {}, func(f wire.Frame) bool {
 		// C applies the new log, and its reply is lost with its connection.
-		return armed.Load() && f.Type == FrameActivity
+		return armed.Load() && f.Type == wire.FrameActivity
 	})
 	hook := &recordingHook{}
 	const size = 16 << 20
@@ -1210,7 +1161,7 @@ func TestFailedActivityUpdateLeavesNoExtentUncovered(t *testing.T) {
 	// A write to extent 1 must find it in every in-sync replica's log.
 	must.NoError(t, e.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 1*ExtentSize, false))
 	for _, r := range []*testReplica{a, b} {
-		m, err := ReadMetaOn(nil, r.store.dir, "vol")
+		m, err := replica.ReadMetaOn(nil, r.store.Dir(), "vol")
 		must.NoError(t, err)
 		must.SliceContains(t, m.ActivityLog, uint64(1), must.Sprintf("%s's activity log %v misses the extent just written", r.addr, m.ActivityLog))
 	}
@@ -1227,16 +1178,16 @@ func TestResyncTargetHoldsNoBitmapsForOthers(t *testing.T) {
 	const x3 = 8 << 20
 	hit := make(chan struct{})
 	var armed atomic.Bool
-	proxyB := startFrameProxyAfter(t, b.addr, func(Frame) {}, func(f Frame) bool {
+	proxyB := startFrameProxyAfter(t, b.addr, func(wire.Frame) {}, func(f wire.Frame) bool {
 		// B's resync copies X3, and then B's connection is gone.
-		if armed.Load() && f.Type == FrameWrite && f.Offset == x3 {
+		if armed.Load() && f.Type == wire.FrameWrite && f.Offset == x3 {
 			armed.Store(false)
 			close(hit)
 			return true
 		}
 		return false
 	})
-	proxyC := startFrameProxy(t, c.addr, func(Frame) {})
+	proxyC := startFrameProxy(t, c.addr, func(wire.Frame) {})
 	addrB, addrC := proxyB.ln.Addr().String(), proxyC.ln.Addr().String()
 	const size = 16 << 20
 	ctx := context.Background()
@@ -1346,9 +1297,9 @@ type threeProxied struct {
 func startWithCBehind(t *testing.T, size int64, resyncRate int64) (*threeProxied, *Engine) {
 	t.Helper()
 	r := &threeProxied{a: startTestReplica(t, t.TempDir()), b: startTestReplica(t, t.TempDir()), c: startTestReplica(t, t.TempDir())}
-	r.pa = startFrameProxy(t, r.a.addr, func(Frame) {})
-	r.pb = startFrameProxy(t, r.b.addr, func(Frame) {})
-	r.pc = startFrameProxy(t, r.c.addr, func(Frame) {})
+	r.pa = startFrameProxy(t, r.a.addr, func(wire.Frame) {})
+	r.pb = startFrameProxy(t, r.b.addr, func(wire.Frame) {})
+	r.pc = startFrameProxy(t, r.c.addr, func(wire.Frame) {})
 	ctx := context.Background()
 	cfg := engineConfig(t, "vol", size, 1)
 	for i, p := range []*frameProxy{r.pa, r.pb, r.pc} {

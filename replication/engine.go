@@ -15,6 +15,8 @@ import (
 
 	"github.com/saddlebag/saddlebag/internal/backoff"
 	"github.com/saddlebag/saddlebag/internal/ctxutil"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // InSyncHook records the set of replicas that hold every acknowledged write.
@@ -80,7 +82,7 @@ type EngineConfig struct {
 	// (Consul), nil when it has none. It is checked against the history
 	// the replicas carry themselves (history.go): only replicas of the
 	// newest generation start in sync; the others are resynced.
-	Recorded *Membership
+	Recorded *wire.Membership
 	// MinInSync is the fewest in-sync replicas a write may complete with;
 	// below it writes wait for resync to bring replicas back. Default 1.
 	MinInSync int
@@ -166,7 +168,7 @@ type peer struct {
 	client  *replicaClient
 	state   ReplicaState
 	reason  string
-	open    openReply
+	open    wire.OpenReply
 	created bool // known to be a new, empty replica: resync copies everything
 	// dirty holds the blocks the replica misses while it is behind; nil
 	// while in sync, or when its history is unknown (checksum resync).
@@ -201,7 +203,7 @@ type peer struct {
 type subject struct{ inc, gen, target uint64 }
 
 // subjectOf is the subject a replica's open or promise reply reports.
-func subjectOf(o openReply) subject {
+func subjectOf(o wire.OpenReply) subject {
 	return subject{inc: o.Incarnation, gen: o.Membership.Gen, target: o.TargetGen}
 }
 
@@ -258,10 +260,10 @@ type engineStats struct {
 // replica has already promised a higher epoch, and with ErrNoReplicas if no
 // replica can serve as a source of truth.
 func StartEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
-	if err := ValidateVolumeID(cfg.Volume); err != nil {
+	if err := wire.ValidateVolumeID(cfg.Volume); err != nil {
 		return nil, err
 	}
-	if err := ValidateSize(cfg.Size); err != nil {
+	if err := wire.ValidateSize(cfg.Size); err != nil {
 		return nil, err
 	}
 	if len(cfg.Replicas) == 0 {
@@ -287,7 +289,7 @@ func StartEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	e := &Engine{cfg: cfg, log: cfg.Log.Named("engine").With("volume_id", cfg.Volume, "epoch", cfg.Epoch),
 		changed: make(chan struct{})}
 	e.orderCond = sync.NewCond(&e.order)
-	e.owner = newIncarnation()
+	e.owner = wire.NewID()
 	e.al.init(cfg.ActivityExtents)
 	if err := e.connectAll(ctx); err != nil {
 		e.Close()
@@ -330,7 +332,7 @@ func (e *Engine) connectAll(ctx context.Context) error {
 	wg.Wait()
 	var promised uint64
 	for i, p := range e.peers {
-		if errors.Is(errs[i], ErrStaleEpoch) {
+		if errors.Is(errs[i], wire.ErrStaleEpoch) {
 			promised = max(promised, p.open.Epoch)
 		}
 	}
@@ -339,7 +341,7 @@ func (e *Engine) connectAll(ctx context.Context) error {
 			Err: fmt.Errorf("%w: %w", ErrFenced, errors.Join(errs...))}
 	}
 	configured := make([]string, len(e.peers))
-	reach := map[string]openReply{}
+	reach := map[string]wire.OpenReply{}
 	for i, p := range e.peers {
 		configured[i] = p.cfg.Addr
 		if errs[i] == nil {
@@ -355,7 +357,7 @@ func (e *Engine) connectAll(ctx context.Context) error {
 	for i, p := range e.peers {
 		// A replica that holds nothing at all gets a full copy of what is
 		// allocated instead of a compare.
-		p.created = errs[i] == nil && p.open.holdsNothing()
+		p.created = errs[i] == nil && p.open.HoldsNothing()
 		switch {
 		case errs[i] != nil:
 			p.state, p.reason = StateUnavailable, errs[i].Error()
@@ -425,7 +427,7 @@ func (e *Engine) checkRange(off, n int64) error {
 	return nil
 }
 
-// WriteAt implements Device. Writes larger than MaxIOSize (or than the
+// WriteAt implements Device. Writes larger than wire.MaxIOSize (or than the
 // activity log spans) go out as several requests.
 func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) (err error) {
 	defer e.io[OpWrite].done(time.Now(), int64(len(p)), &err)
@@ -434,13 +436,13 @@ func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) (er
 	}
 	var flags uint16
 	if fua {
-		flags = FlagFUA
+		flags = wire.FlagFUA
 	}
 	// A piece spans at most as many extents as the activity log holds.
-	limit := min(MaxIOSize, (e.al.cap-1)*ExtentSize)
+	limit := min(wire.MaxIOSize, (e.al.cap-1)*ExtentSize)
 	for len(p) > 0 {
 		n := min(len(p), limit)
-		if err := e.replicate(ctx, Frame{Type: FrameWrite, Flags: flags, Offset: uint64(off), Payload: p[:n]}); err != nil {
+		if err := e.replicate(ctx, wire.Frame{Type: wire.FrameWrite, Flags: flags, Offset: uint64(off), Payload: p[:n]}); err != nil {
 			return err
 		}
 		p, off = p[n:], off+int64(n)
@@ -458,7 +460,7 @@ func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, fua bool) (er
 func (e *Engine) Flush(ctx context.Context) (err error) {
 	defer e.io[OpFlush].done(time.Now(), 0, &err)
 	before := e.lostSeq.Load()
-	if err := e.replicate(ctx, Frame{Type: FrameFlush}); err != nil {
+	if err := e.replicate(ctx, wire.Frame{Type: wire.FrameFlush}); err != nil {
 		return err
 	}
 	now := e.lostSeq.Load()
@@ -481,7 +483,7 @@ func (e *Engine) Trim(ctx context.Context, off, n int64) (err error) {
 	for n > 0 {
 		// End each piece on an extent boundary so it spans the fewest.
 		l := min(n, piece-off%ExtentSize)
-		if err := e.replicate(ctx, Frame{Type: FrameTrim, Offset: uint64(off), Length: uint64(l)}); err != nil {
+		if err := e.replicate(ctx, wire.Frame{Type: wire.FrameTrim, Offset: uint64(off), Length: uint64(l)}); err != nil {
 			return err
 		}
 		off, n = off+l, n-l
@@ -490,11 +492,11 @@ func (e *Engine) Trim(ctx context.Context, off, n int64) (err error) {
 }
 
 // dataRange returns the byte range a request changes, if any.
-func dataRange(req *Frame) (int64, int64, bool) {
+func dataRange(req *wire.Frame) (int64, int64, bool) {
 	switch req.Type {
-	case FrameWrite:
+	case wire.FrameWrite:
 		return int64(req.Offset), int64(len(req.Payload)), true
-	case FrameTrim:
+	case wire.FrameTrim:
 		return int64(req.Offset), int64(req.Length), true
 	}
 	return 0, 0, false
@@ -511,7 +513,7 @@ var errReconnecting = errors.New("the last in-sync replica is reconnecting")
 // failed on all of them, the last one stays the volume's copy (the in-sync
 // set is never empty): the request is sent again once that replica is
 // reconnected, or fails with its error when the replica answered with one.
-func (e *Engine) replicate(ctx context.Context, req Frame) error {
+func (e *Engine) replicate(ctx context.Context, req wire.Frame) error {
 	if e.fenced.Load() {
 		return e.fencedErr()
 	}
@@ -534,9 +536,9 @@ func (e *Engine) replicate(ctx context.Context, req Frame) error {
 
 // apply sends req to every in-sync and resyncing replica and settles it,
 // sending it again while the last in-sync replica reconnects.
-func (e *Engine) apply(ctx context.Context, req Frame) error {
+func (e *Engine) apply(ctx context.Context, req wire.Frame) error {
 	off, n, isData := dataRange(&req)
-	psum := payloadSum(req.Payload)
+	psum := wire.PayloadSum(req.Payload)
 	for {
 		e.order.Lock()
 		for isData && e.lockedLocked(off, n) {
@@ -602,12 +604,12 @@ func (e *Engine) markUncertain(set *targetSet, off, n int64) {
 
 // broadcast sends a control request (activity log, bitmaps) to every
 // in-sync replica and settles the outcome like a write.
-func (e *Engine) broadcast(ctx context.Context, req Frame) error {
+func (e *Engine) broadcast(ctx context.Context, req wire.Frame) error {
 	for {
 		if e.fenced.Load() {
 			return e.fencedErr()
 		}
-		psum := payloadSum(req.Payload)
+		psum := wire.PayloadSum(req.Payload)
 		e.order.Lock()
 		set := e.targets
 		calls := make([]*call, len(set.inSync))
@@ -629,7 +631,7 @@ func (e *Engine) broadcast(ctx context.Context, req Frame) error {
 // on a stale epoch, drop failed replicas (marking what they may miss in
 // their bitmaps), and make sure the in-sync set the request relied on is
 // recorded before the request completes.
-func (e *Engine) settle(ctx context.Context, set *targetSet, calls []*call, what FrameType, off, n int64, isData bool) error {
+func (e *Engine) settle(ctx context.Context, set *targetSet, calls []*call, what wire.FrameType, off, n int64, isData bool) error {
 	if len(calls) == 0 {
 		return fmt.Errorf("%w: volume %s", ErrNoReplicas, e.cfg.Volume)
 	}
@@ -643,7 +645,7 @@ func (e *Engine) settle(ctx context.Context, set *targetSet, calls []*call, what
 		}
 	}
 	for _, err := range failed {
-		if errors.Is(err, ErrStaleEpoch) {
+		if errors.Is(err, wire.ErrStaleEpoch) {
 			e.fence(fmt.Errorf("a newer primary has taken over: %w", err))
 			return e.fencedErr()
 		}
@@ -769,7 +771,7 @@ func (e *Engine) markUnflushed(p *peer, off, n int64, isData bool) {
 // durable there: they stay recorded (and in its persisted bitmap) until a
 // flush on it completes (rejoin), so that a power loss before that, even
 // during its resync, still resyncs them. Callers hold stateMu.
-func (e *Engine) settleUnflushed(p *peer, open openReply) {
+func (e *Engine) settleUnflushed(p *peer, open wire.OpenReply) {
 	if p.unflushed == nil {
 		return
 	}
@@ -936,7 +938,7 @@ func (e *Engine) recordLocked(ctx context.Context) error {
 			addrs[i] = t.p.cfg.Addr
 		}
 		if e.genSet != set.version {
-			m := Membership{Gen: max(e.genTried+1, epochGenBase(e.cfg.Epoch)), Replicas: addrs} // genTried >= gen
+			m := wire.Membership{Gen: max(e.genTried+1, epochGenBase(e.cfg.Epoch)), Replicas: addrs} // genTried >= gen
 			e.genTried = m.Gen
 			if retry, err := e.writeMembershipLocked(set, m); err != nil || retry {
 				if err != nil {
@@ -991,17 +993,17 @@ func epochGenBase(epoch uint64) uint64 {
 // fails is dropped (retry: the caller records the smaller set), unless it
 // is the last one: then errReconnecting when its connection broke, or its
 // error. Callers hold stateMu.
-func (e *Engine) writeMembershipLocked(set *targetSet, m Membership) (retry bool, err error) {
+func (e *Engine) writeMembershipLocked(set *targetSet, m wire.Membership) (retry bool, err error) {
 	payload, _ := json.Marshal(m)
 	calls := make([]*call, len(set.inSync))
 	for i, t := range set.inSync {
-		calls[i] = t.c.start(Frame{Type: FrameMembership, Payload: payload}, nil)
+		calls[i] = t.c.start(wire.Frame{Type: wire.FrameMembership, Payload: payload}, nil)
 	}
 	var failed []int
 	var errs []error
 	for i, t := range set.inSync {
 		if _, err := t.c.wait(calls[i]); err != nil {
-			if errors.Is(err, ErrStaleEpoch) {
+			if errors.Is(err, wire.ErrStaleEpoch) {
 				e.fence(err)
 				return false, e.fencedErr()
 			}
@@ -1105,11 +1107,11 @@ func (e *Engine) ReadAt(ctx context.Context, p []byte, off int64) (err error) {
 	if err := e.checkRange(off, int64(len(p))); err != nil {
 		return err
 	}
-	for len(p) > MaxIOSize {
-		if err := e.readAt(ctx, p[:MaxIOSize], off); err != nil {
+	for len(p) > wire.MaxIOSize {
+		if err := e.readAt(ctx, p[:wire.MaxIOSize], off); err != nil {
 			return err
 		}
-		p, off = p[MaxIOSize:], off+MaxIOSize
+		p, off = p[wire.MaxIOSize:], off+wire.MaxIOSize
 	}
 	return e.readAt(ctx, p, off)
 }
@@ -1133,11 +1135,11 @@ func (e *Engine) readAt(ctx context.Context, p []byte, off int64) error {
 			}
 			continue
 		}
-		_, err := src.c.wait(src.c.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(len(p))}, p))
+		_, err := src.c.wait(src.c.start(wire.Frame{Type: wire.FrameRead, Offset: uint64(off), Length: uint64(len(p))}, p))
 		if err == nil {
 			return e.passGate(ctx)
 		}
-		if errors.Is(err, ErrStaleEpoch) {
+		if errors.Is(err, wire.ErrStaleEpoch) {
 			e.fence(err)
 			return e.fencedErr()
 		}

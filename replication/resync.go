@@ -13,6 +13,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/saddlebag/saddlebag/internal/backoff"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // Resync brings a replica that is behind back into the in-sync set while
@@ -136,7 +138,7 @@ func (e *Engine) startResyncs(ctx context.Context) {
 func (e *Engine) reconnectInSync(ctx context.Context, p *peer) {
 	nc, open, err := dialReplica(ctx, e.cfg.Dial, p.cfg.Addr, e.cfg.Volume, e.cfg.Size, e.cfg.Epoch, e.owner, false, e.cfg.Timeout, e.log)
 	if err != nil {
-		if errors.Is(err, ErrStaleEpoch) {
+		if errors.Is(err, wire.ErrStaleEpoch) {
 			e.Fence(err)
 			return
 		}
@@ -264,7 +266,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 	if c == nil || c.failure() != nil {
 		nc, open, err := dialReplica(ctx, e.cfg.Dial, p.cfg.Addr, e.cfg.Volume, e.cfg.Size, e.cfg.Epoch, e.owner, true, e.cfg.Timeout, e.log)
 		if err != nil {
-			if errors.Is(err, ErrStaleEpoch) {
+			if errors.Is(err, wire.ErrStaleEpoch) {
 				e.Fence(err)
 				return
 			}
@@ -275,7 +277,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		e.stateMu.Lock()
 		p.client, p.open = c, open
 		switch {
-		case open.holdsNothing():
+		case open.HoldsNothing():
 			// It holds nothing (new, or its data is gone: a new disk, a
 			// wiped data dir): a full copy of what is allocated.
 			p.created, p.dirty = true, nil
@@ -331,7 +333,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		e.log.Debug("resync waits until the in-sync set is recorded on its members", "replica", p.cfg.Addr)
 		return
 	}
-	if _, err := c.wait(c.start(Frame{Type: FrameTarget, Payload: binary.BigEndian.AppendUint64(nil, gen)}, nil)); err != nil {
+	if _, err := c.wait(c.start(wire.Frame{Type: wire.FrameTarget, Payload: binary.BigEndian.AppendUint64(nil, gen)}, nil)); err != nil {
 		e.stateMu.Lock()
 		e.backOffLocked(p)
 		e.stateMu.Unlock()
@@ -394,7 +396,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		// A bitmap kept earlier for this replica no longer describes what
 		// it misses once a full or compare pass starts writing to it: a
 		// later primary must compare it whole, not trust that bitmap.
-		err = e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(p.cfg.Addr, nil)})
+		err = e.broadcast(ctx, wire.Frame{Type: wire.FramePutBitmap, Payload: wire.PeerPayload(p.cfg.Addr, nil)})
 	}
 	if err == nil {
 		// The pass ends as soon as the connection does (the resync was
@@ -457,7 +459,7 @@ func (e *Engine) forgetHeldBitmaps(c *replicaClient, p *peer) error {
 	var calls []*call
 	for _, q := range e.peers {
 		if q != p {
-			calls = append(calls, c.start(Frame{Type: FramePutBitmap, Payload: peerPayload(q.cfg.Addr, nil)}, nil))
+			calls = append(calls, c.start(wire.Frame{Type: wire.FramePutBitmap, Payload: wire.PeerPayload(q.cfg.Addr, nil)}, nil))
 		}
 	}
 	var errs []error
@@ -607,7 +609,7 @@ func gaps(runs [][2]int64, off, n int64) [][2]int64 {
 // lockAndAsk locks r against application writes and sends req to the
 // resync source (an in-sync replica) in the same step, so the source
 // answers as of the lock. The caller unlocks r (unlockRangeLocked).
-func (e *Engine) lockAndAsk(r byteRange, req Frame, rbuf []byte) (target, *call, error) {
+func (e *Engine) lockAndAsk(r byteRange, req wire.Frame, rbuf []byte) (target, *call, error) {
 	e.order.Lock()
 	defer e.order.Unlock()
 	src, err := e.sourceLocked()
@@ -624,7 +626,7 @@ func (e *Engine) lockAndAsk(r byteRange, req Frame, rbuf []byte) (target, *call,
 // hole there, or copies it (a write landed meanwhile).
 func (e *Engine) clearGap(ctx context.Context, c *replicaClient, off, n int64, prog *resyncProgress) error {
 	r := byteRange{off, n}
-	src, ac, err := e.lockAndAsk(r, Frame{Type: FrameAllocated, Offset: uint64(off), Length: uint64(n)}, nil)
+	src, ac, err := e.lockAndAsk(r, wire.Frame{Type: wire.FrameAllocated, Offset: uint64(off), Length: uint64(n)}, nil)
 	if err != nil {
 		return err
 	}
@@ -632,7 +634,7 @@ func (e *Engine) clearGap(ctx context.Context, c *replicaClient, off, n int64, p
 	e.order.Lock()
 	var tc *call
 	if err == nil && len(reply.Payload) == 0 {
-		tc = c.start(Frame{Type: FrameTrim, Offset: uint64(off), Length: uint64(n)}, nil)
+		tc = c.start(wire.Frame{Type: wire.FrameTrim, Offset: uint64(off), Length: uint64(n)}, nil)
 	}
 	e.unlockRangeLocked(r)
 	e.order.Unlock()
@@ -700,7 +702,7 @@ func (e *Engine) copyRange(ctx context.Context, c *replicaClient, off, n int64, 
 	}
 	buf := make([]byte, n)
 	r := byteRange{off, n}
-	src, rc, err := e.lockAndAsk(r, Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(n)}, buf)
+	src, rc, err := e.lockAndAsk(r, wire.Frame{Type: wire.FrameRead, Offset: uint64(off), Length: uint64(n)}, buf)
 	if err != nil {
 		return err
 	}
@@ -713,9 +715,9 @@ func (e *Engine) copyRange(ctx context.Context, c *replicaClient, off, n int64, 
 		// fill buf with the late one.
 		zero = bytes.Equal(buf, zeroChunk[:n])
 		if zero {
-			wc = c.start(Frame{Type: FrameTrim, Offset: uint64(off), Length: uint64(n)}, nil)
+			wc = c.start(wire.Frame{Type: wire.FrameTrim, Offset: uint64(off), Length: uint64(n)}, nil)
 		} else {
-			wc = c.start(Frame{Type: FrameWrite, Offset: uint64(off), Payload: buf}, nil)
+			wc = c.start(wire.Frame{Type: wire.FrameWrite, Offset: uint64(off), Payload: buf}, nil)
 		}
 	}
 	e.unlockRangeLocked(r)
@@ -761,7 +763,7 @@ func (e *Engine) compareExtent(ctx context.Context, c *replicaClient, off, n int
 		return false, err
 	}
 	e.lockRangeLocked(r)
-	req := Frame{Type: FrameChecksum, Offset: uint64(off), Length: uint64(n)}
+	req := wire.Frame{Type: wire.FrameChecksum, Offset: uint64(off), Length: uint64(n)}
 	sc, tc := src.c.start(req, nil), c.start(req, nil)
 	e.order.Unlock()
 	defer func() {
@@ -791,10 +793,10 @@ func (e *Engine) compareExtent(ctx context.Context, c *replicaClient, off, n int
 // copyLocked copies a range the caller has locked against writes.
 func (e *Engine) copyLocked(ctx context.Context, src target, c *replicaClient, off, n int64, prog *resyncProgress) error {
 	buf := make([]byte, n)
-	if _, err := src.c.wait(src.c.start(Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(n)}, buf)); err != nil {
+	if _, err := src.c.wait(src.c.start(wire.Frame{Type: wire.FrameRead, Offset: uint64(off), Length: uint64(n)}, buf)); err != nil {
 		return err
 	}
-	if _, err := c.wait(c.start(Frame{Type: FrameWrite, Offset: uint64(off), Payload: buf}, nil)); err != nil {
+	if _, err := c.wait(c.start(wire.Frame{Type: wire.FrameWrite, Offset: uint64(off), Payload: buf}, nil)); err != nil {
 		return err
 	}
 	if prog != nil {
@@ -831,7 +833,7 @@ func (e *Engine) allocated(ctx context.Context, off, n int64) ([][2]int64, error
 	if err != nil {
 		return nil, err
 	}
-	reply, err := src.c.wait(src.c.start(Frame{Type: FrameAllocated, Offset: uint64(off), Length: uint64(n)}, nil))
+	reply, err := src.c.wait(src.c.start(wire.Frame{Type: wire.FrameAllocated, Offset: uint64(off), Length: uint64(n)}, nil))
 	if err != nil {
 		return nil, err
 	}
@@ -850,7 +852,7 @@ func (e *Engine) allocated(ctx context.Context, off, n int64) ([][2]int64, error
 // pass did not copy was missed meanwhile, and the replica does not rejoin
 // (the next attempt copies it).
 func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *resyncProgress, dirtyChanges, missed uint64) error {
-	if _, err := c.wait(c.start(Frame{Type: FrameFlush}, nil)); err != nil {
+	if _, err := c.wait(c.start(wire.Frame{Type: wire.FrameFlush}, nil)); err != nil {
 		return err
 	}
 	if err := e.join(ctx, p, c, prog, dirtyChanges, missed); err != nil {
@@ -860,7 +862,7 @@ func (e *Engine) rejoin(ctx context.Context, p *peer, c *replicaClient, prog *re
 	// the last in-sync replica, so no lock is held (a drop of it meanwhile
 	// may see its new bitmap deleted: it is then compared by checksums,
 	// slower but whole).
-	if err := e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(p.cfg.Addr, nil)}); err != nil {
+	if err := e.broadcast(ctx, wire.Frame{Type: wire.FramePutBitmap, Payload: wire.PeerPayload(p.cfg.Addr, nil)}); err != nil {
 		e.log.Warn("deleting the rejoined replica's persisted bitmap failed", "replica", p.cfg.Addr, "error", err)
 	}
 	st := prog.status()
@@ -894,12 +896,12 @@ func (e *Engine) join(ctx context.Context, p *peer, c *replicaClient, prog *resy
 	var held [][]byte
 	for _, q := range e.peers {
 		if q != p {
-			held = append(held, peerPayload(q.cfg.Addr, e.persistedFormLocked(q)))
+			held = append(held, wire.PeerPayload(q.cfg.Addr, e.persistedFormLocked(q)))
 		}
 	}
 	e.stateMu.Unlock()
 	for _, pl := range held {
-		if _, err := c.wait(c.start(Frame{Type: FramePutBitmap, Payload: pl}, nil)); err != nil {
+		if _, err := c.wait(c.start(wire.Frame{Type: wire.FramePutBitmap, Payload: pl}, nil)); err != nil {
 			return err
 		}
 	}
@@ -930,7 +932,7 @@ func (e *Engine) join(ctx context.Context, p *peer, c *replicaClient, prog *resy
 // replica being resynced: the request's range is marked missing and the
 // resync is aborted; the replica is retried later.
 func (e *Engine) resyncTargetFailed(t target, err error, off, n int64, isData bool) {
-	if errors.Is(err, ErrStaleEpoch) {
+	if errors.Is(err, wire.ErrStaleEpoch) {
 		e.Fence(err)
 		return
 	}
