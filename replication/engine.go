@@ -133,7 +133,7 @@ type Engine struct {
 	genTried uint64
 	holding  atomic.Int32 // requests waiting for a retry of the in-sync record or a reconnect
 	written  bool         // an in-sync replica held data at start (Written)
-	owner    uint64       // names this engine's promises (Volume.PromiseOwned)
+	owner    uint64       // names this engine's promises (replica.Volume.PromiseOwned)
 	// lostSeq counts the times the last in-sync replica came back from a
 	// power loss (writes acknowledged since the last flush are gone);
 	// lostSeen is the count the last Flush reported (errseq-like).

@@ -32,7 +32,7 @@ func (e *Engine) notifyLocked() {
 // version when in-sync membership changed. When a member left, resyncs
 // in progress are aborted: their targets must not receive a write the
 // member misses before they are marked with the next generation (see
-// Meta.TargetGen); they restart with the next attempt. Callers hold
+// replica.Meta.TargetGen); they restart with the next attempt. Callers hold
 // stateMu and order.
 func (e *Engine) rebuildLocked() *targetSet {
 	cur := e.targets

@@ -188,7 +188,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 	}
 
 	// Before it receives anything, it learns it is a resync target under
-	// the in-sync generation now recorded on the members (Meta.TargetGen):
+	// the in-sync generation now recorded on the members (replica.Meta.TargetGen):
 	// bitmaps that members which leave later hold for it then no longer
 	// match it. A member leaving aborts the resync (rebuildLocked), so it
 	// never receives a write under a later set with this mark.

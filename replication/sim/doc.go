@@ -164,7 +164,8 @@
 // fault proxy, which package replication's own tests use too (so it
 // imports none of Saddlebag's packages).
 //
-// Of Saddlebag's packages it imports only replication,
+// Of Saddlebag's packages it imports only replication (the engine),
+// replication/replica (the replica servers), replication/wire,
 // replication/internal/faultproxy and replication/sim/crashfs; nothing
 // imports it (its tests run it).
 package sim

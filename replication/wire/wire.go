@@ -48,13 +48,13 @@ type FrameType uint8
 
 const (
 	// FrameOpen binds the connection to a volume: payload is the JSON
-	// openRequest; the reply payload is the JSON openReply.
+	// OpenRequest; the reply payload is the JSON OpenReply.
 	FrameOpen FrameType = 1
 	// FramePromise asks the replica to refuse every epoch below this one;
 	// the payload, if any, is the 8-byte owner of the promise (see
-	// Volume.PromiseOwned).
+	// replica.Volume.PromiseOwned).
 	// The reply carries the replica's state as of the promise (a JSON
-	// openReply): nothing a previous primary does can change it after.
+	// OpenReply): nothing a previous primary does can change it after.
 	FramePromise FrameType = 2
 	// FrameWrite writes the payload at Offset.
 	FrameWrite FrameType = 3
@@ -88,7 +88,7 @@ const (
 	FrameMembership FrameType = 13
 	// FrameTarget records that a primary makes the replica a resync
 	// target under its in-sync generation: payload is that generation,
-	// a big-endian uint64 (see Meta.TargetGen).
+	// a big-endian uint64 (see replica.Meta.TargetGen).
 	FrameTarget FrameType = 14
 
 	// ReplyBit is set in the type of a reply: a reply to FrameWrite has
@@ -128,7 +128,7 @@ const (
 	StatusNotOpen
 	StatusBusy
 	// StatusDenied: the replica server does not let this peer in (see
-	// Guard); the payload says who the peer is and why.
+	// replica.Guard); the payload says who the peer is and why.
 	StatusDenied
 	// StatusSuperseded: the connection was replaced by a newer one of the
 	// same primary (ErrSuperseded).

@@ -5,9 +5,9 @@
 // may, and that a simulated SIGKILL, full disk or power cut on a chosen
 // write can hit.
 //
-// It imports, of Saddlebag's packages, only replication (the FileSystem
-// and File interfaces and the block size); only replication/sim imports
-// it.
+// It imports, of Saddlebag's packages, only replication/replica (the
+// FileSystem and File interfaces) and replication/wire (the block size);
+// only replication/sim imports it.
 package crashfs
 
 import (
