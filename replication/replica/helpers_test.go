@@ -6,17 +6,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// testLogger returns a logger that writes through t.
+// testLogger returns a logger that writes to t's output, at debug level.
 func testLogger(t testing.TB) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Debug, Output: tWriter{t}})
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p[:len(p)-1]))
-	return len(p), nil
+	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Debug, Output: t.Output()})
 }
 
 // epochGenBase is the lowest in-sync generation a primary at epoch
