@@ -199,6 +199,14 @@ func subjectOf(o wire.OpenReply) subject {
 	return subject{inc: o.Incarnation, gen: o.Membership.Gen, target: o.TargetGen}
 }
 
+// holdsNothing reports whether the replica that replied o holds no data
+// and no history: just created, or never written by a primary nor made a
+// member of an in-sync set. Resync gives it a full copy of what is
+// allocated.
+func holdsNothing(o wire.OpenReply) bool {
+	return o.Created || (o.Generation == 0 && o.Membership.Gen == 0)
+}
+
 // startBitmap starts an empty bitmap of what p misses from now on, for
 // the replica it is connected to (as it last reported or acknowledged
 // its state).

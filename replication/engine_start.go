@@ -121,7 +121,7 @@ func (e *Engine) connectAll(ctx context.Context) error {
 	for i, p := range e.peers {
 		// A replica that holds nothing at all gets a full copy of what is
 		// allocated instead of a compare.
-		p.created = errs[i] == nil && p.open.HoldsNothing()
+		p.created = errs[i] == nil && holdsNothing(p.open)
 		switch {
 		case errs[i] != nil:
 			p.state, p.reason = StateUnavailable, errs[i].Error()

@@ -145,7 +145,7 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 		e.stateMu.Lock()
 		p.client, p.open = c, open
 		switch {
-		case open.HoldsNothing():
+		case holdsNothing(open):
 			// It holds nothing (new, or its data is gone: a new disk, a
 			// wiped data dir): a full copy of what is allocated.
 			p.created, p.dirty = true, nil

@@ -81,13 +81,6 @@ type OpenReply struct {
 	BootID string `json:"boot_id,omitempty"`
 }
 
-// HoldsNothing reports whether the replica holds no data and no history:
-// just created, or never written by a primary nor made a member of an
-// in-sync set. Resync gives it a full copy of what is allocated.
-func (o OpenReply) HoldsNothing() bool {
-	return o.Created || (o.Generation == 0 && o.Membership.Gen == 0)
-}
-
 // Membership is an in-sync set and its generation (DRBD's current data
 // generation, as a counter). The generation grows by one with every
 // change of the set. Generation 0 with no replicas means "never a member
