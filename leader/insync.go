@@ -16,7 +16,7 @@ import (
 // here may be the source of truth for a new primary.
 type InSyncRecord struct {
 	Epoch uint64 `json:"epoch"`
-	// Gen is the set's generation (replication.Membership): it grows by
+	// Gen is the set's generation (replication/wire.Membership): it grows by
 	// one with every change, and each member holds it too, so a primary
 	// can tell a lost or rolled-back record from a current one.
 	Gen      uint64    `json:"gen"`

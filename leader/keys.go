@@ -46,7 +46,7 @@ func NewKeys(prefix string) (Keys, error) {
 }
 
 // namePattern is the one shape of a name spelled into a key: the same
-// rule as replication.ValidateVolumeID, which leader must not import.
+// rule as replication/wire.ValidateVolumeID, which leader must not import.
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // ValidateName reports whether s can be one segment of a key: 1-128

@@ -16,7 +16,7 @@ import (
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 	"github.com/saddlebag/saddlebag/plugin/reconcile"
-	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/wire"
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
@@ -249,7 +249,7 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 	if tok := req.GetStartingToken(); tok != "" {
 		var ok bool
 		after, ok = strings.CutPrefix(tok, listTokenPrefix)
-		if !ok || replication.ValidateVolumeID(after) != nil {
+		if !ok || wire.ValidateVolumeID(after) != nil {
 			return nil, rpc.Errf(codes.Aborted, "starting_token %q was not returned by ListVolumes", tok)
 		}
 	}

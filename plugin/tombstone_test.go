@@ -19,6 +19,7 @@ import (
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin/reconcile"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
 )
 
 // testNode is a storage node of the tombstone test: a replica server
@@ -43,13 +44,13 @@ func newTestNode(t *testing.T, client *leader.Client, name string) *testNode {
 }
 
 func (n *testNode) startServer() {
-	store, err := replication.OpenStore(n.dir, hclog.NewNullLogger())
+	store, err := replica.OpenStore(n.dir, hclog.NewNullLogger())
 	must.NoError(n.t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must.NoError(n.t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = replication.NewServer(store, hclog.NewNullLogger()).Serve(ctx, ln) })
+	wg.Go(func() { _ = replica.NewServer(store, hclog.NewNullLogger()).Serve(ctx, ln) })
 	n.addr = ln.Addr().String()
 	n.stopSrv = func() { cancel(); wg.Wait() }
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/saddlebag/saddlebag/plugin/internal/rpc"
 	"github.com/saddlebag/saddlebag/plugin/reconcile"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // A DeleteVolume that finds a replica's node down does not wait for it:
@@ -40,7 +41,7 @@ func (c *Controller) removeReplicas(ctx context.Context, rec leader.VolumeRecord
 		err := replication.DeleteReplica(ctx, c.cfg.Dial, r.Addr, rec.ID, c.cfg.ReplicaTimeout)
 		switch {
 		case err == nil:
-		case errors.Is(err, replication.ErrReplicaBusy):
+		case errors.Is(err, wire.ErrReplicaBusy):
 			busy = append(busy, fmt.Errorf("node %s: %w", r.Node, err))
 		case !byName[r.Node].Healthy:
 			left = append(left, r)

@@ -9,7 +9,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/saddlebag/saddlebag/hcl/volspec"
-	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/wire"
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
@@ -21,7 +21,7 @@ const TopologyNodeKey = scheduler.TopologyNodeKey
 // itself when it is a valid volume id (so operators see the same word in
 // Nomad and Consul), otherwise a digest of it.
 func volumeIDFor(name string) string {
-	if replication.ValidateVolumeID(name) == nil {
+	if wire.ValidateVolumeID(name) == nil {
 		return name
 	}
 	sum := sha256.Sum256([]byte(name))

@@ -8,7 +8,12 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
+
+// ExtentSize is the unit of the activity log and of checksum comparison.
+const ExtentSize = 4 << 20
 
 // activityLog is the primary's view of the activity log: the extents that
 // writes may be touching. Before the first write to a cold extent the
@@ -97,12 +102,12 @@ func (a *activityLog) list() []uint64 {
 	return out
 }
 
-func activityFrame(extents []uint64) Frame {
+func activityFrame(extents []uint64) wire.Frame {
 	p := make([]byte, 0, 8*len(extents))
 	for _, x := range extents {
 		p = binary.BigEndian.AppendUint64(p, x)
 	}
-	return Frame{Type: FrameActivity, Payload: p}
+	return wire.Frame{Type: wire.FrameActivity, Payload: p}
 }
 
 // alAcquire makes extents first..last hot on every in-sync replica and
@@ -194,7 +199,7 @@ func (e *Engine) alTryUpdate(ctx context.Context, first, last uint64) (bool, err
 	if len(evict) > 0 {
 		// Make the evicted extents' writes durable everywhere first, and
 		// the bitmaps that now must cover them without the log.
-		err = e.apply(ctx, Frame{Type: FrameFlush})
+		err = e.apply(ctx, wire.Frame{Type: wire.FrameFlush})
 		if err == nil {
 			err = e.persistBitmaps(ctx, false)
 		}
@@ -284,7 +289,7 @@ func encodePeerBitmap(of subject, b *Bitmap) []byte {
 	enc := binary.BigEndian.AppendUint64([]byte{peerBitmapVersion}, of.inc)
 	enc = binary.BigEndian.AppendUint64(enc, of.gen)
 	enc = binary.BigEndian.AppendUint64(enc, of.target)
-	return append(enc, b.Encode(maxControlPayload-1024)...)
+	return append(enc, b.Encode(wire.MaxControlPayload-1024)...)
 }
 
 // decodePeerBitmap parses a persisted peer bitmap into a bitmap of a
@@ -368,7 +373,7 @@ func (e *Engine) persistBitmapsLocked(ctx context.Context, force bool) error {
 	}
 	e.stateMu.Unlock()
 	for _, t := range todo {
-		if err := e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(t.p.cfg.Addr, t.enc)}); err != nil {
+		if err := e.broadcast(ctx, wire.Frame{Type: wire.FramePutBitmap, Payload: wire.PeerPayload(t.p.cfg.Addr, t.enc)}); err != nil {
 			return err
 		}
 		e.stateMu.Lock()

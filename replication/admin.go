@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // Replica administration for the control plane: the CSI controller creates
@@ -20,10 +22,10 @@ import (
 // It reports whether this call created it. Idempotent. dial connects
 // (nil: plain TCP).
 func CreateReplica(ctx context.Context, dial Dialer, addr, volume string, size int64, timeout time.Duration) (bool, error) {
-	if err := ValidateVolumeID(volume); err != nil {
+	if err := wire.ValidateVolumeID(volume); err != nil {
 		return false, err
 	}
-	if err := ValidateSize(size); err != nil {
+	if err := wire.ValidateSize(size); err != nil {
 		return false, err
 	}
 	c, err := dialAdmin(ctx, dial, addr, timeout)
@@ -31,24 +33,24 @@ func CreateReplica(ctx context.Context, dial Dialer, addr, volume string, size i
 		return false, err
 	}
 	defer c.close()
-	req, _ := json.Marshal(openRequest{Volume: volume, Size: size, Create: true})
-	reply, err := c.do(Frame{Type: FrameOpen, Payload: req})
+	req, _ := json.Marshal(wire.OpenRequest{Volume: volume, Size: size, Create: true})
+	reply, err := c.do(wire.Frame{Type: wire.FrameOpen, Payload: req})
 	if err != nil {
 		return false, err
 	}
-	var open openReply
+	var open wire.OpenReply
 	if err := json.Unmarshal(reply.Payload, &open); err != nil {
-		return false, fmt.Errorf("replica %s: %w: open reply: %w", addr, ErrBadFrame, err)
+		return false, fmt.Errorf("replica %s: %w: open reply: %w", addr, wire.ErrBadFrame, err)
 	}
 	return open.Created, nil
 }
 
 // DeleteReplica removes volume's replica from the replica server at addr.
 // An absent replica is deleted already (nil); an open one (a primary is
-// connected) fails with ErrReplicaBusy. Idempotent. dial connects (nil:
+// connected) fails with wire.ErrReplicaBusy. Idempotent. dial connects (nil:
 // plain TCP).
 func DeleteReplica(ctx context.Context, dial Dialer, addr, volume string, timeout time.Duration) error {
-	if err := ValidateVolumeID(volume); err != nil {
+	if err := wire.ValidateVolumeID(volume); err != nil {
 		return err
 	}
 	c, err := dialAdmin(ctx, dial, addr, timeout)
@@ -56,7 +58,7 @@ func DeleteReplica(ctx context.Context, dial Dialer, addr, volume string, timeou
 		return err
 	}
 	defer c.close()
-	_, err = c.do(Frame{Type: FrameDelete, Payload: []byte(volume)})
+	_, err = c.do(wire.Frame{Type: wire.FrameDelete, Payload: []byte(volume)})
 	return err
 }
 

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/shoenig/test/must"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // CreateReplica and DeleteReplica are idempotent, check the size of a
@@ -31,13 +33,13 @@ func TestCreateAndDeleteReplica(t *testing.T) {
 
 	e := startTestEngine(t, "adm", size, 1, nil, r)
 	err = DeleteReplica(ctx, nil, r.addr, "adm", time.Second)
-	must.ErrorIs(t, err, ErrReplicaBusy)
+	must.ErrorIs(t, err, wire.ErrReplicaBusy)
 	e.Close()
 
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		err = DeleteReplica(ctx, nil, r.addr, "adm", time.Second)
-		if !errors.Is(err, ErrReplicaBusy) || time.Now().After(deadline) {
+		if !errors.Is(err, wire.ErrReplicaBusy) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/shoenig/test/must"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 func TestBitmapRunsAndEncoding(t *testing.T) {
@@ -83,7 +85,7 @@ func TestPeerBitmapFormats(t *testing.T) {
 
 	v3 := binary.BigEndian.AppendUint64([]byte{3}, of.inc)
 	v3 = binary.BigEndian.AppendUint64(v3, of.gen)
-	v3 = append(v3, b.Encode(maxControlPayload-1024)...)
+	v3 = append(v3, b.Encode(wire.MaxControlPayload-1024)...)
 	gotOf, got, err = decodePeerBitmap(v3, size)
 	must.NoError(t, err)
 	must.Eq(t, subject{inc: of.inc, gen: of.gen}, gotOf)

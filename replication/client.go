@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // ErrTimeout means a replica did not answer within the replica timeout.
@@ -33,7 +35,7 @@ type replicaClient struct {
 	readerDone chan struct{}
 
 	wmu sync.Mutex // serialises sends, so requests go out in start order
-	hdr [frameHeaderSize]byte
+	hdr [wire.HeaderSize]byte
 
 	mu      sync.Mutex
 	err     error
@@ -43,11 +45,11 @@ type replicaClient struct {
 
 // call is one request in flight.
 type call struct {
-	req      Frame
+	req      wire.Frame
 	rbuf     []byte // where a read's data goes
 	deadline time.Time
 	done     chan struct{}
-	reply    Frame
+	reply    wire.Frame
 	err      error
 }
 
@@ -56,11 +58,11 @@ type call struct {
 // state it returns is the replica's as of the promise, so nothing a
 // previous primary does after it (it is refused from then on) is missed;
 // only Created comes from the open. When the replica has promised a
-// higher epoch, the error wraps ErrStaleEpoch and the returned state's
+// higher epoch, the error wraps wire.ErrStaleEpoch and the returned state's
 // Epoch is that promise.
 func dialReplica(ctx context.Context, dial Dialer, addr, volume string, size int64, epoch, owner uint64, create bool,
-	timeout time.Duration, log hclog.Logger) (*replicaClient, openReply, error) {
-	var open openReply
+	timeout time.Duration, log hclog.Logger) (*replicaClient, wire.OpenReply, error) {
+	var open wire.OpenReply
 	conn, err := dial.dial(ctx, addr, timeout)
 	if err != nil {
 		return nil, open, fmt.Errorf("replica %s: %w", addr, err)
@@ -72,19 +74,19 @@ func dialReplica(ctx context.Context, dial Dialer, addr, volume string, size int
 		pending:    map[uint64]*call{},
 	}
 	go c.readLoop()
-	decode := func(reply Frame, into *openReply) error {
+	decode := func(reply wire.Frame, into *wire.OpenReply) error {
 		if err := json.Unmarshal(reply.Payload, into); err != nil {
-			return fmt.Errorf("replica %s: %w: %s reply: %w", addr, ErrBadFrame, reply.Type, err)
+			return fmt.Errorf("replica %s: %w: %s reply: %w", addr, wire.ErrBadFrame, reply.Type, err)
 		}
 		return nil
 	}
-	req, _ := json.Marshal(openRequest{Volume: volume, Size: size, Create: create})
-	reply, err := c.do(Frame{Type: FrameOpen, Payload: req})
+	req, _ := json.Marshal(wire.OpenRequest{Volume: volume, Size: size, Create: create})
+	reply, err := c.do(wire.Frame{Type: wire.FrameOpen, Payload: req})
 	if err == nil {
 		err = decode(reply, &open)
 	}
 	if err == nil {
-		reply, err = c.do(Frame{Type: FramePromise, Payload: binary.BigEndian.AppendUint64(nil, owner)})
+		reply, err = c.do(wire.Frame{Type: wire.FramePromise, Payload: binary.BigEndian.AppendUint64(nil, owner)})
 		if err == nil {
 			created := open.Created
 			err = decode(reply, &open)
@@ -101,13 +103,13 @@ func dialReplica(ctx context.Context, dial Dialer, addr, volume string, size int
 // start sends req (its Epoch and ID are filled in) and returns the call to
 // wait on. For a read, rbuf receives the data. Requests reach the replica
 // in the order their start calls return.
-func (c *replicaClient) start(req Frame, rbuf []byte) *call {
-	return c.startSummed(req, payloadSum(req.Payload), rbuf)
+func (c *replicaClient) start(req wire.Frame, rbuf []byte) *call {
+	return c.startSummed(req, wire.PayloadSum(req.Payload), rbuf)
 }
 
 // startSummed is start for a caller that sends one payload to several
-// replicas and computed psum = payloadSum(req.Payload) once.
-func (c *replicaClient) startSummed(req Frame, psum uint32, rbuf []byte) *call {
+// replicas and computed psum = wire.PayloadSum(req.Payload) once.
+func (c *replicaClient) startSummed(req wire.Frame, psum uint32, rbuf []byte) *call {
 	cl := &call{req: req, rbuf: rbuf, deadline: time.Now().Add(c.timeout), done: make(chan struct{})}
 	cl.req.Epoch = c.epoch
 	c.wmu.Lock()
@@ -124,7 +126,7 @@ func (c *replicaClient) startSummed(req Frame, psum uint32, rbuf []byte) *call {
 	c.pending[cl.req.ID] = cl
 	c.mu.Unlock()
 
-	putHeader(c.hdr[:], &cl.req, psum)
+	wire.PutHeader(c.hdr[:], &cl.req, psum)
 	c.conn.SetWriteDeadline(cl.deadline)
 	bufs := net.Buffers{c.hdr[:], cl.req.Payload}
 	if _, err := bufs.WriteTo(c.conn); err != nil {
@@ -136,7 +138,7 @@ func (c *replicaClient) startSummed(req Frame, psum uint32, rbuf []byte) *call {
 // wait blocks until the call completes or its deadline passes; on a
 // timeout the whole client fails, because a replica that misses one reply
 // can no longer be trusted to have applied the requests after it.
-func (c *replicaClient) wait(cl *call) (Frame, error) {
+func (c *replicaClient) wait(cl *call) (wire.Frame, error) {
 	t := time.NewTimer(time.Until(cl.deadline))
 	defer t.Stop()
 	select {
@@ -149,7 +151,7 @@ func (c *replicaClient) wait(cl *call) (Frame, error) {
 	return cl.reply, cl.err
 }
 
-func (c *replicaClient) do(req Frame) (Frame, error) {
+func (c *replicaClient) do(req wire.Frame) (wire.Frame, error) {
 	return c.wait(c.start(req, nil))
 }
 
@@ -189,8 +191,8 @@ func (c *replicaClient) readLoop() {
 	defer close(c.readerDone)
 	r := bufio.NewReaderSize(c.conn, 256<<10)
 	for {
-		var f Frame
-		err := readFrame(r, &f, func(f *Frame, n int) []byte {
+		var f wire.Frame
+		err := wire.ReadFrameInto(r, &f, func(f *wire.Frame, n int) []byte {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			if cl := c.pending[f.ID]; cl != nil && len(cl.rbuf) == n {
@@ -206,15 +208,15 @@ func (c *replicaClient) readLoop() {
 		cl := c.pending[f.ID]
 		delete(c.pending, f.ID)
 		c.mu.Unlock()
-		if cl == nil || f.Type != cl.req.Type|replyBit {
-			c.fail(fmt.Errorf("replica %s: %w: unexpected %s for request %d", c.addr, ErrBadFrame, f.Type, f.ID))
+		if cl == nil || f.Type != cl.req.Type|wire.ReplyBit {
+			c.fail(fmt.Errorf("replica %s: %w: unexpected %s for request %d", c.addr, wire.ErrBadFrame, f.Type, f.ID))
 			return
 		}
 		cl.reply = f
-		if f.Status != StatusOK {
-			cl.err = &ReplicaError{Status: f.Status, Message: fmt.Sprintf("replica %s: %s", c.addr, f.Payload)}
+		if f.Status != wire.StatusOK {
+			cl.err = &wire.ReplicaError{Status: f.Status, Message: fmt.Sprintf("replica %s: %s", c.addr, f.Payload)}
 		} else if cl.rbuf != nil && len(f.Payload) != len(cl.rbuf) {
-			cl.err = fmt.Errorf("replica %s: %w: read returned %d bytes, want %d", c.addr, ErrBadFrame, len(f.Payload), len(cl.rbuf))
+			cl.err = fmt.Errorf("replica %s: %w: read returned %d bytes, want %d", c.addr, wire.ErrBadFrame, len(f.Payload), len(cl.rbuf))
 		}
 		close(cl.done)
 	}

@@ -61,3 +61,72 @@ func (e *Engine) setInSync(ctx context.Context, gen uint64, addrs []string) erro
 }
 
 var _ HoldingDevice = (*Engine)(nil)
+
+// fence stops the engine for good and wakes every held or waiting request,
+// which then fails with ErrFenced.
+func (e *Engine) fence(cause error) {
+	if e.fenced.CompareAndSwap(false, true) {
+		e.log.Error("engine fenced: refusing all further I/O", "error", cause)
+		e.order.Lock()
+		e.notifyLocked()
+		e.order.Unlock()
+	}
+	e.Release()
+}
+
+func (e *Engine) fencedErr() error {
+	return fmt.Errorf("volume %s epoch %d: %w", e.cfg.Volume, e.cfg.Epoch, ErrFenced)
+}
+
+// Hold makes the engine stop completing I/O: requests still run, but none
+// returns success until Release, and one held when Fence is called fails
+// with ErrFenced. The coordination layer holds I/O while it cannot confirm
+// the primary lease, so a cut-off primary completes nothing a new primary
+// could miss. Hold, Release and Fence are safe to call concurrently.
+func (e *Engine) Hold() {
+	e.holdMu.Lock()
+	defer e.holdMu.Unlock()
+	if e.hold.Load() == nil {
+		ch := make(chan struct{})
+		e.hold.Store(&ch)
+		e.stats.holds.Add(1)
+		e.log.Warn("holding I/O until the primary lease is confirmed")
+	}
+}
+
+// Release lifts a Hold.
+func (e *Engine) Release() {
+	e.holdMu.Lock()
+	defer e.holdMu.Unlock()
+	if ch := e.hold.Load(); ch != nil {
+		e.hold.Store(nil)
+		close(*ch)
+		e.log.Info("released held I/O")
+	}
+}
+
+// Fence stops the engine for good: every request, including held ones,
+// fails with ErrFenced. The coordination layer calls it when the primary
+// lease is lost; a stale-epoch reply from a replica does the same.
+func (e *Engine) Fence(cause error) {
+	e.fence(cause)
+}
+
+// passGate waits while the engine is held and fails once it is fenced.
+func (e *Engine) passGate(ctx context.Context) error {
+	for {
+		ch := e.hold.Load()
+		if ch == nil {
+			break
+		}
+		select {
+		case <-*ch:
+		case <-ctx.Done():
+			return fmt.Errorf("volume %s: held I/O abandoned: %w", e.cfg.Volume, ctx.Err())
+		}
+	}
+	if e.fenced.Load() {
+		return e.fencedErr()
+	}
+	return nil
+}

@@ -20,6 +20,8 @@ import (
 	"github.com/shoenig/test/must"
 
 	"github.com/saddlebag/saddlebag/replication/internal/faultproxy"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // recordingHook records every in-sync set, and can be made to fail.
@@ -257,7 +259,7 @@ func TestEngineNewEmptyReplicaIsOutOfSync(t *testing.T) {
 	e2.Close()
 	gen := replicaMembership(t, b, "vol").Gen
 	_, err := StartEngine(context.Background(), EngineConfig{Volume: "vol", Size: 1 << 20, Epoch: 3,
-		Replicas: []ReplicaConfig{{Addr: b.addr}}, Recorded: &Membership{Gen: gen + 1, Replicas: []string{a.addr}}, Log: testLogger(t)})
+		Replicas: []ReplicaConfig{{Addr: b.addr}}, Recorded: &wire.Membership{Gen: gen + 1, Replicas: []string{a.addr}}, Log: testLogger(t)})
 	must.ErrorIs(t, err, ErrNoReplicas)
 }
 
@@ -270,12 +272,12 @@ func TestServerSurvivesGarbage(t *testing.T) {
 	must.NoError(t, e.WriteAt(ctx, p, 0, true))
 	before := fileSum(t, r.store.DataPath("vol"))
 
-	open := AppendFrame(nil, &Frame{Type: FrameOpen, ID: 1, Payload: []byte(`{"volume":"vol","size":1048576}`)})
-	badWrite := AppendFrame(nil, &Frame{Type: FrameWrite, Epoch: 1, ID: 2, Payload: bytes.Repeat([]byte{0xFF}, 4096)})
+	open := wire.AppendFrame(nil, &wire.Frame{Type: wire.FrameOpen, ID: 1, Payload: []byte(`{"volume":"vol","size":1048576}`)})
+	badWrite := wire.AppendFrame(nil, &wire.Frame{Type: wire.FrameWrite, Epoch: 1, ID: 2, Payload: bytes.Repeat([]byte{0xFF}, 4096)})
 	badWrite[len(badWrite)-1] ^= 1 // checksum no longer matches
-	oversize := AppendFrame(nil, &Frame{Type: FrameWrite, Epoch: 1, ID: 2})
+	oversize := wire.AppendFrame(nil, &wire.Frame{Type: wire.FrameWrite, Epoch: 1, ID: 2})
 	binary.BigEndian.PutUint32(oversize[44:], 1<<31)
-	binary.BigEndian.PutUint32(oversize[52:], crc32.Checksum(oversize[:52], castagnoli))
+	binary.BigEndian.PutUint32(oversize[52:], crc32.Checksum(oversize[:52], crc32.MakeTable(crc32.Castagnoli)))
 	garbage := make([]byte, 64<<10)
 	rand.Read(garbage)
 	inputs := map[string][]byte{
@@ -283,8 +285,8 @@ func TestServerSurvivesGarbage(t *testing.T) {
 		"truncated frame":  badWrite[:100],
 		"bad checksum":     append(slices.Clone(open), badWrite...),
 		"oversize length":  append(slices.Clone(open), oversize...),
-		"reply as request": AppendFrame(nil, &Frame{Type: FrameWrite | replyBit, ID: 9}),
-		"write before open": AppendFrame(nil, &Frame{Type: FrameWrite, Epoch: 1, ID: 2,
+		"reply as request": wire.AppendFrame(nil, &wire.Frame{Type: wire.FrameWrite | wire.ReplyBit, ID: 9}),
+		"write before open": wire.AppendFrame(nil, &wire.Frame{Type: wire.FrameWrite, Epoch: 1, ID: 2,
 			Payload: bytes.Repeat([]byte{0xFF}, 4096)}),
 	}
 	for name, in := range inputs {
@@ -350,7 +352,7 @@ func TestEngineHoldAndFence(t *testing.T) {
 
 func TestEngineSplitsLargeRequests(t *testing.T) {
 	rs := []*testReplica{startTestReplica(t, t.TempDir()), startTestReplica(t, t.TempDir())}
-	const size = 3 * MaxIOSize
+	const size = 3 * wire.MaxIOSize
 	e := startTestEngine(t, "vol", size, 1, nil, rs...)
 	ctx := context.Background()
 	p := make([]byte, size-4096)

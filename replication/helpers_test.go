@@ -9,6 +9,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
+
+	"github.com/saddlebag/saddlebag/replication/replica"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // testLogger returns a logger that writes through t.
@@ -27,8 +30,9 @@ func (w tWriter) Write(p []byte) (int, error) {
 // testReplica is an in-process replica server on a loopback port.
 type testReplica struct {
 	addr   string
-	store  *Store
-	server *Server
+	store  *replica.Store
+	files  replica.FileSystem // the store's (nil: the real file system)
+	server *replica.Server
 	stop   func()
 }
 
@@ -47,24 +51,24 @@ func startTestReplicaAt(t testing.TB, dir, addr string) *testReplica {
 // restarted (after a power loss).
 func startTestReplicaBoot(t testing.TB, dir, addr, boot string) *testReplica {
 	t.Helper()
-	return startTestReplicaWith(t, dir, addr, StoreOptions{BootID: boot})
+	return startTestReplicaWith(t, dir, addr, replica.StoreOptions{BootID: boot})
 }
 
 // startTestReplicaWith starts a replica server whose store has opts.
-func startTestReplicaWith(t testing.TB, dir, addr string, opts StoreOptions) *testReplica {
+func startTestReplicaWith(t testing.TB, dir, addr string, opts replica.StoreOptions) *testReplica {
 	t.Helper()
-	store, err := OpenStoreWith(dir, testLogger(t), opts)
+	store, err := replica.OpenStoreWith(dir, testLogger(t), opts)
 	must.NoError(t, err)
 	ln, err := net.Listen("tcp", addr)
 	must.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := NewServer(store, testLogger(t))
+	srv := replica.NewServer(store, testLogger(t))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		_ = srv.Serve(ctx, ln)
 	}()
-	r := &testReplica{addr: ln.Addr().String(), store: store, server: srv}
+	r := &testReplica{addr: ln.Addr().String(), store: store, files: opts.Files, server: srv}
 	r.stop = func() {
 		cancel()
 		<-done
@@ -113,24 +117,21 @@ func waitInSync(t testing.TB, e *Engine, n int) EngineStatus {
 
 // replicaMembership reads the membership a replica recorded, from its
 // metadata file.
-func replicaMembership(t testing.TB, r *testReplica, volume string) Membership {
+func replicaMembership(t testing.TB, r *testReplica, volume string) wire.Membership {
 	t.Helper()
-	mf, err := openMeta(r.store.fs, r.store.metaPath(volume))
+	m, err := replica.ReadMetaOn(r.files, r.store.Dir(), volume)
 	must.NoError(t, err)
-	defer mf.close()
-	return mf.cur.Membership
+	return m.Membership
 }
 
-// openEpoch returns the epoch promised by the open replica of volume (0
-// when it is not open).
-func (s *Store) openEpoch(volume string) uint64 {
-	s.mu.Lock()
-	v := s.open[volume]
-	s.mu.Unlock()
-	if v == nil {
+// promisedEpoch returns the epoch r's replica of volume has promised, as
+// its metadata file holds it (0 when it cannot be read).
+func promisedEpoch(r *testReplica, volume string) uint64 {
+	m, err := replica.ReadMeta(r.store.Dir(), volume)
+	if err != nil {
 		return 0
 	}
-	return v.Meta().Epoch
+	return m.Epoch
 }
 
 // waitReplicaState waits until e reports the replica at addr in state.

@@ -5,13 +5,15 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // Which replicas are current: the history every replica carries.
 //
 // Every change of a volume's in-sync set gets the next generation number.
 // The primary writes the new set and its generation durably to every
-// member (FrameMembership) BEFORE it records them through the InSyncHook
+// member (wire.FrameMembership) BEFORE it records them through the InSyncHook
 // (Consul), and no write that depends on the change completes before both
 // are done. So:
 //
@@ -47,8 +49,8 @@ var ErrHistoryUnknown = errors.New("volume history unknown")
 // chooseView decides the in-sync set a new primary trusts, from the
 // recorded one (nil: none) and the state the reachable replicas reported
 // (by address). configured lists every replica of the volume.
-func chooseView(recorded *Membership, configured []string, reach map[string]openReply) (Membership, string, error) {
-	var newest Membership
+func chooseView(recorded *wire.Membership, configured []string, reach map[string]wire.OpenReply) (wire.Membership, string, error) {
+	var newest wire.Membership
 	for _, addr := range configured {
 		if o, ok := reach[addr]; ok && o.Membership.Gen > newest.Gen {
 			newest = o.Membership
@@ -76,7 +78,7 @@ func chooseView(recorded *Membership, configured []string, reach map[string]open
 		}
 	}
 	if len(wait) > 0 {
-		return Membership{}, "", fmt.Errorf("%w: %s; replica(s) %s of the newest known in-sync set (generation %d) are unreachable and may hold newer data: waiting for them (or record the in-sync set by hand, see the README)",
+		return wire.Membership{}, "", fmt.Errorf("%w: %s; replica(s) %s of the newest known in-sync set (generation %d) are unreachable and may hold newer data: waiting for them (or record the in-sync set by hand, see the README)",
 			ErrHistoryUnknown, why, strings.Join(wait, ", "), newest.Gen)
 	}
 	return newest, "replicas (" + why + ")", nil
@@ -84,7 +86,7 @@ func chooseView(recorded *Membership, configured []string, reach map[string]open
 
 // current reports whether the replica at addr, which reported o, holds
 // everything of view: it is a member of view's generation.
-func current(view Membership, addr string, o openReply) bool {
+func current(view wire.Membership, addr string, o wire.OpenReply) bool {
 	if o.Membership.Gen != view.Gen {
 		return false
 	}
@@ -93,7 +95,7 @@ func current(view Membership, addr string, o openReply) bool {
 
 // describeStale says why a reachable replica is not current, for logs and
 // the engine's status.
-func describeStale(view Membership, addr string, o openReply) string {
+func describeStale(view wire.Membership, addr string, o wire.OpenReply) string {
 	switch {
 	case o.Created || (o.Membership.Gen == 0 && view.Gen > 0):
 		return fmt.Sprintf("holds no history (new, or its data was lost) but the volume is at generation %d", view.Gen)

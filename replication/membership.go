@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"slices"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // AddReplica makes a running engine serve one more replica: it starts out
@@ -62,7 +64,7 @@ func (e *Engine) RetireReplica(ctx context.Context, addr string) error {
 		return err
 	}
 	e.log.Info("replica retired", "replica", addr)
-	if err := e.broadcast(ctx, Frame{Type: FramePutBitmap, Payload: peerPayload(addr, nil)}); err != nil {
+	if err := e.broadcast(ctx, wire.Frame{Type: wire.FramePutBitmap, Payload: wire.PeerPayload(addr, nil)}); err != nil {
 		e.log.Warn("deleting the retired replica's bitmap failed", "replica", addr, "error", err)
 	}
 	return nil

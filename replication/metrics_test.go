@@ -61,7 +61,7 @@ func TestEngineMetrics(t *testing.T) {
 	must.Eq(t, 1, m.InSync)
 	must.Eq(t, uint64(1), m.ReplicaDrops)
 	must.Eq(t, int64(1<<20), m.ResyncRemainingBytes)
-	r2 = startTestReplicaAt(t, r2.store.dir, r2.addr)
+	r2 = startTestReplicaAt(t, r2.store.Dir(), r2.addr)
 	waitInSync(t, e, 2)
 	m = e.Metrics()
 	must.Eq(t, 2, m.InSync)

@@ -5,8 +5,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"os"
 	"time"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // ProbeResult is what each request of a Probe got back (nil: accepted).
@@ -24,8 +25,8 @@ type ProbeResult struct {
 // really does all of it.
 func Probe(ctx context.Context, dial Dialer, addr, volume string, size int64, epoch uint64, off int64, data []byte,
 	timeout time.Duration) ProbeResult {
-	open, _ := json.Marshal(openRequest{Volume: volume, Size: size})
-	run := func(frames ...Frame) error {
+	open, _ := json.Marshal(wire.OpenRequest{Volume: volume, Size: size})
+	run := func(frames ...wire.Frame) error {
 		c, err := dialAdmin(ctx, dial, addr, timeout)
 		if err != nil {
 			return err
@@ -35,7 +36,7 @@ func Probe(ctx context.Context, dial Dialer, addr, volume string, size int64, ep
 		calls := make([]*call, len(frames))
 		for i, f := range frames {
 			var rbuf []byte
-			if f.Type == FrameRead {
+			if f.Type == wire.FrameRead {
 				rbuf = make([]byte, f.Length)
 			}
 			calls[i] = c.start(f, rbuf)
@@ -48,39 +49,9 @@ func Probe(ctx context.Context, dial Dialer, addr, volume string, size int64, ep
 		return nil
 	}
 	var r ProbeResult
-	r.Promise = run(Frame{Type: FrameOpen, Payload: open}, Frame{Type: FramePromise, Payload: binary.BigEndian.AppendUint64(nil, 1)})
-	r.Write = run(Frame{Type: FrameOpen, Payload: open}, Frame{Type: FrameWrite, Offset: uint64(off), Payload: data})
-	r.Read = run(Frame{Type: FrameOpen, Payload: open}, Frame{Type: FrameRead, Offset: uint64(off), Length: uint64(len(data))})
-	r.Delete = run(Frame{Type: FrameDelete, Payload: []byte(volume)})
+	r.Promise = run(wire.Frame{Type: wire.FrameOpen, Payload: open}, wire.Frame{Type: wire.FramePromise, Payload: binary.BigEndian.AppendUint64(nil, 1)})
+	r.Write = run(wire.Frame{Type: wire.FrameOpen, Payload: open}, wire.Frame{Type: wire.FrameWrite, Offset: uint64(off), Payload: data})
+	r.Read = run(wire.Frame{Type: wire.FrameOpen, Payload: open}, wire.Frame{Type: wire.FrameRead, Offset: uint64(off), Length: uint64(len(data))})
+	r.Delete = run(wire.Frame{Type: wire.FrameDelete, Payload: []byte(volume)})
 	return r
-}
-
-// ReadMeta reads the metadata of volume's replica under a store
-// directory without opening the replica (read-only; the replica may be
-// in use): for operators and tests that inspect what a replica promised.
-func ReadMeta(dir, volume string) (Meta, error) {
-	var m Meta
-	if err := ValidateVolumeID(volume); err != nil {
-		return m, err
-	}
-	path := (&Store{dir: dir}).metaPath(volume)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return m, err
-	}
-	var best []byte
-	var bestSeq uint64
-	for slot := 0; (slot+1)*metaSlotSize <= len(b); slot++ {
-		seq, payload, ok := decodeSlot(b[slot*metaSlotSize : (slot+1)*metaSlotSize])
-		if ok && (best == nil || seq > bestSeq) {
-			best, bestSeq = payload, seq
-		}
-	}
-	if best == nil {
-		return m, fmt.Errorf("%s: %w", path, ErrMetaCorrupt)
-	}
-	if err := json.Unmarshal(best, &m); err != nil {
-		return m, fmt.Errorf("%s: %w: %w", path, ErrMetaCorrupt, err)
-	}
-	return m, nil
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // recover runs once at start, before the engine serves I/O: it makes the
@@ -59,10 +61,10 @@ func (e *Engine) recover(ctx context.Context) error {
 // broadcastStart sends a control frame to every in-sync replica during
 // start, failing on any error (nothing is served yet, so a failure is the
 // caller's to retry).
-func (e *Engine) broadcastStart(ctx context.Context, req Frame) error {
+func (e *Engine) broadcastStart(ctx context.Context, req wire.Frame) error {
 	for _, t := range e.targets.inSync {
 		if _, err := t.c.wait(t.c.start(req, nil)); err != nil {
-			if errors.Is(err, ErrStaleEpoch) {
+			if errors.Is(err, wire.ErrStaleEpoch) {
 				return fmt.Errorf("%w: %w", ErrFenced, err)
 			}
 			return err
@@ -86,7 +88,7 @@ func (e *Engine) reconcile(ctx context.Context, set *targetSet, hot []uint64) er
 	for _, x := range hot {
 		off := int64(x) * ExtentSize
 		n := min(ExtentSize, e.cfg.Size-off)
-		req := Frame{Type: FrameChecksum, Offset: uint64(off), Length: uint64(n)}
+		req := wire.Frame{Type: wire.FrameChecksum, Offset: uint64(off), Length: uint64(n)}
 		calls := make([]*call, len(set.inSync))
 		for i, t := range set.inSync {
 			calls[i] = t.c.start(req, nil)
@@ -137,7 +139,7 @@ func (e *Engine) loadBitmaps(ctx context.Context, set *targetSet, hot []uint64) 
 		var dirty *Bitmap
 		var of subject
 		for _, t := range set.inSync {
-			reply, err := t.c.wait(t.c.start(Frame{Type: FrameGetBitmap, Payload: []byte(p.cfg.Addr)}, nil))
+			reply, err := t.c.wait(t.c.start(wire.Frame{Type: wire.FrameGetBitmap, Payload: []byte(p.cfg.Addr)}, nil))
 			if err != nil || len(reply.Payload) == 0 {
 				continue
 			}
@@ -168,7 +170,7 @@ func (e *Engine) loadBitmaps(ctx context.Context, set *targetSet, hot []uint64) 
 			if dirty == nil {
 				dirty, of = NewBitmap(e.cfg.Size), bof
 			}
-			if err := dirty.MergeEncoded(b.Encode(maxControlPayload)); err != nil {
+			if err := dirty.MergeEncoded(b.Encode(wire.MaxControlPayload)); err != nil {
 				continue
 			}
 		}

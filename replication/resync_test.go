@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/shoenig/test/must"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // writeLoad runs random writes of 4-64 KiB until stop is closed and
@@ -98,7 +100,7 @@ func TestChecksumResyncRepairsAlteredReplica(t *testing.T) {
 	// A new primary that does not know the third replica's history.
 	gen := replicaMembership(t, rs[0], "vol").Gen
 	cfg := EngineConfig{Volume: "vol", Size: size, Epoch: 2, Log: testLogger(t), ReconnectInterval: 50 * time.Millisecond,
-		Recorded: &Membership{Gen: gen, Replicas: []string{rs[0].addr, rs[1].addr}}}
+		Recorded: &wire.Membership{Gen: gen, Replicas: []string{rs[0].addr, rs[1].addr}}}
 	for _, r := range rs {
 		cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Addr: r.addr})
 	}

@@ -12,22 +12,25 @@ import (
 	"time"
 
 	"github.com/shoenig/test/must"
+
+	"github.com/saddlebag/saddlebag/replication/replica"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
-// TestGuardRefusesBeforeAnyFrame: a server whose Guard denies a peer
-// answers its first request with StatusDenied and the guard's reason,
+// TestGuardRefusesBeforeAnyFrame: a server whose replica.Guard denies a peer
+// answers its first request with wire.StatusDenied and the guard's reason,
 // closes the connection, and applies nothing; a guard that fails (a bad
 // handshake) just closes it; an admitting guard's connection serves
 // normally, and the engine reaches its replicas through its Dialer.
 func TestGuardRefusesBeforeAnyFrame(t *testing.T) {
 	type result struct{ err error }
 	var verdict atomic.Pointer[result]
-	verdict.Store(&result{fmt.Errorf("%w: spiffe://x/svc/intruder may not reach saddlebag-node", ErrPermissionDenied)})
-	store, err := OpenStore(t.TempDir(), testLogger(t))
+	verdict.Store(&result{fmt.Errorf("%w: spiffe://x/svc/intruder may not reach saddlebag-node", wire.ErrPermissionDenied)})
+	store, err := replica.OpenStore(t.TempDir(), testLogger(t))
 	must.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must.NoError(t, err)
-	srv := NewServer(store, testLogger(t)).WithGuard(func(ctx context.Context, c net.Conn) (net.Conn, string, error) {
+	srv := replica.NewServer(store, testLogger(t)).WithGuard(func(ctx context.Context, c net.Conn) (net.Conn, string, error) {
 		return c, "spiffe://x/svc/intruder", verdict.Load().err
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -43,18 +46,18 @@ func TestGuardRefusesBeforeAnyFrame(t *testing.T) {
 	r := &testReplica{addr: ln.Addr().String(), store: store, server: srv}
 
 	_, err = CreateReplica(context.Background(), nil, r.addr, "v", 1<<20, time.Second)
-	must.ErrorIs(t, err, ErrPermissionDenied)
+	must.ErrorIs(t, err, wire.ErrPermissionDenied)
 	must.StrContains(t, err.Error(), "spiffe://x/svc/intruder may not reach saddlebag-node")
 	must.Eq(t, int64(1), r.server.Stats.Refused.Load())
 
 	verdict.Store(&result{errors.New("tls: bad certificate")})
 	err = DeleteReplica(context.Background(), nil, r.addr, "v", time.Second)
 	must.Error(t, err)
-	must.False(t, errors.Is(err, ErrPermissionDenied))
+	must.False(t, errors.Is(err, wire.ErrPermissionDenied))
 	must.Eq(t, int64(2), r.server.Stats.Refused.Load())
 	must.Eq(t, int64(0), r.server.Stats.Applied.Load())
 	_, _, err = r.store.Open("v", 1<<20, false)
-	must.ErrorIs(t, err, ErrVolumeNotFound, must.Sprint("a refused create made the replica"))
+	must.ErrorIs(t, err, wire.ErrVolumeNotFound, must.Sprint("a refused create made the replica"))
 
 	verdict.Store(&result{})
 	var dials atomic.Int64
@@ -78,7 +81,7 @@ func TestGuardRefusesBeforeAnyFrame(t *testing.T) {
 // TestProbeDoesWhatItSays: against a server that lets it in, Probe's
 // promise, write and read take effect, and its delete is refused only
 // because a primary holds the replica open (so a Probe refused elsewhere
-// is refused by the transport, not by a broken probe); ReadMeta reads
+// is refused by the transport, not by a broken probe); replica.ReadMeta reads
 // the promise from disk while the store has the replica open.
 func TestProbeDoesWhatItSays(t *testing.T) {
 	dir := t.TempDir()
@@ -91,8 +94,8 @@ func TestProbeDoesWhatItSays(t *testing.T) {
 	must.NoError(t, res.Promise)
 	must.NoError(t, res.Write)
 	must.NoError(t, res.Read)
-	must.ErrorIs(t, res.Delete, ErrReplicaBusy)
-	m, err := ReadMeta(dir, "v")
+	must.ErrorIs(t, res.Delete, wire.ErrReplicaBusy)
+	m, err := replica.ReadMeta(dir, "v")
 	must.NoError(t, err)
 	must.Eq(t, uint64(9), m.Epoch)
 	got := make([]byte, 4096)

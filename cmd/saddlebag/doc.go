@@ -20,7 +20,7 @@
 // is mutual TLS with the process's Consul Connect certificate
 // (saddlebag-node or saddlebag-controller, internal/connecttls), and
 // servers admit only what Consul intentions allow: the replica server
-// through a replication.Guard, primaries and the controller through a
+// through a replication/replica.Guard, primaries and the controller through a
 // replication.Dialer, the forward channel through gRPC credentials and an
 // authorizing interceptor, an engine's status endpoint off loopback
 // through HTTPS. --insecure, the only way without, is logged loudly at

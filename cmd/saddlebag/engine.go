@@ -19,6 +19,7 @@ import (
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/replication/frontend/nbd"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // stringList is a repeatable string flag.
@@ -86,7 +87,7 @@ func runEngine(ctx context.Context, args []string) error {
 	if err := mnt.check(*volume, *socket); err != nil {
 		return usageError{err}
 	}
-	if err := replication.ValidateSize(int64(size)); err != nil {
+	if err := wire.ValidateSize(int64(size)); err != nil {
 		return usageError{fmt.Errorf("--size %s: %w (GiB, MiB and KiB are powers of 1024; G, GB, M, MB, k and kB powers of 1000, as in Nomad's volume specs)", size.String(), err)}
 	}
 	if mnt.path != "" {
@@ -96,13 +97,13 @@ func runEngine(ctx context.Context, args []string) error {
 			return usageError{fmt.Errorf("--size %s: %w, or pick another --fs-type", size.String(), err)}
 		}
 	}
-	if err := replication.ValidateVolumeID(*volume); err != nil {
+	if err := wire.ValidateVolumeID(*volume); err != nil {
 		return usageError{fmt.Errorf("--volume: %w", err)}
 	}
 	cfg := replication.EngineConfig{Volume: *volume, Size: int64(size), Epoch: *epoch, Timeout: *timeout,
 		MinInSync: *minInSync, ResyncRate: int64(resyncRate), ProgressInterval: *progress}
 	if len(inSync) > 0 {
-		cfg.Recorded = &replication.Membership{Gen: *inSyncGen, Replicas: inSync}
+		cfg.Recorded = &wire.Membership{Gen: *inSyncGen, Replicas: inSync}
 	}
 	if *minInSync < 1 || *minInSync > len(replicas) {
 		return usageError{fmt.Errorf("--min-in-sync %d must be between 1 and the %d replicas", *minInSync, len(replicas))}

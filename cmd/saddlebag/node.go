@@ -16,7 +16,7 @@ import (
 	"github.com/saddlebag/saddlebag/internal/primary"
 	"github.com/saddlebag/saddlebag/internal/telemetry"
 	"github.com/saddlebag/saddlebag/leader"
-	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
 )
 
 func init() {
@@ -85,7 +85,7 @@ func runNode(ctx context.Context, args []string) error {
 		return err
 	}
 	log := newLogger("saddlebag", f.logLevel).With("node", f.node)
-	store, err := replication.OpenStore(f.dataDir, log)
+	store, err := replica.OpenStore(f.dataDir, log)
 	if err != nil {
 		return err
 	}
@@ -154,7 +154,7 @@ func runNode(ctx context.Context, args []string) error {
 	var serveErr error
 	wg.Go(func() {
 		log.Info("serving replicas", "data_dir", f.dataDir, "addr", ln.Addr().String(), "advertise", advertise, "tls", !f.insecure)
-		serveErr = replication.NewServer(store, log).WithGuard(tr.replicaGuard()).Serve(replicaCtx, ln)
+		serveErr = replica.NewServer(store, log).WithGuard(tr.replicaGuard()).Serve(replicaCtx, ln)
 	})
 	var csiErr error
 	if f.csi.endpoint != "" {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/leader"
-	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
 )
 
 func init() {
@@ -31,7 +31,7 @@ func runReplica(ctx context.Context, args []string) error {
 		return usageError{errors.New("--data-dir and --listen are required")}
 	}
 	log := newLogger("saddlebag", *logLevel)
-	store, err := replication.OpenStore(*dataDir, log)
+	store, err := replica.OpenStore(*dataDir, log)
 	if err != nil {
 		return err
 	}
@@ -45,5 +45,5 @@ func runReplica(ctx context.Context, args []string) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	log.Info("serving replicas", "data_dir", *dataDir, "addr", ln.Addr().String(), "tls", !insecure)
-	return replication.NewServer(store, log).WithGuard(tr.replicaGuard()).Serve(ctx, ln)
+	return replica.NewServer(store, log).WithGuard(tr.replicaGuard()).Serve(ctx, ln)
 }

@@ -38,6 +38,8 @@ import (
 	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/internal/testcluster"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // securedVolume is a 2-replica volume served through the CSI path by
@@ -110,7 +112,7 @@ func startSecuredVolume(t *testing.T) *securedVolume {
 	v.vol.publish(t, ctx)
 	v.n1.waitLine(t, regexpMust(`serving as primary.*volume_id=`+securedVolumeName), 10*time.Second)
 	for _, d := range []string{v.d1, v.d2} {
-		_, err := replication.ReadMeta(d, securedVolumeName)
+		_, err := replica.ReadMeta(d, securedVolumeName)
 		must.NoError(t, err, must.Sprintf("the volume's replica in %s", d))
 	}
 	v.startWriter(t)
@@ -220,7 +222,7 @@ func readDiskState(t *testing.T, dir string) diskState {
 		if !e.IsDir() {
 			continue
 		}
-		m, err := replication.ReadMeta(dir, e.Name())
+		m, err := replica.ReadMeta(dir, e.Name())
 		if err != nil {
 			continue // not a replica
 		}
@@ -284,12 +286,12 @@ func TestReplicaPortRefusesUnauthorizedClients(t *testing.T) {
 	must.NoError(t, res.Write)
 	must.NoError(t, res.Read)
 	if res.Delete != nil { // busy while the read's connection closes
-		must.ErrorIs(t, res.Delete, replication.ErrReplicaBusy)
+		must.ErrorIs(t, res.Delete, wire.ErrReplicaBusy)
 		waitForCond(t, 10*time.Second, "control replica deleted", func() bool {
 			return replication.DeleteReplica(ctx, node, v.a2, "control", 10*time.Second) == nil
 		})
 	}
-	_, err = replication.ReadMeta(v.d2, "control")
+	_, err = replica.ReadMeta(v.d2, "control")
 	must.ErrorIs(t, err, os.ErrNotExist)
 
 	before := map[string]diskState{v.d1: readDiskState(t, v.d1), v.d2: readDiskState(t, v.d2)}
@@ -321,10 +323,10 @@ func TestReplicaPortRefusesUnauthorizedClients(t *testing.T) {
 				must.Error(t, err, must.Sprint(what+" was accepted"))
 				t.Logf("%s: refused: %v", what, err)
 				if a.denied {
-					must.True(t, errors.Is(err, replication.ErrPermissionDenied), must.Sprintf("%s: %v", what, err))
+					must.True(t, errors.Is(err, wire.ErrPermissionDenied), must.Sprintf("%s: %v", what, err))
 					must.StrContains(t, err.Error(), "/svc/intruder may not reach saddlebag-node")
 				} else {
-					must.False(t, errors.Is(err, replication.ErrPermissionDenied), must.Sprintf("%s: %v", what, err))
+					must.False(t, errors.Is(err, wire.ErrPermissionDenied), must.Sprintf("%s: %v", what, err))
 				}
 			}
 		}

@@ -22,6 +22,8 @@ import (
 	"github.com/saddlebag/saddlebag/internal/connecttls"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // Every connection between Saddlebag processes is mutual TLS with Consul
@@ -99,7 +101,7 @@ func (t *transport) replicaDialer() replication.Dialer {
 // replicaGuard admits a replica server's connections: a TLS handshake
 // with a client certificate Consul's CA signed, then intentions decide
 // whether its identity may reach saddlebag-node.
-func (t *transport) replicaGuard() replication.Guard {
+func (t *transport) replicaGuard() replica.Guard {
 	if t.src == nil {
 		return nil
 	}
@@ -112,7 +114,7 @@ func (t *transport) replicaGuard() replication.Guard {
 		}
 		id, err := az.Authorize(ctx, tc.ConnectionState())
 		if errors.Is(err, connecttls.ErrDenied) {
-			return tc, id.URI, fmt.Errorf("%w: %w", replication.ErrPermissionDenied, err)
+			return tc, id.URI, fmt.Errorf("%w: %w", wire.ErrPermissionDenied, err)
 		}
 		return tc, id.URI, err
 	}

@@ -85,7 +85,7 @@ func TestCutOffPrimaryWritesRefusedAfterPromise(t *testing.T) {
 	t.Cleanup(func() { pcancel(); <-pdone })
 
 	r1, r2 := startReplica(t, "r1"), startReplica(t, "r2")
-	replicas := []*replica{r1, r2}
+	replicas := []*testReplica{r1, r2}
 	const lockDelay = 2 * time.Second
 	ca, cb := newClient(t, proxy.Addr()), newClient(t, dev.HTTPAddr)
 	// The cut-off node's TTL check goes critical 1s after its last feed,

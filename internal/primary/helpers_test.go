@@ -14,6 +14,7 @@ import (
 	"github.com/saddlebag/saddlebag/internal/primary"
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
 )
 
 type tWriter struct{ t testing.TB }
@@ -28,24 +29,24 @@ func testLogger(t testing.TB, name string) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Info, Output: tWriter{t}})
 }
 
-// replica is an in-process replica server on a loopback port.
-type replica struct {
+// testReplica is an in-process replica server on a loopback port.
+type testReplica struct {
 	addr   string
-	server *replication.Server
+	server *replica.Server
 }
 
-func startReplica(t testing.TB, name string) *replica {
+func startReplica(t testing.TB, name string) *testReplica {
 	t.Helper()
-	store, err := replication.OpenStore(t.TempDir(), testLogger(t, name))
+	store, err := replica.OpenStore(t.TempDir(), testLogger(t, name))
 	must.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must.NoError(t, err)
-	srv := replication.NewServer(store, testLogger(t, name))
+	srv := replica.NewServer(store, testLogger(t, name))
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = srv.Serve(ctx, ln) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	return &replica{addr: ln.Addr().String(), server: srv}
+	return &testReplica{addr: ln.Addr().String(), server: srv}
 }
 
 func newClient(t testing.TB, addr string) *leader.Client {
@@ -78,7 +79,7 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-func config(t testing.TB, a *leader.Agent, c *leader.Client, size int64, replicas ...*replica) primary.Config {
+func config(t testing.TB, a *leader.Agent, c *leader.Client, size int64, replicas ...*testReplica) primary.Config {
 	cfg := primary.Config{Agent: a, Client: c, Volume: "vol1", Size: size, Timeout: 5 * time.Second, Log: testLogger(t, a.Node())}
 	for _, r := range replicas {
 		cfg.Replicas = append(cfg.Replicas, replication.ReplicaConfig{Addr: r.addr})

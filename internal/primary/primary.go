@@ -26,6 +26,7 @@ import (
 
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // Config says which volume to serve.
@@ -99,9 +100,9 @@ func Promote(ctx context.Context, cfg Config) (*Primary, error) {
 	if err != nil {
 		return fail(fmt.Errorf("volume %s: read in-sync record: %w", cfg.Volume, err))
 	}
-	var recorded *replication.Membership
+	var recorded *wire.Membership
 	if rec != nil {
-		recorded = &replication.Membership{Gen: rec.Gen, Replicas: rec.Replicas}
+		recorded = &wire.Membership{Gen: rec.Gen, Replicas: rec.Replicas}
 	}
 	addrs := make([]string, len(cfg.Replicas))
 	for i, r := range cfg.Replicas {

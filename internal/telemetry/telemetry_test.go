@@ -15,6 +15,7 @@ import (
 	"github.com/shoenig/test/must"
 
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
 )
 
 // scrape fetches the handler's Prometheus text and parses it.
@@ -65,7 +66,7 @@ func hasLabels(m *dto.Metric, want map[string]string) bool {
 
 func startReplica(t *testing.T) string {
 	t.Helper()
-	store, err := replication.OpenStore(t.TempDir(), hclog.NewNullLogger())
+	store, err := replica.OpenStore(t.TempDir(), hclog.NewNullLogger())
 	must.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must.NoError(t, err)
@@ -73,7 +74,7 @@ func startReplica(t *testing.T) string {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = replication.NewServer(store, hclog.NewNullLogger()).Serve(ctx, ln)
+		_ = replica.NewServer(store, hclog.NewNullLogger()).Serve(ctx, ln)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return ln.Addr().String()

@@ -5,9 +5,9 @@
 //
 // # One schedule
 //
-// Three replica servers (the real replication.Server and Store, in
+// Three replica servers (the real replication/replica.Server and Store, in
 // process, on loopback ports) each keep their files on a crashfs.FS
-// (replication/sim/crashfs), an in-memory replication.FileSystem (the
+// (replication/sim/crashfs), an in-memory replication/replica.FileSystem (the
 // Store's seam, OpenStoreWith) that remembers every block written or
 // punched since each file's last sync. Each replica is reached only
 // through a fault proxy (replication/internal/faultproxy) whose address
@@ -164,7 +164,8 @@
 // fault proxy, which package replication's own tests use too (so it
 // imports none of Saddlebag's packages).
 //
-// Of Saddlebag's packages it imports only replication,
+// Of Saddlebag's packages it imports only replication (the engine),
+// replication/replica (the replica servers), replication/wire,
 // replication/internal/faultproxy and replication/sim/crashfs; nothing
 // imports it (its tests run it).
 package sim

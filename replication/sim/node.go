@@ -17,8 +17,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/saddlebag/saddlebag/replication"
 	"github.com/saddlebag/saddlebag/replication/internal/faultproxy"
+	"github.com/saddlebag/saddlebag/replication/replica"
 	"github.com/saddlebag/saddlebag/replication/sim/crashfs"
 )
 
@@ -87,7 +87,7 @@ func (s *simulation) startNode(n *node) error {
 		return s.startProcess(n)
 	}
 	n.fs.Up()
-	store, err := replication.OpenStoreWith(n.dir, s.log, replication.StoreOptions{Files: n.fs,
+	store, err := replica.OpenStoreWith(n.dir, s.log, replica.StoreOptions{Files: n.fs,
 		BootID: fmt.Sprintf("sim-node%d-boot%d", n.i, n.boots.Load())})
 	if err != nil {
 		return err
@@ -97,7 +97,7 @@ func (s *simulation) startNode(n *node) error {
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := replication.NewServer(store, s.log.Named(fmt.Sprintf("node%d", n.i)))
+	srv := replica.NewServer(store, s.log.Named(fmt.Sprintf("node%d", n.i)))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -255,14 +255,14 @@ func (s *simulation) startProcess(n *node) error {
 	}
 }
 
-// replicaMain is a replica process: a replication.Server over a real
+// replicaMain is a replica process: a replica.Server over a real
 // Store in dir, until killed.
 func replicaMain(dir string) int {
 	log := hclog.NewNullLogger()
 	if v, _ := strconv.ParseBool(os.Getenv("TORTURE_LOG")); v {
 		log = hclog.New(&hclog.LoggerOptions{Name: "replica", Level: hclog.Debug, Output: os.Stderr})
 	}
-	store, err := replication.OpenStore(dir, log)
+	store, err := replica.OpenStore(dir, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -273,6 +273,6 @@ func replicaMain(dir string) int {
 		return 1
 	}
 	fmt.Printf("listening %s\n", ln.Addr())
-	_ = replication.NewServer(store, log).Serve(context.Background(), ln)
+	_ = replica.NewServer(store, log).Serve(context.Background(), ln)
 	return 0
 }

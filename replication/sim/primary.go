@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // primary is one engine the simulation started.
@@ -57,9 +59,9 @@ func (s *simulation) crash(p *primary) {
 func (s *simulation) promote(ctx context.Context) (*primary, error) {
 	epoch, session := s.coord.acquire()
 	dead := new(atomic.Bool)
-	var recorded *replication.Membership
+	var recorded *wire.Membership
 	if rec, ok := s.coord.read(); ok {
-		recorded = &replication.Membership{Gen: rec.Gen, Replicas: rec.Replicas}
+		recorded = &wire.Membership{Gen: rec.Gen, Replicas: rec.Replicas}
 	}
 	cfg := replication.EngineConfig{
 		Volume: volume, Size: s.cfg.Size, Epoch: epoch, Recorded: recorded,
@@ -189,11 +191,11 @@ func (s *simulation) soleHolder(n *node) bool {
 	var best uint64
 	var holders []*node
 	for _, m := range s.nodes {
-		var fsys replication.FileSystem
+		var fsys replica.FileSystem
 		if m.fs != nil {
 			fsys = m.fs
 		}
-		meta, err := replication.ReadMetaOn(fsys, m.dir, volume)
+		meta, err := replica.ReadMetaOn(fsys, m.dir, volume)
 		if err != nil {
 			continue
 		}
@@ -255,7 +257,7 @@ func (s *simulation) undetectableRollback() bool {
 // took as in sync: it could not tell its record from a current one. The
 // judgement before a promotion misses a holder that fails while the
 // promotion runs (seed 408810055).
-func (s *simulation) promotedWithoutHolders(rec *replication.Membership, newest *inSyncRecord, eng *replication.Engine) bool {
+func (s *simulation) promotedWithoutHolders(rec *wire.Membership, newest *inSyncRecord, eng *replication.Engine) bool {
 	var recGen uint64
 	if rec != nil {
 		recGen = rec.Gen

@@ -12,6 +12,7 @@ import (
 	"github.com/saddlebag/saddlebag/leader"
 	"github.com/saddlebag/saddlebag/plugin/mount"
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/wire"
 	"github.com/saddlebag/saddlebag/scheduler"
 )
 
@@ -58,7 +59,7 @@ func ToStatus(err error, what string) error {
 		c = codes.InvalidArgument
 	case errors.Is(err, replication.ErrNoReplicas), errors.Is(err, replication.ErrFenced):
 		c = codes.Unavailable
-	case errors.Is(err, replication.ErrReplicaBusy):
+	case errors.Is(err, wire.ErrReplicaBusy):
 		c = codes.FailedPrecondition
 	case errors.Is(err, replication.ErrNoSpace):
 		c = codes.ResourceExhausted

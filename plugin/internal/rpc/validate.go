@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/saddlebag/saddlebag/leader"
-	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // Every field of every request is untrusted: Nomad passes what operators
@@ -22,13 +22,13 @@ import (
 const maxNameBytes = 128
 
 // CheckVolumeID checks a volume id: exactly the set CreateVolume issues
-// (replication.ValidateVolumeID; plugin's volumeIDFor hashes any other
+// (wire.ValidateVolumeID; plugin's volumeIDFor hashes any other
 // name).
 func CheckVolumeID(field, id string) error {
 	if id == "" {
 		return Errf(codes.InvalidArgument, "%s is required", field)
 	}
-	if err := replication.ValidateVolumeID(id); err != nil {
+	if err := wire.ValidateVolumeID(id); err != nil {
 		return Errf(codes.InvalidArgument, "%s: %v", field, err)
 	}
 	return nil

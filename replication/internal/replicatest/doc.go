@@ -5,7 +5,8 @@
 // called, and a logger that writes through testing.T.
 //
 // It is for tests only: no production package imports it. It imports
-// only replication of Saddlebag's packages. replication's own tests
+// only replication and replication/replica (the replica servers) of
+// Saddlebag's packages. replication's own tests
 // cannot use it (they are inside the package it imports) and keep their
 // helpers in replication/helpers_test.go.
 package replicatest

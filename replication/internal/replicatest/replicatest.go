@@ -10,6 +10,7 @@ import (
 	"github.com/shoenig/test/must"
 
 	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
 )
 
 // Logger returns a logger that writes to t's output, at debug level.
@@ -21,7 +22,7 @@ func Logger(t testing.TB) hclog.Logger {
 // the test's cleanup.
 type Replica struct {
 	Addr  string
-	Store *replication.Store
+	Store *replica.Store
 	stop  func()
 }
 
@@ -37,12 +38,12 @@ func StartReplica(t testing.TB, dir string) *Replica {
 // comes back on its old address).
 func StartReplicaAt(t testing.TB, dir, addr string) *Replica {
 	t.Helper()
-	store, err := replication.OpenStore(dir, Logger(t))
+	store, err := replica.OpenStore(dir, Logger(t))
 	must.NoError(t, err)
 	ln, err := net.Listen("tcp", addr)
 	must.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	srv := replication.NewServer(store, Logger(t))
+	srv := replica.NewServer(store, Logger(t))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

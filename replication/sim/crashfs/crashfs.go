@@ -1,13 +1,13 @@
 // Package crashfs is the fault simulator's disk (replication/sim): an
-// in-memory replication.FileSystem (the Store's seam, OpenStoreWith)
+// in-memory replica.FileSystem (the Store's seam, OpenStoreWith)
 // that remembers every block written or punched since each file's last
 // sync, so that a simulated power loss leaves exactly what a real one
 // may, and that a simulated SIGKILL, full disk or power cut on a chosen
 // write can hit.
 //
-// It imports, of Saddlebag's packages, only replication (the FileSystem
-// and File interfaces and the block size); only replication/sim imports
-// it.
+// It imports, of Saddlebag's packages, only replication/replica (the
+// FileSystem and File interfaces) and replication/wire (the block size);
+// only replication/sim imports it.
 package crashfs
 
 import (
@@ -23,16 +23,17 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // blockSize is the crash layer's unit: what a power loss keeps or loses.
-const blockSize = replication.BlockSize
+const blockSize = wire.BlockSize
 
 // ErrKilled is what a file handle of a killed replica process returns.
 var ErrKilled = errors.New("replica process killed")
 
-// FS is an in-memory replication.FileSystem that remembers, per file,
+// FS is an in-memory replica.FileSystem that remembers, per file,
 // the last synced (durable) content and every block written or punched
 // since, in order. Kill invalidates every open handle (a SIGKILL: the page
 // cache, and so every completed write, survives); PowerLoss also reverts
@@ -81,10 +82,10 @@ type pendingWrite struct {
 // New returns an empty file system.
 func New() *FS { return &FS{files: map[string]*memFile{}} }
 
-var _ replication.FileSystem = (*FS)(nil)
+var _ replica.FileSystem = (*FS)(nil)
 
-// OpenFile implements replication.FileSystem.
-func (c *FS) OpenFile(name string, flag int, _ fs.FileMode) (replication.File, error) {
+// OpenFile implements replica.FileSystem.
+func (c *FS) OpenFile(name string, flag int, _ fs.FileMode) (replica.File, error) {
 	name = filepath.Clean(name)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -116,10 +117,10 @@ func (c *FS) Up() {
 	c.down = false
 }
 
-// MkdirAll implements replication.FileSystem: directories are implicit.
+// MkdirAll implements replica.FileSystem: directories are implicit.
 func (c *FS) MkdirAll(string, fs.FileMode) error { return nil }
 
-// Remove implements replication.FileSystem.
+// Remove implements replica.FileSystem.
 func (c *FS) Remove(name string) error {
 	name = filepath.Clean(name)
 	c.mu.Lock()
@@ -133,7 +134,7 @@ func (c *FS) Remove(name string) error {
 	return nil
 }
 
-// RemoveAll implements replication.FileSystem.
+// RemoveAll implements replica.FileSystem.
 func (c *FS) RemoveAll(path string) error {
 	path = filepath.Clean(path)
 	c.mu.Lock()
@@ -147,7 +148,7 @@ func (c *FS) RemoveAll(path string) error {
 	return nil
 }
 
-// SyncDir implements replication.FileSystem: the namespace is always durable.
+// SyncDir implements replica.FileSystem: the namespace is always durable.
 func (c *FS) SyncDir(string) error { return nil }
 
 // SetQuota limits the allocated bytes; 0 lifts the limit. Used beyond a

@@ -12,7 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/shoenig/test/must"
 
-	"github.com/saddlebag/saddlebag/replication"
+	"github.com/saddlebag/saddlebag/replication/replica"
 )
 
 func fill(v byte) []byte { return bytes.Repeat([]byte{v}, blockSize) }
@@ -88,7 +88,7 @@ func TestCrashFSQuotaAndHoles(t *testing.T) {
 func TestStoreOnCrashFSSurvivesPowerLoss(t *testing.T) {
 	c := New()
 	log := hclog.NewNullLogger()
-	s, err := replication.OpenStoreWith("/n", log, replication.StoreOptions{Files: c})
+	s, err := replica.OpenStoreWith("/n", log, replica.StoreOptions{Files: c})
 	must.NoError(t, err)
 	v, created, err := s.Open("vol", 1<<20, true)
 	must.NoError(t, err)
@@ -97,7 +97,7 @@ func TestStoreOnCrashFSSurvivesPowerLoss(t *testing.T) {
 	must.NoError(t, v.WriteAt(3, fill(6), blockSize, false))
 	c.PowerLoss(rand.New(rand.NewPCG(1, 1)))
 
-	s, err = replication.OpenStoreWith("/n", log, replication.StoreOptions{Files: c})
+	s, err = replica.OpenStoreWith("/n", log, replica.StoreOptions{Files: c})
 	must.NoError(t, err)
 	v, created, err = s.Open("vol", 1<<20, false)
 	must.NoError(t, err)

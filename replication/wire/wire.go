@@ -1,4 +1,4 @@
-package replication
+package wire
 
 import (
 	"encoding/binary"
@@ -15,7 +15,7 @@ import (
 //	off size field
 //	  0    4 magic "SBG1"
 //	  4    1 protocol version (1)
-//	  5    1 frame type (replies have replyBit set)
+//	  5    1 frame type (replies have ReplyBit set)
 //	  6    2 flags (FlagFUA)
 //	  8    4 status (replies only; 0 in requests)
 //	 12    8 epoch of the sender (the primary's epoch, echoed in replies)
@@ -33,13 +33,14 @@ import (
 const (
 	frameMagic      = 0x53424731 // "SBG1"
 	ProtocolVersion = 1
-	frameHeaderSize = 56
+	// HeaderSize is the size of a frame's header.
+	HeaderSize = 56
 	// MaxIOSize bounds the data of one READ or WRITE.
 	MaxIOSize = 32 << 20
 	// maxPayload bounds any payload: an I/O plus room for nothing else.
 	maxPayload = MaxIOSize
-	// maxControlPayload bounds payloads of frames that carry no block data.
-	maxControlPayload = 64 << 10
+	// MaxControlPayload bounds payloads of frames that carry no block data.
+	MaxControlPayload = 64 << 10
 )
 
 // FrameType says what a frame asks for.
@@ -47,13 +48,13 @@ type FrameType uint8
 
 const (
 	// FrameOpen binds the connection to a volume: payload is the JSON
-	// openRequest; the reply payload is the JSON openReply.
+	// OpenRequest; the reply payload is the JSON OpenReply.
 	FrameOpen FrameType = 1
 	// FramePromise asks the replica to refuse every epoch below this one;
 	// the payload, if any, is the 8-byte owner of the promise (see
-	// Volume.PromiseOwned).
+	// replica.Volume.PromiseOwned).
 	// The reply carries the replica's state as of the promise (a JSON
-	// openReply): nothing a previous primary does can change it after.
+	// OpenReply): nothing a previous primary does can change it after.
 	FramePromise FrameType = 2
 	// FrameWrite writes the payload at Offset.
 	FrameWrite FrameType = 3
@@ -87,10 +88,12 @@ const (
 	FrameMembership FrameType = 13
 	// FrameTarget records that a primary makes the replica a resync
 	// target under its in-sync generation: payload is that generation,
-	// a big-endian uint64 (see Meta.TargetGen).
+	// a big-endian uint64 (see replica.Meta.TargetGen).
 	FrameTarget FrameType = 14
 
-	replyBit FrameType = 0x80
+	// ReplyBit is set in the type of a reply: a reply to FrameWrite has
+	// type FrameWrite|ReplyBit.
+	ReplyBit FrameType = 0x80
 )
 
 func (t FrameType) String() string {
@@ -99,8 +102,8 @@ func (t FrameType) String() string {
 		FramePutBitmap: "put-bitmap", FrameGetBitmap: "get-bitmap", FrameChecksum: "checksum",
 		FrameAllocated: "allocated", FrameDelete: "delete", FrameMembership: "membership",
 		FrameTarget: "target"}
-	if n, ok := names[t&^replyBit]; ok {
-		if t&replyBit != 0 {
+	if n, ok := names[t&^ReplyBit]; ok {
+		if t&ReplyBit != 0 {
 			return n + "-reply"
 		}
 		return n
@@ -125,14 +128,16 @@ const (
 	StatusNotOpen
 	StatusBusy
 	// StatusDenied: the replica server does not let this peer in (see
-	// Guard); the payload says who the peer is and why.
+	// replica.Guard); the payload says who the peer is and why.
 	StatusDenied
 	// StatusSuperseded: the connection was replaced by a newer one of the
 	// same primary (ErrSuperseded).
 	StatusSuperseded
 )
 
-// statusErrors maps statuses to the sentinel each wraps on the primary side.
+// statusErrors maps statuses to the sentinel each wraps: a replica answers
+// an error wrapping one with its status (StatusOf), and a ReplicaError of
+// that status unwraps to it on the primary's side.
 var statusErrors = map[Status]error{
 	StatusStaleEpoch: ErrStaleEpoch,
 	StatusNoSpace:    ErrNoSpace,
@@ -144,7 +149,9 @@ var statusErrors = map[Status]error{
 	StatusSuperseded: ErrSuperseded,
 }
 
-func statusOf(err error) Status {
+// StatusOf is the status a replica answers for err: the one whose
+// sentinel err wraps, else StatusIOError.
+func StatusOf(err error) Status {
 	for st, sentinel := range statusErrors {
 		if errors.Is(err, sentinel) {
 			return st
@@ -179,12 +186,15 @@ type Frame struct {
 // ErrBadFrame wraps every decoding failure.
 var ErrBadFrame = errors.New("bad frame")
 
-// payloadSum is the checksum a header carries for payload p.
-func payloadSum(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
+// castagnoli is the CRC-32C table of the frame checksums.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// putHeader encodes f's header into h (frameHeaderSize bytes); psum must
-// be payloadSum(f.Payload).
-func putHeader(h []byte, f *Frame, psum uint32) {
+// PayloadSum is the checksum a header carries for payload p.
+func PayloadSum(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
+
+// PutHeader encodes f's header into h (HeaderSize bytes); psum must
+// be PayloadSum(f.Payload).
+func PutHeader(h []byte, f *Frame, psum uint32) {
 	binary.BigEndian.PutUint32(h[0:], frameMagic)
 	h[4] = ProtocolVersion
 	h[5] = byte(f.Type)
@@ -201,8 +211,8 @@ func putHeader(h []byte, f *Frame, psum uint32) {
 
 // AppendFrame appends the encoding of f to dst.
 func AppendFrame(dst []byte, f *Frame) []byte {
-	var h [frameHeaderSize]byte
-	putHeader(h[:], f, payloadSum(f.Payload))
+	var h [HeaderSize]byte
+	PutHeader(h[:], f, PayloadSum(f.Payload))
 	return append(append(dst, h[:]...), f.Payload...)
 }
 
@@ -226,8 +236,8 @@ func parseHeader(h []byte, f *Frame) (int, error) {
 	f.Offset = binary.BigEndian.Uint64(h[28:])
 	f.Length = binary.BigEndian.Uint64(h[36:])
 	n := binary.BigEndian.Uint32(h[44:])
-	limit := uint32(maxControlPayload)
-	if base := f.Type &^ replyBit; (base == FrameWrite && f.Type&replyBit == 0) || (base == FrameRead && f.Type&replyBit != 0) {
+	limit := uint32(MaxControlPayload)
+	if base := f.Type &^ ReplyBit; (base == FrameWrite && f.Type&ReplyBit == 0) || (base == FrameRead && f.Type&ReplyBit != 0) {
 		limit = maxPayload
 	}
 	if n > limit {
@@ -241,7 +251,7 @@ func parseHeader(h []byte, f *Frame) (int, error) {
 
 func checkPayload(h, payload []byte) error {
 	want := binary.BigEndian.Uint32(h[48:])
-	if got := payloadSum(payload); got != want {
+	if got := PayloadSum(payload); got != want {
 		return fmt.Errorf("%w: payload checksum %#08x, header says %#08x", ErrBadFrame, got, want)
 	}
 	return nil
@@ -253,15 +263,15 @@ func checkPayload(h, payload []byte) error {
 // error wrapping ErrBadFrame.
 func ReadFrame(r io.Reader, buf []byte) (Frame, error) {
 	var f Frame
-	err := readFrame(r, &f, func(*Frame, int) []byte { return buf })
+	err := ReadFrameInto(r, &f, func(*Frame, int) []byte { return buf })
 	return f, err
 }
 
-// readFrame reads one frame into f. After the header is checked, payloadBuf
+// ReadFrameInto reads one frame into f. After the header is checked, payloadBuf
 // may offer a buffer for the n payload bytes (nil or too small: one is
 // allocated), so a reply can land straight in its caller's buffer.
-func readFrame(r io.Reader, f *Frame, payloadBuf func(f *Frame, n int) []byte) error {
-	var h [frameHeaderSize]byte
+func ReadFrameInto(r io.Reader, f *Frame, payloadBuf func(f *Frame, n int) []byte) error {
+	var h [HeaderSize]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return err
 	}

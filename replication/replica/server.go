@@ -1,4 +1,4 @@
-package replication
+package replica
 
 import (
 	"bufio"
@@ -13,42 +13,9 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
-
-// openRequest is the payload of a FrameOpen.
-type openRequest struct {
-	Volume string `json:"volume"`
-	Size   int64  `json:"size"`
-	Create bool   `json:"create"`
-}
-
-// openReply is the payload of a FrameOpen reply.
-type openReply struct {
-	Size       int64  `json:"size"`
-	Epoch      uint64 `json:"epoch"`
-	Generation uint64 `json:"generation"`
-	// Clean is false when the replica's last holder did not shut it down
-	// cleanly. Created is true when this open created it, empty.
-	Clean   bool `json:"clean"`
-	Created bool `json:"created"`
-	// ActivityLog is the replica's activity log (hot extents).
-	ActivityLog []uint64 `json:"activity_log,omitempty"`
-	// Incarnation, Membership and TargetGen are the replica's (see Meta).
-	Incarnation uint64     `json:"incarnation"`
-	Membership  Membership `json:"membership"`
-	TargetGen   uint64     `json:"target_gen,omitempty"`
-	// BootID identifies the replica host's boot: when it changed since a
-	// replica was dropped, the host restarted and lost what was only in
-	// its page cache.
-	BootID string `json:"boot_id,omitempty"`
-}
-
-// holdsNothing reports whether the replica holds no data and no history:
-// just created, or never written by a primary nor made a member of an
-// in-sync set. Resync gives it a full copy of what is allocated.
-func (o openReply) holdsNothing() bool {
-	return o.Created || (o.Generation == 0 && o.Membership.Gen == 0)
-}
 
 // ServerStats counts what a replica server did, for tests and status.
 type ServerStats struct {
@@ -59,7 +26,7 @@ type ServerStats struct {
 }
 
 // Server serves the replicas of a Store to primaries over the wire protocol.
-// Each connection is bound to one volume by its first frame (FrameOpen) and
+// Each connection is bound to one volume by its first frame (wire.FrameOpen) and
 // its frames are applied strictly in the order they arrive, so every replica
 // applies a primary's writes in the same order.
 type Server struct {
@@ -145,17 +112,17 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	r := bufio.NewReaderSize(c, 256<<10)
 	w := bufio.NewWriterSize(c, 64<<10)
 	var in, out []byte // payload buffers reused across frames
-	var h [frameHeaderSize]byte
+	var h [wire.HeaderSize]byte
 	for {
-		var f Frame
-		err := readFrame(r, &f, func(_ *Frame, n int) []byte {
+		var f wire.Frame
+		err := wire.ReadFrameInto(r, &f, func(_ *wire.Frame, n int) []byte {
 			if cap(in) < n {
 				in = make([]byte, n)
 			}
 			return in
 		})
 		if err != nil {
-			if errors.Is(err, ErrBadFrame) || errors.Is(err, io.ErrUnexpectedEOF) {
+			if errors.Is(err, wire.ErrBadFrame) || errors.Is(err, io.ErrUnexpectedEOF) {
 				s.Stats.BadFrames.Add(1)
 				log.Error("closing connection after a bad frame", "error", err)
 			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -163,13 +130,13 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			}
 			return
 		}
-		if f.Type&replyBit != 0 {
+		if f.Type&wire.ReplyBit != 0 {
 			s.Stats.BadFrames.Add(1)
-			log.Error("closing connection after a bad frame", "error", fmt.Errorf("%w: unexpected %s", ErrBadFrame, f.Type))
+			log.Error("closing connection after a bad frame", "error", fmt.Errorf("%w: unexpected %s", wire.ErrBadFrame, f.Type))
 			return
 		}
 		reply := s.apply(&vol, &session, &f, &out, log)
-		putHeader(h[:], &reply, payloadSum(reply.Payload))
+		wire.PutHeader(h[:], &reply, wire.PayloadSum(reply.Payload))
 		_, err = w.Write(h[:])
 		if err == nil {
 			_, err = w.Write(reply.Payload)
@@ -193,23 +160,23 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 
 // apply performs one request frame and returns its reply.
 // A read's data goes into *buf, which grows as needed.
-func (s *Server) apply(vol **Volume, session *uint64, f *Frame, buf *[]byte, log hclog.Logger) Frame {
-	reply := Frame{Type: f.Type | replyBit, Epoch: f.Epoch, ID: f.ID}
+func (s *Server) apply(vol **Volume, session *uint64, f *wire.Frame, buf *[]byte, log hclog.Logger) wire.Frame {
+	reply := wire.Frame{Type: f.Type | wire.ReplyBit, Epoch: f.Epoch, ID: f.ID}
 	err := s.applyErr(vol, session, f, buf, &reply)
-	if err == nil && f.Type != FrameRead && log.IsTrace() {
+	if err == nil && f.Type != wire.FrameRead && log.IsTrace() {
 		// Every change a replica applies, for reading a failure's history
 		// beside the primary's (the simulator's logs).
 		length := f.Length
-		if f.Type == FrameWrite {
+		if f.Type == wire.FrameWrite {
 			length = uint64(len(f.Payload))
 		}
 		args := []any{"type", f.Type, "epoch", f.Epoch, "offset", f.Offset, "length", length, "session", *session}
 		switch f.Type {
-		case FrameMembership:
+		case wire.FrameMembership:
 			args = append(args, "membership", string(f.Payload))
-		case FrameTarget:
+		case wire.FrameTarget:
 			args = append(args, "target_gen", binary.BigEndian.Uint64(f.Payload))
-		case FrameActivity:
+		case wire.FrameActivity:
 			extents := make([]uint64, len(f.Payload)/8)
 			for i := range extents {
 				extents[i] = binary.BigEndian.Uint64(f.Payload[8*i:])
@@ -219,26 +186,26 @@ func (s *Server) apply(vol **Volume, session *uint64, f *Frame, buf *[]byte, log
 		log.Trace("applied", args...)
 	}
 	if err != nil {
-		reply.Status = statusOf(err)
+		reply.Status = wire.StatusOf(err)
 		reply.Payload = []byte(err.Error())
-		if reply.Status == StatusStaleEpoch {
+		if reply.Status == wire.StatusStaleEpoch {
 			s.Stats.StaleEpoch.Add(1)
 			log.Warn("refused frame from a stale primary", "type", f.Type, "error", err)
-		} else if reply.Status != StatusNotFound {
+		} else if reply.Status != wire.StatusNotFound {
 			log.Error("request failed", "type", f.Type, "error", err)
 		}
 	}
 	return reply
 }
 
-func (s *Server) applyErr(vol **Volume, session *uint64, f *Frame, buf *[]byte, reply *Frame) error {
-	if f.Type == FrameOpen {
+func (s *Server) applyErr(vol **Volume, session *uint64, f *wire.Frame, buf *[]byte, reply *wire.Frame) error {
+	if f.Type == wire.FrameOpen {
 		if *vol != nil {
-			return fmt.Errorf("%w: connection already bound to volume %s", ErrInvalid, (*vol).ID())
+			return fmt.Errorf("%w: connection already bound to volume %s", wire.ErrInvalid, (*vol).ID())
 		}
-		var req openRequest
+		var req wire.OpenRequest
 		if err := json.Unmarshal(f.Payload, &req); err != nil {
-			return fmt.Errorf("%w: open request: %w", ErrInvalid, err)
+			return fmt.Errorf("%w: open request: %w", wire.ErrInvalid, err)
 		}
 		v, created, err := s.store.Open(req.Volume, req.Size, req.Create)
 		if err != nil {
@@ -248,17 +215,17 @@ func (s *Server) applyErr(vol **Volume, session *uint64, f *Frame, buf *[]byte, 
 		reply.Payload, _ = json.Marshal(stateReply(v, created))
 		return nil
 	}
-	if f.Type == FrameDelete {
+	if f.Type == wire.FrameDelete {
 		if *vol != nil {
-			return fmt.Errorf("%w: delete on a connection bound to volume %s", ErrInvalid, (*vol).ID())
+			return fmt.Errorf("%w: delete on a connection bound to volume %s", wire.ErrInvalid, (*vol).ID())
 		}
 		return s.store.Delete(string(f.Payload))
 	}
 	v := *vol
 	if v == nil {
-		return fmt.Errorf("%w: %s before open", ErrInvalid, f.Type)
+		return fmt.Errorf("%w: %s before open", wire.ErrInvalid, f.Type)
 	}
-	if f.Type != FramePromise {
+	if f.Type != wire.FramePromise {
 		done, err := v.enter(*session, f.Epoch)
 		if err != nil {
 			return err
@@ -267,7 +234,7 @@ func (s *Server) applyErr(vol **Volume, session *uint64, f *Frame, buf *[]byte, 
 	}
 	var err error
 	switch f.Type {
-	case FramePromise:
+	case wire.FramePromise:
 		var owner uint64
 		if len(f.Payload) == 8 {
 			owner = binary.BigEndian.Uint64(f.Payload)
@@ -280,22 +247,22 @@ func (s *Server) applyErr(vol **Volume, session *uint64, f *Frame, buf *[]byte, 
 		// The state after the promise: what the new primary recovers from.
 		reply.Payload, _ = json.Marshal(stateReply(v, false))
 		return nil
-	case FrameMembership:
-		var m Membership
+	case wire.FrameMembership:
+		var m wire.Membership
 		if err := json.Unmarshal(f.Payload, &m); err != nil {
-			return fmt.Errorf("%w: membership: %w", ErrInvalid, err)
+			return fmt.Errorf("%w: membership: %w", wire.ErrInvalid, err)
 		}
 		return v.SetMembership(f.Epoch, m)
-	case FrameTarget:
+	case wire.FrameTarget:
 		if len(f.Payload) != 8 {
-			return fmt.Errorf("%w: resync target generation of %d bytes, want 8", ErrInvalid, len(f.Payload))
+			return fmt.Errorf("%w: resync target generation of %d bytes, want 8", wire.ErrInvalid, len(f.Payload))
 		}
 		return v.SetTargetGen(f.Epoch, binary.BigEndian.Uint64(f.Payload))
-	case FrameWrite:
-		err = v.WriteAt(f.Epoch, f.Payload, int64(f.Offset), f.Flags&FlagFUA != 0)
-	case FrameRead:
-		if f.Length > MaxIOSize {
-			return fmt.Errorf("%w: read of %d bytes", ErrInvalid, f.Length)
+	case wire.FrameWrite:
+		err = v.WriteAt(f.Epoch, f.Payload, int64(f.Offset), f.Flags&wire.FlagFUA != 0)
+	case wire.FrameRead:
+		if f.Length > wire.MaxIOSize {
+			return fmt.Errorf("%w: read of %d bytes", wire.ErrInvalid, f.Length)
 		}
 		if uint64(cap(*buf)) < f.Length {
 			*buf = make([]byte, f.Length)
@@ -305,34 +272,34 @@ func (s *Server) applyErr(vol **Volume, session *uint64, f *Frame, buf *[]byte, 
 			reply.Payload = data
 		}
 		return err
-	case FrameFlush:
+	case wire.FrameFlush:
 		err = v.Flush(f.Epoch)
-	case FrameTrim:
+	case wire.FrameTrim:
 		err = v.Trim(f.Epoch, int64(f.Offset), int64(f.Length))
-	case FrameActivity:
+	case wire.FrameActivity:
 		if len(f.Payload)%8 != 0 {
-			return fmt.Errorf("%w: activity log of %d bytes", ErrInvalid, len(f.Payload))
+			return fmt.Errorf("%w: activity log of %d bytes", wire.ErrInvalid, len(f.Payload))
 		}
 		extents := make([]uint64, len(f.Payload)/8)
 		for i := range extents {
 			extents[i] = binary.BigEndian.Uint64(f.Payload[8*i:])
 		}
 		return v.SetActivityLog(f.Epoch, extents)
-	case FramePutBitmap:
-		peer, enc, perr := splitPeerPayload(f.Payload)
+	case wire.FramePutBitmap:
+		peer, enc, perr := wire.SplitPeerPayload(f.Payload)
 		if perr != nil {
 			return perr
 		}
 		return v.PutPeerBitmap(f.Epoch, peer, enc)
-	case FrameGetBitmap:
+	case wire.FrameGetBitmap:
 		enc, gerr := v.PeerBitmap(f.Epoch, string(f.Payload))
 		reply.Payload = enc
 		return gerr
-	case FrameChecksum:
+	case wire.FrameChecksum:
 		sums, cerr := v.Checksums(f.Epoch, int64(f.Offset), int64(f.Length))
 		reply.Payload = sums
 		return cerr
-	case FrameAllocated:
+	case wire.FrameAllocated:
 		runs, aerr := v.Allocated(f.Epoch, int64(f.Offset), int64(f.Length))
 		for _, r := range runs {
 			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, uint64(r[0]))
@@ -340,7 +307,7 @@ func (s *Server) applyErr(vol **Volume, session *uint64, f *Frame, buf *[]byte, 
 		}
 		return aerr
 	default:
-		return fmt.Errorf("%w: unknown frame type %d", ErrInvalid, f.Type)
+		return fmt.Errorf("%w: unknown frame type %d", wire.ErrInvalid, f.Type)
 	}
 	if err == nil { // writes, flushes and trims: what changes stored state
 		s.Stats.Applied.Add(1)
@@ -349,22 +316,8 @@ func (s *Server) applyErr(vol **Volume, session *uint64, f *Frame, buf *[]byte, 
 }
 
 // stateReply is what OPEN and PROMISE answer: the replica's state.
-func stateReply(v *Volume, created bool) openReply {
+func stateReply(v *Volume, created bool) wire.OpenReply {
 	m := v.Meta()
-	return openReply{Size: v.Size(), Epoch: m.Epoch, Generation: m.Generation, Clean: v.WasClean(), Created: created,
+	return wire.OpenReply{Size: v.Size(), Epoch: m.Epoch, Generation: m.Generation, Clean: v.WasClean(), Created: created,
 		ActivityLog: m.ActivityLog, Incarnation: m.Incarnation, Membership: m.Membership, TargetGen: m.TargetGen, BootID: v.store.bootID}
-}
-
-// peerPayload encodes a FramePutBitmap payload.
-func peerPayload(peer string, enc []byte) []byte {
-	out := binary.BigEndian.AppendUint16(nil, uint16(len(peer)))
-	return append(append(out, peer...), enc...)
-}
-
-func splitPeerPayload(p []byte) (string, []byte, error) {
-	if len(p) < 2 || int(binary.BigEndian.Uint16(p)) > len(p)-2 {
-		return "", nil, fmt.Errorf("%w: malformed bitmap payload", ErrInvalid)
-	}
-	n := int(binary.BigEndian.Uint16(p))
-	return string(p[2 : 2+n]), p[2+n:], nil
 }

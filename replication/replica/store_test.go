@@ -1,4 +1,4 @@
-package replication
+package replica
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/shoenig/test/must"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 func TestStoreCreateOpenRoundTrip(t *testing.T) {
@@ -16,7 +18,7 @@ func TestStoreCreateOpenRoundTrip(t *testing.T) {
 	must.NoError(t, err)
 
 	_, _, err = s.Open("vol1", 1<<20, false)
-	must.ErrorIs(t, err, ErrVolumeNotFound)
+	must.ErrorIs(t, err, wire.ErrVolumeNotFound)
 
 	v, created, err := s.Open("vol1", 1<<20, true)
 	must.NoError(t, err)
@@ -48,18 +50,18 @@ func TestStoreRefusesBadSizesAndIDs(t *testing.T) {
 	must.NoError(t, err)
 	for _, size := range []int64{0, -4096, 4095, 4097, 1<<20 + 512} {
 		_, _, err := s.Open("v", size, true)
-		must.ErrorIs(t, err, ErrInvalid)
+		must.ErrorIs(t, err, wire.ErrInvalid)
 		must.StrContains(t, err.Error(), "multiple of 4096")
 	}
 	for _, id := range []string{"", "..", "a/b", ".hidden", string(make([]byte, 200))} {
 		_, _, err := s.Open(id, 4096, true)
-		must.ErrorIs(t, err, ErrInvalid)
+		must.ErrorIs(t, err, wire.ErrInvalid)
 	}
 	v, _, err := s.Open("v", 8192, true)
 	must.NoError(t, err)
 	must.NoError(t, v.Close())
 	_, _, err = s.Open("v", 4096, true)
-	must.ErrorIs(t, err, ErrInvalid)
+	must.ErrorIs(t, err, wire.ErrInvalid)
 	must.StrContains(t, err.Error(), "size")
 }
 
@@ -70,18 +72,18 @@ func TestStoreFencesStaleEpochs(t *testing.T) {
 	must.NoError(t, err)
 	defer v.Close()
 	must.NoError(t, v.Promise(5))
-	must.ErrorIs(t, v.Promise(4), ErrStaleEpoch)
-	must.ErrorIs(t, v.WriteAt(4, []byte{1}, 0, false), ErrStaleEpoch)
-	must.ErrorIs(t, v.ReadAt(4, make([]byte, 1), 0), ErrStaleEpoch)
-	must.ErrorIs(t, v.Flush(4), ErrStaleEpoch)
-	must.ErrorIs(t, v.Trim(4, 0, 4096), ErrStaleEpoch)
+	must.ErrorIs(t, v.Promise(4), wire.ErrStaleEpoch)
+	must.ErrorIs(t, v.WriteAt(4, []byte{1}, 0, false), wire.ErrStaleEpoch)
+	must.ErrorIs(t, v.ReadAt(4, make([]byte, 1), 0), wire.ErrStaleEpoch)
+	must.ErrorIs(t, v.Flush(4), wire.ErrStaleEpoch)
+	must.ErrorIs(t, v.Trim(4, 0, 4096), wire.ErrStaleEpoch)
 	// A higher epoch in a frame is an implicit promise.
 	must.NoError(t, v.WriteAt(6, []byte{1}, 0, false))
-	must.ErrorIs(t, v.WriteAt(5, []byte{1}, 0, false), ErrStaleEpoch)
+	must.ErrorIs(t, v.WriteAt(5, []byte{1}, 0, false), wire.ErrStaleEpoch)
 	must.Eq(t, uint64(6), v.Meta().Epoch)
 	// Out of range is refused before anything is written.
-	must.ErrorIs(t, v.WriteAt(6, make([]byte, 2), 8191, false), ErrOutOfRange)
-	must.ErrorIs(t, v.Trim(6, 4096, 8192), ErrOutOfRange)
+	must.ErrorIs(t, v.WriteAt(6, make([]byte, 2), 8191, false), wire.ErrOutOfRange)
+	must.ErrorIs(t, v.Trim(6, 4096, 8192), wire.ErrOutOfRange)
 }
 
 func TestStorePromiseSurvivesReopen(t *testing.T) {
@@ -101,12 +103,12 @@ func TestStorePromiseSurvivesReopen(t *testing.T) {
 	must.NoError(t, err)
 	defer v.Close()
 	must.False(t, v.WasClean())
-	must.ErrorIs(t, v.WriteAt(8, []byte{1}, 0, false), ErrStaleEpoch)
+	must.ErrorIs(t, v.WriteAt(8, []byte{1}, 0, false), wire.ErrStaleEpoch)
 }
 
 func TestMetaTornWriteKeepsPreviousVersion(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meta")
-	mf, err := createMeta(osFS{}, path, Meta{VolumeID: "v", Size: 4096, Epoch: 1})
+	mf, err := createMeta(OSFS{}, path, Meta{VolumeID: "v", Size: 4096, Epoch: 1})
 	must.NoError(t, err)
 	must.NoError(t, mf.store(Meta{VolumeID: "v", Size: 4096, Epoch: 2}))
 	newest := int64(mf.sf.seq%2) * metaSlotSize
@@ -119,20 +121,20 @@ func TestMetaTornWriteKeepsPreviousVersion(t *testing.T) {
 	must.NoError(t, err)
 	f.Close()
 
-	mf, err = openMeta(osFS{}, path)
+	mf, err = openMeta(OSFS{}, path)
 	must.NoError(t, err)
 	must.Eq(t, uint64(1), mf.cur.Epoch)
 	// The next store goes to the torn slot and wins again.
 	must.NoError(t, mf.store(Meta{VolumeID: "v", Size: 4096, Epoch: 3}))
 	mf.close()
-	mf, err = openMeta(osFS{}, path)
+	mf, err = openMeta(OSFS{}, path)
 	must.NoError(t, err)
 	must.Eq(t, uint64(3), mf.cur.Epoch)
 	mf.close()
 
 	// Both slots torn: a clear error, not garbage.
 	must.NoError(t, os.WriteFile(path, bytes.Repeat([]byte{1}, 2*metaSlotSize), 0o600))
-	_, err = openMeta(osFS{}, path)
+	_, err = openMeta(OSFS{}, path)
 	must.True(t, errors.Is(err, ErrMetaCorrupt))
 }
 
@@ -165,7 +167,7 @@ func TestInterruptedCreateIsAbsent(t *testing.T) {
 		must.NoError(t, os.WriteFile(s.DataPath("v"), nil, 0o600))
 		must.NoError(t, os.WriteFile(s.metaPath("v"), content, 0o600))
 		_, _, err := s.Open("v", 1<<20, false)
-		must.ErrorIs(t, err, ErrVolumeNotFound)
+		must.ErrorIs(t, err, wire.ErrVolumeNotFound)
 		v, created, err := s.Open("v", 1<<20, true)
 		must.NoError(t, err)
 		must.True(t, created)
@@ -194,8 +196,8 @@ func TestTargetGenPersistsAndOnlyGrows(t *testing.T) {
 	must.NoError(t, err)
 	must.NoError(t, v.SetTargetGen(2, epochGenBase(2)+1))
 	must.NoError(t, v.SetTargetGen(2, epochGenBase(2)+1)) // again: nothing to do
-	must.ErrorIs(t, v.SetTargetGen(2, epochGenBase(2)), ErrInvalid)
-	must.ErrorIs(t, v.SetTargetGen(1, epochGenBase(2)+5), ErrStaleEpoch)
+	must.ErrorIs(t, v.SetTargetGen(2, epochGenBase(2)), wire.ErrInvalid)
+	must.ErrorIs(t, v.SetTargetGen(1, epochGenBase(2)+5), wire.ErrStaleEpoch)
 	must.NoError(t, v.Close())
 
 	s, err = OpenStore(dir, testLogger(t))
@@ -205,4 +207,41 @@ func TestTargetGenPersistsAndOnlyGrows(t *testing.T) {
 	defer v.Close()
 	must.Eq(t, epochGenBase(2)+1, v.Meta().TargetGen)
 	must.Eq(t, epochGenBase(2)+1, stateReply(v, false).TargetGen)
+}
+
+// A replica that crashed reports itself unclean (it may have lost writes
+// it had not flushed) to the first connection that opens it. A connection
+// that never gets to use it (a fenced primary, refused at its promise; an
+// operator's tool) must not clear that when it closes: the primary that
+// needs to know would then be told the replica was shut down cleanly
+// (seed 408810906: a block lost at a power cut kept on an in-sync replica).
+func TestUncleanReplicaStaysUncleanUntilAPrimaryUsedIt(t *testing.T) {
+	dir := t.TempDir()
+	const size = 1 << 20
+	s1, err := OpenStore(dir, testLogger(t))
+	must.NoError(t, err)
+	_, _, err = s1.Open("vol", size, true)
+	must.NoError(t, err) // never closed: the process crashes
+
+	s2, err := OpenStore(dir, testLogger(t))
+	must.NoError(t, err)
+	v, _, err := s2.Open("vol", size, false)
+	must.NoError(t, err)
+	must.False(t, v.WasClean())
+	must.NoError(t, v.Close()) // a connection that only looked
+
+	v, _, err = s2.Open("vol", size, false)
+	must.NoError(t, err)
+	must.False(t, v.WasClean(), must.Sprint("the crash was forgotten by a connection that did not use the replica"))
+	sess, err := v.PromiseSession(1, 7)
+	must.NoError(t, err)
+	done, err := v.enter(sess, 1) // a request after the promise: its primary read the state
+	must.NoError(t, err)
+	done()
+	must.NoError(t, v.Close())
+
+	v, _, err = s2.Open("vol", size, false)
+	must.NoError(t, err)
+	must.True(t, v.WasClean())
+	must.NoError(t, v.Close())
 }

@@ -1,4 +1,4 @@
-package replication
+package replica
 
 import (
 	"encoding/binary"
@@ -10,18 +10,17 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // The replica-side operations that recovery needs: the activity log, the
 // primary's persisted bitmaps of blocks other replicas miss, block
 // checksums, and the map of allocated (non-hole) ranges.
 
-// ExtentSize is the unit of the activity log and of checksum comparison.
-const ExtentSize = 4 << 20
-
 // maxChecksumLen bounds one checksum request: 8 bytes per block must fit a
 // control payload.
-const maxChecksumLen = (maxControlPayload / 8) * BlockSize
+const maxChecksumLen = (wire.MaxControlPayload / 8) * wire.BlockSize
 
 var crc64Table = crc64.MakeTable(crc64.ECMA)
 
@@ -72,7 +71,7 @@ func (v *Volume) PutPeerBitmap(epoch uint64, peer string, enc []byte) error {
 	return classifyIOError(err)
 }
 
-// PeerBitmap returns the stored bitmap for peer; ErrVolumeNotFound wraps
+// PeerBitmap returns the stored bitmap for peer; wire.ErrVolumeNotFound wraps
 // the error when there is none.
 func (v *Volume) PeerBitmap(epoch uint64, peer string) ([]byte, error) {
 	if err := v.admit(epoch, false); err != nil {
@@ -83,7 +82,7 @@ func (v *Volume) PeerBitmap(epoch uint64, peer string) ([]byte, error) {
 	defer v.peerMu.Unlock()
 	sf, err := openSlotFile(v.store.fs, v.peerPath(peer), bitmapSlotSize)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: no bitmap for peer %s", ErrVolumeNotFound, peer)
+		return nil, fmt.Errorf("%w: no bitmap for peer %s", wire.ErrVolumeNotFound, peer)
 	}
 	if err != nil {
 		return nil, err
@@ -97,23 +96,23 @@ func (v *Volume) Checksums(epoch uint64, off, n int64) ([]byte, error) {
 	if err := v.checkRange(off, n); err != nil {
 		return nil, err
 	}
-	if n%BlockSize != 0 || off%BlockSize != 0 || n > maxChecksumLen {
-		return nil, fmt.Errorf("%w: checksum range [%d, +%d) must be block aligned and at most %d bytes", ErrInvalid, off, n, maxChecksumLen)
+	if n%wire.BlockSize != 0 || off%wire.BlockSize != 0 || n > maxChecksumLen {
+		return nil, fmt.Errorf("%w: checksum range [%d, +%d) must be block aligned and at most %d bytes", wire.ErrInvalid, off, n, maxChecksumLen)
 	}
 	buf := make([]byte, n)
 	if err := v.ReadAt(epoch, buf, off); err != nil {
 		return nil, err
 	}
-	out := make([]byte, 0, n/BlockSize*8)
-	for i := int64(0); i < n; i += BlockSize {
-		out = binary.BigEndian.AppendUint64(out, crc64.Checksum(buf[i:i+BlockSize], crc64Table))
+	out := make([]byte, 0, n/wire.BlockSize*8)
+	for i := int64(0); i < n; i += wire.BlockSize {
+		out = binary.BigEndian.AppendUint64(out, crc64.Checksum(buf[i:i+wire.BlockSize], crc64Table))
 	}
 	return out, nil
 }
 
 // maxAllocatedRuns bounds an Allocated answer; past it the rest of the
 // range is reported allocated (a superset is safe for copying).
-const maxAllocatedRuns = maxControlPayload/16 - 1
+const maxAllocatedRuns = wire.MaxControlPayload/16 - 1
 
 // Allocated returns the ranges of [off, off+n) that hold data (not holes),
 // as pairs of offset and length.

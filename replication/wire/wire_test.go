@@ -1,4 +1,4 @@
-package replication
+package wire
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ func TestFrameRoundTrip(t *testing.T) {
 	t.Parallel()
 	in := Frame{Type: FrameWrite, Flags: FlagFUA, Epoch: 7, ID: 42, Offset: 8192, Payload: bytes.Repeat([]byte{9}, 4096)}
 	b := AppendFrame(nil, &in)
-	must.Eq(t, frameHeaderSize+4096, len(b))
+	must.Eq(t, HeaderSize+4096, len(b))
 	out, err := ReadFrame(bytes.NewReader(b), nil)
 	must.NoError(t, err)
 	must.Eq(t, in, out)
@@ -44,7 +44,7 @@ func TestReadFrameRejects(t *testing.T) {
 			binary.BigEndian.PutUint32(b[52:], crc32.Checksum(b[:52], castagnoli))
 			return b
 		}), ErrBadFrame, "exceeds"},
-		{"oversize control payload", AppendFrame(nil, &Frame{Type: FrameOpen, Payload: make([]byte, maxControlPayload+1)}), ErrBadFrame, "exceeds"},
+		{"oversize control payload", AppendFrame(nil, &Frame{Type: FrameOpen, Payload: make([]byte, MaxControlPayload+1)}), ErrBadFrame, "exceeds"},
 		{"oversize read", AppendFrame(nil, &Frame{Type: FrameRead, Length: MaxIOSize + 1}), ErrBadFrame, "read of"},
 		{"truncated payload", good[:len(good)-1], io.ErrUnexpectedEOF, "payload"},
 		{"truncated header", good[:10], io.ErrUnexpectedEOF, ""},
@@ -66,7 +66,7 @@ func TestReadFrameRejects(t *testing.T) {
 func FuzzReadFrame(f *testing.F) {
 	f.Add(AppendFrame(nil, &Frame{Type: FrameWrite, Epoch: 3, ID: 1, Offset: 4096, Payload: []byte("abc")}))
 	f.Add(AppendFrame(nil, &Frame{Type: FrameRead, Epoch: 3, ID: 2, Length: 4096}))
-	f.Add(AppendFrame(nil, &Frame{Type: FrameOpen | replyBit, Status: StatusStaleEpoch, Payload: []byte("stale")}))
+	f.Add(AppendFrame(nil, &Frame{Type: FrameOpen | ReplyBit, Status: StatusStaleEpoch, Payload: []byte("stale")}))
 	f.Add([]byte("SBG1 garbage"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fr, err := ReadFrame(bytes.NewReader(data), nil)

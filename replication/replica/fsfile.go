@@ -1,4 +1,4 @@
-package replication
+package replica
 
 import (
 	"fmt"
@@ -57,7 +57,7 @@ type StoreOptions struct {
 func OpenStoreWith(dir string, log hclog.Logger, opts StoreOptions) (*Store, error) {
 	fsys := opts.Files
 	if fsys == nil {
-		fsys = osFS{}
+		fsys = OSFS{}
 	}
 	if err := fsys.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open data dir: %w", err)
@@ -69,10 +69,11 @@ func OpenStoreWith(dir string, log hclog.Logger, opts StoreOptions) (*Store, err
 	return &Store{dir: dir, log: log.Named("store"), fs: fsys, open: map[string]*Volume{}, bootID: boot}, nil
 }
 
-// osFS is the real file system.
-type osFS struct{}
+// OSFS is the real file system: what StoreOptions.Files nil means, and
+// what a FileSystem that changes a few of its calls (a test's) embeds.
+type OSFS struct{}
 
-func (osFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+func (OSFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
 	f, err := os.OpenFile(name, flag, perm)
 	if err != nil {
 		return nil, err
@@ -80,11 +81,11 @@ func (osFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
 	return osFile{f}, nil
 }
 
-func (osFS) MkdirAll(path string, perm fs.FileMode) error { return os.MkdirAll(path, perm) }
-func (osFS) Remove(name string) error                     { return os.Remove(name) }
-func (osFS) RemoveAll(path string) error                  { return os.RemoveAll(path) }
+func (OSFS) MkdirAll(path string, perm fs.FileMode) error { return os.MkdirAll(path, perm) }
+func (OSFS) Remove(name string) error                     { return os.Remove(name) }
+func (OSFS) RemoveAll(path string) error                  { return os.RemoveAll(path) }
 
-func (osFS) SyncDir(dir string) error {
+func (OSFS) SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

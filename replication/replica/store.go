@@ -1,61 +1,20 @@
-package replication
+package replica
 
 import (
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
-
-// BlockSize is the unit of volume sizes and of the dirty tracking to come.
-const BlockSize = 4096
-
-var (
-	// ErrStaleEpoch means a frame carried an epoch lower than the one the
-	// replica has promised: its sender has been replaced.
-	ErrStaleEpoch = errors.New("stale epoch")
-	// ErrVolumeNotFound means the store holds no replica of the volume.
-	ErrVolumeNotFound = errors.New("no replica of that volume here")
-	// ErrInvalid means a request was malformed (bad id, size, range).
-	ErrInvalid = errors.New("invalid request")
-	// ErrReplicaBusy means a replica cannot be deleted because it is open
-	// (a primary is connected to it).
-	ErrReplicaBusy = errors.New("replica in use")
-)
-
-var volumeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-
-// ValidateVolumeID reports whether id can name a volume on disk, in a
-// Consul key and in a file path: 1-128 characters of letters, digits,
-// '.', '_' or '-', starting with a letter or digit, and never containing
-// "..". So an id is always exactly one path segment and never "." or
-// "..", whatever layer (HTTP path cleaning, filepath.Join) it meets;
-// these are exactly the ids the plugin issues (plugin.volumeIDFor hashes
-// every other name).
-func ValidateVolumeID(id string) error {
-	if !volumeIDPattern.MatchString(id) || strings.Contains(id, "..") {
-		return fmt.Errorf("%w: volume id %.140q must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit, without \"..\"", ErrInvalid, id)
-	}
-	return nil
-}
-
-// ValidateSize reports whether size is a usable volume size.
-func ValidateSize(size int64) error {
-	if size <= 0 || size%BlockSize != 0 {
-		return fmt.Errorf("%w: volume size %d is not a positive multiple of %d bytes (4 KiB)", ErrInvalid, size, BlockSize)
-	}
-	return nil
-}
 
 // Store holds the replicas kept under one data directory: one folder per
 // volume with a sparse data file and a metadata file.
@@ -66,7 +25,7 @@ type Store struct {
 	dir    string
 	log    hclog.Logger
 	fs     FileSystem
-	bootID string // the host's boot id (see openReply.BootID)
+	bootID string // the host's boot id (see wire.OpenReply.BootID)
 
 	mu   sync.Mutex
 	open map[string]*Volume
@@ -97,20 +56,20 @@ func (s *Store) metaPath(id string) string { return filepath.Join(s.dir, id, "me
 
 // Open returns the replica of volume id. If none exists and create is true,
 // it creates an empty one of the given size; otherwise it fails with
-// ErrVolumeNotFound. An existing replica must have the given size.
+// wire.ErrVolumeNotFound. An existing replica must have the given size.
 // created reports whether this call created it. Call Volume.Close when done.
 func (s *Store) Open(id string, size int64, create bool) (v *Volume, created bool, err error) {
-	if err := ValidateVolumeID(id); err != nil {
+	if err := wire.ValidateVolumeID(id); err != nil {
 		return nil, false, err
 	}
-	if err := ValidateSize(size); err != nil {
+	if err := wire.ValidateSize(size); err != nil {
 		return nil, false, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if v, ok := s.open[id]; ok {
 		if v.size != size {
-			return nil, false, fmt.Errorf("%w: volume %s has size %d, not %d", ErrInvalid, id, v.size, size)
+			return nil, false, fmt.Errorf("%w: volume %s has size %d, not %d", wire.ErrInvalid, id, v.size, size)
 		}
 		v.refs++
 		return v, false, nil
@@ -146,7 +105,7 @@ func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, e
 			return nil, false, err
 		}
 		df.Close()
-		if mf, err = createMeta(s.fs, s.metaPath(id), Meta{VolumeID: id, Size: size, Clean: true, Incarnation: newIncarnation()}); err != nil {
+		if mf, err = createMeta(s.fs, s.metaPath(id), Meta{VolumeID: id, Size: size, Clean: true, Incarnation: wire.NewID()}); err != nil {
 			return nil, false, classifyIOError(fmt.Errorf("create metadata: %w", err))
 		}
 		if err := s.fs.SyncDir(filepath.Join(s.dir, id)); err != nil {
@@ -156,14 +115,14 @@ func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, e
 		created = true
 		s.log.Info("created replica", "volume_id", id, "size", size)
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, false, fmt.Errorf("%w: %s", ErrVolumeNotFound, id)
+		return nil, false, fmt.Errorf("%w: %s", wire.ErrVolumeNotFound, id)
 	case err != nil:
 		return nil, false, err
 	}
 	m := mf.cur
 	if m.VolumeID != id || m.Size != size {
 		mf.close()
-		return nil, false, fmt.Errorf("%w: replica %s holds volume %q of size %d, asked for size %d", ErrInvalid, id, m.VolumeID, m.Size, size)
+		return nil, false, fmt.Errorf("%w: replica %s holds volume %q of size %d, asked for size %d", wire.ErrInvalid, id, m.VolumeID, m.Size, size)
 	}
 	df, err := s.fs.OpenFile(s.DataPath(id), os.O_RDWR, 0)
 	if err != nil {
@@ -182,43 +141,30 @@ func (s *Store) openVolume(id string, size int64, create bool) (*Volume, bool, e
 	return &Volume{store: s, id: id, size: size, data: df, meta: mf, wasClean: wasClean, refs: 1}, created, nil
 }
 
-// newIncarnation draws a replica's incarnation: random and never 0.
-func newIncarnation() uint64 {
-	for {
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			panic(err) // crypto/rand never fails on Linux
-		}
-		if x := binary.BigEndian.Uint64(b[:]); x != 0 {
-			return x
-		}
-	}
-}
-
 // Delete removes the replica of volume id. It fails if the replica is open.
 // Deleting an absent replica succeeds.
 func (s *Store) Delete(id string) error {
-	if err := ValidateVolumeID(id); err != nil {
+	if err := wire.ValidateVolumeID(id); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.open[id]; ok {
-		return fmt.Errorf("%w: replica %s is open", ErrReplicaBusy, id)
+		return fmt.Errorf("%w: replica %s is open", wire.ErrReplicaBusy, id)
 	}
 	return s.fs.RemoveAll(filepath.Join(s.dir, id))
 }
 
-// classifyIOError wraps a full-disk error in ErrNoSpace so callers can tell.
+// classifyIOError wraps a full-disk error in wire.ErrNoSpace so callers can tell.
 func classifyIOError(err error) error {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+		return fmt.Errorf("%w: %w", wire.ErrNoSpace, err)
 	}
 	return err
 }
 
 // Volume is one open replica. Every operation carries the epoch of the
-// primary that sent it and is refused with ErrStaleEpoch when that epoch is
+// primary that sent it and is refused with wire.ErrStaleEpoch when that epoch is
 // lower than the highest one promised. The check and the operation happen
 // under one lock that Promise takes exclusively, so once Promise(e) has
 // returned no operation with an epoch below e is applied.
@@ -239,7 +185,7 @@ type Volume struct {
 	// connMu is held shared while a connection's request is applied and
 	// exclusively by a promise, which makes session the number of the
 	// newest promising connection (see Server: a request of an older one
-	// is refused with ErrSuperseded).
+	// is refused with wire.ErrSuperseded).
 	connMu  sync.RWMutex
 	session uint64
 	// used: a connection sent a request after its promise, so its primary
@@ -264,9 +210,9 @@ func (v *Volume) PromiseSession(epoch, owner uint64) (uint64, error) {
 // enter admits one request at epoch of the connection with session
 // number session (0: a connection that never promised, checked by epoch
 // alone) and returns the function that ends it. Once a newer connection
-// has promised, requests of older ones fail: with ErrStaleEpoch when
+// has promised, requests of older ones fail: with wire.ErrStaleEpoch when
 // their epoch is below the promise (a newer primary fences them), else
-// with ErrSuperseded.
+// with wire.ErrSuperseded.
 func (v *Volume) enter(session, epoch uint64) (func(), error) {
 	v.connMu.RLock()
 	if session == 0 || session == v.session {
@@ -280,9 +226,9 @@ func (v *Volume) enter(session, epoch uint64) (func(), error) {
 	promised := v.meta.cur.Epoch
 	v.mu.RUnlock()
 	if epoch < promised {
-		return nil, fmt.Errorf("%w: epoch %d is below promised epoch %d", ErrStaleEpoch, epoch, promised)
+		return nil, fmt.Errorf("%w: epoch %d is below promised epoch %d", wire.ErrStaleEpoch, epoch, promised)
 	}
-	return nil, fmt.Errorf("%w: volume %s", ErrSuperseded, v.id)
+	return nil, fmt.Errorf("%w: volume %s", wire.ErrSuperseded, v.id)
 }
 
 // ID returns the volume id.
@@ -322,18 +268,18 @@ func (v *Volume) promiseLocked(epoch uint64) error { return v.promiseOwnedLocked
 func (v *Volume) promiseOwnedLocked(epoch, owner uint64) error {
 	m := v.meta.cur
 	if epoch < m.Epoch {
-		return fmt.Errorf("%w: epoch %d is below promised epoch %d", ErrStaleEpoch, epoch, m.Epoch)
+		return fmt.Errorf("%w: epoch %d is below promised epoch %d", wire.ErrStaleEpoch, epoch, m.Epoch)
 	}
-	if epoch-m.Epoch > MaxEpochJump {
+	if epoch-m.Epoch > wire.MaxEpochJump {
 		return fmt.Errorf("%w: volume %s: epoch %d jumps more than 2^32 beyond the highest promised epoch %d; refused, nothing changed",
-			ErrEpochJump, v.id, epoch, m.Epoch)
+			wire.ErrEpochJump, v.id, epoch, m.Epoch)
 	}
 	if epoch == m.Epoch {
 		switch {
 		case owner == 0 || m.EpochOwner == owner:
 			return nil
 		case m.EpochOwner != 0:
-			return fmt.Errorf("%w: epoch %d was promised to another primary", ErrStaleEpoch, epoch)
+			return fmt.Errorf("%w: epoch %d was promised to another primary", wire.ErrStaleEpoch, epoch)
 		}
 		m.EpochOwner = owner
 		return classifyIOError(v.meta.store(m))
@@ -349,7 +295,7 @@ func (v *Volume) promiseOwnedLocked(epoch, owner uint64) error {
 // SetMembership durably records that this replica is a member of the
 // in-sync set m (at the sender's epoch). Generations only grow: an older
 // one than recorded is refused, so a delayed frame cannot roll it back.
-func (v *Volume) SetMembership(epoch uint64, m Membership) error {
+func (v *Volume) SetMembership(epoch uint64, m wire.Membership) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if err := v.promiseLocked(epoch); err != nil {
@@ -357,9 +303,9 @@ func (v *Volume) SetMembership(epoch uint64, m Membership) error {
 	}
 	cur := v.meta.cur
 	if m.Gen < cur.Membership.Gen {
-		return fmt.Errorf("%w: membership generation %d is below the recorded %d", ErrInvalid, m.Gen, cur.Membership.Gen)
+		return fmt.Errorf("%w: membership generation %d is below the recorded %d", wire.ErrInvalid, m.Gen, cur.Membership.Gen)
 	}
-	cur.Membership = Membership{Gen: m.Gen, Replicas: append([]string(nil), m.Replicas...)}
+	cur.Membership = wire.Membership{Gen: m.Gen, Replicas: append([]string(nil), m.Replicas...)}
 	return classifyIOError(v.meta.store(cur))
 }
 
@@ -376,7 +322,7 @@ func (v *Volume) SetTargetGen(epoch, gen uint64) error {
 	cur := v.meta.cur
 	switch {
 	case gen < cur.TargetGen:
-		return fmt.Errorf("%w: resync target generation %d is below the recorded %d", ErrInvalid, gen, cur.TargetGen)
+		return fmt.Errorf("%w: resync target generation %d is below the recorded %d", wire.ErrInvalid, gen, cur.TargetGen)
 	case gen == cur.TargetGen:
 		return nil
 	}
@@ -393,7 +339,7 @@ func (v *Volume) admit(epoch uint64, writes bool) error {
 		m := v.meta.cur
 		if epoch < m.Epoch {
 			v.mu.RUnlock()
-			return fmt.Errorf("%w: epoch %d is below promised epoch %d", ErrStaleEpoch, epoch, m.Epoch)
+			return fmt.Errorf("%w: epoch %d is below promised epoch %d", wire.ErrStaleEpoch, epoch, m.Epoch)
 		}
 		if epoch == m.Epoch && (!writes || m.Generation == epoch) {
 			return nil
@@ -417,7 +363,7 @@ func (v *Volume) admit(epoch uint64, writes bool) error {
 
 func (v *Volume) checkRange(off, n int64) error {
 	if off < 0 || n < 0 || off > v.size || n > v.size-off {
-		return fmt.Errorf("%w: [%d, %d) outside volume %s of %d bytes", ErrOutOfRange, off, off+n, v.id, v.size)
+		return fmt.Errorf("%w: [%d, %d) outside volume %s of %d bytes", wire.ErrOutOfRange, off, off+n, v.id, v.size)
 	}
 	return nil
 }

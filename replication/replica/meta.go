@@ -1,4 +1,4 @@
-package replication
+package replica
 
 import (
 	"encoding/binary"
@@ -10,13 +10,15 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/saddlebag/saddlebag/replication/wire"
 )
 
 // Meta is a replica's persistent metadata. It is small and rewritten whole.
 type Meta struct {
 	// VolumeID names the volume this replica belongs to.
 	VolumeID string `json:"volume_id"`
-	// Size is the volume size in bytes, a multiple of BlockSize.
+	// Size is the volume size in bytes, a multiple of wire.BlockSize.
 	Size int64 `json:"size"`
 	// Epoch is the highest epoch promised to a primary. Frames carrying a
 	// lower epoch are refused: this is the fence against stale primaries.
@@ -31,8 +33,9 @@ type Meta struct {
 	// (data fsynced); it is cleared, durably, before the first write after
 	// an open.
 	Clean bool `json:"clean"`
-	// ActivityLog lists the extents (of ExtentSize bytes) the primary marked
-	// hot: the only places where replicas may differ after a primary crash.
+	// ActivityLog lists the extents (of the engine's ExtentSize, 4 MiB)
+	// the primary marked hot: the only places where replicas may differ
+	// after a primary crash.
 	ActivityLog []uint64 `json:"activity_log,omitempty"`
 	// Incarnation is a random number drawn when the replica is created. A
 	// replica whose data directory was lost and created again has another
@@ -44,8 +47,8 @@ type Meta struct {
 	// it records the set in Consul and before any write that depends on
 	// it completes, so a replica knows on its own whether it was current:
 	// a replica whose generation is below the volume's newest one is stale
-	// whatever Consul remembers (see Membership).
-	Membership Membership `json:"membership"`
+	// whatever Consul remembers (see wire.Membership).
+	Membership wire.Membership `json:"membership"`
 	// TargetGen is the in-sync generation of the primary that last made
 	// this replica a resync target, recorded before it sends the replica
 	// anything. A resync target receives writes without being a member,
@@ -58,15 +61,6 @@ type Meta struct {
 	TargetGen uint64 `json:"target_gen,omitempty"`
 }
 
-// Membership is an in-sync set and its generation (DRBD's current data
-// generation, as a counter). The generation grows by one with every
-// change of the set. Generation 0 with no replicas means "never a member
-// of any set": a new or wiped replica.
-type Membership struct {
-	Gen      uint64   `json:"gen"`
-	Replicas []string `json:"replicas,omitempty"`
-}
-
 // A slot file holds two fixed-size slots. Each write goes to the slot not
 // holding the newest version, with a higher sequence number and a checksum,
 // then fsyncs. A torn or failed write therefore damages at most the slot
@@ -77,9 +71,10 @@ const (
 	slotMagic      = "SBMETA01"
 	metaSlotSize   = 16 << 10
 	// bitmapSlotSize holds the largest encoded peer bitmap.
-	bitmapSlotSize = maxControlPayload + slotHeaderSize
+	bitmapSlotSize = wire.MaxControlPayload + slotHeaderSize
 )
 
+// castagnoli is the CRC-32C table of the slot checksums.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // ErrMetaCorrupt means neither slot of a slot file holds a valid version.
@@ -236,11 +231,57 @@ func openMeta(fsys FileSystem, path string) (*metaFile, error) {
 	return mf, nil
 }
 
+// ReadMeta reads the metadata of volume's replica under a store
+// directory without opening the replica (read-only; the replica may be
+// in use): for operators and tests that inspect what a replica promised.
+func ReadMeta(dir, volume string) (Meta, error) {
+	var m Meta
+	if err := wire.ValidateVolumeID(volume); err != nil {
+		return m, err
+	}
+	path := (&Store{dir: dir}).metaPath(volume)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return m, err
+	}
+	var best []byte
+	var bestSeq uint64
+	for slot := 0; (slot+1)*metaSlotSize <= len(b); slot++ {
+		seq, payload, ok := decodeSlot(b[slot*metaSlotSize : (slot+1)*metaSlotSize])
+		if ok && (best == nil || seq > bestSeq) {
+			best, bestSeq = payload, seq
+		}
+	}
+	if best == nil {
+		return m, fmt.Errorf("%s: %w", path, ErrMetaCorrupt)
+	}
+	if err := json.Unmarshal(best, &m); err != nil {
+		return m, fmt.Errorf("%s: %w: %w", path, ErrMetaCorrupt, err)
+	}
+	return m, nil
+}
+
+// MarkUnclean marks volume's replica under a store directory as not shut
+// down cleanly, durably, as a crash leaves it: for tests and drills that
+// stand for a host that lost power (the replica must not be open).
+func MarkUnclean(dir, volume string) error {
+	if err := wire.ValidateVolumeID(volume); err != nil {
+		return err
+	}
+	mf, err := openMeta(OSFS{}, (&Store{dir: dir}).metaPath(volume))
+	if err != nil {
+		return err
+	}
+	m := mf.cur
+	m.Clean = false
+	return errors.Join(mf.store(m), mf.close())
+}
+
 // ReadMetaOn is ReadMeta through fsys (nil: the real file system), such
 // as the simulator's crash-recording one.
 func ReadMetaOn(fsys FileSystem, dir, volume string) (Meta, error) {
 	if fsys == nil {
-		fsys = osFS{}
+		fsys = OSFS{}
 	}
 	mf, err := openMeta(fsys, filepath.Join(dir, volume, "meta"))
 	if err != nil {
