@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -218,6 +219,7 @@ type runState struct {
 	reachable  bool
 	failing    bool // logged the current outage already
 	recordAt   time.Time
+	swept      bool // stale volume checks removed since the last registration
 }
 
 // step does one round: register if needed, feed the TTL check, refresh the
@@ -241,7 +243,7 @@ func (a *Agent) stepErr(ctx context.Context, st *runState) error {
 		if err := a.register(ctx); err != nil {
 			return err
 		}
-		st.registered, st.recordAt = true, time.Time{}
+		st.registered, st.recordAt, st.swept = true, time.Time{}, false
 	}
 	if err := a.c.api.Agent().UpdateTTLOpts(a.checkID, "saddlebag agent alive", api.HealthPassing, aopts(ctx)); err != nil {
 		// Unknown check (Consul restarted and forgot it) or Consul down:
@@ -263,6 +265,13 @@ func (a *Agent) stepErr(ctx context.Context, st *runState) error {
 	}
 	if err := a.refreshVolumeChecks(ctx); err != nil {
 		errs = append(errs, err)
+	}
+	if !st.swept {
+		if err := a.dropStaleVolumeChecks(ctx); err != nil {
+			errs = append(errs, err)
+		} else {
+			st.swept = true
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -289,6 +298,36 @@ func (a *Agent) register(ctx context.Context) error {
 	a.mu.Unlock()
 	a.log.Info("registered with consul", "service", a.cfg.Service, "service_id", a.serviceID, "check_id", a.checkID, "registration", n)
 	return nil
+}
+
+// dropStaleVolumeChecks removes the volume checks on this agent's service
+// that no volume this process reports owns: those an earlier process left
+// when it died as a volume's primary. Nothing feeds them, so they go
+// critical and would show a volume served elsewhere as offline here.
+func (a *Agent) dropStaleVolumeChecks(ctx context.Context) error {
+	checks, err := a.c.api.Agent().ChecksWithFilterOpts(fmt.Sprintf("ServiceID == %q", a.serviceID), aopts(ctx))
+	if err != nil {
+		return fmt.Errorf("list the checks of service %s: %w", a.serviceID, err)
+	}
+	var errs []error
+	for id := range checks {
+		volume, ok := strings.CutPrefix(id, VolumeCheckID(""))
+		if !ok {
+			continue
+		}
+		a.mu.Lock()
+		_, ours := a.volumes[volume]
+		a.mu.Unlock()
+		if ours {
+			continue
+		}
+		if err := a.c.api.Agent().CheckDeregisterOpts(id, aopts(ctx)); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("deregister stale volume check %s: %w", id, err))
+			continue
+		}
+		a.log.Info("removed a volume check an earlier process left", "check_id", id)
+	}
+	return errors.Join(errs...)
 }
 
 func (a *Agent) writeRecord(ctx context.Context) error {

@@ -357,3 +357,40 @@ tls {
 	})
 	must.Eq(t, "127.0.0.1:7400", rec.ReplicaAddr)
 }
+
+// A volume check an earlier process left on this agent's service (it died
+// as the volume's primary; nothing feeds the check, which goes critical)
+// is removed when the next process registers; one it reports is kept.
+func TestStaleVolumeCheckRemoved(t *testing.T) {
+	dev := devAgent(t)
+	c := newClient(t, dev.HTTPAddr, leader.ConsulConfig{})
+	ctx := context.Background()
+	// What the dead process left in the agent: its service, and two
+	// volume checks on it.
+	serviceID := leader.NodeService + "-n1"
+	agent := c.API().Agent()
+	must.NoError(t, agent.ServiceRegister(&api.AgentServiceRegistration{ID: serviceID, Name: leader.NodeService, Port: 7400}))
+	for _, v := range []string{"gone", "kept"} {
+		must.NoError(t, agent.CheckRegister(&api.AgentCheckRegistration{ID: leader.VolumeCheckID(v), Name: "saddlebag volume " + v,
+			ServiceID: serviceID, AgentServiceCheck: api.AgentServiceCheck{TTL: "30s", Status: api.HealthPassing}}))
+	}
+	agentChecks := func() map[string]*api.AgentCheck {
+		checks, err := agent.ChecksWithFilter(fmt.Sprintf("ServiceID == %q", serviceID))
+		must.NoError(t, err)
+		return checks
+	}
+	must.MapContainsKeys(t, agentChecks(), []string{leader.VolumeCheckID("gone"), leader.VolumeCheckID("kept")})
+
+	// The next process on the node is the primary of "kept" only.
+	next := runAgent(t, c, "n1", nil)
+	must.Eq(t, serviceID, next.ServiceID())
+	must.NoError(t, next.ReportVolume(ctx, "kept", leader.ClassifyVolume(1, []string{"a:1"}, []string{"a:1"})))
+	waitFor(t, 10*time.Second, "the stale volume check removed", func() bool {
+		_, stale := agentChecks()[leader.VolumeCheckID("gone")]
+		return !stale
+	})
+	time.Sleep(2 * time.Second) // a few rounds of the agent's loop
+	checks := agentChecks()
+	must.MapNotContainsKey(t, checks, leader.VolumeCheckID("gone"))
+	must.MapContainsKey(t, checks, leader.VolumeCheckID("kept"))
+}
