@@ -491,3 +491,28 @@ func testBitmapNotTrustedAfterHolderLeft(t *testing.T, restarted bool) {
 	must.Eq(t, dataA[w2off:w2off+4096], dataC[w2off:w2off+4096], must.Sprint("C kept a block A never had"))
 	must.True(t, bytes.Equal(dataA, dataC), must.Sprint("replicas A and C differ"))
 }
+
+// A full (or checksum) resync keeps going when an in-sync replica leaves:
+// no member holds a bitmap of its target, so there is nothing to mark it
+// against, and restarting would throw away its progress (hours, on a
+// large volume). A resync from a bitmap is aborted instead (see
+// TestBitmapNotTrustedAfterHolderLeftDuringResync).
+func TestFullResyncGoesOnWhenAMemberLeaves(t *testing.T) {
+	const size = 16 << 20
+	ctx := context.Background()
+	r, e1 := startWithCBehind(t, size, 1) // never copies its first chunk
+	// C's disk is replaced while it is away: it comes back empty.
+	r.c.stop()
+	startTestReplicaAt(t, t.TempDir(), r.c.addr)
+	r.pc.refuse.Store(false)
+	waitReplicaState(t, e1, r.addrs[2], StateResyncing)
+	st := e1.Status()
+	must.Eq(t, string(ResyncFull), st.Replicas[2].Resync.Mode)
+
+	r.pa.refuse.Store(true)
+	r.pa.cut()
+	must.NoError(t, e1.WriteAt(ctx, bytes.Repeat([]byte{3}, 4096), 8<<20, true))
+	st = e1.Status()
+	must.Eq(t, 1, st.InSync)
+	must.Eq(t, StateResyncing, st.Replicas[2].State, must.Sprintf("the full resync was stopped: %+v", st.Replicas[2]))
+}

@@ -30,16 +30,20 @@ func (e *Engine) notifyLocked() {
 
 // rebuildLocked derives a snapshot from the peers' states, bumping the
 // version when in-sync membership changed. When a member left, resyncs
-// in progress are aborted: their targets must not receive a write the
-// member misses before they are marked with the next generation (see
-// replica.Meta.TargetGen); they restart with the next attempt. Callers hold
+// from a bitmap in progress are aborted: the member may hold a copy of
+// the bitmap, and their targets must not receive a write it misses
+// before they are marked with the next generation (see
+// replica.Meta.TargetGen); they restart with the next attempt, from the
+// bits left. A full or checksum resync goes on: it deletes every copy
+// of its target's bitmap from the members before its pass, and keeps
+// none, so no member can hold one that matches its target. Callers hold
 // stateMu and order.
 func (e *Engine) rebuildLocked() *targetSet {
 	cur := e.targets
 	next := &targetSet{version: cur.version}
 	left := slices.ContainsFunc(cur.inSync, func(t target) bool { return t.p.state != StateInSync })
 	for _, p := range e.peers {
-		if left && p.state == StateResyncing {
+		if left && p.state == StateResyncing && p.dirty != nil {
 			p.state, p.reason = StateDropped, "an in-sync replica left during its resync: it restarts under the new in-sync set"
 			if p.client != nil {
 				go p.client.close()
