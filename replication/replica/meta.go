@@ -56,8 +56,9 @@ type Meta struct {
 	// the in-sync set misses writes the target still gets, and the
 	// bitmaps that member holds for it then no longer say where it
 	// differs. Bitmaps name the TargetGen they were kept for, and the
-	// primary restarts every resync, marked with the new generation, when
-	// a member leaves: a bitmap naming another one is not trusted.
+	// primary restarts every resync from a bitmap, marked with the new
+	// generation, when a member leaves: a bitmap naming another one is
+	// not trusted.
 	TargetGen uint64 `json:"target_gen,omitempty"`
 }
 
