@@ -219,7 +219,6 @@ type runState struct {
 	reachable  bool
 	failing    bool // logged the current outage already
 	recordAt   time.Time
-	swept      bool // stale volume checks removed since the last registration
 }
 
 // step does one round: register if needed, feed the TTL check, refresh the
@@ -243,7 +242,7 @@ func (a *Agent) stepErr(ctx context.Context, st *runState) error {
 		if err := a.register(ctx); err != nil {
 			return err
 		}
-		st.registered, st.recordAt, st.swept = true, time.Time{}, false
+		st.registered, st.recordAt = true, time.Time{}
 	}
 	if err := a.c.api.Agent().UpdateTTLOpts(a.checkID, "saddlebag agent alive", api.HealthPassing, aopts(ctx)); err != nil {
 		// Unknown check (Consul restarted and forgot it) or Consul down:
@@ -266,12 +265,8 @@ func (a *Agent) stepErr(ctx context.Context, st *runState) error {
 	if err := a.refreshVolumeChecks(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	if !st.swept {
-		if err := a.dropStaleVolumeChecks(ctx); err != nil {
-			errs = append(errs, err)
-		} else {
-			st.swept = true
-		}
+	if err := a.dropStaleVolumeChecks(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -300,12 +295,16 @@ func (a *Agent) register(ctx context.Context) error {
 	return nil
 }
 
-// dropStaleVolumeChecks removes the volume checks on this agent's service
-// that no volume this process reports owns: those an earlier process left
-// when it died as a volume's primary. Nothing feeds them, so they go
-// critical and would show a volume served elsewhere as offline here.
+// dropStaleVolumeChecks removes the critical volume checks on this agent's
+// service that no volume this process reports owns: those an earlier
+// process left when it died as a volume's primary, once their TTL ran out
+// (nothing feeds them). They would show a volume served elsewhere as
+// offline here. A check still passing is left alone: the volume may be
+// one this process is about to adopt and report (an upgrade), and
+// removing it would make it flap.
 func (a *Agent) dropStaleVolumeChecks(ctx context.Context) error {
-	checks, err := a.c.api.Agent().ChecksWithFilterOpts(fmt.Sprintf("ServiceID == %q", a.serviceID), aopts(ctx))
+	filter := fmt.Sprintf("ServiceID == %q and Status == %q", a.serviceID, api.HealthCritical)
+	checks, err := a.c.api.Agent().ChecksWithFilterOpts(filter, aopts(ctx))
 	if err != nil {
 		return fmt.Errorf("list the checks of service %s: %w", a.serviceID, err)
 	}

@@ -360,28 +360,29 @@ tls {
 
 // A volume check an earlier process left on this agent's service (it died
 // as the volume's primary; nothing feeds the check, which goes critical)
-// is removed when the next process registers; one it reports is kept.
+// is removed by the next process; one it reports is kept, and so is one
+// still passing (a volume it may be about to adopt).
 func TestStaleVolumeCheckRemoved(t *testing.T) {
 	dev := devAgent(t)
 	c := newClient(t, dev.HTTPAddr, leader.ConsulConfig{})
 	ctx := context.Background()
-	// What the dead process left in the agent: its service, and two
-	// volume checks on it.
+	// What the dead process left in the agent: its service, and volume
+	// checks on it, one whose TTL ran out.
 	serviceID := leader.NodeService + "-n1"
 	agent := c.API().Agent()
 	must.NoError(t, agent.ServiceRegister(&api.AgentServiceRegistration{ID: serviceID, Name: leader.NodeService, Port: 7400}))
-	for _, v := range []string{"gone", "kept"} {
+	for v, status := range map[string]string{"gone": api.HealthCritical, "kept": api.HealthCritical, "adopting": api.HealthPassing} {
 		must.NoError(t, agent.CheckRegister(&api.AgentCheckRegistration{ID: leader.VolumeCheckID(v), Name: "saddlebag volume " + v,
-			ServiceID: serviceID, AgentServiceCheck: api.AgentServiceCheck{TTL: "30s", Status: api.HealthPassing}}))
+			ServiceID: serviceID, AgentServiceCheck: api.AgentServiceCheck{TTL: "5m", Status: status}}))
 	}
 	agentChecks := func() map[string]*api.AgentCheck {
 		checks, err := agent.ChecksWithFilter(fmt.Sprintf("ServiceID == %q", serviceID))
 		must.NoError(t, err)
 		return checks
 	}
-	must.MapContainsKeys(t, agentChecks(), []string{leader.VolumeCheckID("gone"), leader.VolumeCheckID("kept")})
+	must.MapContainsKeys(t, agentChecks(), []string{leader.VolumeCheckID("gone"), leader.VolumeCheckID("kept"), leader.VolumeCheckID("adopting")})
 
-	// The next process on the node is the primary of "kept" only.
+	// The next process on the node is the primary of "kept".
 	next := runAgent(t, c, "n1", nil)
 	must.Eq(t, serviceID, next.ServiceID())
 	must.NoError(t, next.ReportVolume(ctx, "kept", leader.ClassifyVolume(1, []string{"a:1"}, []string{"a:1"})))
@@ -392,5 +393,6 @@ func TestStaleVolumeCheckRemoved(t *testing.T) {
 	time.Sleep(2 * time.Second) // a few rounds of the agent's loop
 	checks := agentChecks()
 	must.MapNotContainsKey(t, checks, leader.VolumeCheckID("gone"))
-	must.MapContainsKey(t, checks, leader.VolumeCheckID("kept"))
+	must.MapContainsKeys(t, checks, []string{leader.VolumeCheckID("kept"), leader.VolumeCheckID("adopting")})
+	must.Eq(t, api.HealthPassing, checks[leader.VolumeCheckID("kept")].Status)
 }
