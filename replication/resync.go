@@ -190,8 +190,10 @@ func (e *Engine) resyncPeer(ctx context.Context, p *peer) {
 	// Before it receives anything, it learns it is a resync target under
 	// the in-sync generation now recorded on the members (replica.Meta.TargetGen):
 	// bitmaps that members which leave later hold for it then no longer
-	// match it. A member leaving aborts the resync (rebuildLocked), so it
-	// never receives a write under a later set with this mark.
+	// match it. A member leaving aborts a resync from a bitmap
+	// (rebuildLocked), so its target never receives a write under a later
+	// set with this mark; a full or checksum resync deletes the members'
+	// copies of its target's bitmap before its pass instead.
 	e.stateMu.Lock()
 	e.order.Lock()
 	gen, version, recorded := e.gen, e.targets.version, e.genSet == e.targets.version
